@@ -1,0 +1,59 @@
+"""The ``autoseg`` command line: one subcommand per stage, each a thin layer over a library function.
+
+Each subcommand lives in a module that defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules are
+imported only when their subcommand runs, so ``autoseg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from autoseg import __version__
+from autoseg.errors import UserError
+
+# name -> (module, one-line help). Order is the order of the pipeline.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("autoseg.commands.demo", "generate the synthetic demo dataset and run every stage on it"),
+    "check": ("autoseg.data.check", "verify a raw dataset and report every problem"),
+    "convert-msd": ("autoseg.data.msd", "convert a Medical Segmentation Decathlon task into the raw convention"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoseg",
+        description="Self-configuring medical image segmentation: point it at a raw dataset folder.",
+    )
+    parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        subparser.set_defaults(_module=module_name)
+        # Arguments are added lazily below only for the chosen command.
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in COMMANDS:
+        module = importlib.import_module(COMMANDS[command][0])
+        subparser = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001 - argparse has no public accessor
+        module.add_arguments(subparser)
+    arguments = parser.parse_args(argv)
+    if arguments.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(arguments._module)
+    try:
+        return int(module.run(arguments) or 0)
+    except UserError as error:
+        print(f"autoseg {arguments.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"autoseg {arguments.command}: interrupted", file=sys.stderr)
+        return 130

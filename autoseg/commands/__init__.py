@@ -1,0 +1,1 @@
+"""Thin command-line entry points for stages that span several packages."""

@@ -1,0 +1,365 @@
+"""The raw dataset contract: read a folder in the nnU-Net v2 convention into a typed, JSON-serialisable record.
+
+Layout::
+
+    DATASET/dataset.json
+    DATASET/imagesTr/CASE_0000.nii.gz   (one file per channel, 4-digit channel index)
+    DATASET/labelsTr/CASE.nii.gz
+    DATASET/imagesTs/CASE_0000.nii.gz   (optional)
+
+``dataset.json`` holds ``channel_names``, ``labels`` (``background`` = 0, classes as ints, regions as lists of
+ints, an optional ``ignore`` label), ``numTraining``, ``file_ending``, and optionally ``regions_class_order`` and a
+``dataset`` key mapping each case to its files (paths relative to the dataset folder, or absolute).
+
+Example:
+    >>> dataset = load_raw_dataset("Dataset004_Hippocampus")  # doctest: +SKIP
+    >>> dataset.training_cases[0].images  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+
+from autoseg.errors import DatasetError
+from autoseg.io.images import IMAGE_ENDINGS, file_ending
+
+CHANNEL_FILE_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One case: its identifier, one image path per channel, and its label path (None for test cases)."""
+
+    identifier: str
+    images: tuple[str, ...]
+    label: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset, named by case and file so the user can find it."""
+
+    severity: str  # "error" or "warning"
+    message: str
+    case: str | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        where = ", ".join(part for part in (f"case {self.case}" if self.case else None, self.path) if part)
+        return f"{self.severity.upper()}: {where + ': ' if where else ''}{self.message}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RawDataset:
+    """Typed description of a raw dataset folder (what ``dataset.json`` and the file layout say)."""
+
+    root: str
+    name: str
+    channel_names: tuple[str, ...]
+    labels: dict[str, int | tuple[int, ...]]
+    file_ending: str
+    num_training: int
+    training_cases: tuple[Case, ...]
+    test_cases: tuple[Case, ...] = ()
+    regions_class_order: tuple[int, ...] | None = None
+    ignore_label: int | None = None
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def has_regions(self) -> bool:
+        return any(isinstance(value, tuple) for name, value in self.labels.items() if name != "background")
+
+    @property
+    def foreground_labels(self) -> tuple[int, ...]:
+        """Integer label values of the foreground classes (not background, not ignore), sorted."""
+        values: set[int] = set()
+        for name, value in self.labels.items():
+            if name in ("background", "ignore"):
+                continue
+            values.update(value if isinstance(value, tuple) else (value,))
+        return tuple(sorted(values))
+
+    @property
+    def declared_label_values(self) -> tuple[int, ...]:
+        """Every value a label file may contain: background, classes and the ignore label."""
+        values = {0, *self.foreground_labels}
+        if self.ignore_label is not None:
+            values.add(self.ignore_label)
+        return tuple(sorted(values))
+
+    @property
+    def regions(self) -> tuple[tuple[int, ...], ...]:
+        """Training targets in output-channel order: one tuple of label values per output channel.
+
+        For ordinary classes each region is a single value; with regions each is the declared list.
+        """
+        items = [
+            (value if isinstance(value, tuple) else (value,))
+            for name, value in self.labels.items()
+            if name not in ("background", "ignore")
+        ]
+        return tuple(items)
+
+    @property
+    def num_output_channels(self) -> int:
+        """Network outputs: one per region (sigmoid) or one per class plus background (softmax)."""
+        return len(self.regions) if self.has_regions else len(self.foreground_labels) + 1
+
+    def case(self, identifier: str) -> Case:
+        for case in self.training_cases + self.test_cases:
+            if case.identifier == identifier:
+                return case
+        raise KeyError(identifier)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["labels"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.labels.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RawDataset:
+        return cls(
+            root=data["root"],
+            name=data["name"],
+            channel_names=tuple(data["channel_names"]),
+            labels={k: tuple(v) if isinstance(v, list) else int(v) for k, v in data["labels"].items()},
+            file_ending=data["file_ending"],
+            num_training=int(data["num_training"]),
+            training_cases=tuple(Case(c["identifier"], tuple(c["images"]), c.get("label")) for c in data["training_cases"]),
+            test_cases=tuple(Case(c["identifier"], tuple(c["images"]), c.get("label")) for c in data["test_cases"]),
+            regions_class_order=tuple(data["regions_class_order"]) if data.get("regions_class_order") else None,
+            ignore_label=data.get("ignore_label"),
+        )
+
+
+def _parse_labels(raw: object, problems: list[Problem], json_path: str) -> tuple[dict, int | None]:
+    labels: dict[str, int | tuple[int, ...]] = {}
+    if not isinstance(raw, dict) or not raw:
+        problems.append(Problem("error", "'labels' must be a non-empty mapping of name to value", path=json_path))
+        return labels, None
+    for name, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, (int, list)):
+            problems.append(Problem("error", f"label {name!r} must be an integer or a list of integers", path=json_path))
+            continue
+        if isinstance(value, list):
+            if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                problems.append(Problem("error", f"region {name!r} must be a non-empty list of integers", path=json_path))
+                continue
+            labels[name] = tuple(value) if len(value) > 1 else value[0]
+        else:
+            labels[name] = value
+    if labels.get("background") != 0:
+        problems.append(Problem("error", "labels must declare 'background': 0", path=json_path))
+    ignore = labels.get("ignore")
+    if isinstance(ignore, tuple):
+        problems.append(Problem("error", "the 'ignore' label must be a single integer", path=json_path))
+        ignore = None
+    integer_values = sorted(
+        v for name, v in labels.items() if isinstance(v, int) and name not in ("ignore",)
+    )
+    if integer_values and integer_values != list(range(len(integer_values))):
+        problems.append(
+            Problem("error", f"label values must be consecutive integers from 0, got {integer_values}", path=json_path)
+        )
+    if ignore is not None and integer_values and ignore <= max(integer_values):
+        problems.append(
+            Problem("error", f"the 'ignore' label ({ignore}) must be larger than every class value", path=json_path)
+        )
+    return labels, ignore
+
+
+def _discover_cases(
+    folder: Path, ending: str, num_channels: int, problems: list[Problem], with_labels: Path | None
+) -> list[Case]:
+    """Group ``CASE_XXXX.ending`` files into cases; report files that do not fit."""
+    channels_by_case: dict[str, dict[int, str]] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.is_dir():
+            continue
+        if not entry.name.endswith(ending):
+            found = file_ending(entry)
+            reason = f"unexpected file ending (dataset.json says {ending!r})" if found else "unknown file ending"
+            problems.append(Problem("error", reason, path=str(entry)))
+            continue
+        match = CHANNEL_FILE_PATTERN.match(entry.name[: -len(ending)])
+        if not match:
+            problems.append(
+                Problem("error", "image file name must end in a 4-digit channel index, e.g. CASE_0000" + ending,
+                        path=str(entry))
+            )
+            continue
+        channel = int(match.group("channel"))
+        channels_by_case.setdefault(match.group("case"), {})[channel] = str(entry)
+    cases = []
+    for identifier, channels in channels_by_case.items():
+        missing = [c for c in range(num_channels) if c not in channels]
+        extra = [c for c in channels if c >= num_channels]
+        for channel in missing:
+            problems.append(
+                Problem("error", f"missing channel {channel:04d}", case=identifier,
+                        path=str(folder / f"{identifier}_{channel:04d}{ending}"))
+            )
+        for channel in extra:
+            problems.append(
+                Problem("error", f"extra channel {channel:04d} (dataset.json declares {num_channels})",
+                        case=identifier, path=channels[channel])
+            )
+        if missing:
+            continue
+        label = None
+        if with_labels is not None:
+            label_path = with_labels / f"{identifier}{ending}"
+            if not label_path.is_file():
+                problems.append(Problem("error", "label file is missing", case=identifier, path=str(label_path)))
+                continue
+            label = str(label_path)
+        cases.append(Case(identifier, tuple(channels[c] for c in range(num_channels)), label))
+    return cases
+
+
+def _cases_from_mapping(root: Path, mapping: object, problems: list[Problem], json_path: str) -> list[Case]:
+    if not isinstance(mapping, dict):
+        problems.append(Problem("error", "'dataset' must map case identifiers to {'images': [...], 'label': ...}",
+                                path=json_path))
+        return []
+    cases = []
+    for identifier, entry in mapping.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("images"), list) or "label" not in entry:
+            problems.append(Problem("error", "entry must have 'images' (list) and 'label'", case=identifier,
+                                    path=json_path))
+            continue
+        paths = [str(p if os.path.isabs(p) else root / p) for p in [*entry["images"], entry["label"]]]
+        missing = [p for p in paths if not Path(p).is_file()]
+        for path in missing:
+            problems.append(Problem("error", "file listed in dataset.json does not exist", case=identifier, path=path))
+        if not missing:
+            cases.append(Case(str(identifier), tuple(paths[:-1]), paths[-1]))
+    return cases
+
+
+def scan_raw_dataset(root: str | os.PathLike[str]) -> tuple[RawDataset | None, list[Problem]]:
+    """Read the structure of a raw dataset folder without opening any image.
+
+    Returns the description (None if ``dataset.json`` itself is unusable) and every structural problem found.
+    """
+    root = Path(root).resolve()
+    problems: list[Problem] = []
+    json_path = root / "dataset.json"
+    if not root.is_dir():
+        return None, [Problem("error", "dataset folder does not exist", path=str(root))]
+    if not json_path.is_file():
+        return None, [Problem("error", "dataset.json is missing", path=str(json_path))]
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return None, [Problem("error", f"dataset.json is not valid JSON ({error})", path=str(json_path))]
+    if not isinstance(meta, dict):
+        return None, [Problem("error", "dataset.json must hold a JSON object", path=str(json_path))]
+
+    if "channel_names" not in meta and "modality" in meta:
+        return None, [Problem("error", "this looks like a Medical Segmentation Decathlon dataset.json ('modality', "
+                                       "'training'); convert it first with `autoseg convert-msd SRC DST`",
+                              path=str(json_path))]
+    for key in ("channel_names", "labels", "file_ending"):
+        if key not in meta:
+            problems.append(Problem("error", f"dataset.json lacks the required key {key!r}", path=str(json_path)))
+    if problems:
+        return None, problems
+
+    channel_raw = meta["channel_names"]
+    try:
+        channel_names = tuple(channel_raw[str(i)] for i in range(len(channel_raw)))
+    except (KeyError, TypeError):
+        return None, [Problem("error", "'channel_names' must map '0', '1', ... to names", path=str(json_path))]
+    ending = meta["file_ending"]
+    if ending not in IMAGE_ENDINGS:
+        problems.append(Problem("error", f"file_ending {ending!r} is not supported ({', '.join(IMAGE_ENDINGS)})",
+                                path=str(json_path)))
+    labels, ignore = _parse_labels(meta["labels"], problems, str(json_path))
+    regions_order = meta.get("regions_class_order")
+    has_regions = any(isinstance(v, tuple) for k, v in labels.items() if k != "background")
+    if has_regions and not regions_order:
+        problems.append(Problem("error", "labels declare regions, so dataset.json needs 'regions_class_order'",
+                                path=str(json_path)))
+
+    if "dataset" in meta:
+        training = _cases_from_mapping(root, meta["dataset"], problems, str(json_path))
+    else:
+        images_folder = root / "imagesTr"
+        labels_folder = root / "labelsTr"
+        if not images_folder.is_dir():
+            problems.append(Problem("error", "imagesTr folder is missing", path=str(images_folder)))
+            training = []
+        elif not labels_folder.is_dir():
+            problems.append(Problem("error", "labelsTr folder is missing", path=str(labels_folder)))
+            training = []
+        else:
+            training = _discover_cases(images_folder, ending, len(channel_names), problems, labels_folder)
+            known = {case.identifier for case in training}
+            image_ids = {
+                m.group("case")
+                for p in images_folder.iterdir()
+                if p.name.endswith(ending) and (m := CHANNEL_FILE_PATTERN.match(p.name[: -len(ending)]))
+            }
+            for entry in sorted(labels_folder.iterdir()):
+                if entry.name.startswith(".") or entry.is_dir():
+                    continue
+                if not entry.name.endswith(ending):
+                    found = file_ending(entry)
+                    reason = f"unexpected file ending (dataset.json says {ending!r})" if found else "unknown file ending"
+                    problems.append(Problem("error", reason, path=str(entry)))
+                    continue
+                identifier = entry.name[: -len(ending)]
+                if identifier not in known and identifier not in image_ids:
+                    problems.append(Problem("error", "label file has no matching image", case=identifier,
+                                            path=str(entry)))
+    test_folder = root / "imagesTs"
+    test_cases = (
+        _discover_cases(test_folder, ending, len(channel_names), problems, None) if test_folder.is_dir() else []
+    )
+
+    num_training = meta.get("numTraining")
+    if not isinstance(num_training, int) or isinstance(num_training, bool):
+        problems.append(Problem("error", "dataset.json lacks an integer 'numTraining'", path=str(json_path)))
+        num_training = len(training)
+    elif num_training != len(training) and not any(p.severity == "error" and p.case for p in problems):
+        problems.append(Problem("error", f"numTraining is {num_training} but {len(training)} training cases were found",
+                                path=str(json_path)))
+    if not training and not any(p.severity == "error" for p in problems):
+        problems.append(Problem("error", "no training cases found", path=str(root / "imagesTr")))
+
+    dataset = RawDataset(
+        root=str(root),
+        name=str(meta.get("name") or root.name),
+        channel_names=channel_names,
+        labels=labels,
+        file_ending=ending,
+        num_training=num_training,
+        training_cases=tuple(sorted(training, key=lambda c: c.identifier)),
+        test_cases=tuple(sorted(test_cases, key=lambda c: c.identifier)),
+        regions_class_order=tuple(regions_order) if regions_order else None,
+        ignore_label=ignore,
+    )
+    return dataset, problems
+
+
+def load_raw_dataset(root: str | os.PathLike[str]) -> RawDataset:
+    """Read a raw dataset folder; raise ``DatasetError`` naming every structural problem.
+
+    This checks the folder layout and ``dataset.json`` only; ``autoseg.data.check.check_dataset`` also opens
+    every image.
+    """
+    dataset, problems = scan_raw_dataset(root)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or dataset is None:
+        listed = "\n".join(f"  {p}" for p in errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise DatasetError(f"{root}: the raw dataset has {len(errors)} problem(s):\n{listed}{more}")
+    return dataset

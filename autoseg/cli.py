@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("autoseg.commands.demo", "generate the synthetic demo dataset and run every stage on it"),
     "check": ("autoseg.data.check", "verify a raw dataset and report every problem"),
     "convert-msd": ("autoseg.data.msd", "convert a Medical Segmentation Decathlon task into the raw convention"),
+    "export-model": ("autoseg.commands.export_model", "write a trained model folder to a verified zip archive"),
+    "import-model": ("autoseg.commands.import_model", "verify a model archive and unpack it into a new folder"),
 }
 
 
@@ -42,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in COMMANDS:
         module = importlib.import_module(COMMANDS[command][0])
-        subparser = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001 - argparse has no public accessor
+        subparser = parser._subparsers._group_actions[0].choices[command]
         module.add_arguments(subparser)
     arguments = parser.parse_args(argv)
     if arguments.command is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -19,8 +20,6 @@ def set_torch_threads(threads: int | None = None) -> int:
 
     threads = threads or available_cpus()
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # the inter-op pool can be sized only once per process
         torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set once in this process
-        pass
     return threads

@@ -1,0 +1,1 @@
+"""Sharing trained models: export to a verified zip archive and import it safely."""

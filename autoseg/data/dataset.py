@@ -132,7 +132,9 @@ class RawDataset:
             labels={k: tuple(v) if isinstance(v, list) else int(v) for k, v in data["labels"].items()},
             file_ending=data["file_ending"],
             num_training=int(data["num_training"]),
-            training_cases=tuple(Case(c["identifier"], tuple(c["images"]), c.get("label")) for c in data["training_cases"]),
+            training_cases=tuple(
+                Case(c["identifier"], tuple(c["images"]), c.get("label")) for c in data["training_cases"]
+            ),
             test_cases=tuple(Case(c["identifier"], tuple(c["images"]), c.get("label")) for c in data["test_cases"]),
             regions_class_order=tuple(data["regions_class_order"]) if data.get("regions_class_order") else None,
             ignore_label=data.get("ignore_label"),
@@ -146,11 +148,15 @@ def _parse_labels(raw: object, problems: list[Problem], json_path: str) -> tuple
         return labels, None
     for name, value in raw.items():
         if isinstance(value, bool) or not isinstance(value, (int, list)):
-            problems.append(Problem("error", f"label {name!r} must be an integer or a list of integers", path=json_path))
+            problems.append(
+                Problem("error", f"label {name!r} must be an integer or a list of integers", path=json_path)
+            )
             continue
         if isinstance(value, list):
             if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                problems.append(Problem("error", f"region {name!r} must be a non-empty list of integers", path=json_path))
+                problems.append(
+                    Problem("error", f"region {name!r} must be a non-empty list of integers", path=json_path)
+                )
                 continue
             labels[name] = tuple(value) if len(value) > 1 else value[0]
         else:
@@ -161,8 +167,14 @@ def _parse_labels(raw: object, problems: list[Problem], json_path: str) -> tuple
     if isinstance(ignore, tuple):
         problems.append(Problem("error", "the 'ignore' label must be a single integer", path=json_path))
         ignore = None
+    # Region members count too: BraTS-style regions ([1, 2, 3], [2, 3], 3) use the values 0..3.
     integer_values = sorted(
-        v for name, v in labels.items() if isinstance(v, int) and name not in ("ignore",)
+        {
+            member
+            for name, v in labels.items()
+            if name != "ignore"
+            for member in (v if isinstance(v, tuple) else (v,))
+        }
     )
     if integer_values and integer_values != list(range(len(integer_values))):
         problems.append(
@@ -313,7 +325,9 @@ def scan_raw_dataset(root: str | os.PathLike[str]) -> tuple[RawDataset | None, l
                     continue
                 if not entry.name.endswith(ending):
                     found = file_ending(entry)
-                    reason = f"unexpected file ending (dataset.json says {ending!r})" if found else "unknown file ending"
+                    reason = (
+                        f"unexpected file ending (dataset.json says {ending!r})" if found else "unknown file ending"
+                    )
                     problems.append(Problem("error", reason, path=str(entry)))
                     continue
                 identifier = entry.name[: -len(ending)]

@@ -13,7 +13,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
+import struct
+import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,7 @@ from autoseg.utils.files import atomic_path
 # Longest match first: ".nii.gz" before ".gz".
 MEDICAL_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 NATURAL_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
+DETACHED_HEADER_ENDINGS = (".nhdr", ".mhd")
 IMAGE_ENDINGS = MEDICAL_ENDINGS + NATURAL_2D_ENDINGS
 NATURAL_2D_SLICE_SPACING = 999.0
 
@@ -147,6 +152,118 @@ def _read_sitk(path: Path, header_only: bool) -> sitk.Image:
         raise ImageReadError(f"{path}: cannot be read (truncated or corrupt file?): {first_line}") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class _NiftiLayout:
+    byte_order: str
+    datatype: int
+    bitpix: int
+    dims: tuple[int, ...]
+    vox_offset: int
+
+    @property
+    def voxel_count(self) -> int:
+        count = 1
+        for size in self.dims:
+            count *= max(int(size), 1)
+        return count
+
+    @property
+    def expected_size(self) -> int:
+        """Bytes a complete file holds: ``vox_offset`` plus ``prod(dim) * bitpix / 8``."""
+        return max(self.vox_offset, 348) + self.voxel_count * max(self.bitpix, 8) // 8
+
+
+def _nifti_layout(header: bytes) -> _NiftiLayout | None:
+    """Parse the fields of a NIfTI-1 or NIfTI-2 header that locate the voxels; None if not NIfTI."""
+    for order in ("<", ">"):
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            datatype, bitpix = struct.unpack(order + "hh", header[70:74])
+            dims = struct.unpack(order + "8h", header[40:56])
+            vox_offset = int(struct.unpack(order + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            datatype, bitpix = struct.unpack(order + "hh", header[12:16])
+            dims = struct.unpack(order + "8q", header[16:80])
+            vox_offset = struct.unpack(order + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    if not 1 <= dims[0] <= 7:
+        return None
+    return _NiftiLayout(order, int(datatype), int(bitpix), tuple(int(d) for d in dims[1 : dims[0] + 1]), vox_offset)
+
+
+def _open_nifti(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+# NIfTI datatype codes of floating-point voxels.
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def count_non_finite_nifti_voxels(path: str | os.PathLike[str]) -> int:
+    """Number of NaN/Inf voxels stored in a NIfTI file (0 for integer files and other formats).
+
+    ITK's NIfTI reader silently replaces NaN and Inf by 0, so ``read_image`` never shows them; a dataset
+    check needs to look at the stored bytes to tell the user their images are corrupt.
+    """
+    path = Path(path)
+    if file_ending(path) not in (".nii", ".nii.gz"):
+        return 0
+    with _open_nifti(path) as stream:
+        layout = _nifti_layout(stream.read(540))
+        if layout is None or layout.datatype not in _NIFTI_FLOAT_TYPES:
+            return 0
+        stream.seek(layout.vox_offset)
+        dtype = np.dtype(layout.byte_order + _NIFTI_FLOAT_TYPES[layout.datatype])
+        voxels = np.frombuffer(stream.read(layout.voxel_count * dtype.itemsize), dtype=dtype)
+    return int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
+
+
+def _gzip_is_complete(path: Path, expected_size: int) -> bool:
+    """Whether a gzip stream decompresses to at least ``expected_size`` bytes and ends properly.
+
+    The gzip trailer stores the uncompressed size modulo 2**32 in its last four bytes; a truncated file ends
+    mid-stream, so those bytes almost never equal the expected size. Only when they differ do we pay for a full
+    streaming decompression to tell a truncated file from one with trailing padding.
+    """
+    with open(path, "rb") as stream:
+        stream.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", stream.read(4))[0] == expected_size % 2**32:
+            return True
+    decompressed = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 22):
+                decompressed += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        return False
+    return decompressed >= expected_size
+
+
+def _verify_nifti_complete(path: Path, ending: str) -> None:
+    """Raise ``ImageReadError`` for a truncated NIfTI file.
+
+    ITK's NIfTI reader silently fills the missing part of a truncated file (``.nii`` or ``.nii.gz``) with
+    zeros or garbage instead of failing, so a partly copied dataset would otherwise train on corrupt voxels.
+    """
+    if ending not in (".nii", ".nii.gz"):
+        return
+    try:
+        with _open_nifti(path) as stream:
+            layout = _nifti_layout(stream.read(540))
+    except (EOFError, OSError, zlib.error):
+        raise ImageReadError(f"{path}: cannot be read (truncated or corrupt file?).") from None
+    if layout is None:
+        return
+    expected_size = layout.expected_size
+    complete = (
+        _gzip_is_complete(path, expected_size) if ending == ".nii.gz" else path.stat().st_size >= expected_size
+    )
+    if not complete:
+        raise ImageReadError(f"{path}: is truncated (the file holds fewer voxels than its header declares).")
+
+
 def read_image_header(path: str | os.PathLike[str]) -> Geometry:
     """Read only the geometry of an image file, without its voxels (fast)."""
     path = Path(path)
@@ -154,7 +271,8 @@ def read_image_header(path: str | os.PathLike[str]) -> Geometry:
     reader = _read_sitk(path, header_only=True)
     dimension = reader.GetDimension()
     size = reader.GetSize()
-    if reader.GetNumberOfComponents() != 1:
+    # Natural images stored as RGB(A) with equal colour channels are grey; only reading the voxels tells.
+    if reader.GetNumberOfComponents() != 1 and file_ending(path) not in NATURAL_2D_ENDINGS:
         raise ImageReadError(
             f"{path}: has {reader.GetNumberOfComponents()} components per pixel (e.g. RGB); "
             "store each channel as its own single-channel file (CASE_0000, CASE_0001, ...)."
@@ -176,11 +294,31 @@ def read_image(path: str | os.PathLike[str]) -> Image:
         ImageReadError: the file is missing, unreadable, multi-component or not 2D/3D.
     """
     path = Path(path)
-    _require_ending(path)
+    ending = _require_ending(path)
     image = _read_sitk(path, header_only=False)
+    _verify_nifti_complete(path, ending)
+    if ending in NATURAL_2D_ENDINGS and image.GetNumberOfComponentsPerPixel() in (3, 4):
+        image = _grey_from_colour(image, path)
     geometry = _geometry_from_sitk(image, path)
     array = sitk.GetArrayFromImage(image)
     return Image(array=array.reshape(geometry.shape), geometry=geometry)
+
+
+def _grey_from_colour(image: sitk.Image, path: Path) -> sitk.Image:
+    """The first channel of an RGB(A) natural image whose colour channels are all equal.
+
+    Grey images are often saved as RGB (and ITK reads palette BMPs as RGB); a real colour image is refused
+    because its channels must be separate files for the network to see them as channels.
+    """
+    channels = [sitk.VectorIndexSelectionCast(image, index) for index in range(image.GetNumberOfComponentsPerPixel())]
+    colour = [sitk.GetArrayViewFromImage(channel) for channel in channels[:3]]
+    alpha_is_opaque = len(channels) == 3 or np.unique(sitk.GetArrayViewFromImage(channels[3])).size == 1
+    if not (np.array_equal(colour[0], colour[1]) and np.array_equal(colour[0], colour[2]) and alpha_is_opaque):
+        raise ImageReadError(
+            f"{path}: is a colour image; store each colour channel as its own single-channel file "
+            "(CASE_0000, CASE_0001, CASE_0002)."
+        )
+    return channels[0]
 
 
 def _natural_dtype(array: np.ndarray) -> np.ndarray:
@@ -219,5 +357,23 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[s
         image.SetSpacing(tuple(reversed(geometry.spacing)))
         image.SetOrigin(geometry.origin)
         image.SetDirection(geometry.direction)
+    compress = ending in (".nii.gz", ".nrrd", ".mha")
+    if ending in DETACHED_HEADER_ENDINGS:
+        _write_detached(image, path, compress=compress)
+        return
     with atomic_path(path) as temporary:
-        sitk.WriteImage(image, str(temporary), useCompression=ending in (".nii.gz", ".nrrd", ".mha"))
+        sitk.WriteImage(image, str(temporary), useCompression=compress)
+
+
+def _write_detached(image: sitk.Image, path: Path, *, compress: bool) -> None:
+    """Write a header + data file pair (``.nhdr``, ``.mhd``) so that the header names the final data file.
+
+    Writing through a renamed temporary header would leave it pointing at the temporary data file name. We
+    write both under their final names in a private temporary folder, then move the data file first and the
+    header last, so a header never points at a data file that is not there.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.partial", dir=path.parent) as folder:
+        sitk.WriteImage(image, str(Path(folder) / path.name), useCompression=compress)
+        for written in sorted(Path(folder).iterdir(), key=lambda file: file.name == path.name):
+            os.replace(written, path.parent / written.name)

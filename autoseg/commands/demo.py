@@ -1,0 +1,117 @@
+"""`autoseg demo`: generate the synthetic demo dataset(s) and run every pipeline stage that exists on them.
+
+The demo is an ordered list of stages (``DEMO_STAGES``), each a function from the shared ``DemoRun`` record to a
+one-line summary. A stage that lands in the pipeline is appended here as one more entry (and removed from
+``STAGES_NOT_YET_IMPLEMENTED``), so the demo always exercises the whole chain that exists today.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from autoseg.data.check import check_dataset, format_problems
+from autoseg.data.dataset import RawDataset, load_raw_dataset
+from autoseg.data.demo_data import DEMO_KINDS, demo_settings, existing_demo_settings, generate_demo_dataset
+from autoseg.errors import DatasetError
+from autoseg.paths import add_work_dir_argument, resolve_work_dir
+
+DEMO_DATA_FOLDER = "demo_data"
+
+
+@dataclasses.dataclass
+class DemoRun:
+    """Everything the demo stages share: options, where things go, and what earlier stages produced."""
+
+    work_dir: Path
+    kind: str
+    num_cases: int
+    seed: int
+    workers: int
+    progress: bool
+    dataset: RawDataset | None = None
+
+    @property
+    def dataset_root(self) -> Path:
+        return self.work_dir / DEMO_DATA_FOLDER / DEMO_KINDS[self.kind].folder_name
+
+
+def stage_generate(run: DemoRun) -> str:
+    """Write the synthetic raw dataset, or reuse one generated earlier with the same settings."""
+    wanted = demo_settings(kind=run.kind, num_cases=run.num_cases, seed=run.seed)
+    if existing_demo_settings(run.dataset_root) == wanted:
+        run.dataset = load_raw_dataset(run.dataset_root)
+        return f"reused {run.num_cases} cases in {run.dataset_root}"
+    generate_demo_dataset(
+        run.dataset_root, kind=run.kind, num_cases=run.num_cases, seed=run.seed, overwrite=True,
+        progress=run.progress,
+    )
+    run.dataset = load_raw_dataset(run.dataset_root)
+    return f"wrote {run.num_cases} cases to {run.dataset_root}"
+
+
+def stage_check(run: DemoRun) -> str:
+    """Open every generated file, as a user's dataset would be checked."""
+    problems = check_dataset(run.dataset_root, workers=run.workers, progress=run.progress)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise DatasetError(f"{run.dataset_root}: the generated demo dataset failed its check:\n"
+                           + format_problems(errors))
+    return f"{len(problems)} warning(s), 0 errors"
+
+
+DemoStage = Callable[[DemoRun], str]
+
+# Pipeline order. Append stages here as they land (e.g. ("plan", stage_plan)).
+DEMO_STAGES: list[tuple[str, DemoStage]] = [
+    ("generate", stage_generate),
+    ("check", stage_check),
+]
+STAGES_NOT_YET_IMPLEMENTED: tuple[str, ...] = ("fingerprint", "plan", "preprocess", "train", "predict", "evaluate")
+
+
+def run_demo(run: DemoRun, *, stream=None) -> list[str]:
+    """Run every stage of ``DEMO_STAGES`` in order for one demo kind; return the names of the stages run."""
+    stream = stream or sys.stdout
+    print(f"== autoseg demo ({run.kind}): {run.dataset_root}", file=stream, flush=True)
+    ran = []
+    for number, (name, stage) in enumerate(DEMO_STAGES, start=1):
+        print(f"[{number}/{len(DEMO_STAGES)}] {name} ...", file=stream, flush=True)
+        started = time.perf_counter()
+        summary = stage(run)
+        print(f"[{number}/{len(DEMO_STAGES)}] {name}: done in {time.perf_counter() - started:.1f} s: {summary}",
+              file=stream, flush=True)
+        ran.append(name)
+    return ran
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_work_dir_argument(parser)
+    parser.add_argument("--kind", choices=[*DEMO_KINDS, "both"], default="3d",
+                        help="which demo dataset: 3d (anisotropic MRI-like), 2d (ultrasound-like) or both")
+    parser.add_argument("--num-cases", type=int, default=None,
+                        help="cases to generate (default: " + ", ".join(
+                            f"{kind} {demo.default_num_cases}" for kind, demo in DEMO_KINDS.items()) + ")")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the generator (default: 0)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    work_dir = resolve_work_dir(args.work_dir)
+    kinds = list(DEMO_KINDS) if args.kind == "both" else [args.kind]
+    ran: list[str] = []
+    for kind in kinds:
+        num_cases = args.num_cases if args.num_cases is not None else DEMO_KINDS[kind].default_num_cases
+        demo = DemoRun(work_dir=work_dir, kind=kind, num_cases=num_cases, seed=args.seed, workers=args.workers,
+                       progress=not args.no_progress)
+        ran = run_demo(demo)
+    print(f"Stages run: {', '.join(ran)}.")
+    if STAGES_NOT_YET_IMPLEMENTED:
+        print(f"Not implemented yet, so not run: {', '.join(STAGES_NOT_YET_IMPLEMENTED)}.")
+    print(f"Outputs are in {work_dir / DEMO_DATA_FOLDER}.")
+    return 0

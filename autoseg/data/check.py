@@ -1,0 +1,274 @@
+"""Verify a raw dataset before any stage runs: open every image and label and report every problem at once.
+
+The structural scan (``scan_raw_dataset``) finds missing, extra and misnamed files without opening them. This
+module then reads every file, in a process pool, and checks what only the voxels can tell:
+
+- every file is readable and complete (truncated NIfTI files are caught), and is 2D or 3D;
+- all channels of a case and its label share one shape and one spacing (errors), and one origin and one
+  direction (warnings: many scanners write slightly different headers, and resampling ignores them);
+- image intensities are finite (no NaN/Inf);
+- label values are integers (float label files are fine when they hold whole numbers) declared in
+  ``dataset.json``.
+
+Nothing is ever written into the dataset folder.
+
+Example:
+    >>> problems = check_dataset("Dataset004_Hippocampus")  # doctest: +SKIP
+    >>> [str(p) for p in problems if p.severity == "error"]  # doctest: +SKIP
+    []
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from autoseg.data.dataset import Case, Problem, RawDataset, scan_raw_dataset
+from autoseg.errors import DatasetError, UserError
+from autoseg.io.images import Geometry, count_non_finite_nifti_voxels, read_image
+
+# Tolerances for comparing headers of files that belong to one case. Spacing is stored as float32 in NIfTI, so
+# equal spacings written by different tools may differ in the last bits; real mismatches are far larger.
+SPACING_RELATIVE_TOLERANCE = 1e-4
+ORIGIN_TOLERANCE_MM = 1e-3
+DIRECTION_TOLERANCE = 1e-4
+MAX_LISTED_VALUES = 10
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def _limit_worker_threads() -> None:
+    """One ITK thread per worker process: the pool already spreads the work over the cores."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def parallel_map(
+    function: Callable[[Item], Result],
+    items: Sequence[Item],
+    *,
+    workers: int,
+    progress: bool,
+    description: str,
+) -> Iterator[Result]:
+    """Apply ``function`` to ``items`` in ``workers`` processes (in this process when ``workers <= 1``).
+
+    Results come back in input order, with a tqdm bar when ``progress`` is set. Worker processes are
+    spawned rather than forked: forking a process in which ITK or torch already started threads can deadlock.
+    As with any spawned pool, a script calling this must guard its top level with ``if __name__ == "__main__"``.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), desc=description, unit="case", disable=not progress, file=sys.stderr)
+    try:
+        if workers <= 1 or len(items) <= 1:
+            for item in items:
+                yield function(item)
+                bar.update()
+            return
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(min(workers, len(items)), initializer=_limit_worker_threads) as pool:
+            chunk_size = max(1, min(16, len(items) // (4 * workers)))
+            for result in pool.imap(function, items, chunksize=chunk_size):
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+
+
+def _listed(values: Iterable[object]) -> str:
+    values = list(values)
+    shown = ", ".join(str(v) for v in values[:MAX_LISTED_VALUES])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > MAX_LISTED_VALUES else "")
+
+
+def _compare_headers(
+    reference_path: str, reference: Geometry, other_path: str, other: Geometry, case: str
+) -> list[Problem]:
+    """Problems between the headers of two files of one case: shape/spacing errors, origin/direction warnings."""
+    problems = []
+    name = Path(reference_path).name
+    if reference.shape != other.shape:
+        problems.append(
+            Problem("error", f"shape {list(other.shape)} differs from {list(reference.shape)} of {name}", case,
+                    other_path)
+        )
+    if not np.allclose(other.spacing, reference.spacing, rtol=SPACING_RELATIVE_TOLERANCE, atol=0):
+        problems.append(
+            Problem("error", f"spacing {list(other.spacing)} differs from {list(reference.spacing)} of {name}",
+                    case, other_path)
+        )
+    if not np.allclose(other.origin, reference.origin, rtol=0, atol=ORIGIN_TOLERANCE_MM):
+        problems.append(
+            Problem("warning", f"origin {list(other.origin)} differs from {list(reference.origin)} of {name}",
+                    case, other_path)
+        )
+    if not np.allclose(other.direction, reference.direction, rtol=0, atol=DIRECTION_TOLERANCE):
+        problems.append(Problem("warning", f"direction differs from that of {name}", case, other_path))
+    return problems
+
+
+def _label_value_problems(array: np.ndarray, declared: tuple[int, ...], case: str, path: str) -> list[Problem]:
+    if array.dtype.kind == "f":
+        values = np.unique(array)
+        fractional = values[values != np.round(values)]
+        if fractional.size:
+            return [Problem("error", f"label values must be integers, found {_listed(fractional.tolist())}", case,
+                            path)]
+        values = values.astype(np.int64)
+    elif array.dtype.kind in "iub":
+        values = np.unique(array).astype(np.int64)
+    else:
+        return [Problem("error", f"label file has unsupported voxel type {array.dtype}", case, path)]
+    undeclared = sorted(set(values.tolist()) - set(declared))
+    if undeclared:
+        return [
+            Problem("error", f"label values {_listed(undeclared)} are not declared in dataset.json "
+                             f"(declared: {_listed(declared)})", case, path)
+        ]
+    return []
+
+
+def _non_finite_count(array: np.ndarray, path: str) -> int:
+    """NaN/Inf voxels of a float image, looking at the stored bytes of NIfTI files (ITK reads NaN there as 0)."""
+    if array.dtype.kind != "f":
+        return 0
+    return max(int(array.size - np.count_nonzero(np.isfinite(array))), count_non_finite_nifti_voxels(path))
+
+
+def check_case(task: tuple[Case, tuple[int, ...]]) -> tuple[list[Problem], bool | None]:
+    """Open every file of one case and return its problems and whether it is 2D (None if unreadable).
+
+    ``task`` is ``(case, declared label values)``; a single argument keeps the function usable with a pool.
+    """
+    case, declared = task
+    problems: list[Problem] = []
+    geometries = {}
+    for path in case.images:
+        try:
+            image = read_image(path)
+        except UserError as error:
+            problems.append(Problem("error", _strip_path(str(error), path), case.identifier, path))
+            continue
+        geometries[path] = image.geometry
+        bad = _non_finite_count(image.array, path)
+        if bad:
+            problems.append(Problem("error", f"image contains {bad} NaN or Inf voxel(s)", case.identifier, path))
+        elif image.array.dtype.kind not in "fiub":
+            problems.append(
+                Problem("error", f"image has unsupported voxel type {image.array.dtype}", case.identifier, path)
+            )
+    if case.label is not None:
+        try:
+            label = read_image(case.label)
+        except UserError as error:
+            problems.append(Problem("error", _strip_path(str(error), case.label), case.identifier, case.label))
+        else:
+            geometries[case.label] = label.geometry
+            if _non_finite_count(label.array, case.label):
+                problems.append(Problem("error", "label file contains NaN or Inf values", case.identifier, case.label))
+            else:
+                problems.extend(_label_value_problems(label.array, declared, case.identifier, case.label))
+    if geometries:
+        reference_path = case.images[0] if case.images[0] in geometries else next(iter(geometries))
+        reference = geometries[reference_path]
+        for path, geometry in geometries.items():
+            if path != reference_path:
+                problems.extend(_compare_headers(reference_path, reference, path, geometry, case.identifier))
+    is_2d = geometries[case.images[0]].is_2d if case.images and case.images[0] in geometries else None
+    return problems, is_2d
+
+
+def _strip_path(message: str, path: str) -> str:
+    """Reader errors start with the path, which ``Problem`` already shows."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def check_dataset(root: str | Path, *, workers: int = 2, progress: bool = True) -> list[Problem]:
+    """Every problem of the raw dataset at ``root``: structure first, then the content of every file.
+
+    Returns errors and warnings, structural ones first, then per case in case order. An empty list, or one
+    with warnings only, means later stages can trust the dataset.
+    """
+    dataset, problems = scan_raw_dataset(root)
+    if dataset is None:
+        return problems
+    cases = list(dataset.training_cases) + list(dataset.test_cases)
+    declared = dataset.declared_label_values
+    tasks = [(case, declared) for case in cases]
+    dimensionality: dict[str, bool] = {}
+    results = parallel_map(check_case, tasks, workers=workers, progress=progress, description="checking cases")
+    for case, (case_problems, is_2d) in zip(cases, results, strict=True):
+        problems.extend(case_problems)
+        if is_2d is not None and case.label is not None:
+            dimensionality[case.identifier] = is_2d
+    two_d = sorted(identifier for identifier, flag in dimensionality.items() if flag)
+    if two_d and len(two_d) != len(dimensionality):
+        problems.append(
+            Problem("error", f"mixes 2D (1xHxW) and 3D training cases; 2D cases: {_listed(two_d)}",
+                    path=str(Path(dataset.root) / "imagesTr"))
+        )
+    return problems
+
+
+def format_problems(problems: Sequence[Problem], *, limit: int | None = 20) -> str:
+    """One line per problem, errors first, shortened to ``limit`` lines (None: all)."""
+    ordered = sorted(problems, key=lambda p: p.severity != "error")
+    shown = ordered if limit is None else ordered[:limit]
+    lines = [f"  {problem}" for problem in shown]
+    if len(ordered) > len(shown):
+        lines.append(f"  ... and {len(ordered) - len(shown)} more (run `autoseg check DATASET` to see all)")
+    return "\n".join(lines)
+
+
+def require_valid_dataset(root: str | Path, *, workers: int = 2, progress: bool = True) -> RawDataset:
+    """The dataset at ``root`` after a full check; raise ``DatasetError`` listing every error.
+
+    Later stages call this before they start, so a bad label or a truncated file is reported in one message
+    up front instead of as a crash hours into training. Warnings are printed to stderr and do not stop.
+    """
+    problems = check_dataset(root, workers=workers, progress=progress)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise DatasetError(
+            f"{root}: the raw dataset has {len(errors)} problem(s); fix them and rerun:\n"
+            + format_problems(errors)
+        )
+    warnings = [p for p in problems if p.severity == "warning"]
+    if warnings:
+        print(format_problems(warnings), file=sys.stderr)
+    dataset, _ = scan_raw_dataset(root)
+    assert dataset is not None  # no errors above means the scan succeeded
+    return dataset
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="raw dataset folder (with dataset.json, imagesTr/, labelsTr/)")
+    parser.add_argument("--workers", type=int, default=2, help="processes reading files in parallel (default: 2)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    root = Path(args.dataset)
+    problems = check_dataset(root, workers=args.workers, progress=not args.no_progress)
+    for problem in sorted(problems, key=lambda p: p.severity != "error"):
+        print(problem)
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    dataset, _ = scan_raw_dataset(root)
+    counted = (
+        f"{len(dataset.training_cases)} training and {len(dataset.test_cases)} test case(s)"
+        if dataset is not None else "no cases"
+    )
+    verdict = "FAILED" if errors else "OK"
+    print(f"{verdict}: {root.resolve().name}: checked {counted}: {errors} error(s), {warnings} warning(s).")
+    return 2 if errors else 0

@@ -1,0 +1,1 @@
+"""Training: cross-validation splits, the optimisation schedule, checkpoints, logging and the training loop."""

@@ -1,0 +1,453 @@
+"""Training-time augmentation with batchgenerators: spatial, intensity, mirroring, at the reference's probabilities."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
+from batchgenerators.transforms.color_transforms import (
+    BrightnessMultiplicativeTransform,
+    ContrastAugmentationTransform,
+    GammaTransform,
+)
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+
+ANISOTROPIC_PATCH_RATIO = 3.0
+
+
+@dataclass(frozen=True)
+class AugmentationSettings:
+    """Probabilities and ranges of every augmentation (defaults: the reference's published values).
+
+    Angles are in degrees. ``rotation_degrees_2d`` applies to 2D configurations; ``rotation_degrees_3d`` to 3D
+    ones, per axis, and in-plane for anisotropic ("dummy 2D") patches. ``data_interpolation_order`` is the spline
+    order used to resample images when a sample is rotated or scaled (labels always use nearest neighbour).
+    ``spatial_implementation`` names an entry of ``SPATIAL_TRANSFORMS``: ``"affine"`` (ours, same sampling of
+    angles and scales, several times faster on few cores) or ``"batchgenerators"`` (its ``SpatialTransform``).
+    """
+
+    rotation_probability: float = 0.2
+    rotation_degrees_2d: float = 180.0
+    rotation_degrees_3d: float = 30.0
+    scaling_probability: float = 0.2
+    scaling_range: tuple[float, float] = (0.7, 1.4)
+    noise_probability: float = 0.1
+    noise_variance: tuple[float, float] = (0.0, 0.1)
+    blur_probability: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    brightness_probability: float = 0.15
+    brightness_range: tuple[float, float] = (0.75, 1.25)
+    contrast_probability: float = 0.15
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    low_resolution_probability: float = 0.25
+    low_resolution_zoom: tuple[float, float] = (0.5, 1.0)
+    gamma_probability: float = 0.3
+    inverted_gamma_probability: float = 0.1
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    mirror: bool = True
+    data_interpolation_order: int = 3
+    spatial_implementation: str = "affine"
+
+    def only_spatial(self) -> AugmentationSettings:
+        """The same spatial settings with every intensity augmentation and mirroring off (for tests and debugging)."""
+        return replace(
+            self,
+            noise_probability=0.0,
+            blur_probability=0.0,
+            brightness_probability=0.0,
+            contrast_probability=0.0,
+            low_resolution_probability=0.0,
+            gamma_probability=0.0,
+            inverted_gamma_probability=0.0,
+            mirror=False,
+        )
+
+
+def is_anisotropic_patch(patch_size: Sequence[int]) -> bool:
+    """True for a 3D patch whose longest edge is more than 3x its shortest: augment in-plane only ("dummy 2D").
+
+    The coarse axis is axis 0 (plans put the coarsest spacing first), so in-plane means axes 1 and 2. Rotating
+    such a patch out of plane would interpolate across a handful of thick slices and invent anatomy.
+    """
+    return len(patch_size) == 3 and max(patch_size) / min(patch_size) > ANISOTROPIC_PATCH_RATIO
+
+
+def _rotation_extent(patch_size: Sequence[int], max_degrees: float) -> np.ndarray:
+    """Bounding-box size of the patch rotated by any angle in [-max, max] about every axis (a dense angle grid)."""
+    half = np.asarray(patch_size, dtype=float) / 2
+    corners = np.array(list(itertools.product(*[(-h, h) for h in half])))
+    limit = math.radians(min(max_degrees, 180.0))
+    angles = np.unique(
+        np.concatenate([np.linspace(-limit, limit, 37), [a for a in np.radians([-90, -45, 45, 90]) if abs(a) <= limit]])
+    )
+    extent = np.asarray(patch_size, dtype=float)
+    if len(patch_size) == 2:
+        for angle in angles:
+            rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+            rotated = corners @ rotation.T
+            extent = np.maximum(extent, rotated.max(axis=0) - rotated.min(axis=0))
+        return extent
+    coarse = angles[:: max(1, len(angles) // 9)]
+    for a, b, c in itertools.product(coarse, coarse, coarse):
+        rotation = _rotation_matrix_3d(a, b, c)
+        rotated = corners @ rotation.T
+        extent = np.maximum(extent, rotated.max(axis=0) - rotated.min(axis=0))
+    return extent
+
+
+def _rotation_matrix_3d(about_axis_0: float, about_axis_1: float, about_axis_2: float) -> np.ndarray:
+    c0, s0 = math.cos(about_axis_0), math.sin(about_axis_0)
+    c1, s1 = math.cos(about_axis_1), math.sin(about_axis_1)
+    c2, s2 = math.cos(about_axis_2), math.sin(about_axis_2)
+    rotate_0 = np.array([[1, 0, 0], [0, c0, -s0], [0, s0, c0]])
+    rotate_1 = np.array([[c1, 0, s1], [0, 1, 0], [-s1, 0, c1]])
+    rotate_2 = np.array([[c2, -s2, 0], [s2, c2, 0], [0, 0, 1]])
+    return rotate_2 @ rotate_1 @ rotate_0
+
+
+def rotation_degrees(patch_size: Sequence[int], settings: AugmentationSettings) -> float:
+    """The rotation range for this patch: 2D range for 2D patches, 3D range otherwise (in-plane if anisotropic)."""
+    return settings.rotation_degrees_2d if len(patch_size) == 2 else settings.rotation_degrees_3d
+
+
+def sampled_patch_size(patch_size: Sequence[int], settings: AugmentationSettings | None) -> list[int]:
+    """Size of the region to cut out so that rotation and scaling of the final patch never reach past it.
+
+    Rotation by up to the allowed angle needs the rotated box's bounding extent; scaling by ``s`` reads a region
+    ``s`` times larger (batchgenerators multiplies the sampling grid by ``s``), so the extent is multiplied by the
+    largest scale. The margin on each axis is made even so that the final patch sits exactly in the middle (no
+    half-voxel shift). Without augmentation (``settings=None``) it is the patch itself. For anisotropic patches the
+    coarse axis 0 is not enlarged.
+    """
+    patch = [int(size) for size in patch_size]
+    if settings is None or (settings.rotation_probability <= 0 and settings.scaling_probability <= 0):
+        return patch
+    in_plane_only = is_anisotropic_patch(patch)
+    spatial = patch[1:] if in_plane_only else patch
+    extent = np.asarray(spatial, dtype=float)
+    if settings.rotation_probability > 0:
+        extent = _rotation_extent(spatial, rotation_degrees(patch, settings))
+    if settings.scaling_probability > 0:
+        extent = extent * max(1.0, settings.scaling_range[1])
+    enlarged = [max(size, math.ceil(value - 1e-6)) for size, value in zip(spatial, extent, strict=True)]
+    enlarged = [value + ((value - size) % 2) for size, value in zip(spatial, enlarged, strict=True)]
+    return [patch[0], *enlarged] if in_plane_only else enlarged
+
+
+class InPlaneSpatialTransform(AbstractTransform):
+    """Apply a 2D ``SpatialTransform`` to every slice of axis 0 of a 3D batch with the same parameters per sample.
+
+    (B, C, z, y, x) is viewed as (B, C*z, y, x), transformed in 2D and viewed back, so rotation and scaling act
+    in the (y, x) plane only and slices never mix.
+    """
+
+    def __init__(self, spatial_transform_2d: SpatialTransform) -> None:
+        self.spatial_transform_2d = spatial_transform_2d
+
+    def __call__(self, **data_dict):
+        data, seg = data_dict["data"], data_dict.get("seg")
+        batch, channels, depth = data.shape[:3]
+        data_dict["data"] = data.reshape(batch, channels * depth, *data.shape[3:])
+        if seg is not None:
+            data_dict["seg"] = seg.reshape(batch, seg.shape[1] * depth, *seg.shape[3:])
+        data_dict = self.spatial_transform_2d(**data_dict)
+        data_dict["data"] = data_dict["data"].reshape(batch, channels, depth, *data_dict["data"].shape[2:])
+        if seg is not None:
+            data_dict["seg"] = data_dict["seg"].reshape(batch, seg.shape[1], depth, *data_dict["seg"].shape[2:])
+        return data_dict
+
+
+def batchgenerators_spatial_transform(patch_size: Sequence[int], settings: AugmentationSettings) -> AbstractTransform:
+    """batchgenerators' ``SpatialTransform`` (centre crop of the sampled region), in-plane for anisotropic patches."""
+    in_plane_only = is_anisotropic_patch(patch_size)
+    spatial_patch = list(patch_size[1:]) if in_plane_only else list(patch_size)
+    angle = math.radians(rotation_degrees(patch_size, settings))
+    angle_range = (-angle, angle)
+    transform = SpatialTransform(
+        spatial_patch,
+        patch_center_dist_from_border=None,
+        do_elastic_deform=False,
+        do_rotation=settings.rotation_probability > 0,
+        angle_x=angle_range,
+        angle_y=angle_range,
+        angle_z=angle_range,
+        p_rot_per_axis=1,
+        do_scale=settings.scaling_probability > 0,
+        scale=settings.scaling_range,
+        border_mode_data="constant",
+        border_cval_data=0,
+        order_data=settings.data_interpolation_order,
+        border_mode_seg="constant",
+        border_cval_seg=0,
+        order_seg=0,
+        random_crop=False,
+        p_rot_per_sample=settings.rotation_probability,
+        p_scale_per_sample=settings.scaling_probability,
+        p_el_per_sample=0,
+        independent_scale_for_each_axis=False,
+    )
+    return InPlaneSpatialTransform(transform) if in_plane_only else transform
+
+
+class AffineSpatialTransform(AbstractTransform):
+    """Rotation and scaling about the centre of the sampled region, then the final patch; one affine map per sample.
+
+    Sampling follows batchgenerators' ``SpatialTransform``: with probability ``rotation_probability`` every axis'
+    angle is uniform in ``[-max, max]`` (one in-plane angle in 2D / dummy 2D); with probability
+    ``scaling_probability`` the sampling grid is scaled by ``s``, drawn uniformly below or above 1 with equal odds.
+    Output voxel ``o`` reads input position ``M (o - (p - 1) / 2) + (E - 1) / 2`` with ``M = R s``, ``p`` the patch
+    and ``E`` the sampled region. ``scipy.ndimage.affine_transform`` evaluates this without building coordinate
+    arrays, and only the part of the region the map reaches (plus a margin for the spline prefilter) is
+    filtered, which is what makes it faster than batchgenerators' coordinate-grid implementation. Samples that draw
+    neither rotation nor scaling are an exact centre crop. Images use ``data_order`` splines (constant 0 outside),
+    labels nearest neighbour (0 outside).
+    """
+
+    PREFILTER_MARGIN = 8  # the cubic B-spline prefilter's influence decays as 0.27^k: 8 voxels -> < 3e-5
+
+    def __init__(
+        self,
+        patch_size: Sequence[int],
+        *,
+        rotation_probability: float,
+        rotation_radians: float,
+        scaling_probability: float,
+        scaling_range: tuple[float, float],
+        data_order: int,
+    ) -> None:
+        self.patch_size = [int(value) for value in patch_size]
+        self.in_plane_only = is_anisotropic_patch(self.patch_size)
+        self.rotation_probability = rotation_probability
+        self.rotation_radians = rotation_radians
+        self.scaling_probability = scaling_probability
+        self.scaling_range = scaling_range
+        self.data_order = data_order
+
+    def draw_matrix(self, dimension: int) -> np.ndarray | None:
+        """A random ``R s`` for one sample, or None when the sample is neither rotated nor scaled."""
+        matrix = None
+        if np.random.uniform() < self.rotation_probability:
+            angles = np.random.uniform(-self.rotation_radians, self.rotation_radians, size=1 if dimension == 2 else 3)
+            if dimension == 2:
+                cosine, sine = math.cos(angles[0]), math.sin(angles[0])
+                matrix = np.array([[cosine, -sine], [sine, cosine]])
+            else:
+                matrix = _rotation_matrix_3d(*angles)
+        if np.random.uniform() < self.scaling_probability:
+            low, high = self.scaling_range
+            scale = (
+                np.random.uniform(low, 1)
+                if np.random.uniform() < 0.5 and low < 1
+                else np.random.uniform(max(low, 1), high)
+            )
+            matrix = (np.eye(dimension) if matrix is None else matrix) * scale
+        return matrix
+
+    def _warp(self, image: np.ndarray, matrix: np.ndarray, output_shape: Sequence[int], order: int) -> np.ndarray:
+        from scipy.ndimage import affine_transform
+
+        extent = np.asarray(image.shape, dtype=float)
+        half_output = (np.asarray(output_shape, dtype=float) - 1) / 2
+        offset = (extent - 1) / 2 - matrix @ half_output
+        corners = np.array(list(itertools.product(*[(0.0, size - 1.0) for size in output_shape])))
+        reached = corners @ matrix.T + offset
+        margin = self.PREFILTER_MARGIN if order > 1 else 1
+        lower = np.clip(np.floor(reached.min(axis=0)).astype(int) - margin, 0, image.shape)
+        upper = np.clip(np.ceil(reached.max(axis=0)).astype(int) + margin + 1, 0, image.shape)
+        if np.any(upper <= lower):
+            return np.zeros(output_shape, dtype=image.dtype)
+        region = image[tuple(slice(low, high) for low, high in zip(lower, upper, strict=True))]
+        return affine_transform(
+            region.astype(np.float32, copy=False),
+            matrix,
+            offset=offset - lower,
+            output_shape=tuple(output_shape),
+            order=order,
+            mode="constant",
+            cval=0.0,
+            prefilter=order > 1,
+        )
+
+    def _centre_crop(self, array: np.ndarray) -> np.ndarray:
+        start = [
+            (size - patch) // 2
+            for size, patch in zip(array.shape[-len(self.patch_size) :], self.patch_size, strict=True)
+        ]
+        index = (..., *[slice(low, low + patch) for low, patch in zip(start, self.patch_size, strict=True)])
+        return array[index]
+
+    def __call__(self, **data_dict):
+        data, seg = data_dict["data"], data_dict.get("seg")
+        batch = data.shape[0]
+        data_out = np.empty((batch, data.shape[1], *self.patch_size), dtype=np.float32)
+        seg_out = None if seg is None else np.empty((batch, seg.shape[1], *self.patch_size), dtype=np.float32)
+        plane_dimension = 2 if self.in_plane_only else len(self.patch_size)
+        for sample in range(batch):
+            matrix = self.draw_matrix(plane_dimension)
+            if matrix is None:
+                data_out[sample] = self._centre_crop(data[sample])
+                if seg is not None:
+                    seg_out[sample] = self._centre_crop(seg[sample])
+                continue
+            for source, target, order in ((data, data_out, self.data_order), (seg, seg_out, 0)):
+                if source is None:
+                    continue
+                for channel in range(source.shape[1]):
+                    if self.in_plane_only:
+                        depth_start = (source.shape[2] - self.patch_size[0]) // 2
+                        for depth in range(self.patch_size[0]):
+                            target[sample, channel, depth] = self._warp(
+                                source[sample, channel, depth_start + depth], matrix, self.patch_size[1:], order
+                            )
+                    else:
+                        target[sample, channel] = self._warp(source[sample, channel], matrix, self.patch_size, order)
+        data_dict["data"] = data_out
+        if seg is not None:
+            data_dict["seg"] = seg_out
+        return data_dict
+
+
+def affine_spatial_transform(patch_size: Sequence[int], settings: AugmentationSettings) -> AbstractTransform:
+    """Our ``AffineSpatialTransform`` with the settings' probabilities and ranges."""
+    return AffineSpatialTransform(
+        patch_size,
+        rotation_probability=settings.rotation_probability,
+        rotation_radians=math.radians(rotation_degrees(patch_size, settings)),
+        scaling_probability=settings.scaling_probability,
+        scaling_range=settings.scaling_range,
+        data_order=settings.data_interpolation_order,
+    )
+
+
+SPATIAL_TRANSFORMS = {
+    "affine": affine_spatial_transform,
+    "batchgenerators": batchgenerators_spatial_transform,
+}
+
+
+def build_training_transforms(patch_size: Sequence[int], settings: AugmentationSettings) -> list[AbstractTransform]:
+    """The augmentation pipeline, in the reference's order, for batches cut at ``sampled_patch_size``.
+
+    Spatial (rotation, scaling, centre crop to ``patch_size``) -> Gaussian noise -> Gaussian blur -> brightness ->
+    contrast -> low-resolution simulation -> gamma on the inverted image -> gamma -> mirroring on every axis.
+    Intensity transforms act per sample with the listed probabilities; low-resolution simulation skips the coarse axis
+    of anisotropic patches.
+    """
+    dimension = len(patch_size)
+    in_plane_only = is_anisotropic_patch(patch_size)
+    if settings.spatial_implementation not in SPATIAL_TRANSFORMS:
+        raise ValueError(
+            f"unknown spatial augmentation {settings.spatial_implementation!r}; known: {', '.join(SPATIAL_TRANSFORMS)}"
+        )
+    transforms = [SPATIAL_TRANSFORMS[settings.spatial_implementation](patch_size, settings)]
+    if settings.noise_probability > 0:
+        transforms.append(
+            GaussianNoiseTransform(noise_variance=settings.noise_variance, p_per_sample=settings.noise_probability)
+        )
+    if settings.blur_probability > 0:
+        transforms.append(
+            GaussianBlurTransform(
+                settings.blur_sigma,
+                different_sigma_per_channel=True,
+                p_per_sample=settings.blur_probability,
+                p_per_channel=0.5,
+            )
+        )
+    if settings.brightness_probability > 0:
+        transforms.append(
+            BrightnessMultiplicativeTransform(
+                multiplier_range=settings.brightness_range, p_per_sample=settings.brightness_probability
+            )
+        )
+    if settings.contrast_probability > 0:
+        transforms.append(
+            ContrastAugmentationTransform(
+                contrast_range=settings.contrast_range, p_per_sample=settings.contrast_probability
+            )
+        )
+    if settings.low_resolution_probability > 0:
+        transforms.append(
+            SimulateLowResolutionTransform(
+                zoom_range=settings.low_resolution_zoom,
+                per_channel=True,
+                p_per_channel=0.5,
+                order_downsample=0,
+                order_upsample=3,
+                p_per_sample=settings.low_resolution_probability,
+                ignore_axes=(0,) if in_plane_only else None,
+            )
+        )
+    if settings.inverted_gamma_probability > 0:
+        transforms.append(
+            GammaTransform(
+                settings.gamma_range,
+                invert_image=True,
+                per_channel=True,
+                retain_stats=True,
+                p_per_sample=settings.inverted_gamma_probability,
+            )
+        )
+    if settings.gamma_probability > 0:
+        transforms.append(
+            GammaTransform(
+                settings.gamma_range,
+                invert_image=False,
+                per_channel=True,
+                retain_stats=True,
+                p_per_sample=settings.gamma_probability,
+            )
+        )
+    if settings.mirror:
+        transforms.append(MirrorTransform(tuple(range(dimension))))
+    return transforms
+
+
+class DeepSupervisionTargets(AbstractTransform):
+    """Replace ``seg`` (B, 1, *patch) by a list with one nearest-neighbour downsampled copy per output scale.
+
+    Scales are ``1 / prod(strides)`` per axis; the network's outputs have exactly ``patch * scale`` voxels, so an
+    integer step slice (``seg[..., ::2, ::2]``) is nearest-neighbour downsampling that matches them. Non-integer
+    inverse scales fall back to nearest-neighbour index rounding.
+    """
+
+    def __init__(self, scales: Sequence[Sequence[float]]) -> None:
+        self.scales = [[float(value) for value in scale] for scale in scales]
+
+    def __call__(self, **data_dict):
+        seg = data_dict["seg"]
+        data_dict["seg"] = [downsample_nearest(seg, scale) for scale in self.scales]
+        return data_dict
+
+
+def downsample_nearest(seg: np.ndarray, scale: Sequence[float]) -> np.ndarray:
+    """Nearest-neighbour downsampling of the spatial axes of a (B, C, *spatial) array by ``scale`` per axis."""
+    if all(value == 1 for value in scale):
+        return seg
+    index: list[slice | np.ndarray] = [slice(None), slice(None)]
+    for axis, value in enumerate(scale):
+        step = 1 / value
+        if abs(step - round(step)) < 1e-6:
+            index.append(slice(None, None, round(step)))
+        else:
+            size = seg.shape[axis + 2]
+            target = max(1, round(size * value))
+            index.append(np.minimum((np.arange(target) + 0.5) * size / target, size - 1).astype(int))
+    if any(isinstance(item, np.ndarray) for item in index):
+        result = seg
+        for axis, item in enumerate(index[2:]):
+            result = np.take(
+                result, item if isinstance(item, np.ndarray) else np.arange(seg.shape[axis + 2])[item], axis=axis + 2
+            )
+        return np.ascontiguousarray(result)
+    return np.ascontiguousarray(seg[tuple(index)])
+
+
+def compose(transforms: Sequence[AbstractTransform]) -> Compose:
+    """batchgenerators ``Compose`` of the given transforms (an empty list is the identity)."""
+    return Compose(list(transforms))

@@ -1,0 +1,296 @@
+"""Patch sampling and augmentation from the preprocessed format: shapes, foreground oversampling, anisotropy, seeds."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.errors import UserError
+from autoseg.io.images import read_image
+from autoseg.training.augmentation import (
+    AffineSpatialTransform,
+    AugmentationSettings,
+    is_anisotropic_patch,
+    sampled_patch_size,
+)
+from autoseg.training.data_loading import (
+    deep_supervision_scales,
+    make_training_loader,
+    make_validation_loader,
+)
+
+HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "Dataset004_Hippocampus"
+
+
+def write_preprocessed_case(folder: Path, identifier: str, image: np.ndarray, segmentation: np.ndarray) -> None:
+    """Write CASE.npy / CASE_seg.npy / CASE.json as docs/design.md specifies (JSON last)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"{identifier}.npy", image.astype(np.float32))
+    np.save(folder / f"{identifier}_seg.npy", segmentation.astype(np.int8))
+    rng = np.random.default_rng(0)
+    locations = {}
+    for label in np.unique(segmentation):
+        if label <= 0:
+            continue
+        points = np.argwhere(segmentation[0] == label)
+        if len(points) > 10_000:
+            points = points[rng.choice(len(points), 10_000, replace=False)]
+        locations[str(int(label))] = points.tolist()
+    properties = {
+        "identifier": identifier,
+        "shape_after_resampling": list(image.shape[1:]),
+        "class_locations": locations,
+    }
+    (folder / f"{identifier}.json").write_text(json.dumps(properties))
+
+
+def configuration(dimension: int, patch_size: list[int], strides: list[list[int]]) -> dict:
+    return {"dimension": dimension, "patch_size": patch_size, "batch_size": 2, "network": {"strides": strides}}
+
+
+@pytest.fixture
+def sparse_foreground_folder(tmp_path: Path) -> Path:
+    """Four 3D cases of 48^3 with a tiny 3^3 blob of label 1 or 2: random patches rarely contain foreground."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "preprocessed" / "3d_fullres"
+    for index in range(4):
+        image = rng.normal(size=(1, 48, 48, 48))
+        segmentation = np.zeros((1, 48, 48, 48))
+        corner = rng.integers(2, 43, size=3)
+        segmentation[0, corner[0] : corner[0] + 3, corner[1] : corner[1] + 3, corner[2] : corner[2] + 3] = 1 + index % 2
+        write_preprocessed_case(folder, f"case_{index}", image, segmentation)
+    return folder
+
+
+CONFIG_3D = configuration(3, [16, 16, 16], [[1, 1, 1], [2, 2, 2], [2, 2, 2]])
+CASES = [f"case_{index}" for index in range(4)]
+
+
+def test_training_batches_have_the_promised_shapes_and_dtypes(sparse_foreground_folder: Path) -> None:
+    scales = deep_supervision_scales(CONFIG_3D)
+    with make_training_loader(
+        sparse_foreground_folder,
+        CASES,
+        configuration=CONFIG_3D,
+        batch_size=3,
+        num_workers=0,
+        seed=0,
+        deep_supervision_scales=scales,
+    ) as loader:
+        batch = next(loader)
+    assert batch["data"].dtype == torch.float32 and batch["data"].shape == (3, 1, 16, 16, 16)
+    assert [tuple(target.shape) for target in batch["target"]] == [(3, 1, 16, 16, 16), (3, 1, 8, 8, 8)]
+    assert all(target.dtype == torch.int64 for target in batch["target"])
+    assert set(torch.unique(batch["target"][0]).tolist()) <= {0, 1, 2}
+    assert len(batch["keys"]) == 3
+
+
+def test_at_least_a_third_of_every_batch_contains_foreground(sparse_foreground_folder: Path) -> None:
+    with make_training_loader(
+        sparse_foreground_folder, CASES, configuration=CONFIG_3D, batch_size=5, num_workers=0, seed=3
+    ) as loader:
+        for _ in range(8):
+            target = next(loader)["target"]
+            samples_with_foreground = int((target.flatten(1) > 0).any(dim=1).sum())
+            assert samples_with_foreground >= 2  # ceil(5 / 3)
+    # Without oversampling the tiny blobs are mostly missed: the guarantee above comes from the sampler.
+    with make_validation_loader(
+        sparse_foreground_folder,
+        CASES,
+        configuration=CONFIG_3D,
+        batch_size=5,
+        num_workers=0,
+        seed=3,
+        oversample_foreground=0.0,
+    ) as loader:
+        hits = sum(int((next(loader)["target"].flatten(1) > 0).any(dim=1).sum()) for _ in range(8))
+    assert hits < 8 * 5 / 3
+
+
+def test_validation_patches_are_exact_unaugmented_crops(tmp_path: Path) -> None:
+    # Each voxel stores its own coordinates, so a patch proves where it came from and that nothing was resampled.
+    z, y, x = np.meshgrid(np.arange(20), np.arange(30), np.arange(25), indexing="ij")
+    image = (z * 10_000 + y * 100 + x)[None].astype(np.float32)
+    segmentation = np.zeros((1, 20, 30, 25))
+    segmentation[0, 5:8, 5:8, 5:8] = 1
+    write_preprocessed_case(tmp_path, "coords", image, segmentation)
+    config = configuration(3, [8, 12, 10], [[1, 1, 1], [2, 2, 2]])
+    with make_validation_loader(tmp_path, ["coords"], configuration=config, batch_size=4, num_workers=0, seed=0) as val:
+        data = next(val)["data"].numpy()
+    for patch in data[:, 0]:
+        origin = patch[0, 0, 0]
+        assert np.array_equal(patch - origin, image[0, :8, :12, :10] - image[0, 0, 0, 0])
+
+
+def test_images_smaller_than_the_patch_are_padded(tmp_path: Path) -> None:
+    image = np.ones((2, 6, 10, 8))  # two channels, smaller than the patch on every axis
+    segmentation = np.ones((1, 6, 10, 8))
+    write_preprocessed_case(tmp_path, "small", image, segmentation)
+    config = configuration(3, [8, 16, 16], [[1, 1, 1], [2, 2, 2]])
+    with make_training_loader(tmp_path, ["small"], configuration=config, batch_size=2, num_workers=0, seed=0) as loader:
+        batch = next(loader)
+    assert batch["data"].shape == (2, 2, 8, 16, 16)
+    foreground_voxels = (batch["target"] > 0).flatten(1).sum(dim=1)
+    # Labelled voxels can only come from the image (6*10*8 = 480; scaling up to 1.4x can show more of the image).
+    assert ((foreground_voxels > 0) & (foreground_voxels < 8 * 16 * 16)).all()
+
+
+@pytest.mark.parametrize("implementation", ["affine", "batchgenerators"])
+def test_anisotropic_patches_are_augmented_in_plane_only(tmp_path: Path, implementation: str) -> None:
+    # Label = slice index (1..3 repeating): out-of-plane rotation would mix labels within a slice.
+    depth = 12
+    segmentation = np.broadcast_to((np.arange(depth) % 3 + 1)[:, None, None], (depth, 96, 96))[None]
+    write_preprocessed_case(tmp_path, "slices", np.zeros((1, depth, 96, 96)), np.ascontiguousarray(segmentation))
+    always = replace(
+        AugmentationSettings(), rotation_probability=1.0, scaling_probability=1.0, spatial_implementation=implementation
+    ).only_spatial()
+
+    def slice_label_sets(patch_size: list[int]) -> list[set[int]]:
+        config = configuration(3, patch_size, [[1, 1, 1], [1, 2, 2]])
+        with make_training_loader(
+            tmp_path, ["slices"], configuration=config, batch_size=4, num_workers=0, seed=1, augmentation=always
+        ) as loader:
+            target = next(loader)["target"].numpy()
+        return [set(np.unique(sample[0, index])) - {0} for sample in target for index in range(patch_size[0])]
+
+    assert is_anisotropic_patch([3, 32, 32])
+    assert sampled_patch_size([3, 32, 32], always)[0] == 3  # the coarse axis is not enlarged
+    assert all(len(labels) == 1 for labels in slice_label_sets([3, 32, 32]))
+    # Control: an isotropic-enough patch is rotated in 3D, and then slices do mix.
+    assert not is_anisotropic_patch([8, 16, 16])
+    assert any(len(labels) > 1 for labels in slice_label_sets([8, 16, 16]))
+
+
+@pytest.mark.parametrize(
+    ("patch_size", "shape"),
+    [([40, 56], (1, 1, 160, 160)), ([16, 24, 16], (1, 64, 64, 64))],
+    ids=["2d", "3d"],
+)
+def test_rotation_and_scaling_never_reach_past_the_sampled_region(tmp_path: Path, patch_size, shape) -> None:
+    # A constant image whose centre is the only foreground: forced patches are centred there, far from the image
+    # border, so any 0 in the output would be padding pulled in because the cut-out region was too small.
+    image = np.ones(shape)
+    segmentation = np.ones(shape)
+    write_preprocessed_case(tmp_path, "constant", image, segmentation)
+    properties = json.loads((tmp_path / "constant.json").read_text())
+    properties["class_locations"] = {
+        "1": [[0 if len(patch_size) == 2 else shape[1] // 2, shape[2] // 2, shape[3] // 2]]
+    }
+    (tmp_path / "constant.json").write_text(json.dumps(properties))
+    settings = replace(AugmentationSettings(), rotation_probability=1.0, scaling_probability=1.0).only_spatial()
+    config = configuration(len(patch_size), patch_size, [[1] * len(patch_size), [2] * len(patch_size)])
+    with make_training_loader(
+        tmp_path,
+        ["constant"],
+        configuration=config,
+        batch_size=6,
+        num_workers=0,
+        seed=0,
+        oversample_foreground=1.0,
+        augmentation=settings,
+    ) as loader:
+        batch = next(loader)
+    assert (batch["target"] == 1).all()
+    assert torch.allclose(batch["data"], torch.ones_like(batch["data"]), atol=1e-3)
+
+
+def test_affine_transform_geometry_matches_exact_crops_and_quarter_turns() -> None:
+    transform = AffineSpatialTransform(
+        [6, 6],
+        rotation_probability=1,
+        rotation_radians=math.pi,
+        scaling_probability=0,
+        scaling_range=(1, 1),
+        data_order=3,
+    )
+    image = np.random.default_rng(0).random((10, 12)).astype(np.float32)
+    centre_crop = image[2:8, 3:9]
+    assert np.allclose(transform._warp(image, np.eye(2), [6, 6], 3), centre_crop, atol=1e-5)
+    quarter_turn = np.array([[0.0, -1.0], [1.0, 0.0]])
+    assert np.allclose(transform._warp(image, quarter_turn, [6, 6], 3), np.rot90(centre_crop, 3), atol=1e-5)
+    assert np.array_equal(transform._warp(image, quarter_turn, [6, 6], 0), np.rot90(centre_crop, 3))
+
+
+def test_2d_configuration_samples_slices_of_1xhxw_cases(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        image = rng.normal(size=(1, 1, 70, 90))
+        segmentation = np.zeros((1, 1, 70, 90))
+        segmentation[0, 0, 30:40, 40:60] = 1
+        write_preprocessed_case(tmp_path, f"us_{index}", image, segmentation)
+    config = configuration(2, [64, 96], [[1, 1], [2, 2], [2, 2]])
+    with make_training_loader(
+        tmp_path,
+        ["us_0", "us_1", "us_2"],
+        configuration=config,
+        batch_size=3,
+        num_workers=0,
+        seed=0,
+        deep_supervision_scales=deep_supervision_scales(config),
+    ) as loader:
+        batch = next(loader)
+    assert batch["data"].shape == (3, 1, 64, 96)
+    assert [tuple(target.shape) for target in batch["target"]] == [(3, 1, 64, 96), (3, 1, 32, 48)]
+    assert int((batch["target"][0].flatten(1) > 0).any(dim=1).sum()) >= 1
+
+
+def test_the_same_seed_gives_the_same_batches_also_with_worker_processes(sparse_foreground_folder: Path) -> None:
+    def first_batches(seed: int, workers: int) -> list[np.ndarray]:
+        with make_training_loader(
+            sparse_foreground_folder, CASES, configuration=CONFIG_3D, batch_size=2, num_workers=workers, seed=seed
+        ) as loader:
+            return [next(loader)["data"].numpy() for _ in range(3)]
+
+    reference = first_batches(7, 0)
+    assert all(np.array_equal(a, b) for a, b in zip(reference, first_batches(7, 0), strict=True))
+    assert not np.array_equal(reference[0], first_batches(8, 0)[0])
+    with_workers = first_batches(7, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(with_workers, first_batches(7, 2), strict=True))
+    # The caller's numpy and Python random states are not consumed by in-process loading.
+    np.random.seed(123)
+    random.seed(123)
+    expected = (np.random.rand(), random.random())
+    np.random.seed(123)
+    random.seed(123)
+    first_batches(7, 0)
+    assert (np.random.rand(), random.random()) == expected
+
+
+def test_a_missing_case_file_is_named(sparse_foreground_folder: Path) -> None:
+    (sparse_foreground_folder / "case_2.json").unlink()
+    with pytest.raises(UserError, match=r"case_2\.json"):
+        make_training_loader(
+            sparse_foreground_folder, CASES, configuration=CONFIG_3D, batch_size=2, num_workers=0, seed=0
+        )
+
+
+def test_real_hippocampus_cases_through_the_training_loader(tmp_path: Path) -> None:
+    identifiers = ["hippocampus_001", "hippocampus_004", "hippocampus_006"]
+    for identifier in identifiers:
+        image = read_image(HIPPOCAMPUS / "imagesTr" / f"{identifier}_0000.nii.gz").array.astype(np.float32)
+        labels = np.rint(read_image(HIPPOCAMPUS / "labelsTr" / f"{identifier}.nii.gz").array).astype(np.int8)
+        image = (image - image.mean()) / max(float(image.std()), 1e-8)
+        write_preprocessed_case(tmp_path, identifier, image[None], labels[None])
+    config = configuration(3, [40, 56, 40], [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]])
+    with make_training_loader(
+        tmp_path,
+        identifiers,
+        configuration=config,
+        batch_size=3,
+        num_workers=0,
+        seed=0,
+        deep_supervision_scales=deep_supervision_scales(config),
+    ) as loader:
+        batch = next(loader)
+    assert batch["data"].shape == (3, 1, 40, 56, 40)
+    assert torch.isfinite(batch["data"]).all()
+    assert [tuple(target.shape[2:]) for target in batch["target"]] == [(40, 56, 40), (20, 28, 20), (10, 14, 10)]
+    assert set(torch.unique(batch["target"][0]).tolist()) <= {0, 1, 2}
+    assert (batch["target"][0].flatten(1) > 0).any(dim=1).all()  # these images are crops around the hippocampus

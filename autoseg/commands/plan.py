@@ -1,0 +1,57 @@
+"""``autoseg plan``: fingerprint a raw dataset and plan its configurations into the working folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from autoseg.planning.presets import PRESETS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from autoseg.paths import add_work_dir_argument
+
+    parser.add_argument("dataset", help="raw dataset folder (with dataset.json, imagesTr/, labelsTr/)")
+    add_work_dir_argument(parser)
+    parser.add_argument(
+        "--gpu-memory", type=float, default=None, metavar="GB",
+        help="training-memory budget per GPU in GB (default: the preset's, 8 for 'default' and 'resenc-m')",
+    )
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), default="default",
+        help="network family: plain U-Net or residual-encoder U-Net M/L/XL (budgets 8/24/40 GB)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="processes reading cases in parallel (default: 2)")
+    parser.add_argument("--show", action="store_true", help="print the existing plans.json as a table and stop")
+    parser.add_argument("--recompute-fingerprint", action="store_true",
+                        help="recompute fingerprint.json even if the inputs did not change")
+
+
+def run(args: argparse.Namespace) -> int:
+    from autoseg.paths import dataset_work_dir
+    from autoseg.planning.plans import PLANS_FILE_NAME, load_plans
+    from autoseg.planning.table import format_plans_table
+
+    work = dataset_work_dir(args.work_dir, args.dataset)
+    if args.show:
+        print(format_plans_table(load_plans(work / PLANS_FILE_NAME)), end="")
+        return 0
+
+    from autoseg.data.check import require_valid_dataset
+    from autoseg.errors import UserError
+    from autoseg.fingerprint import compute_fingerprint
+    from autoseg.planning import plan_experiment
+    from autoseg.utils.files import write_json
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}.")
+    if not Path(args.dataset).is_dir():
+        raise UserError(f"{args.dataset}: dataset folder not found.")
+    dataset = require_valid_dataset(args.dataset, workers=args.workers)
+    write_json(work / "dataset.json", dataset.to_dict())
+    fingerprint = compute_fingerprint(dataset, work, workers=args.workers, force=args.recompute_fingerprint)
+    plans = plan_experiment(fingerprint, dataset, preset=args.preset, gpu_memory_gb=args.gpu_memory)
+    write_json(work / PLANS_FILE_NAME, plans)
+    print(format_plans_table(plans), end="")
+    print(f"\nwrote {work / 'fingerprint.json'} and {work / PLANS_FILE_NAME}")
+    return 0

@@ -1,0 +1,142 @@
+"""Compute (or reuse) ``fingerprint.json``: parallel over cases, summarised into per-dataset statistics."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from autoseg import __version__
+from autoseg.data.dataset import RawDataset
+from autoseg.errors import DatasetError, UserError
+from autoseg.fingerprint.case_fingerprint import CaseFingerprint, CaseRequest, fingerprint_case_in_worker
+from autoseg.fingerprint.inputs_signature import inputs_signature
+from autoseg.fingerprint.intensity_statistics import samples_per_case, summarise_intensities
+from autoseg.paths import dataset_work_dir
+from autoseg.utils.files import read_json, write_json
+
+FINGERPRINT_FILE_NAME = "fingerprint.json"
+# Bump when the content or meaning of fingerprint.json changes, so old files are recomputed rather than trusted.
+FINGERPRINT_VERSION = 1
+
+
+def fingerprint_path(dataset: RawDataset, work_dir: str | os.PathLike[str] | None) -> Path:
+    """``WORK/<dataset>/fingerprint.json``; ``work_dir`` may also be the dataset's own working folder."""
+    if work_dir is not None and Path(work_dir).resolve().name == Path(dataset.root).resolve().name:
+        return Path(work_dir).resolve() / FINGERPRINT_FILE_NAME
+    return dataset_work_dir(work_dir, dataset.root) / FINGERPRINT_FILE_NAME
+
+
+def load_fingerprint(path: str | os.PathLike[str]) -> dict:
+    """Read a ``fingerprint.json``; a missing or unreadable file is a user error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no fingerprint found; run `autoseg plan DATASET` first.")
+    try:
+        return read_json(path)
+    except ValueError:
+        raise UserError(f"{path}: is not valid JSON; delete it and run `autoseg plan DATASET` again.") from None
+
+
+def _cached_fingerprint(path: Path, signature: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        cached = read_json(path)
+    except ValueError:
+        return None
+    if cached.get("inputs_signature") == signature and cached.get("fingerprint_version") == FINGERPRINT_VERSION:
+        return cached
+    return None
+
+
+def _run_cases(requests: list[CaseRequest], workers: int) -> list[CaseFingerprint]:
+    """Fingerprint every case, in order, with a progress bar; ``workers`` processes when there is enough work."""
+    progress = tqdm(total=len(requests), desc="fingerprint", unit="case", leave=False, disable=None)
+    results: list[CaseFingerprint] = []
+    try:
+        if workers <= 1 or len(requests) < 4:
+            for request in requests:
+                results.append(fingerprint_case_in_worker(request))
+                progress.update()
+        else:
+            # spawn: the parent may hold torch/OpenMP state that is unsafe to fork.
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(processes=min(workers, len(requests))) as pool:
+                for result in pool.imap(fingerprint_case_in_worker, requests, chunksize=4):
+                    results.append(result)
+                    progress.update()
+    finally:
+        progress.close()
+    return results
+
+
+def summarise_cases(
+    dataset: RawDataset, cases: list[CaseFingerprint], *, signature: str
+) -> dict:
+    """Dataset-level fingerprint: per-case records, per-channel foreground statistics, per-class presence, medians."""
+    spacings = np.array([case.spacing for case in cases], dtype=np.float64)
+    shapes_after_crop = np.array([case.shape_after_crop for case in cases], dtype=np.float64)
+    foreground_intensities = {}
+    for channel in range(dataset.num_channels):
+        samples = np.concatenate([case.foreground_samples[channel] for case in cases])
+        foreground_intensities[str(channel)] = summarise_intensities(samples)
+    classes = {}
+    for value in dataset.foreground_labels:
+        counts = [case.class_voxels.get(str(value), 0) for case in cases]
+        classes[str(value)] = {"total_voxels": int(sum(counts)), "cases_present": int(sum(c > 0 for c in counts))}
+    return {
+        "autoseg_version": __version__,
+        "fingerprint_version": FINGERPRINT_VERSION,
+        "inputs_signature": signature,
+        "dataset_name": dataset.name,
+        "is_2d": bool(all(case.shape[0] == 1 for case in cases)),
+        "channel_names": list(dataset.channel_names),
+        "num_cases": len(cases),
+        "cases": {case.identifier: case.record() for case in cases},
+        "foreground_intensities": foreground_intensities,
+        "classes": classes,
+        "median_spacing": [float(v) for v in np.median(spacings, axis=0)],
+        "median_shape_after_crop": [float(v) for v in np.median(shapes_after_crop, axis=0)],
+        "median_relative_size_after_crop": float(np.median([case.relative_size_after_crop for case in cases])),
+    }
+
+
+def compute_fingerprint(
+    dataset: RawDataset,
+    work_dir: str | os.PathLike[str] | None,
+    *,
+    workers: int = 2,
+    force: bool = False,
+) -> dict:
+    """Fingerprint ``dataset`` into ``WORK/<dataset>/fingerprint.json`` and return it.
+
+    An existing file is reused when its ``inputs_signature`` (paths, sizes and modification times of every
+    training file, plus the label/channel description) still matches, so re-planning is instant; pass
+    ``force=True`` to recompute anyway.
+
+    Args:
+        dataset: the raw dataset (every training case must have a label).
+        work_dir: the working folder (as ``--work-dir``; None for the default), or the dataset's folder inside it.
+        workers: processes reading cases in parallel.
+        force: ignore a cached fingerprint.
+    """
+    path = fingerprint_path(dataset, work_dir)
+    signature = inputs_signature(dataset, fingerprint_version=FINGERPRINT_VERSION)
+    if not force and (cached := _cached_fingerprint(path, signature)) is not None:
+        return cached
+    unlabelled = [case.identifier for case in dataset.training_cases if not case.label]
+    if unlabelled:
+        raise DatasetError(f"{dataset.root}: training case {unlabelled[0]} has no label file.")
+    per_case = samples_per_case(len(dataset.training_cases))
+    requests = [
+        CaseRequest(case.identifier, tuple(case.images), case.label, dataset.ignore_label, per_case)
+        for case in dataset.training_cases
+    ]
+    cases = _run_cases(requests, workers)
+    fingerprint = summarise_cases(dataset, cases, signature=signature)
+    write_json(path, fingerprint)
+    return fingerprint

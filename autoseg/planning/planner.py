@@ -1,0 +1,177 @@
+"""Turn a fingerprint into plans: which configurations to train, at what spacing, with what network, patch and batch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from autoseg import __version__
+from autoseg.data.dataset import RawDataset
+from autoseg.errors import UserError
+from autoseg.planning.memory_model import PRECISIONS
+from autoseg.planning.normalization import plan_normalization
+from autoseg.planning.patch_and_batch import FittedPatch, fit_patch_and_batch
+from autoseg.planning.plans import compact_configurations
+from autoseg.planning.presets import PRESETS
+from autoseg.planning.resampling import plan_resampling
+from autoseg.planning.target_spacing import target_spacing, transpose_for_spacing
+
+# A low-resolution stage is planned when the full-resolution patch covers less than this fraction of the median image.
+LOWRES_COVERAGE_THRESHOLD = 0.25
+# Growth of the low-resolution spacing per step while searching for a patch that covers enough of the image.
+LOWRES_SPACING_STEP = 1.03
+# The low-resolution stage is dropped when it shrinks the median image by less than this factor (not worth a cascade).
+LOWRES_MINIMUM_REDUCTION = 2.0
+PARENTS = {"3d_lowres": "3d_fullres", "3d_cascade_fullres": "3d_fullres"}
+
+
+def _configuration(
+    fitted: FittedPatch,
+    *,
+    dimension: int,
+    spacing: list[float],
+    median_shape: list[float],
+    normalization: list[dict],
+    resampling: dict,
+    batch_dice: bool,
+) -> dict:
+    return {
+        "dimension": dimension,
+        "spacing": [float(v) for v in spacing],
+        "median_shape": [round(float(v), 1) for v in median_shape],
+        "patch_size": fitted.patch_size,
+        "batch_size": fitted.batch_size,
+        "network": fitted.network,
+        "normalization": normalization,
+        "resampling": resampling,
+        "batch_dice": batch_dice,
+        "estimated_memory_gb": round(fitted.estimated_memory_gb, 3),
+    }
+
+
+def _grow_lowres_spacing(spacing: list[float]) -> list[float]:
+    """One step coarser: the finer axes catch up with the coarsest first, then all axes grow together."""
+    coarsest = max(spacing)
+    if all(math.isclose(value, coarsest, rel_tol=1e-9) for value in spacing):
+        return [value * LOWRES_SPACING_STEP for value in spacing]
+    return [min(value * LOWRES_SPACING_STEP, coarsest) if value < coarsest else value for value in spacing]
+
+
+def plan_experiment(
+    fingerprint: dict,
+    dataset: RawDataset,
+    *,
+    preset: str = "default",
+    gpu_memory_gb: float | None = None,
+    training_precision: str = "mixed",
+) -> dict:
+    """Plans (see docs/design.md and docs/planning.md) for ``dataset`` described by ``fingerprint``.
+
+    Args:
+        fingerprint: the record of ``autoseg.fingerprint.compute_fingerprint``.
+        dataset: the raw dataset (channel count, classes).
+        preset: one of ``PRESETS`` (network family and default budget).
+        gpu_memory_gb: training-memory budget per GPU; None takes the preset's (8 GB for the default).
+        training_precision: ``mixed`` (CUDA training) or ``float32``: which memory coefficients to plan with.
+    """
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    if training_precision not in PRECISIONS:
+        raise UserError(f"unknown training precision {training_precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    chosen = PRESETS[preset]
+    budget = float(gpu_memory_gb if gpu_memory_gb is not None else chosen.gpu_memory_gb)
+    if budget <= 0:
+        raise UserError(f"--gpu-memory must be positive, got {budget}.")
+    cases = list(fingerprint["cases"].values())
+    if not cases:
+        raise UserError(f"{dataset.root}: the fingerprint lists no training case.")
+    is_2d = bool(fingerprint["is_2d"])
+    spacings = np.array([case["spacing"] for case in cases], dtype=np.float64)
+    shapes = np.array([case["shape_after_crop"] for case in cases], dtype=np.float64)
+
+    fullres_spacing = target_spacing(spacings, shapes, is_2d=is_2d)
+    forward, backward = transpose_for_spacing(fullres_spacing, is_2d=is_2d)
+    resampled = shapes * spacings / np.asarray(fullres_spacing)
+    if is_2d:
+        resampled[:, 0] = shapes[:, 0]
+    resampled = resampled[:, forward]
+    spacing_t = [fullres_spacing[axis] for axis in forward]
+    median_t = [float(v) for v in np.median(resampled, axis=0)]
+    dataset_voxels = float(np.prod(resampled, axis=1).sum())
+    original_spacing_t = [float(v) for v in np.median(spacings, axis=0)[forward]]
+
+    in_channels = dataset.num_channels
+    out_channels = dataset.num_output_channels
+    normalization = plan_normalization(fingerprint)
+
+    def fit(spacing: list[float], median_shape: list[float]) -> FittedPatch:
+        return fit_patch_and_batch(
+            spacing,
+            median_shape,
+            preset=chosen,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            budget_gb=budget,
+            dataset_voxels=dataset_voxels,
+            precision=training_precision,
+        )
+
+    full: dict[str, dict] = {}
+    full["2d"] = _configuration(
+        fit(spacing_t[1:], median_t[1:]),
+        dimension=2,
+        spacing=spacing_t,
+        median_shape=median_t,
+        normalization=normalization,
+        # The 2d configuration of 3D data resamples whole volumes, exactly like 3d_fullres.
+        resampling=plan_resampling(original_spacing_t, spacing_t, is_2d=is_2d),
+        batch_dice=True,
+    )
+    if not is_2d:
+        fullres = fit(spacing_t, median_t)
+        fullres_resampling = plan_resampling(original_spacing_t, spacing_t, is_2d=False)
+        full["3d_fullres"] = _configuration(
+            fullres,
+            dimension=3,
+            spacing=spacing_t,
+            median_shape=median_t,
+            normalization=normalization,
+            resampling=fullres_resampling,
+            batch_dice=False,
+        )
+        if math.prod(fullres.patch_size) / math.prod(median_t) < LOWRES_COVERAGE_THRESHOLD:
+            lowres_spacing = list(spacing_t)
+            for _ in range(1000):
+                lowres_spacing = _grow_lowres_spacing(lowres_spacing)
+                lowres_median = [m * s / ls for m, s, ls in zip(median_t, spacing_t, lowres_spacing, strict=True)]
+                lowres = fit(lowres_spacing, lowres_median)
+                if math.prod(lowres.patch_size) / math.prod(lowres_median) >= LOWRES_COVERAGE_THRESHOLD:
+                    break
+            if math.prod(median_t) / math.prod(lowres_median) >= LOWRES_MINIMUM_REDUCTION:
+                full["3d_lowres"] = _configuration(
+                    lowres,
+                    dimension=3,
+                    spacing=lowres_spacing,
+                    median_shape=lowres_median,
+                    normalization=normalization,
+                    resampling=plan_resampling(original_spacing_t, lowres_spacing, is_2d=False),
+                    batch_dice=False,
+                )
+                full["3d_cascade_fullres"] = {**full["3d_fullres"], "batch_dice": True, "previous_stage": "3d_lowres"}
+
+    return {
+        "autoseg_version": __version__,
+        "plans_name": f"autoseg_{preset}",
+        "dataset_name": Path(dataset.root).name,
+        "preset": preset,
+        "gpu_memory_gb": budget,
+        "training_precision": training_precision,
+        "fingerprint_signature": fingerprint["inputs_signature"],
+        "transpose_forward": forward,
+        "transpose_backward": backward,
+        "original_median_spacing": original_spacing_t,
+        "original_median_shape": [float(v) for v in np.median(shapes, axis=0)[forward]],
+        "configurations": compact_configurations(full, PARENTS),
+    }

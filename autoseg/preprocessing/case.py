@@ -1,0 +1,175 @@
+"""Preprocess one case: read, crop to the non-zero region, transpose, normalise, resample, sample class locations."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.errors import UserError
+from autoseg.fingerprint.nonzero_crop import bounding_box, nonzero_mask
+from autoseg.io.images import file_ending, read_image
+from autoseg.preprocessing.class_locations import sample_class_locations
+from autoseg.preprocessing.normalization import normalize_channels
+from autoseg.preprocessing.resampling import (
+    axis_orders_for,
+    resample_channels,
+    resample_segmentation,
+    resampled_shape,
+)
+
+INT8_RANGE = (-128, 127)
+
+
+class CasePreprocessingError(UserError):
+    """A case cannot be preprocessed because of its files (shapes disagree, labels are not integers, ...)."""
+
+
+def identifier_from_image_path(path: str | os.PathLike[str]) -> str:
+    """``.../CASE_0000.nii.gz`` -> ``CASE`` (and any other file name -> the name without its ending)."""
+    name = Path(path).name
+    ending = file_ending(path) or ""
+    stem = name[: len(name) - len(ending)] if ending else name
+    return stem[:-5] if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() else stem
+
+
+def target_spacing_for(
+    configuration: dict, spacing_after_crop: Sequence[float]
+) -> tuple[float, float, float]:
+    """The spacing a case is resampled to; 2D configurations keep each case's own slice spacing (axis 0)."""
+    target = [float(v) for v in configuration["spacing"]]
+    if int(configuration["dimension"]) == 2:
+        target[0] = float(spacing_after_crop[0])
+    return (target[0], target[1], target[2])
+
+
+def resampling_axis_orders(configuration: dict, *, order_key: str) -> tuple[int | None, int | None, int | None]:
+    """Per-axis interpolation orders for images (``order_key="image_order"``) or labels (``"label_order"``).
+
+    The coarse axis of an anisotropic configuration is axis 0: the plan's transposition puts it first.
+    """
+    resampling = configuration.get("resampling", {})
+    default_order = 3 if order_key == "image_order" else 1
+    return axis_orders_for(
+        dimension=int(configuration["dimension"]),
+        order=int(resampling.get(order_key, default_order)),
+        anisotropic=bool(resampling.get("anisotropic", False)),
+        coarse_axis=0,
+        coarse_axis_order=int(resampling.get("coarse_axis_order", 0)),
+    )
+
+
+def _read_label(path: str | os.PathLike[str], shape: tuple[int, ...]) -> np.ndarray:
+    label = read_image(path)
+    if tuple(label.geometry.shape) != shape:
+        raise CasePreprocessingError(
+            f"{path}: label shape {label.geometry.shape} differs from the image shape {shape} (z, y, x)."
+        )
+    array = label.array
+    if not np.issubdtype(array.dtype, np.integer):
+        rounded = np.rint(array)
+        if not np.array_equal(rounded, array):
+            raise CasePreprocessingError(f"{path}: label map holds non-integer values; labels must be integers.")
+        array = rounded
+    if array.size and (array.min() < INT8_RANGE[0] or array.max() > INT8_RANGE[1]):
+        raise CasePreprocessingError(
+            f"{path}: label values {array.min()}..{array.max()} do not fit the stored int8 range -128..127."
+        )
+    return array.astype(np.int8)
+
+
+def preprocess_case(
+    image_paths: Sequence[str | os.PathLike[str]],
+    label_path: str | os.PathLike[str] | None,
+    *,
+    plans: dict,
+    configuration: dict,
+    identifier: str | None = None,
+    classes: Iterable[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Turn one raw case into training/inference input for ``configuration``.
+
+    Steps: read every channel as float32; crop to the bounding box of the non-zero region (channels OR'ed, holes
+    filled; original axes); transpose with ``plans["transpose_forward"]``; normalise each channel with its plan
+    scheme (before resampling, so statistics come from the original voxels); resample images (cubic spline) and
+    labels (linear on one-hot) to the target spacing, in-plane only for 2D configurations and nearest neighbour
+    along the coarse axis of anisotropic ones; sample up to 10k locations per class for foreground oversampling.
+
+    Args:
+        image_paths: one file per channel, in channel order.
+        label_path: the label map, or None at inference.
+        plans: the whole ``plans.json`` (for ``transpose_forward``).
+        configuration: one resolved configuration of the plan.
+        identifier: case name (default: from the first image's file name); seeds the location sample.
+        classes: label values to sample locations for (default: every non-zero value present).
+
+    Returns:
+        ``data`` float32 ``(C, z, y, x)``, ``seg`` int8 ``(1, z, y, x)`` or None, and the properties recorded in
+        ``CASE.json`` (see docs/design.md), which ``autoseg.preprocessing.export`` needs to undo every step.
+
+    Raises:
+        CasePreprocessingError / ImageReadError: unreadable files, channels or label of different shapes, labels
+            that are not integers.
+    """
+    if not image_paths:
+        raise CasePreprocessingError("a case needs at least one image file.")
+    identifier = identifier or identifier_from_image_path(image_paths[0])
+    images = [read_image(path) for path in image_paths]
+    geometry = images[0].geometry
+    for path, image in zip(image_paths[1:], images[1:], strict=True):
+        if tuple(image.geometry.shape) != tuple(geometry.shape):
+            raise CasePreprocessingError(
+                f"{path}: shape {image.geometry.shape} differs from the first channel's {geometry.shape} (z, y, x)."
+            )
+    segmentation = _read_label(label_path, tuple(geometry.shape)) if label_path is not None else None
+
+    mask = nonzero_mask([image.array for image in images])
+    bbox = bounding_box(mask)
+    crop = tuple(slice(start, stop) for start, stop in bbox)
+    data = np.stack([np.asarray(image.array[crop], dtype=np.float32) for image in images])
+    del images
+    mask = mask[crop]
+    if segmentation is not None:
+        segmentation = segmentation[crop]
+
+    transpose = [int(axis) for axis in plans.get("transpose_forward", [0, 1, 2])]
+    data = np.ascontiguousarray(data.transpose([0, *(axis + 1 for axis in transpose)]))
+    mask = np.ascontiguousarray(mask.transpose(transpose))
+    if segmentation is not None:
+        segmentation = np.ascontiguousarray(segmentation.transpose(transpose))
+    spacing_after_crop = tuple(float(geometry.spacing[axis]) for axis in transpose)
+    shape_after_crop = tuple(int(size) for size in data.shape[1:])
+
+    data = normalize_channels(data, schemes=list(configuration["normalization"]), nonzero_mask=mask)
+    del mask
+
+    target_spacing = target_spacing_for(configuration, spacing_after_crop)
+    new_shape = resampled_shape(shape_after_crop, spacing_after_crop, target_spacing)
+    if int(configuration["dimension"]) == 2:
+        new_shape = (shape_after_crop[0], *new_shape[1:])
+    data = resample_channels(
+        data, new_shape, axis_orders=resampling_axis_orders(configuration, order_key="image_order")
+    )
+    properties: dict = {
+        "identifier": identifier,
+        "geometry": geometry.to_dict(),
+        "shape_before_crop": [int(size) for size in geometry.shape],
+        "crop_bbox": [[int(start), int(stop)] for start, stop in bbox],
+        "shape_after_crop": list(shape_after_crop),
+        "spacing_after_crop": list(spacing_after_crop),
+        "shape_after_resampling": [int(size) for size in new_shape],
+        "spacing_after_resampling": list(target_spacing),
+    }
+    if segmentation is None:
+        properties["class_locations"] = {}
+        return data, None, properties
+
+    segmentation = resample_segmentation(
+        segmentation, new_shape, axis_orders=resampling_axis_orders(configuration, order_key="label_order")
+    )
+    if classes is None:
+        classes = [int(value) for value in np.unique(segmentation) if value > 0]
+    properties["class_locations"] = sample_class_locations(segmentation, classes=classes, identifier=identifier)
+    return data, segmentation[None], properties

@@ -1,0 +1,43 @@
+"""``autoseg preprocess DATASET``: crop, normalise and resample every training case for the planned configurations."""
+
+from __future__ import annotations
+
+import argparse
+
+from autoseg.data.dataset import load_raw_dataset
+from autoseg.paths import add_work_dir_argument, dataset_work_dir
+from autoseg.planning.plans import load_plans
+from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
+from autoseg.utils.threads import available_cpus
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="raw dataset folder (nnU-Net v2 layout)")
+    parser.add_argument(
+        "-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
+        help="configurations to preprocess (default: every planned one; 3d_cascade_fullres shares 3d_fullres data)",
+    )
+    add_work_dir_argument(parser)
+    parser.add_argument(
+        "--workers", type=int, default=available_cpus(),
+        help="parallel processes, one case each at a time (default: the number of CPUs)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="redo cases that are already preprocessed")
+
+
+def run(args: argparse.Namespace) -> int:
+    dataset = load_raw_dataset(args.dataset)
+    work_folder = dataset_work_dir(args.work_dir, dataset.root)
+    plans = load_plans(work_folder)
+    summary = preprocess_dataset(
+        dataset,
+        plans=plans,
+        dataset_work_folder=work_folder,
+        configuration_names=args.configurations,
+        workers=max(1, args.workers),
+        overwrite=args.overwrite,
+    )
+    for name, counts in summary["configurations"].items():
+        print(f"{name}: {counts['preprocessed']} case(s) preprocessed, {counts['skipped']} already done "
+              f"-> {work_folder / 'preprocessed' / name}")
+    return 0

@@ -1,0 +1,100 @@
+"""What `autoseg predict` runs: the model-selection recipe (one configuration or an ensemble) plus post-processing.
+
+``inference.json`` (written by model selection) names the chosen configurations and folds; an ensemble averages
+its members' probabilities in the input's grid. ``postprocessing.json`` (keep-largest-component decisions made on
+the cross-validation of that same choice) is applied to the label maps. Naming a configuration overrides the recipe;
+its post-processing then applies only when the recipe chose exactly that configuration.
+
+Example:
+    >>> models = ModelEnsemble.from_model_folder("autoseg_work/Dataset004_Hippocampus")  # doctest: +SKIP
+    >>> models.predict_files([["a_0000.nii.gz"]], ["out/a.nii.gz"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from autoseg.inference.model_folder import read_inference_recipe
+from autoseg.inference.predictor import Predictor
+
+
+@dataclasses.dataclass
+class ModelEnsemble:
+    """Predictors of one dataset whose probabilities are averaged, and the post-processing applied afterwards."""
+
+    members: list[Predictor]
+    postprocessing: dict | None = None
+
+    @property
+    def description(self) -> str:
+        parts = []
+        for member in self.members:
+            folds = ", ".join(member.trained_model.folds) if member.trained_model else "?"
+            parts.append(f"{member.configuration_name} (folds {folds})")
+        return " + ".join(parts) + (", post-processed" if self.postprocessing else "")
+
+    @classmethod
+    def from_model_folder(
+        cls,
+        model_folder: str | os.PathLike[str],
+        *,
+        configuration: str | None = None,
+        folds: Sequence[int | str] | str | None = None,
+        checkpoint: str = "final",
+        device: str | torch.device = "auto",
+        tta: bool = True,
+        step_size: float = 0.5,
+        batch_size: int = 2,
+        precision: str = "auto",
+        use_postprocessing: bool = True,
+    ) -> ModelEnsemble:
+        """Follow ``inference.json`` when no configuration is named; see ``Predictor.from_model_folder``.
+
+        ``folds`` given by the user apply to every member; otherwise each member uses the recipe's folds.
+        """
+        from autoseg.postprocessing.decision import read_postprocessing
+
+        folder = Path(model_folder).expanduser().resolve()
+        options = {"checkpoint": checkpoint, "device": device, "tta": tta, "step_size": step_size,
+                   "batch_size": batch_size, "precision": precision}
+        recipe = read_inference_recipe(folder) if (folder / "plans.json").is_file() else None
+        recipe_configurations = [str(entry["configuration"]) for entry in recipe["models"]] if recipe else []
+        if configuration is None and recipe is not None:
+            members = [
+                Predictor.from_model_folder(
+                    folder, configuration=str(entry["configuration"]),
+                    folds=folds if folds is not None else entry.get("folds"), **options,
+                )
+                for entry in recipe["models"]
+            ]
+        else:
+            members = [Predictor.from_model_folder(folder, configuration=configuration, folds=folds, **options)]
+        chosen = [member.configuration_name for member in members]
+        postprocessing = None
+        follows_recipe = recipe is not None and chosen == recipe_configurations
+        if use_postprocessing and follows_recipe and recipe.get("postprocessing"):
+            postprocessing = read_postprocessing(folder / str(recipe["postprocessing"]))
+        return cls(members=members, postprocessing=postprocessing)
+
+    def predict_files(
+        self,
+        cases: Sequence[Sequence[str | os.PathLike[str]]],
+        output_paths: Sequence[str | os.PathLike[str]],
+        *,
+        save_probabilities: bool = False,
+        skip_existing: bool = False,
+        workers: int = 0,
+        progress: bool = True,
+    ) -> list[Path]:
+        """Segment each case (a list of channel files) into its output path; see ``Predictor.predict_files``."""
+        from autoseg.inference.pipeline import run_prediction_pipeline
+
+        return run_prediction_pipeline(
+            self.members, list(zip(cases, output_paths, strict=True)), save_probabilities=save_probabilities,
+            postprocessing=self.postprocessing, skip_existing=skip_existing, workers=workers, progress=progress,
+        )

@@ -1,0 +1,129 @@
+"""Find the trained models of a model folder: configuration, folds and checkpoints to predict with.
+
+A model folder is a dataset working folder ``WORK/<dataset>/`` (or an imported archive of one, same layout)::
+
+    plans.json, dataset.json, [inference.json]
+    models/CONFIG/fold_K/checkpoint_{final,best,latest}.pt      (K = 0..4 or "all")
+
+``inference.json`` (written by model selection, optional) names the recommended ``{"models": [{"configuration":
+..., "folds": [...]}]}``; without it a folder with exactly one trained configuration needs no ``-c``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoseg.errors import UserError
+from autoseg.utils.files import read_json
+
+CHECKPOINT_NAMES = ("final", "best", "latest")
+INFERENCE_RECIPE = "inference.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """One configuration of a model folder and the checkpoint file of every fold to ensemble."""
+
+    model_folder: Path
+    configuration_name: str
+    folds: tuple[str, ...]
+    checkpoint_paths: tuple[Path, ...]
+
+
+def _fold_name(fold: int | str) -> str:
+    text = str(fold)
+    if text != "all" and not text.isdigit():
+        raise UserError(f"fold {fold!r} is not a fold number (0, 1, ...) or 'all'.")
+    return text
+
+
+def trained_configurations(model_folder: Path, *, checkpoint: str) -> list[str]:
+    """Configurations with at least one fold holding ``checkpoint_<checkpoint>.pt``."""
+    models = model_folder / "models"
+    if not models.is_dir():
+        return []
+    return sorted(
+        entry.name for entry in models.iterdir()
+        if entry.is_dir() and any(entry.glob(f"fold_*/checkpoint_{checkpoint}.pt"))
+    )
+
+
+def read_inference_recipe(model_folder: Path) -> dict | None:
+    """``inference.json`` of a model folder (the configurations and folds model selection chose), or None."""
+    path = model_folder / INFERENCE_RECIPE
+    if not path.is_file():
+        return None
+    recipe = read_json(path)
+    if not isinstance(recipe, dict) or not recipe.get("models"):
+        raise UserError(f"{path}: must hold {{'models': [{{'configuration': ..., 'folds': [...]}}]}}.")
+    return recipe
+
+
+def locate_trained_model(
+    model_folder: str | os.PathLike[str],
+    *,
+    configuration: str | None = None,
+    folds: Sequence[int | str] | str | None = None,
+    checkpoint: str = "final",
+) -> TrainedModel:
+    """Resolve the configuration, folds and checkpoint files to use; raise ``UserError`` naming what is missing.
+
+    Args:
+        configuration: e.g. ``3d_fullres``; None = the one ``inference.json`` recommends, else the only trained one.
+        folds: fold numbers and/or ``"all"``; None = the recommended folds, else every trained fold.
+        checkpoint: ``final``, ``best`` or ``latest``.
+    """
+    model_folder = Path(model_folder).expanduser().resolve()
+    if checkpoint not in CHECKPOINT_NAMES:
+        raise UserError(f"checkpoint {checkpoint!r} is not one of {', '.join(CHECKPOINT_NAMES)}.")
+    if not (model_folder / "plans.json").is_file():
+        raise UserError(
+            f"{model_folder}: is not a model folder (no plans.json); pass WORK/<dataset> or an imported model."
+        )
+    available = trained_configurations(model_folder, checkpoint=checkpoint)
+    recipe = read_inference_recipe(model_folder)
+    recommended_folds = None
+    if configuration is None:
+        if recipe is not None:
+            entry = recipe["models"][0]
+            configuration = str(entry["configuration"])
+            recommended_folds = entry.get("folds")
+        elif len(available) == 1:
+            configuration = available[0]
+        elif not available:
+            raise UserError(f"{model_folder}: has no trained model with checkpoint_{checkpoint}.pt under models/.")
+        else:
+            raise UserError(
+                f"{model_folder}: holds several trained configurations ({', '.join(available)}); choose one with -c."
+            )
+    elif recipe is not None:
+        recommended_folds = next(
+            (entry.get("folds") for entry in recipe["models"] if entry.get("configuration") == configuration), None
+        )
+    configuration_folder = model_folder / "models" / configuration
+    if folds is None:
+        folds = recommended_folds
+    if folds is None:
+        found = configuration_folder.glob(f"fold_*/checkpoint_{checkpoint}.pt")
+        fold_names = sorted(
+            (path.parent.name[len("fold_") :] for path in found),
+            key=lambda name: (name == "all", int(name) if name.isdigit() else 0),
+        )
+        # A model trained on all cases and the cross-validation folds are alternatives, not an ensemble.
+        if any(name.isdigit() for name in fold_names):
+            fold_names = [name for name in fold_names if name != "all"]
+    else:
+        fold_names = [_fold_name(fold) for fold in ([folds] if isinstance(folds, (str, int)) else folds)]
+    if not fold_names:
+        raise UserError(
+            f"{configuration_folder}: has no fold with checkpoint_{checkpoint}.pt "
+            f"(trained configurations: {', '.join(available) or 'none'})."
+        )
+    paths = tuple(configuration_folder / f"fold_{name}" / f"checkpoint_{checkpoint}.pt" for name in fold_names)
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise UserError(f"{missing[0]}: checkpoint not found (train that fold or choose other folds with -f).")
+    return TrainedModel(model_folder, configuration, tuple(fold_names), paths)

@@ -1,0 +1,150 @@
+"""`autoseg predict`: segment a folder of raw images (CASE_0000.ext, CASE_0001.ext, ...) with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from autoseg.data.dataset import Case, Problem, _discover_cases
+from autoseg.errors import UserError
+from autoseg.io.images import file_ending
+from autoseg.utils.threads import available_cpus
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--input", required=True, help="folder of images named CASE_XXXX.ext (one per channel)")
+    parser.add_argument("-o", "--output", required=True, help="folder for the label maps (CASE.ext)")
+    parser.add_argument("-m", "--model", required=True, help="model folder: WORK/<dataset> or an imported model")
+    parser.add_argument("-c", "--configuration", default=None,
+                        help="configuration (2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres); default: the "
+                             "recommended or only trained one")
+    parser.add_argument("-f", "--folds", nargs="+", default=None,
+                        help="folds to ensemble (numbers or 'all'); default: every trained fold")
+    parser.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final")
+    parser.add_argument("--no-tta", action="store_true", help="disable test-time mirroring (about 8x faster in 3D)")
+    parser.add_argument("--step-size", type=float, default=0.5,
+                        help="sliding-window step as a fraction of the patch (default 0.5; larger is faster)")
+    parser.add_argument("--no-postprocessing", action="store_true",
+                        help="skip the post-processing chosen by model selection (postprocessing.json)")
+    parser.add_argument("--save-probabilities", action="store_true", help="also write the class probabilities")
+    parser.add_argument("--continue", dest="continue_", action="store_true",
+                        help="skip cases whose output already exists")
+    parser.add_argument("--part-id", type=int, default=0, help="which part of the sorted case list to do (0-based)")
+    parser.add_argument("--num-parts", type=int, default=1, help="split the case list into this many parts")
+    parser.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="background processes for preprocessing and export (0 = all in this process)")
+    parser.add_argument("--batch-size", type=int, default=2, help="patches per forward pass")
+    parser.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                        help="network arithmetic: auto = float16 on CUDA, float32 on CPU; bfloat16 is 2-3x faster "
+                             "on CPUs with native bfloat16 (AVX512-BF16, AMX)")
+    parser.add_argument("--submission", default=None, metavar="NAME",
+                        help="write a challenge submission: OUTPUT/NAME/ (one label map per case, named as the "
+                             "input case), a manifest (model hash, folds, TTA, post-processing, seeds, versions) "
+                             "and OUTPUT/NAME.zip")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the network (default: the CPUs not already busy, at least 1)")
+
+
+def idle_cpu_count() -> int:
+    """CPUs not already busy according to the 1-minute load average (at least 1).
+
+    OpenMP threads wait for each other at every operation; when another process holds one of the cores, a thread
+    that is preempted stalls all the others. On a 2-core machine shared with other jobs, 2 threads measured 2.5-4x
+    slower than 1, while on an idle machine 2 threads are faster, hence the load-dependent default.
+    """
+    cpus = available_cpus()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not available on this platform
+        return cpus
+    return max(1, min(cpus, cpus - round(load)))
+
+
+def discover_input_cases(folder: Path, *, num_channels: int) -> list[Case]:
+    """Group ``CASE_XXXX.ext`` files into cases sorted by identifier; raise ``UserError`` naming every misfit."""
+    if not folder.is_dir():
+        raise UserError(f"{folder}: input folder does not exist.")
+    endings = {file_ending(entry) for entry in folder.iterdir() if entry.is_file() and not entry.name.startswith(".")}
+    endings.discard(None)
+    if not endings:
+        raise UserError(f"{folder}: contains no image files.")
+    if len(endings) > 1:
+        raise UserError(f"{folder}: mixes file endings ({', '.join(sorted(endings))}); keep one kind per folder.")
+    problems: list[Problem] = []
+    cases = _discover_cases(folder, endings.pop(), num_channels, problems, None)
+    errors = [problem for problem in problems if problem.severity == "error"]
+    if errors:
+        listed = "; ".join(str(problem) for problem in errors[:5])
+        raise UserError(f"{folder}: {len(errors)} input file problem(s): {listed}.")
+    return sorted(cases, key=lambda case: case.identifier)
+
+
+def shard(cases: list[Case], *, part_id: int, num_parts: int) -> list[Case]:
+    """Every ``num_parts``-th case starting at ``part_id``: parts are disjoint and together cover every case."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise UserError(f"--part-id must be in 0..{num_parts - 1} and --num-parts >= 1 (got {part_id}, {num_parts}).")
+    return cases[part_id::num_parts]
+
+
+def run(args: argparse.Namespace) -> int:
+    from autoseg.inference.ensemble import ModelEnsemble
+    from autoseg.utils.threads import set_torch_threads
+
+    set_torch_threads(args.threads or idle_cpu_count())
+    if not 0 < args.step_size <= 1:
+        raise UserError(f"--step-size must be in (0, 1], got {args.step_size}.")
+    models = ModelEnsemble.from_model_folder(
+        args.model, configuration=args.configuration, folds=args.folds, checkpoint=args.checkpoint,
+        device=args.device, tta=not args.no_tta, step_size=args.step_size, batch_size=args.batch_size,
+        precision=args.precision, use_postprocessing=not args.no_postprocessing,
+    )
+    first = models.members[0]
+    input_folder = Path(args.input).expanduser().resolve()
+    output_folder = Path(args.output).expanduser().resolve()
+    if output_folder == input_folder:
+        raise UserError(f"{output_folder}: the output folder must differ from the input folder.")
+    cases = shard(discover_input_cases(input_folder, num_channels=first.dataset.num_channels),
+                  part_id=args.part_id, num_parts=args.num_parts)
+    if args.submission:
+        if args.num_parts != 1:
+            raise UserError("--submission needs every case in one run; drop --part-id/--num-parts.")
+        if "/" in args.submission or args.submission in ("", ".", ".."):
+            raise UserError(f"--submission {args.submission!r} must be a plain folder name.")
+        output_folder = output_folder / args.submission
+    output_folder.mkdir(parents=True, exist_ok=True)
+    items = [(case.images, output_folder / (case.identifier + file_ending(case.images[0]))) for case in cases]
+    print(
+        f"autoseg predict: {len(items)} case(s) with {models.description}, checkpoint {args.checkpoint}, "
+        f"{'with' if first.tta else 'without'} mirroring, on {first.device}"
+    )
+    written = models.predict_files(
+        [images for images, _ in items], [output for _, output in items], save_probabilities=args.save_probabilities,
+        skip_existing=args.continue_, workers=args.workers, progress=True,
+    )
+    skipped = len(items) - len(written)
+    print(f"autoseg predict: wrote {len(written)} label map(s) to {output_folder}"
+          + (f" ({skipped} already there)" if skipped else ""))
+    if args.submission:
+        _write_submission(output_folder, models, args)
+    return 0
+
+
+def _write_submission(folder: Path, models, args: argparse.Namespace) -> None:
+    from autoseg.sharing.submission import write_submission
+
+    checkpoints = [path for member in models.members for path in member.trained_model.checkpoint_paths]
+    description = {
+        "configurations": [member.configuration_name for member in models.members],
+        "folds": {member.configuration_name: list(member.trained_model.folds) for member in models.members},
+        "checkpoint": args.checkpoint,
+        "test_time_mirroring": not args.no_tta,
+        "step_size": args.step_size,
+        "precision": args.precision,
+        "postprocessing": models.postprocessing,
+        "labels": {name: value for name, value in models.members[0].dataset.to_dict()["labels"].items()},
+    }
+    archive = write_submission(folder, model_folder=models.members[0].trained_model.model_folder,
+                               checkpoint_paths=checkpoints, description=description)
+    print(f"autoseg predict: submission manifest in {folder}, archive {archive}")

@@ -1,0 +1,321 @@
+"""The predictor: a trained model folder turned into a function from images (files or arrays) to label maps.
+
+For each case: preprocess exactly as in training (``autoseg.preprocessing.case.preprocess_case``), predict
+logits with the sliding window for every fold, convert them to probabilities (softmax, or sigmoid for regions),
+average the probabilities over folds, then resample back to the input's grid and take the label map
+(``autoseg.inference.export``). A ``3d_cascade_fullres`` predictor first runs its ``3d_lowres`` predictor on the
+same case and feeds that segmentation as extra one-hot input channels.
+
+Example:
+    >>> predictor = Predictor.from_model_folder("autoseg_work/Dataset004_Hippocampus", folds=(0,))  # doctest: +SKIP
+    >>> prediction = predictor.predict_array(image, spacing=(1.0, 1.0, 1.0))  # doctest: +SKIP
+    >>> prediction.label_map.shape == image.shape  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoseg.data.dataset import RawDataset
+from autoseg.errors import UserError
+from autoseg.inference.export import export_case, probabilities_in_input_grid
+from autoseg.inference.label_maps import (
+    label_map_from_probabilities,
+    previous_stage_channels,
+    probabilities_from_logits,
+)
+from autoseg.inference.model_folder import TrainedModel, locate_trained_model
+from autoseg.inference.sliding_window import predict_sliding_window
+from autoseg.io.images import Geometry, write_image
+from autoseg.utils.files import read_json
+
+
+@dataclasses.dataclass
+class Prediction:
+    """A label map in the input's grid ``(z, y, x)`` and, when asked for, the class probabilities ``(K, z, y, x)``."""
+
+    label_map: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class PreprocessedCase:
+    """Network input of one case (``(C, z, y, x)`` float32), its properties, and the previous stage's input."""
+
+    data: np.ndarray
+    properties: dict
+    previous_stage_data: np.ndarray | None = None
+
+
+def preprocess_for_prediction(
+    image_paths: Sequence[str | os.PathLike[str]],
+    *,
+    plans: dict,
+    configuration: dict,
+    previous_configuration: dict | None = None,
+) -> PreprocessedCase:
+    """Preprocess one case for ``configuration`` (and for the previous cascade stage). Runs in worker processes."""
+    from autoseg.preprocessing.case import preprocess_case
+
+    paths = [str(path) for path in image_paths]
+    data, _, properties = preprocess_case(paths, None, plans=plans, configuration=configuration)
+    previous_data = None
+    if previous_configuration is not None:
+        previous_data, _, _ = preprocess_case(paths, None, plans=plans, configuration=previous_configuration)
+    return PreprocessedCase(np.ascontiguousarray(data, dtype=np.float32), properties, previous_data)
+
+
+class Predictor:
+    """Segments images with an ensemble of trained folds of one configuration.
+
+    Build it with ``Predictor.from_model_folder``. Options:
+        tta: test-time mirroring over every spatial axis (8 passes per patch in 3D, 4 in 2D).
+        step_size: sliding-window step as a fraction of the patch (0.5 = half-patch overlap).
+        batch_size: patches per forward pass.
+        precision: ``auto`` (float16 autocast on CUDA, float32 on CPU), ``float32``, ``float16``, ``bfloat16``.
+    """
+
+    def __init__(
+        self,
+        *,
+        plans: dict,
+        configuration_name: str,
+        configuration: dict,
+        dataset: RawDataset,
+        networks: Sequence[torch.nn.Module],
+        device: torch.device,
+        tta: bool = True,
+        step_size: float = 0.5,
+        batch_size: int = 2,
+        precision: str = "auto",
+        previous_stage: Predictor | None = None,
+        trained_model: TrainedModel | None = None,
+    ) -> None:
+        self.plans = plans
+        self.configuration_name = configuration_name
+        self.configuration = configuration
+        self.dataset = dataset
+        self.networks = list(networks)
+        self.device = device
+        self.tta = tta
+        self.step_size = step_size
+        self.batch_size = batch_size
+        self.precision = precision
+        self.previous_stage = previous_stage
+        self.trained_model = trained_model
+        if configuration.get("previous_stage") and previous_stage is None:
+            raise ValueError(f"configuration {configuration_name} needs its previous stage predictor")
+
+    # -- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_model_folder(
+        cls,
+        model_folder: str | os.PathLike[str],
+        *,
+        configuration: str | None = None,
+        folds: Sequence[int | str] | str | None = None,
+        checkpoint: str = "final",
+        device: str | torch.device = "auto",
+        tta: bool = True,
+        step_size: float = 0.5,
+        batch_size: int = 2,
+        precision: str = "auto",
+    ) -> Predictor:
+        """Load plans, dataset description and the checkpoint of every fold (``weights_only=True``).
+
+        Args:
+            model_folder: ``WORK/<dataset>`` or an imported model folder with the same layout.
+            configuration: ``2d``, ``3d_fullres``, ``3d_lowres``, ``3d_cascade_fullres``...; None picks the one
+                ``inference.json`` recommends or the only trained one.
+            folds: fold numbers and/or ``"all"``; None = every trained fold (or the recommended ones).
+            checkpoint: ``final``, ``best`` or ``latest``.
+            device: ``auto`` (CUDA > MPS > CPU), ``cpu``, ``cuda``, ``cuda:1``...
+
+        Raises:
+            UserError: the folder, configuration, a fold or a checkpoint is missing or does not fit the plan.
+        """
+        from autoseg.networks import build_network
+        from autoseg.planning.plans import load_plans, resolve_configuration
+        from autoseg.training.checkpoints import load_checkpoint, network_weights_of
+        from autoseg.training.devices import choose_device
+
+        trained = locate_trained_model(model_folder, configuration=configuration, folds=folds, checkpoint=checkpoint)
+        folder = trained.model_folder
+        plans = load_plans(folder / "plans.json")
+        if not (folder / "dataset.json").is_file():
+            raise UserError(f"{folder}: is not a model folder (no dataset.json).")
+        dataset = RawDataset.from_dict(read_json(folder / "dataset.json"))
+        device = choose_device(None if str(device) == "auto" else str(device))
+
+        previous_stage = None
+        plan_configuration = resolve_configuration(plans, trained.configuration_name)
+        extra_channels = 0
+        if plan_configuration.get("previous_stage"):
+            previous_stage = cls.from_model_folder(
+                folder, configuration=plan_configuration["previous_stage"], folds=folds, checkpoint=checkpoint,
+                device=device, tta=tta, step_size=step_size, batch_size=batch_size, precision=precision,
+            )
+            extra_channels = len(dataset.foreground_labels)
+
+        networks = []
+        configuration_used = None
+        for path in trained.checkpoint_paths:
+            content = load_checkpoint(path)
+            # The checkpoint records the configuration it was trained with; it wins over a later-edited plan.
+            fold_configuration = content.get("configuration") or plan_configuration
+            if configuration_used is not None and fold_configuration != configuration_used:
+                raise UserError(
+                    f"{path}: was trained with a different configuration than {trained.checkpoint_paths[0]}; "
+                    "folds of one ensemble must share their plan."
+                )
+            configuration_used = fold_configuration
+            network = build_network(
+                configuration_used,
+                in_channels=dataset.num_channels + extra_channels,
+                out_channels=dataset.num_output_channels,
+                deep_supervision=True,
+            )
+            try:
+                network.load_state_dict(network_weights_of(content))
+            except RuntimeError as error:
+                first_line = str(error).strip().splitlines()[0]
+                raise UserError(f"{path}: does not fit the network of plans.json ({first_line}).") from None
+            networks.append(network.to(device).eval())
+        return cls(
+            plans=plans, configuration_name=trained.configuration_name, configuration=configuration_used,
+            dataset=dataset, networks=networks, device=device, tta=tta, step_size=step_size, batch_size=batch_size,
+            precision=precision, previous_stage=previous_stage, trained_model=trained,
+        )
+
+    # -- properties ---------------------------------------------------------------------------------------------
+
+    @property
+    def mirror_axes(self) -> tuple[int, ...] | None:
+        """All network spatial axes when mirroring is on (a plan may restrict them with ``mirror_axes``)."""
+        if not self.tta:
+            return None
+        allowed = self.configuration.get("mirror_axes")
+        return tuple(allowed) if allowed is not None else tuple(range(len(self.configuration["patch_size"])))
+
+    @property
+    def previous_configuration(self) -> dict | None:
+        return self.previous_stage.configuration if self.previous_stage is not None else None
+
+    # -- prediction in the preprocessed space -------------------------------------------------------------------
+
+    def predict_preprocessed(
+        self, data: np.ndarray | torch.Tensor, *, previous_stage_data: np.ndarray | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Fold-averaged probabilities ``(K, z, y, x)`` (float32, CPU) for preprocessed ``data`` ``(C, z, y, x)``."""
+        data = torch.as_tensor(np.asarray(data, dtype=np.float32) if isinstance(data, np.ndarray) else data).float()
+        if self.previous_stage is not None:
+            if previous_stage_data is None:
+                raise ValueError(f"{self.configuration_name} needs the previous stage's preprocessed data")
+            previous_probabilities = self.previous_stage.predict_preprocessed(previous_stage_data)
+            extra = previous_stage_channels(previous_probabilities, tuple(data.shape[1:]), dataset=self.dataset)
+            data = torch.cat([data, extra])
+        uses_regions = self.dataset.has_regions
+        total = None
+        for network in self.networks:
+            logits = predict_sliding_window(
+                network, data, patch_size=self.configuration["patch_size"],
+                num_classes=self.dataset.num_output_channels, step_size=self.step_size, mirror_axes=self.mirror_axes,
+                device=self.device, batch_size=self.batch_size, precision=self.precision,
+            )
+            probabilities = probabilities_from_logits(logits, uses_regions=uses_regions)
+            del logits  # large images: keep at most two (K, z, y, x) volumes alive
+            total = probabilities if total is None else total.add_(probabilities)
+            del probabilities
+        if len(self.networks) > 1:
+            total /= len(self.networks)
+        return total.cpu()
+
+    # -- whole cases --------------------------------------------------------------------------------------------
+
+    def preprocess(self, image_paths: Sequence[str | os.PathLike[str]]) -> PreprocessedCase:
+        """Read and preprocess one case (one file per channel)."""
+        if len(image_paths) != self.dataset.num_channels:
+            raise UserError(
+                f"{image_paths[0] if image_paths else 'case'}: the model expects {self.dataset.num_channels} "
+                f"channel file(s) per case, got {len(image_paths)}."
+            )
+        return preprocess_for_prediction(
+            image_paths, plans=self.plans, configuration=self.configuration,
+            previous_configuration=self.previous_configuration,
+        )
+
+    def predict_case(self, case: PreprocessedCase) -> np.ndarray:
+        """Probabilities ``(K, z, y, x)`` float32 in the preprocessed space of ``case``."""
+        return self.predict_preprocessed(case.data, previous_stage_data=case.previous_stage_data).numpy()
+
+    def export(
+        self, probabilities: np.ndarray, properties: dict, output_path: str | os.PathLike[str], *,
+        save_probabilities: bool = False,
+    ) -> None:
+        """Write the label map with exactly the input's geometry (and the probabilities when asked)."""
+        export_case(
+            probabilities, properties, plans=self.plans, configuration=self.configuration, dataset=self.dataset,
+            output_path=output_path, save_probabilities=save_probabilities,
+        )
+
+    def predict_files(
+        self,
+        cases: Sequence[Sequence[str | os.PathLike[str]]],
+        output_paths: Sequence[str | os.PathLike[str]],
+        *,
+        save_probabilities: bool = False,
+        skip_existing: bool = False,
+        workers: int = 0,
+        progress: bool = True,
+    ) -> list[Path]:
+        """Segment each case (a list of channel files) into the matching output path; returns the written paths.
+
+        ``workers`` > 0 preprocesses and exports in background processes while the network runs.
+        """
+        from autoseg.inference.pipeline import run_prediction_pipeline
+
+        return run_prediction_pipeline(
+            [self], list(zip(cases, output_paths, strict=True)), save_probabilities=save_probabilities,
+            skip_existing=skip_existing, workers=workers, progress=progress,
+        )
+
+    def predict_array(
+        self, array: np.ndarray, *, spacing: Sequence[float], return_probabilities: bool = False
+    ) -> Prediction:
+        """Segment an array ``(C, z, y, x)`` or ``(z, y, x)`` with voxel ``spacing`` (mm, array-axis order).
+
+        A 2D image is ``(1, H, W)`` (or ``(C, 1, H, W)``). The result is in the array's own grid.
+        """
+        array = np.asarray(array)
+        if array.ndim == 3:
+            array = array[None]
+        if array.ndim != 4:
+            raise UserError(f"predict_array needs a (C, z, y, x) or (z, y, x) array, got shape {array.shape}.")
+        if len(spacing) != 3:
+            raise UserError(f"spacing needs one value per array axis (z, y, x), got {tuple(spacing)}.")
+        geometry = Geometry(
+            spacing=tuple(float(s) for s in spacing), origin=(0.0, 0.0, 0.0),
+            direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), shape=tuple(int(s) for s in array.shape[1:]),
+        )
+        # Going through files keeps one preprocessing code path for arrays and files (reading is exact).
+        with tempfile.TemporaryDirectory(prefix="autoseg-predict-") as folder:
+            paths = []
+            for channel, channel_array in enumerate(array):
+                path = Path(folder) / f"array_{channel:04d}.nii"
+                write_image(channel_array, geometry, path)
+                paths.append(path)
+            case = self.preprocess(paths)
+        probabilities = self.predict_case(case)
+        probabilities = probabilities_in_input_grid(
+            probabilities, case.properties, plans=self.plans, configuration=self.configuration, dataset=self.dataset
+        )
+        label_map = label_map_from_probabilities(probabilities, dataset=self.dataset)
+        return Prediction(label_map=label_map, probabilities=probabilities if return_probabilities else None)

@@ -1,0 +1,182 @@
+"""``autoseg train DATASET CONFIG FOLD``: train one fold of one configuration from the preprocessed data.
+
+Reads ``WORK/<dataset>/{dataset.json, plans.json, preprocessed/CONFIG/}``, makes or reads ``splits.json`` and writes
+``models/CONFIG/fold_K/``. The same command under ``torchrun --nproc_per_node N`` trains with
+DistributedDataParallel (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from autoseg.data.dataset import RawDataset
+from autoseg.errors import UserError
+from autoseg.paths import add_work_dir_argument, dataset_work_dir
+from autoseg.planning.plans import load_plans, resolve_configuration
+from autoseg.preprocessing.preprocess_dataset import data_configuration_name
+from autoseg.training.distributed import detect_distributed_context
+from autoseg.training.loop import TrainingJob, TrainingSettings, train_fold
+from autoseg.training.schedule import parse_time_budget
+from autoseg.training.splits import CASE_GROUPERS, DEFAULT_SPLIT_SEED, cases_for_fold, load_or_create_splits
+from autoseg.utils.files import read_json
+
+FOLD_CHOICES = ("0", "1", "2", "3", "4", "all")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="raw dataset folder (or its name inside the working folder)")
+    parser.add_argument("configuration", help="configuration name from plans.json, e.g. 3d_fullres or 2d")
+    parser.add_argument("fold", help="cross-validation fold 0-4 (a fold index of --splits) or 'all'")
+    add_work_dir_argument(parser)
+    parser.add_argument(
+        "--epochs", type=int, default=1000, help="epochs to train (default 1000; ignored with --time-budget)"
+    )
+    parser.add_argument("--iterations-per-epoch", type=int, default=250, help="training steps per epoch (default 250)")
+    parser.add_argument(
+        "--validation-iterations", type=int, default=50, help="validation batches per epoch (default 50)"
+    )
+    parser.add_argument(
+        "--time-budget",
+        default=None,
+        help="train until this much wall-clock time is spent (e.g. 90s, 20m, 2h); the learning rate decays over it",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    parser.add_argument("--resume", action="store_true", help="continue from the fold's latest checkpoint")
+    parser.add_argument("--pretrained", default=None, help="checkpoint to initialise from (matching tensors only)")
+    parser.add_argument("--loss", default="dice_ce", help="loss name (default dice_ce; see docs/training.md)")
+    parser.add_argument("--num-workers", type=int, default=None, help="background augmentation workers")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads (default: every available CPU, shared among torchrun ranks; 1 can be faster on busy cores)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed for initialisation and sampling")
+    parser.add_argument("--splits", default=None, help="JSON file of folds to use instead of the automatic ones")
+    parser.add_argument(
+        "--group-cases",
+        choices=sorted(CASE_GROUPERS),
+        default="none",
+        help="keep related cases in one fold when splits are made; 'leading-number' groups NNN_* ids "
+        "(e.g. HC18 scans of one fetus)",
+    )
+    parser.add_argument("--deterministic", action="store_true", help="deterministic kernels and seeds (slower)")
+    parser.add_argument("--no-validation-prediction", action="store_true",
+                        help="skip predicting the validation cases after training")
+
+
+def build_job(
+    *,
+    dataset: str,
+    configuration_name: str,
+    fold: str,
+    work_dir: str | os.PathLike[str] | None,
+    splits_file: str | None = None,
+    group_cases: str = "none",
+    write_splits: bool = True,
+) -> TrainingJob:
+    """Locate everything ``train`` needs and check it exists, naming the command that makes what is missing."""
+    if fold not in FOLD_CHOICES and not (splits_file and fold.isdigit()):
+        raise UserError(f"fold {fold!r} is not one of {', '.join(FOLD_CHOICES)}.")
+    work_folder = dataset_work_dir(work_dir, dataset)
+    dataset_json = work_folder / "dataset.json"
+    plans_json = work_folder / "plans.json"
+    if not dataset_json.is_file() or not plans_json.is_file():
+        missing = dataset_json if not dataset_json.is_file() else plans_json
+        raise UserError(
+            f"{missing} does not exist; run `autoseg plan {dataset}` and `autoseg preprocess {dataset}` "
+            "(with the same --work-dir) first."
+        )
+    raw_dataset = RawDataset.from_dict(read_json(dataset_json))
+    plans = load_plans(plans_json)
+    configuration = resolve_configuration(plans, configuration_name)
+    if configuration.get("previous_stage"):
+        # The patch loader does not yet add the previous stage's segmentation as input channels.
+        raise UserError(
+            f"{plans_json}: training the cascade configuration {configuration_name!r} is not supported yet; "
+            f"train {configuration.get('previous_stage')!r} or 3d_fullres instead."
+        )
+    # A cascade stage trains on its parent's preprocessed data (plus the previous stage's predictions).
+    preprocessed_folder = work_folder / "preprocessed" / data_configuration_name(plans, configuration_name)
+    preprocessed_ids = sorted(path.stem for path in preprocessed_folder.glob("*.json"))
+    if not preprocessed_ids:
+        raise UserError(
+            f"{preprocessed_folder} holds no preprocessed cases; run `autoseg preprocess {dataset} "
+            f"-c {configuration_name}` (with the same --work-dir) first."
+        )
+    case_ids = sorted(case.identifier for case in raw_dataset.training_cases) or preprocessed_ids
+    splits = load_or_create_splits(
+        work_folder / "splits.json",
+        case_ids,
+        user_splits_file=splits_file,
+        seed=DEFAULT_SPLIT_SEED,
+        grouper=CASE_GROUPERS[group_cases],
+        write=write_splits,
+    )
+    train_ids, validation_ids = cases_for_fold(splits, fold, case_ids)
+    missing_cases = sorted(set(train_ids + validation_ids) - set(preprocessed_ids))
+    if missing_cases:
+        raise UserError(
+            f"{preprocessed_folder} lacks {len(missing_cases)} case(s) of fold {fold} (e.g. {missing_cases[0]}); "
+            f"run `autoseg preprocess {dataset} -c {configuration_name}` again to complete it."
+        )
+    return TrainingJob(
+        dataset=raw_dataset,
+        dataset_work_folder=work_folder,
+        configuration_name=configuration_name,
+        configuration=configuration,
+        fold=fold if fold == "all" else int(fold),
+        train_case_ids=tuple(train_ids),
+        validation_case_ids=tuple(validation_ids),
+        preprocessed_folder=preprocessed_folder,
+        fold_folder=work_folder / "models" / configuration_name / f"fold_{fold}",
+    )
+
+
+def settings_from_arguments(args: argparse.Namespace) -> TrainingSettings:
+    for name in ("epochs", "iterations_per_epoch"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
+    if args.validation_iterations < 0:
+        raise UserError("--validation-iterations must not be negative.")
+    if args.pretrained and not Path(args.pretrained).is_file():
+        raise UserError(f"pretrained checkpoint {args.pretrained} does not exist.")
+    return TrainingSettings(
+        epochs=args.epochs,
+        iterations_per_epoch=args.iterations_per_epoch,
+        validation_iterations=args.validation_iterations,
+        time_budget_seconds=parse_time_budget(args.time_budget) if args.time_budget else None,
+        loss_name=args.loss,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        num_workers=args.num_workers,
+        threads=args.threads,
+        device=args.device,
+        resume=args.resume,
+        pretrained=args.pretrained,
+        after_training_hooks=() if args.no_validation_prediction else ("predict_validation",),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_arguments(args)
+    context = detect_distributed_context()
+    job = build_job(
+        dataset=args.dataset,
+        configuration_name=args.configuration,
+        fold=args.fold,
+        work_dir=args.work_dir,
+        splits_file=args.splits,
+        group_cases=args.group_cases,
+        write_splits=context.is_main_process,
+    )
+    if context.is_main_process:
+        print(
+            f"training {job.configuration_name} fold {job.fold}: {len(job.train_case_ids)} training and "
+            f"{len(job.validation_case_ids)} validation cases -> {job.fold_folder}"
+        )
+    result = train_fold(job, settings)
+    if context.is_main_process:
+        best = "-" if result.best_ema_pseudo_dice is None else f"{result.best_ema_pseudo_dice:.4f}"
+        print(f"done: {result.epochs_completed} epochs, best EMA pseudo-Dice {best}, checkpoints in {job.fold_folder}")
+    return 0

@@ -1,0 +1,105 @@
+"""Data-parallel training across processes: detect a ``torchrun`` launch, join the process group, sync results.
+
+``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; without them training runs in one process. The
+backend is NCCL on CUDA and gloo elsewhere. Every rank trains on its own share of the batch, DDP averages the
+gradients, and only rank 0 writes files or prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as torch_distributed
+
+from autoseg.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedContext:
+    """Who this process is in a (possibly one-process) training job."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+
+def detect_distributed_context() -> DistributedContext:
+    """Read ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` as set by ``torchrun``; a plain launch is a world of one."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return DistributedContext(world_size=world_size, rank=rank, local_rank=local_rank)
+
+
+def start_process_group(context: DistributedContext, device: torch.device) -> None:
+    """Join the process group (once); NCCL for CUDA devices, gloo for CPU."""
+    if not context.enabled or torch_distributed.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch_distributed.init_process_group(backend=backend, world_size=context.world_size, rank=context.rank)
+
+
+def stop_process_group() -> None:
+    if torch_distributed.is_initialized():
+        torch_distributed.destroy_process_group()
+
+
+def split_batch_size(batch_size: int, context: DistributedContext) -> int:
+    """This rank's share of the global batch; every rank needs at least one sample."""
+    if batch_size < context.world_size:
+        raise UserError(
+            f"the batch size {batch_size} is smaller than the number of processes {context.world_size}; "
+            "use fewer processes or a configuration with a larger batch."
+        )
+    base, remainder = divmod(batch_size, context.world_size)
+    return base + (1 if context.rank < remainder else 0)
+
+
+def sum_across_processes(values: Sequence[float], context: DistributedContext) -> list[float]:
+    """Element-wise sum over ranks (a no-op in one process)."""
+    if not context.enabled:
+        return [float(v) for v in values]
+    backend_device = "cuda" if torch_distributed.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=backend_device)
+    torch_distributed.all_reduce(tensor, op=torch_distributed.ReduceOp.SUM)
+    return tensor.cpu().tolist()
+
+
+def value_of_main_process(value: float, context: DistributedContext) -> float:
+    """Rank 0's ``value`` on every rank: time-based schedules must use one clock, or the ranks' learning rates (and
+    hence their weights) would drift apart."""
+    if not context.enabled:
+        return float(value)
+    return sum_across_processes([float(value) if context.is_main_process else 0.0], context)[0]
+
+
+def any_process_says(flag: bool, context: DistributedContext) -> bool:
+    """True on every rank if it is true on any rank (so all ranks stop on the same iteration)."""
+    if not context.enabled:
+        return flag
+    return sum_across_processes([1.0 if flag else 0.0], context)[0] > 0
+
+
+def wrap_model(model: torch.nn.Module, context: DistributedContext, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` when distributed, else ``model`` itself."""
+    if not context.enabled:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

@@ -1,0 +1,724 @@
+"""The training loop of one fold, composed of small parts: sampling, loss, schedule, checkpoints, log, validation.
+
+``train_fold(job, settings)`` runs epochs of ``iterations_per_epoch`` optimiser steps followed by a pass over
+validation patches (loss and pseudo-Dice), until the planned epochs are done or the time budget is spent. It is
+the same code in one process and under ``torchrun`` (DistributedDataParallel; only rank 0 writes). Everything a
+resumed run needs is in ``checkpoint_latest.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from autoseg.data.dataset import RawDataset
+from autoseg.training import checkpoints as checkpoint_files
+from autoseg.training.devices import (
+    autocast_context,
+    choose_device,
+    enable_fast_kernels,
+    make_deterministic,
+    make_gradient_scaler,
+    seed_everything,
+)
+from autoseg.training.distributed import (
+    DistributedContext,
+    detect_distributed_context,
+    split_batch_size,
+    start_process_group,
+    stop_process_group,
+    sum_across_processes,
+    unwrap_model,
+    value_of_main_process,
+    wrap_model,
+)
+from autoseg.training.hooks import after_training
+from autoseg.training.optimizers import (
+    DEFAULT_GRADIENT_CLIP_NORM,
+    DEFAULT_INITIAL_LEARNING_RATE,
+    DEFAULT_WEIGHT_DECAY,
+    OPTIMIZERS,
+    set_learning_rate,
+)
+from autoseg.training.pretrained import load_pretrained_weights
+from autoseg.training.progress_plot import draw_progress
+from autoseg.training.pseudo_dice import count_overlaps, dice_from_counts, mean_dice
+from autoseg.training.schedule import TrainingProgress, poly_learning_rate
+from autoseg.training.training_log import LOG_FILE, update_moving_average, write_log
+from autoseg.utils.files import write_json
+from autoseg.utils.threads import available_cpus, set_torch_threads
+
+PROGRESS_PLOT = "progress.png"
+TRAINING_SUMMARY = "training_summary.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+    """Every option of a training run; the defaults are the proven recipe (see docs/training.md).
+
+    ``epochs`` is ignored when ``time_budget_seconds`` is set: training then runs until the budget is spent, with the
+    learning rate decaying over the budget. A latest checkpoint is written every ``checkpoint_every_epochs`` epochs
+    and whenever ``checkpoint_every_seconds`` have passed since the last one.
+    """
+
+    epochs: int = 1000
+    iterations_per_epoch: int = 250
+    validation_iterations: int = 50
+    time_budget_seconds: float | None = None
+    loss_name: str = "dice_ce"
+    optimizer_name: str = "sgd_nesterov"
+    initial_learning_rate: float = DEFAULT_INITIAL_LEARNING_RATE
+    weight_decay: float = DEFAULT_WEIGHT_DECAY
+    gradient_clip_norm: float = DEFAULT_GRADIENT_CLIP_NORM
+    oversample_foreground: float = 0.33
+    seed: int = 0
+    deterministic: bool = False
+    num_workers: int | None = None
+    threads: int | None = None
+    device: str | None = None
+    resume: bool = False
+    pretrained: str | None = None
+    checkpoint_every_epochs: int = 10
+    checkpoint_every_seconds: float = 300.0
+    after_training_hooks: tuple[str, ...] = ("predict_validation",)
+    show_progress_bar: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingJob:
+    """What to train: one configuration of one dataset on one fold's cases, written to ``fold_folder``."""
+
+    dataset: RawDataset
+    dataset_work_folder: Path
+    configuration_name: str
+    configuration: dict[str, Any]
+    fold: int | str
+    train_case_ids: tuple[str, ...]
+    validation_case_ids: tuple[str, ...]
+    preprocessed_folder: Path
+    fold_folder: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingComponents:
+    """The parts the loop is composed of, as plain functions (the real ones by default; tests may swap them)."""
+
+    build_network: Callable[..., torch.nn.Module]
+    describe_network: Callable[[torch.nn.Module], str]
+    build_loss: Callable[..., Callable]
+    make_training_loader: Callable[..., Iterator[dict]]
+    make_validation_loader: Callable[..., Iterator[dict]]
+    deep_supervision_scales: Callable[[dict], list]
+
+
+def default_components() -> TrainingComponents:
+    """The networks, losses and loaders of ``autoseg.networks`` and ``autoseg.training``."""
+    from autoseg.networks import build_network, describe
+    from autoseg.training.data_loading import deep_supervision_scales, make_training_loader, make_validation_loader
+    from autoseg.training.losses import build_loss
+
+    return TrainingComponents(
+        build_network=build_network,
+        describe_network=describe,
+        build_loss=build_loss,
+        make_training_loader=make_training_loader,
+        make_validation_loader=make_validation_loader,
+        deep_supervision_scales=deep_supervision_scales,
+    )
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """What the loop mutates; handed to epoch-end callbacks (e.g. to stop early or to inspect the weights)."""
+
+    network: torch.nn.Module  # possibly DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    gradient_scaler: torch.amp.GradScaler
+    progress: TrainingProgress
+    log: list[dict[str, Any]]
+    context: DistributedContext
+    ema_pseudo_dice: float | None = None
+    best_ema_pseudo_dice: float | None = None
+
+
+EpochCallback = Callable[[TrainingState], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingResult:
+    """JSON-serialisable summary of a finished (or budget-ended) run, also written as ``training_summary.json``."""
+
+    fold_folder: str
+    configuration_name: str
+    fold: int | str
+    epochs_completed: int
+    iterations_done: int
+    elapsed_seconds: float
+    final_train_loss: float | None
+    final_val_loss: float | None
+    ema_pseudo_dice: float | None
+    best_ema_pseudo_dice: float | None
+    resumed_from_epoch: int | None
+    after_training: dict[str, Any]
+
+
+def number_of_input_channels(job: TrainingJob) -> int:
+    """Channels of a preprocessed case (read from the ``.npy`` header), plus one per foreground class for the
+    cascade, whose input also holds the previous stage's one-hot segmentation."""
+    first_case = job.preprocessed_folder / f"{job.train_case_ids[0]}.npy"
+    channels = int(np.load(first_case, mmap_mode="r").shape[0])
+    if job.configuration.get("previous_stage"):
+        channels += len(job.dataset.foreground_labels)
+    return channels
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """Tensors (or numpy arrays, or lists of them) moved to ``device``."""
+    if isinstance(value, (list, tuple)):
+        return [to_device(item, device) for item in value]
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    return value.to(device, non_blocking=True)
+
+
+def as_output_list(outputs: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+
+
+def class_names_of(dataset: RawDataset) -> list[str]:
+    """Names of the foreground outputs in channel order (regions or classes), for the log."""
+    named = [(name, value) for name, value in dataset.labels.items() if name not in ("background", "ignore")]
+    if dataset.has_regions:
+        return [name for name, _ in named]
+    by_value = {value: name for name, value in named}
+    return [by_value.get(value, str(value)) for value in dataset.foreground_labels]
+
+
+def _resume_point(fold_folder: Path) -> Path | None:
+    """The checkpoint with the most training done among latest and final (final also holds the full state)."""
+    candidates = [
+        fold_folder / checkpoint_files.LATEST_CHECKPOINT,
+        fold_folder / checkpoint_files.FINAL_CHECKPOINT,
+    ]
+    best_path, best_iterations = None, -1
+    for path in candidates:
+        if path.is_file():
+            iterations = checkpoint_files.load_checkpoint(path)["progress"]["iterations_done"]
+            if iterations > best_iterations:
+                best_path, best_iterations = path, iterations
+    return best_path
+
+
+def _checkpoint_content(state: TrainingState, job: TrainingJob, settings: TrainingSettings, channels: dict) -> dict:
+    return {
+        "network": unwrap_model(state.network).state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "gradient_scaler": state.gradient_scaler.state_dict(),
+        "progress": state.progress.to_dict(),
+        "log": state.log,
+        "ema_pseudo_dice": state.ema_pseudo_dice,
+        "best_ema_pseudo_dice": state.best_ema_pseudo_dice,
+        "random_states": checkpoint_files.capture_random_states(),
+        "configuration_name": job.configuration_name,
+        "configuration": job.configuration,
+        "fold": str(job.fold),
+        "in_channels": channels["in"],
+        "out_channels": channels["out"],
+        "settings": {key: value for key, value in dataclasses.asdict(settings).items() if value is not None},
+    }
+
+
+def _restore(state: TrainingState, checkpoint: dict, settings: TrainingSettings) -> None:
+    unwrap_model(state.network).load_state_dict(checkpoint["network"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint.get("gradient_scaler"):
+        state.gradient_scaler.load_state_dict(checkpoint["gradient_scaler"])
+    saved = TrainingProgress.from_dict(checkpoint["progress"])
+    # Counters come from the checkpoint; targets (epochs, budget) from the current command, so a run can be extended.
+    state.progress = TrainingProgress(
+        epochs=None if settings.time_budget_seconds is not None else settings.epochs,
+        iterations_per_epoch=settings.iterations_per_epoch,
+        time_budget_seconds=settings.time_budget_seconds,
+        epoch=saved.epoch,
+        iteration_in_epoch=saved.iteration_in_epoch,
+        iterations_done=saved.iterations_done,
+        elapsed_seconds=saved.elapsed_seconds,
+    )
+    state.log = list(checkpoint["log"])[: saved.epoch]
+    state.ema_pseudo_dice = checkpoint.get("ema_pseudo_dice")
+    state.best_ema_pseudo_dice = checkpoint.get("best_ema_pseudo_dice")
+    checkpoint_files.restore_random_states(checkpoint["random_states"])
+
+
+def distributed_deep_supervision_weights(number_of_outputs: int) -> list[float]:
+    """The usual ``1 / 2^i`` weights, but the lowest output keeps a tiny weight instead of 0.
+
+    DistributedDataParallel requires every parameter to take part in the loss (otherwise it waits forever for
+    their gradients, or needs the slower ``find_unused_parameters``); a weight of 1e-6 keeps the coarsest head in
+    the graph without changing what is learned.
+    """
+    from autoseg.training.losses import deep_supervision_weights
+
+    weights = list(deep_supervision_weights(number_of_outputs))
+    if len(weights) > 1 and weights[-1] == 0:
+        weights[-1] = 1e-6
+    return weights
+
+
+def default_number_of_workers(context: DistributedContext) -> int:
+    """Background augmentation processes per rank: one per CPU this rank can call its own, at most 8."""
+    return max(1, min(8, available_cpus() // context.world_size))
+
+
+def _loader_seed(settings: TrainingSettings, context: DistributedContext, resume_point: int, stream: int) -> int:
+    """Distinct, reproducible seeds per rank and per (re)start iteration, so a resumed run draws fresh patches."""
+    return (settings.seed * 1_000_003 + context.rank * 10_007 + resume_point * 101 + stream) % 2**31
+
+
+def train_fold(
+    job: TrainingJob,
+    settings: TrainingSettings,
+    *,
+    components: TrainingComponents | None = None,
+    epoch_end_callbacks: Sequence[EpochCallback] = (),
+    log_message: Callable[[str], None] = print,
+) -> TrainingResult:
+    """Train one fold; see the module docstring. Returns the run's summary (rank 0 also writes it)."""
+    components = components or default_components()
+    context = detect_distributed_context()
+    device = choose_device(settings.device, local_rank=context.local_rank)
+    started_process_group = context.enabled and not torch.distributed.is_initialized()
+    start_process_group(context, device)
+    try:
+        return _train(job, settings, components, context, device, epoch_end_callbacks, log_message)
+    finally:
+        if started_process_group:
+            stop_process_group()
+
+
+def _train(
+    job: TrainingJob,
+    settings: TrainingSettings,
+    components: TrainingComponents,
+    context: DistributedContext,
+    device: torch.device,
+    epoch_end_callbacks: Sequence[EpochCallback],
+    log_message: Callable[[str], None],
+) -> TrainingResult:
+    say = log_message if context.is_main_process else (lambda _message: None)
+    _configure_process(settings, context, device)
+    if context.is_main_process:
+        job.fold_folder.mkdir(parents=True, exist_ok=True)
+    channels = {"in": number_of_input_channels(job), "out": job.dataset.num_output_channels}
+    state, resumed_from_epoch = _prepare_state(job, settings, components, context, device, channels, say)
+    scales = components.deep_supervision_scales(job.configuration)
+    loss_function = _build_loss(job, settings, components, context, len(scales), channels["out"])
+    training_loader, validation_loader = _make_loaders(
+        job, settings, components, context, scales, state.progress.iterations_done
+    )
+    state.network = wrap_model(state.network, context, device)
+    class_names = class_names_of(job.dataset)
+    clock = _RankZeroClock(state.progress, context)
+    checkpoints = _CheckpointPolicy(job, settings, channels)
+    try:
+        while not state.progress.finished:
+            epoch_started = time.monotonic()
+            training = _train_one_epoch(
+                state, training_loader, loss_function, settings, device, clock, checkpoints.save_latest_if_stale
+            )
+            validation = _validate(
+                state.network, validation_loader, loss_function, settings, device, job.dataset, len(class_names)
+            )
+            record, improved = _close_epoch(state, training, validation, class_names, epoch_started, clock)
+            if context.is_main_process:
+                _write_epoch_outputs(job, state, record, improved, checkpoints, say)
+            for callback in epoch_end_callbacks:
+                callback(state)
+    finally:
+        for loader in (training_loader, validation_loader):
+            shutdown = getattr(loader, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+    return _finish(job, settings, state, checkpoints, resumed_from_epoch, device, say)
+
+
+def _configure_process(settings: TrainingSettings, context: DistributedContext, device: torch.device) -> None:
+    """Threads (``settings.threads``, else the CPUs shared among ranks) and seeds (distinct per rank: DDP copies rank
+    0's initial weights)."""
+    shared_cpus = max(1, available_cpus() // context.world_size) if device.type == "cpu" else None
+    set_torch_threads(settings.threads or shared_cpus)
+    if settings.deterministic:
+        make_deterministic(settings.seed + context.rank)
+    else:
+        seed_everything(settings.seed + context.rank)
+        enable_fast_kernels(device)
+
+
+def _prepare_state(
+    job: TrainingJob,
+    settings: TrainingSettings,
+    components: TrainingComponents,
+    context: DistributedContext,
+    device: torch.device,
+    channels: dict[str, int],
+    say: Callable[[str], None],
+) -> tuple[TrainingState, int | None]:
+    """Network (fresh, pretrained or resumed), optimiser, scaler and counters."""
+    network = components.build_network(
+        job.configuration, in_channels=channels["in"], out_channels=channels["out"], deep_supervision=True
+    ).to(device)
+    say(f"network: {components.describe_network(network)}")
+    say(f"device: {device}" + (f", {context.world_size} processes" if context.enabled else ""))
+    if settings.pretrained and not settings.resume:
+        report = load_pretrained_weights(network, settings.pretrained)
+        say(f"pretrained weights from {settings.pretrained}: {report.summary()}")
+    optimizer = OPTIMIZERS[settings.optimizer_name](
+        network.parameters(), learning_rate=settings.initial_learning_rate, weight_decay=settings.weight_decay
+    )
+    state = TrainingState(
+        network=network,
+        optimizer=optimizer,
+        gradient_scaler=make_gradient_scaler(device),
+        progress=TrainingProgress(
+            epochs=None if settings.time_budget_seconds is not None else settings.epochs,
+            iterations_per_epoch=settings.iterations_per_epoch,
+            time_budget_seconds=settings.time_budget_seconds,
+        ),
+        log=[],
+        context=context,
+    )
+    if not settings.resume:
+        return state, None
+    resume_path = _resume_point(job.fold_folder)
+    if resume_path is None:
+        say(f"no checkpoint in {job.fold_folder} to resume from: starting from scratch")
+        return state, None
+    _restore(state, checkpoint_files.load_checkpoint(resume_path, map_location=device), settings)
+    say(
+        f"resumed from {resume_path.name} at epoch {state.progress.epoch} "
+        f"({state.progress.elapsed_seconds:.0f} s of training done)"
+    )
+    return state, state.progress.epoch
+
+
+def _build_loss(
+    job: TrainingJob,
+    settings: TrainingSettings,
+    components: TrainingComponents,
+    context: DistributedContext,
+    number_of_outputs: int,
+    out_channels: int,
+) -> Callable:
+    regions = job.dataset.regions if job.dataset.has_regions else None
+    return components.build_loss(
+        settings.loss_name,
+        num_classes=out_channels,
+        regions=regions,
+        ignore_label=job.dataset.ignore_label,
+        batch_dice=bool(job.configuration.get("batch_dice", False)),
+        use_regions=regions is not None,
+        deep_supervision_weights=distributed_deep_supervision_weights(number_of_outputs) if context.enabled else None,
+    )
+
+
+def _make_loaders(
+    job: TrainingJob,
+    settings: TrainingSettings,
+    components: TrainingComponents,
+    context: DistributedContext,
+    scales: list,
+    resume_point: int,
+) -> tuple[Iterator[dict], Iterator[dict]]:
+    """Training and validation patch streams for this rank's share of the batch."""
+    options = {
+        "configuration": job.configuration,
+        "batch_size": split_batch_size(int(job.configuration["batch_size"]), context),
+        "num_workers": default_number_of_workers(context) if settings.num_workers is None else settings.num_workers,
+        "deep_supervision_scales": scales,
+        "oversample_foreground": settings.oversample_foreground,
+        "ignore_label": job.dataset.ignore_label,
+    }
+    training_loader = components.make_training_loader(
+        job.preprocessed_folder,
+        list(job.train_case_ids),
+        seed=_loader_seed(settings, context, resume_point, 0),
+        **options,
+    )
+    validation_loader = components.make_validation_loader(
+        job.preprocessed_folder, list(job.validation_case_ids), seed=_loader_seed(settings, context, 0, 1), **options
+    )
+    return training_loader, validation_loader
+
+
+class _RankZeroClock:
+    """Training time across resumes, as rank 0 measures it: every rank must use one clock, or time-based learning
+    rates (and stop decisions) would drift apart between ranks."""
+
+    def __init__(self, progress: TrainingProgress, context: DistributedContext) -> None:
+        self.progress = progress
+        self.context = context
+        self.started = time.monotonic()
+        self.elapsed_at_start = progress.elapsed_seconds
+
+    def tick(self) -> None:
+        local_elapsed = self.elapsed_at_start + (time.monotonic() - self.started)
+        self.progress.elapsed_seconds = value_of_main_process(local_elapsed, self.context)
+
+
+def _train_one_epoch(
+    state: TrainingState,
+    loader: Iterator[dict],
+    loss_function: Callable,
+    settings: TrainingSettings,
+    device: torch.device,
+    clock: _RankZeroClock,
+    save_latest_if_stale: Callable[[TrainingState], None],
+) -> dict[str, float]:
+    """Up to ``iterations_per_epoch`` optimiser steps (fewer when the time budget runs out): poly learning rate,
+    mixed precision on CUDA, gradient clipping. Returns the summed loss, the step count and the last lr.
+
+    A resumed mid-epoch checkpoint continues at ``progress.iteration_in_epoch``; ``save_latest_if_stale`` may write
+    a mid-epoch checkpoint (rank 0, time-based) after any step."""
+    loss_sum, steps = 0.0, 0
+    learning_rate = poly_learning_rate(settings.initial_learning_rate, state.progress.fraction_done)
+    state.network.train()
+    bar = tqdm(
+        total=settings.iterations_per_epoch,
+        initial=state.progress.iteration_in_epoch,
+        desc=f"epoch {state.progress.epoch}",
+        disable=not (state.context.is_main_process and settings.show_progress_bar),
+        leave=False,
+        dynamic_ncols=True,
+    )
+    while state.progress.iteration_in_epoch < settings.iterations_per_epoch:
+        if settings.time_budget_seconds is not None and state.progress.finished:
+            break
+        learning_rate = poly_learning_rate(settings.initial_learning_rate, state.progress.fraction_done)
+        set_learning_rate(state.optimizer, learning_rate)
+        batch = next(loader)
+        data, target = to_device(batch["data"], device), to_device(batch["target"], device)
+        state.optimizer.zero_grad(set_to_none=True)
+        with autocast_context(device):
+            loss = loss_function(state.network(data), target)
+        state.gradient_scaler.scale(loss).backward()
+        state.gradient_scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(state.network.parameters(), settings.gradient_clip_norm)
+        state.gradient_scaler.step(state.optimizer)
+        state.gradient_scaler.update()
+        loss_value = float(loss.detach())
+        loss_sum, steps = loss_sum + loss_value, steps + 1
+        state.progress.iterations_done += 1
+        state.progress.iteration_in_epoch += 1
+        clock.tick()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{learning_rate:.2e}")
+        if state.progress.iteration_in_epoch < settings.iterations_per_epoch:
+            save_latest_if_stale(state)
+    bar.close()
+    state.progress.iteration_in_epoch = 0
+    return {"loss_sum": loss_sum, "steps": steps, "learning_rate": learning_rate}
+
+
+def _close_epoch(
+    state: TrainingState,
+    training: dict[str, float],
+    validation: tuple[float, int, torch.Tensor],
+    class_names: list[str],
+    epoch_started: float,
+    clock: _RankZeroClock,
+) -> tuple[dict[str, Any], bool]:
+    """Sum the epoch's numbers over ranks, update the pseudo-Dice moving average, append the log record."""
+    validation_loss_sum, validation_steps, overlap_counts = validation
+    local_sums = [training["loss_sum"], training["steps"], validation_loss_sum, validation_steps]
+    train_loss_sum, train_steps, validation_loss_sum, validation_steps, *flat_counts = sum_across_processes(
+        [*local_sums, *overlap_counts.flatten().tolist()], state.context
+    )
+    dice = dice_from_counts(torch.tensor(flat_counts, dtype=torch.float64).view(-1, 3))
+    state.ema_pseudo_dice = update_moving_average(state.ema_pseudo_dice, mean_dice(dice))
+    improved = state.best_ema_pseudo_dice is None or state.ema_pseudo_dice > state.best_ema_pseudo_dice
+    if improved:
+        state.best_ema_pseudo_dice = state.ema_pseudo_dice
+    epoch = state.progress.epoch
+    state.progress.epoch += 1
+    clock.tick()
+    record = {
+        "epoch": epoch,
+        "train_loss": train_loss_sum / train_steps if train_steps else None,
+        "val_loss": validation_loss_sum / validation_steps if validation_steps else None,
+        "pseudo_dice": dict(zip(class_names, dice, strict=True)),
+        "mean_pseudo_dice": mean_dice(dice),
+        "ema_pseudo_dice": state.ema_pseudo_dice,
+        "learning_rate": training["learning_rate"],
+        "epoch_seconds": time.monotonic() - epoch_started,
+        "iterations": int(train_steps / state.context.world_size),
+        "elapsed_seconds": state.progress.elapsed_seconds,
+    }
+    state.log.append(record)
+    return record, improved
+
+
+class _CheckpointPolicy:
+    """Writes latest (every N epochs, or after M seconds, or at the end), best (when the EMA improves) and final."""
+
+    def __init__(self, job: TrainingJob, settings: TrainingSettings, channels: dict[str, int]) -> None:
+        self.job, self.settings, self.channels = job, settings, channels
+        self.last_saved = time.monotonic()
+
+    def save(self, state: TrainingState, name: str) -> None:
+        content = _checkpoint_content(state, self.job, self.settings, self.channels)
+        checkpoint_files.save_checkpoint(self.job.fold_folder / name, content)
+        if name in (checkpoint_files.LATEST_CHECKPOINT, checkpoint_files.FINAL_CHECKPOINT):
+            self.last_saved = time.monotonic()
+
+    def save_latest_if_stale(self, state: TrainingState) -> None:
+        """Mid-epoch, rank 0: write latest when ``checkpoint_every_seconds`` have passed (slow CPU epochs)."""
+        stale = time.monotonic() - self.last_saved >= self.settings.checkpoint_every_seconds
+        if state.context.is_main_process and stale:
+            self.save(state, checkpoint_files.LATEST_CHECKPOINT)
+
+    def latest_is_due(self, state: TrainingState) -> bool:
+        return (
+            state.progress.finished
+            or state.progress.epoch % self.settings.checkpoint_every_epochs == 0
+            or time.monotonic() - self.last_saved >= self.settings.checkpoint_every_seconds
+        )
+
+
+def _write_epoch_outputs(
+    job: TrainingJob,
+    state: TrainingState,
+    record: dict[str, Any],
+    improved: bool,
+    checkpoints: _CheckpointPolicy,
+    say: Callable[[str], None],
+) -> None:
+    """Rank 0 only: log line, log file, progress plot and due checkpoints."""
+    if record["train_loss"] is not None and not math.isfinite(record["train_loss"]):
+        say(f"epoch {record['epoch']}: the training loss is not finite; check the labels and the learning rate")
+    write_log(job.fold_folder / LOG_FILE, state.log)
+    draw_progress(job.fold_folder / PROGRESS_PLOT, state.log)
+    say(_epoch_line(record))
+    if checkpoints.latest_is_due(state):
+        checkpoints.save(state, checkpoint_files.LATEST_CHECKPOINT)
+    if improved:
+        checkpoints.save(state, checkpoint_files.BEST_CHECKPOINT)
+
+
+def _finish(
+    job: TrainingJob,
+    settings: TrainingSettings,
+    state: TrainingState,
+    checkpoints: _CheckpointPolicy,
+    resumed_from_epoch: int | None,
+    device: torch.device,
+    say: Callable[[str], None],
+) -> TrainingResult:
+    """Final checkpoint, after-training hooks (validation prediction) and the run summary."""
+    after: dict[str, Any] = {}
+    main = state.context.is_main_process
+    if main:
+        checkpoints.save(state, checkpoint_files.FINAL_CHECKPOINT)
+        say(f"training finished after {state.progress.epoch} epochs, {state.progress.elapsed_seconds:.0f} s")
+        if settings.after_training_hooks:
+            after = after_training(
+                job.fold_folder,
+                hooks=settings.after_training_hooks,
+                dataset_work_folder=job.dataset_work_folder,
+                configuration_name=job.configuration_name,
+                fold=job.fold,
+                validation_case_ids=job.validation_case_ids,
+                device=str(device),
+            )
+            for name, outcome in after.items():
+                if isinstance(outcome, dict) and "failed" in outcome:
+                    say(f"after training, {name} failed ({outcome['failed']}); the trained model is unaffected")
+                elif isinstance(outcome, dict) and outcome.get("mean_dice") is not None:
+                    say(f"validation cases ({name}): mean Dice {outcome['mean_dice']:.4f}")
+    last = state.log[-1] if state.log else {}
+    result = TrainingResult(
+        fold_folder=str(job.fold_folder),
+        configuration_name=job.configuration_name,
+        fold=job.fold,
+        epochs_completed=state.progress.epoch,
+        iterations_done=state.progress.iterations_done,
+        elapsed_seconds=state.progress.elapsed_seconds,
+        final_train_loss=last.get("train_loss"),
+        final_val_loss=last.get("val_loss"),
+        ema_pseudo_dice=state.ema_pseudo_dice,
+        best_ema_pseudo_dice=state.best_ema_pseudo_dice,
+        resumed_from_epoch=resumed_from_epoch,
+        after_training=after,
+    )
+    if main:
+        write_json(job.fold_folder / TRAINING_SUMMARY, result)
+    return result
+
+
+def _validate(
+    network: torch.nn.Module,
+    validation_loader: Iterator[dict],
+    loss_function: Callable,
+    settings: TrainingSettings,
+    device: torch.device,
+    dataset: RawDataset,
+    number_of_foreground_outputs: int,
+) -> tuple[float, int, torch.Tensor]:
+    """Loss and pseudo-Dice counts over ``validation_iterations`` batches.
+
+    The bare network is used (no DDP gradient sync needed) in training mode, so it returns every deep-supervision
+    output and the validation loss is the same quantity as the training loss; instance normalisation has no running
+    statistics, so training and evaluation mode compute the same thing.
+    """
+    model = unwrap_model(network)
+    loss_sum, steps, counts = 0.0, 0, None
+    with torch.no_grad():
+        for _ in range(settings.validation_iterations):
+            batch = next(validation_loader)
+            data = to_device(batch["data"], device)
+            target = to_device(batch["target"], device)
+            with autocast_context(device):
+                outputs = as_output_list(model(data))
+                loss = loss_function(outputs if len(outputs) > 1 else outputs[0], target)
+            loss_sum += float(loss)
+            steps += 1
+            full_resolution_target = target[0] if isinstance(target, list) else target
+            batch_counts = count_overlaps(
+                outputs[0],
+                full_resolution_target,
+                regions=dataset.regions if dataset.has_regions else None,
+                ignore_label=dataset.ignore_label,
+            )
+            counts = batch_counts if counts is None else counts + batch_counts
+    if counts is None:
+        counts = torch.zeros((number_of_foreground_outputs, 3), dtype=torch.float64)
+    return loss_sum, steps, counts
+
+
+def _epoch_line(record: dict[str, Any]) -> str:
+    dice = ", ".join(f"{name} {value:.3f}" if value is not None else f"{name} -" for name, value in
+                     record["pseudo_dice"].items())
+    train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
+    val_loss = "-" if record["val_loss"] is None else f"{record['val_loss']:.4f}"
+    return (
+        f"epoch {record['epoch']}: train loss {train_loss}, val loss {val_loss}, pseudo-Dice [{dice}], "
+        f"EMA {record['ema_pseudo_dice']:.4f}, lr {record['learning_rate']:.2e}, {record['epoch_seconds']:.1f} s"
+    )
+
+
+__all__ = [
+    "TrainingComponents",
+    "TrainingJob",
+    "TrainingResult",
+    "TrainingSettings",
+    "TrainingState",
+    "default_components",
+    "train_fold",
+]

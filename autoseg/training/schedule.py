@@ -1,0 +1,84 @@
+"""How far training has come and what the learning rate is: poly decay over epochs or over a wall-clock budget.
+
+Progress is a number in [0, 1]. With a fixed number of epochs it is ``iterations done / iterations planned``;
+with a time budget it is ``elapsed seconds / budget``, so the learning rate anneals to zero exactly when the
+budget runs out and a short budget still ends with a low-learning-rate, well-converged model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from autoseg.errors import UserError
+
+POLY_EXPONENT = 0.9
+TIME_BUDGET_PATTERN = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
+SECONDS_PER_UNIT = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+def parse_time_budget(text: str) -> float:
+    """Seconds in a budget such as ``"90s"``, ``"20m"``, ``"2h"`` or ``"1.5h"`` (a bare number means minutes)."""
+    match = TIME_BUDGET_PATTERN.match(str(text))
+    if not match:
+        raise UserError(f"time budget {text!r} is not understood; write it like 90s, 20m or 2h.")
+    unit = (match.group("unit") or "m").lower()
+    seconds = float(match.group("value")) * SECONDS_PER_UNIT[unit]
+    if seconds <= 0:
+        raise UserError(f"time budget {text!r} must be positive.")
+    return seconds
+
+
+def poly_learning_rate(initial_learning_rate: float, progress: float, *, exponent: float = POLY_EXPONENT) -> float:
+    """``lr0 * (1 - progress) ** exponent``, with progress clipped to [0, 1]."""
+    progress = min(max(progress, 0.0), 1.0)
+    return initial_learning_rate * (1.0 - progress) ** exponent
+
+
+@dataclasses.dataclass
+class TrainingProgress:
+    """Counters that a resumed run must restore, and the rule that turns them into progress and a stop decision.
+
+    Attributes:
+        epochs: planned epochs (None with a time budget, where the number of epochs is whatever fits).
+        iterations_per_epoch: training iterations per epoch.
+        time_budget_seconds: wall-clock budget for the whole training, across resumes (None: run ``epochs``).
+        epoch: index of the next epoch to run (= epochs completed).
+        iteration_in_epoch: iterations of the current epoch already done (non-zero only in a checkpoint written
+            mid-epoch, which slow CPU epochs need so that a kill does not lose a whole epoch).
+        iterations_done: training iterations completed.
+        elapsed_seconds: training wall time accumulated so far, across resumes.
+    """
+
+    epochs: int | None
+    iterations_per_epoch: int
+    time_budget_seconds: float | None = None
+    epoch: int = 0
+    iteration_in_epoch: int = 0
+    iterations_done: int = 0
+    elapsed_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs is None and self.time_budget_seconds is None:
+            raise UserError("give a number of epochs or a time budget.")
+        if self.iterations_per_epoch < 1:
+            raise UserError("iterations per epoch must be at least 1.")
+
+    @property
+    def fraction_done(self) -> float:
+        if self.time_budget_seconds is not None:
+            return min(1.0, self.elapsed_seconds / self.time_budget_seconds)
+        return min(1.0, self.iterations_done / (self.epochs * self.iterations_per_epoch))
+
+    @property
+    def finished(self) -> bool:
+        if self.time_budget_seconds is not None:
+            return self.elapsed_seconds >= self.time_budget_seconds
+        return self.epoch >= self.epochs
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainingProgress:
+        return cls(**{field.name: data[field.name] for field in dataclasses.fields(cls) if field.name in data})

@@ -1,0 +1,84 @@
+"""Builders for small model folders (plans, dataset description, randomly initialised checkpoints) in tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoseg.data.dataset import load_raw_dataset
+from autoseg.networks import build_network
+from autoseg.planning.plans import resolve_configuration
+from autoseg.training.checkpoints import save_checkpoint
+from autoseg.utils.files import write_json
+
+ZSCORE = [{"scheme": "zscore", "use_mask": False}]
+ISOTROPIC_RESAMPLING = {"anisotropic": False, "image_order": 3, "label_order": 1, "coarse_axis_order": 0}
+
+
+def tiny_configuration(*, dimension: int, spacing, patch_size, features=(4, 8)) -> dict:
+    stages = len(features)
+    return {
+        "dimension": dimension,
+        "spacing": list(spacing),
+        "median_shape": list(patch_size) if dimension == 3 else [1, *patch_size],
+        "patch_size": list(patch_size),
+        "batch_size": 2,
+        "network": {
+            "architecture": "plain_unet",
+            "features_per_stage": list(features),
+            "kernel_sizes": [[3] * dimension] * stages,
+            "strides": [[1] * dimension] + [[2] * dimension] * (stages - 1),
+            "blocks_per_stage_encoder": [1] * stages,
+            "convs_per_stage_decoder": [1] * (stages - 1),
+        },
+        "normalization": ZSCORE,
+        "resampling": ISOTROPIC_RESAMPLING,
+        "batch_dice": False,
+    }
+
+
+def make_model_folder(
+    folder: Path, dataset_root: Path, configurations: dict[str, dict], *, folds=(0,), transpose=(0, 1, 2),
+    in_channels_extra: dict[str, int] | None = None,
+) -> Path:
+    """A WORK/<dataset> folder: plans.json, dataset.json and randomly initialised checkpoints per fold."""
+    dataset = load_raw_dataset(dataset_root)
+    folder.mkdir(parents=True)
+    write_json(folder / "dataset.json", dataset.to_dict())
+    backward = [int(i) for i in np.argsort(transpose)]
+    write_json(folder / "plans.json", {
+        "dataset_name": dataset.name, "plans_name": "tiny_test_plan", "preset": "default", "gpu_memory_gb": 8,
+        "transpose_forward": list(transpose), "transpose_backward": backward, "configurations": configurations,
+    })
+    plans = json.loads((folder / "plans.json").read_text())
+    for name in configurations:
+        # Checkpoints record the resolved configuration they were trained with.
+        configuration = resolve_configuration(plans, name)
+        extra = (in_channels_extra or {}).get(name, 0)
+        for fold in folds:
+            torch.manual_seed(hash((name, fold)) % 1000)
+            network = build_network(configuration, in_channels=dataset.num_channels + extra,
+                                    out_channels=dataset.num_output_channels)
+            save_checkpoint(folder / "models" / name / f"fold_{fold}" / "checkpoint_final.pt",
+                            {"network": network.state_dict(), "configuration": configuration,
+                             "configuration_name": name})
+    return folder
+
+
+def link_cases(dataset_root: Path, destination: Path, identifiers: list[str]) -> Path:
+    """An input folder of symbolic links to real shared images (nothing is copied)."""
+    destination.mkdir(parents=True)
+    meta = json.loads((dataset_root / "dataset.json").read_text())
+    ending = meta["file_ending"]
+    for identifier in identifiers:
+        for channel in range(len(meta["channel_names"])):
+            name = f"{identifier}_{channel:04d}{ending}"
+            (destination / name).symlink_to(dataset_root / "imagesTr" / name)
+    return destination
+
+
+def first_identifiers(dataset_root: Path, count: int) -> list[str]:
+    return [case.identifier for case in load_raw_dataset(dataset_root).training_cases[:count]]

@@ -1,0 +1,99 @@
+"""Data-parallel training: two gloo processes on CPU stay in lock-step and only rank 0 writes files."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing
+
+from autoseg.errors import UserError
+from autoseg.training.command import build_job
+from autoseg.training.distributed import DistributedContext, split_batch_size, unwrap_model
+from autoseg.training.loop import TrainingSettings, train_fold
+from autoseg.training.training_log import read_log
+
+WORLD_SIZE = 2
+EPOCHS = 2
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _worker(rank: int, port: int, work_dir: str, result_dir: str) -> None:
+    """One rank as torchrun would start it: the environment names the world, the code is the plain command's."""
+    from test_training import TINY_DATASET
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD_SIZE), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    # Every autoseg write is atomic (a temporary file renamed into place), so recording os.replace records every file
+    # this process wrote.
+    written: list[str] = []
+    real_replace = os.replace
+
+    def recording_replace(source, destination, *args, **kwargs):
+        written.append(str(destination))
+        return real_replace(source, destination, *args, **kwargs)
+
+    final_weights: dict[str, torch.Tensor] = {}
+
+    def keep_weights(state) -> None:
+        final_weights.clear()
+        final_weights.update({k: v.detach().clone() for k, v in unwrap_model(state.network).state_dict().items()})
+
+    job = build_job(
+        dataset=TINY_DATASET, configuration_name="3d_fullres", fold="0", work_dir=work_dir, write_splits=False
+    )
+    settings = TrainingSettings(
+        epochs=EPOCHS, iterations_per_epoch=3, validation_iterations=1, num_workers=0, threads=1, device="cpu",
+        after_training_hooks=(), show_progress_bar=False, checkpoint_every_epochs=1, seed=0,
+    )
+    os.replace = recording_replace
+    try:
+        train_fold(job, settings, epoch_end_callbacks=[keep_weights], log_message=lambda _message: None)
+    finally:
+        os.replace = real_replace
+    torch.save(final_weights, Path(result_dir) / f"weights_rank{rank}.pt")
+    (Path(result_dir) / f"written_rank{rank}.json").write_text(json.dumps(written))
+
+
+def test_two_gloo_processes_train_identical_weights_and_only_rank_zero_writes(tmp_path: Path) -> None:
+    from test_training import TINY_DATASET, tiny_job, write_tiny_work_folder
+
+    write_tiny_work_folder(tmp_path)
+    job = tiny_job(tmp_path)  # writes splits.json before the ranks start, as a first single-process command would
+    results = tmp_path / "results"
+    results.mkdir()
+    torch.multiprocessing.spawn(
+        _worker, args=(free_port(), str(tmp_path), str(results)), nprocs=WORLD_SIZE, join=True
+    )
+    weights = [torch.load(results / f"weights_rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), f"ranks disagree on {name}"
+
+    written = [json.loads((results / f"written_rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    assert written[1] == []
+    assert {Path(p).name for p in written[0]} >= {"log.jsonl", "checkpoint_latest.pt", "checkpoint_final.pt"}
+    log = read_log(job.fold_folder / "log.jsonl")
+    assert [record["epoch"] for record in log] == list(range(EPOCHS))
+    # The saved model is the one both ranks hold.
+    final = torch.load(job.fold_folder / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    for name, tensor in weights[0].items():
+        assert torch.equal(final["network"][name], tensor)
+    assert TINY_DATASET in str(job.fold_folder)
+
+
+def test_the_global_batch_is_split_across_ranks() -> None:
+    shares = [split_batch_size(5, DistributedContext(world_size=2, rank=r)) for r in range(2)]
+    assert shares == [3, 2]
+    with pytest.raises(UserError, match="smaller than the number of processes"):
+        split_batch_size(2, DistributedContext(world_size=4, rank=0))

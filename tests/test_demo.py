@@ -83,20 +83,21 @@ def test_an_existing_folder_that_is_not_a_demo_is_never_replaced(tmp_path):
         generate_demo_dataset(tmp_path / "x", kind="4d")
 
 
-def test_demo_command_runs_the_existing_stages_and_names_the_missing_ones(tmp_path, monkeypatch, capsys):
+def test_demo_data_only_generates_and_checks_and_says_what_it_skipped(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AUTOSEG_WORK_DIR", str(tmp_path / "from_env"))
-    assert main(["demo", "--kind", "both", "--num-cases", "3", "--no-progress", "--workers", "1"]) == 0
+    assert main(["demo", "--kind", "both", "--num-cases", "3", "--no-progress", "--workers", "1", "--data-only"]) == 0
     output = capsys.readouterr().out
     assert "Stages run: generate, check." in output
-    assert "Not implemented yet, so not run:" in output and "train" in output
+    assert "Skipped (--data-only):" in output and "train" in output
     for name in ("Dataset990_Demo3D", "Dataset991_Demo2D"):
         assert len(load_raw_dataset(tmp_path / "from_env" / "demo_data" / name).training_cases) == 3
 
     # --work-dir wins over the environment; a second run with the same settings reuses the data.
     work_dir = tmp_path / "chosen"
-    assert main(["demo", "--work-dir", str(work_dir), "--num-cases", "2", "--no-progress", "--workers", "1"]) == 0
+    data_only = ["demo", "--no-progress", "--workers", "1", "--data-only"]
+    assert main([*data_only, "--work-dir", str(work_dir), "--num-cases", "2"]) == 0
     assert "wrote 2 cases" in capsys.readouterr().out
-    assert main(["demo", "--work-dir", str(work_dir), "--num-cases", "2", "--no-progress", "--workers", "1"]) == 0
+    assert main([*data_only, "--work-dir", str(work_dir), "--num-cases", "2"]) == 0
     assert "reused 2 cases" in capsys.readouterr().out
-    assert main(["demo", "--work-dir", str(work_dir), "--num-cases", "3", "--no-progress", "--workers", "1"]) == 0
+    assert main([*data_only, "--work-dir", str(work_dir), "--num-cases", "3"]) == 0
     assert "wrote 3 cases" in capsys.readouterr().out

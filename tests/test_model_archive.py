@@ -146,3 +146,14 @@ def test_export_without_checkpoints_explains_itself(tmp_path: Path, capsys) -> N
     (folder / "plans.json").write_text("{}")
     assert main(["export-model", str(folder), str(tmp_path / "x.zip")]) == 2
     assert "no trained checkpoint" in capsys.readouterr().err
+
+
+def test_written_artifacts_get_ordinary_file_permissions(tmp_path: Path) -> None:
+    import os
+
+    from autoseg.utils.files import write_json
+
+    write_json(tmp_path / "plans.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "plans.json").stat().st_mode & 0o777 == 0o666 & ~mask

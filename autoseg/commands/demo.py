@@ -1,8 +1,7 @@
 """`autoseg demo`: generate the synthetic demo dataset(s) and run every pipeline stage that exists on them.
 
 The demo is an ordered list of stages (``DEMO_STAGES``), each a function from the shared ``DemoRun`` record to a
-one-line summary. A stage that lands in the pipeline is appended here as one more entry (and removed from
-``STAGES_NOT_YET_IMPLEMENTED``), so the demo always exercises the whole chain that exists today.
+one-line summary: generate the data, check it, then the whole ``autoseg run`` pipeline with a short time budget.
 """
 
 from __future__ import annotations
@@ -33,11 +32,16 @@ class DemoRun:
     seed: int
     workers: int
     progress: bool
+    folds: tuple[int, ...] = (0, 1)
+    time_budget: str = "75s"
     dataset: RawDataset | None = None
 
     @property
     def dataset_root(self) -> Path:
         return self.work_dir / DEMO_DATA_FOLDER / DEMO_KINDS[self.kind].folder_name
+
+
+DemoStage = Callable[[DemoRun], str]
 
 
 def stage_generate(run: DemoRun) -> str:
@@ -64,26 +68,40 @@ def stage_check(run: DemoRun) -> str:
     return f"{len(problems)} warning(s), 0 errors"
 
 
-DemoStage = Callable[[DemoRun], str]
+def stage_pipeline(run: DemoRun) -> str:
+    """``autoseg run`` on the demo data: plan, preprocess, train each configuration on the demo folds, select,
+    post-process and report, with a short time budget per fold so the whole demo takes minutes on a laptop CPU."""
+    from autoseg.pipeline.run import RunOptions, run_pipeline
+    from autoseg.utils.files import read_json
 
-# Pipeline order. Append stages here as they land (e.g. ("plan", stage_plan)).
+    # Short epochs so the demo's training curves have points; few validation batches so they do not eat the budget.
+    options = RunOptions(folds=run.folds, time_budget=run.time_budget, workers=run.workers, iterations_per_epoch=10,
+                         validation_iterations=4)
+    report = run_pipeline(str(run.dataset_root), str(run.work_dir), options)
+    recipe = read_json(report.parent / "inference.json")
+    dice = recipe["cross_validation_dice_after_postprocessing"] or recipe["cross_validation_dice"]
+    return f"selected {recipe['selected']}, cross-validation mean foreground Dice {dice:.3f}; report {report}"
+
+
+# Pipeline order.
 DEMO_STAGES: list[tuple[str, DemoStage]] = [
     ("generate", stage_generate),
     ("check", stage_check),
+    ("plan, preprocess, train, select, report", stage_pipeline),
 ]
-STAGES_NOT_YET_IMPLEMENTED: tuple[str, ...] = ("fingerprint", "plan", "preprocess", "train", "predict", "evaluate")
 
 
-def run_demo(run: DemoRun, *, stream=None) -> list[str]:
-    """Run every stage of ``DEMO_STAGES`` in order for one demo kind; return the names of the stages run."""
+def run_demo(run: DemoRun, *, stages: list[tuple[str, DemoStage]] | None = None, stream=None) -> list[str]:
+    """Run ``stages`` (default: every stage of ``DEMO_STAGES``) in order for one demo kind; return their names."""
     stream = stream or sys.stdout
+    stages = DEMO_STAGES if stages is None else stages
     print(f"== autoseg demo ({run.kind}): {run.dataset_root}", file=stream, flush=True)
     ran = []
-    for number, (name, stage) in enumerate(DEMO_STAGES, start=1):
-        print(f"[{number}/{len(DEMO_STAGES)}] {name} ...", file=stream, flush=True)
+    for number, (name, stage) in enumerate(stages, start=1):
+        print(f"[{number}/{len(stages)}] {name} ...", file=stream, flush=True)
         started = time.perf_counter()
         summary = stage(run)
-        print(f"[{number}/{len(DEMO_STAGES)}] {name}: done in {time.perf_counter() - started:.1f} s: {summary}",
+        print(f"[{number}/{len(stages)}] {name}: done in {time.perf_counter() - started:.1f} s: {summary}",
               file=stream, flush=True)
         ran.append(name)
     return ran
@@ -98,20 +116,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             f"{kind} {demo.default_num_cases}" for kind, demo in DEMO_KINDS.items()) + ")")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the generator (default: 0)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1], metavar="K",
+                        help="cross-validation folds to train (default: 0 1)")
+    parser.add_argument("--time-budget", default="75s", help="training time per configuration and fold (default 75s)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    parser.add_argument("--data-only", action="store_true",
+                        help="only generate and check the demo data; skip planning, training and selection")
 
 
 def run(args: argparse.Namespace) -> int:
     work_dir = resolve_work_dir(args.work_dir)
     kinds = list(DEMO_KINDS) if args.kind == "both" else [args.kind]
     ran: list[str] = []
+    stages = DEMO_STAGES[:2] if args.data_only else DEMO_STAGES
     for kind in kinds:
         num_cases = args.num_cases if args.num_cases is not None else DEMO_KINDS[kind].default_num_cases
         demo = DemoRun(work_dir=work_dir, kind=kind, num_cases=num_cases, seed=args.seed, workers=args.workers,
-                       progress=not args.no_progress)
-        ran = run_demo(demo)
+                       progress=not args.no_progress, folds=tuple(args.folds), time_budget=args.time_budget)
+        ran = run_demo(demo, stages=stages)
     print(f"Stages run: {', '.join(ran)}.")
-    if STAGES_NOT_YET_IMPLEMENTED:
-        print(f"Not implemented yet, so not run: {', '.join(STAGES_NOT_YET_IMPLEMENTED)}.")
+    if args.data_only:
+        print("Skipped (--data-only): plan, preprocess, train, select, report.")
     print(f"Outputs are in {work_dir / DEMO_DATA_FOLDER}.")
     return 0

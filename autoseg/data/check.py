@@ -21,17 +21,16 @@ Example:
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
 from autoseg.data.dataset import Case, Problem, RawDataset, scan_raw_dataset
 from autoseg.errors import DatasetError, UserError
 from autoseg.io.images import Geometry, count_non_finite_nifti_voxels, read_image
+from autoseg.utils.parallel import parallel_map
 
 # Tolerances for comparing headers of files that belong to one case. Spacing is stored as float32 in NIfTI, so
 # equal spacings written by different tools may differ in the last bits; real mismatches are far larger.
@@ -39,50 +38,6 @@ SPACING_RELATIVE_TOLERANCE = 1e-4
 ORIGIN_TOLERANCE_MM = 1e-3
 DIRECTION_TOLERANCE = 1e-4
 MAX_LISTED_VALUES = 10
-
-Item = TypeVar("Item")
-Result = TypeVar("Result")
-
-
-def _limit_worker_threads() -> None:
-    """One ITK thread per worker process: the pool already spreads the work over the cores."""
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-
-
-def parallel_map(
-    function: Callable[[Item], Result],
-    items: Sequence[Item],
-    *,
-    workers: int,
-    progress: bool,
-    description: str,
-) -> Iterator[Result]:
-    """Apply ``function`` to ``items`` in ``workers`` processes (in this process when ``workers <= 1``).
-
-    Results come back in input order, with a tqdm bar when ``progress`` is set. Worker processes are
-    spawned rather than forked: forking a process in which ITK or torch already started threads can deadlock.
-    As with any spawned pool, a script calling this must guard its top level with ``if __name__ == "__main__"``.
-    """
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(items), desc=description, unit="case", disable=not progress, file=sys.stderr)
-    try:
-        if workers <= 1 or len(items) <= 1:
-            for item in items:
-                yield function(item)
-                bar.update()
-            return
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(min(workers, len(items)), initializer=_limit_worker_threads) as pool:
-            chunk_size = max(1, min(16, len(items) // (4 * workers)))
-            for result in pool.imap(function, items, chunksize=chunk_size):
-                yield result
-                bar.update()
-    finally:
-        bar.close()
-
 
 def _listed(values: Iterable[object]) -> str:
     values = list(values)

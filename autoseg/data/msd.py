@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from autoseg.data.check import parallel_map
 from autoseg.errors import DatasetError, UserError
 from autoseg.io.images import Geometry, write_image
 from autoseg.utils.files import write_json
+from autoseg.utils.parallel import parallel_map
 
 MSD_FILE_ENDING = ".nii.gz"
 

@@ -13,21 +13,19 @@ Example:
 from __future__ import annotations
 
 import csv
-import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from autoseg.errors import UserError
 from autoseg.evaluation.metrics import COUNT_NAMES, DEFAULT_TOLERANCE_MM, METRIC_NAMES, compute_binary_metrics
 from autoseg.evaluation.targets import EvaluationTarget, describe_targets, targets_from_label_values
 from autoseg.io.images import Geometry, file_ending, read_image
 from autoseg.utils.files import atomic_path, write_json
+from autoseg.utils.parallel import parallel_starmap
 
 SUMMARY_FILE_NAME = "summary.json"
 METRICS_CSV_FILE_NAME = "metrics.csv"
@@ -156,22 +154,8 @@ def write_metrics_csv(
 
 def run_over_cases(function: Callable, arguments: Sequence[tuple], *, workers: int, description: str) -> list:
     """``[function(*a) for a in arguments]``, over ``workers`` spawned processes (spawn: safe after torch is loaded)."""
-    progress = tqdm(total=len(arguments), desc=description, unit="case", disable=len(arguments) < 2)
-    results = []
-    try:
-        if workers <= 1 or len(arguments) < 2:
-            for argument in arguments:
-                results.append(function(*argument))
-                progress.update()
-            return results
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(arguments)), mp_context=context) as executor:
-            for result in executor.map(function, *zip(*arguments, strict=True), chunksize=4):
-                results.append(result)
-                progress.update()
-        return results
-    finally:
-        progress.close()
+    return parallel_starmap(function, arguments, workers=workers, description=description,
+                            progress=len(arguments) >= 2)
 
 
 def _label_values_in_file(path: Path) -> list[int]:
@@ -264,3 +248,22 @@ def evaluate_folders(
         write_metrics_csv(output_folder / METRICS_CSV_FILE_NAME, per_case, targets)
         write_json(output_folder / SUMMARY_FILE_NAME, summary)
     return summary
+
+
+def evaluate_against_ground_truth(
+    dataset_work_folder: str | os.PathLike[str],
+    prediction_folder: str | os.PathLike[str],
+    *,
+    cases: Sequence[str],
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Evaluate ``cases`` of ``prediction_folder`` against ``WORK/<dataset>/ground_truth`` with the dataset's own
+    classes, regions and ignore label; writes ``summary.json`` and ``metrics.csv`` into ``prediction_folder``."""
+    from autoseg.evaluation.targets import targets_from_dataset_json
+
+    work = Path(dataset_work_folder)
+    targets, ignore_label = targets_from_dataset_json(work / "dataset.json")
+    return evaluate_folders(
+        prediction_folder, work / "ground_truth", targets=targets, ignore_label=ignore_label, cases=list(cases),
+        output_folder=prediction_folder, workers=workers,
+    )

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from autoseg import __version__
 from autoseg.data.dataset import RawDataset
@@ -17,6 +15,7 @@ from autoseg.fingerprint.inputs_signature import inputs_signature
 from autoseg.fingerprint.intensity_statistics import samples_per_case, summarise_intensities
 from autoseg.paths import dataset_work_dir
 from autoseg.utils.files import read_json, write_json
+from autoseg.utils.parallel import parallel_map
 
 FINGERPRINT_FILE_NAME = "fingerprint.json"
 # Bump when the content or meaning of fingerprint.json changes, so old files are recomputed rather than trusted.
@@ -55,23 +54,10 @@ def _cached_fingerprint(path: Path, signature: str) -> dict | None:
 
 def _run_cases(requests: list[CaseRequest], workers: int) -> list[CaseFingerprint]:
     """Fingerprint every case, in order, with a progress bar; ``workers`` processes when there is enough work."""
-    progress = tqdm(total=len(requests), desc="fingerprint", unit="case", leave=False, disable=None)
-    results: list[CaseFingerprint] = []
-    try:
-        if workers <= 1 or len(requests) < 4:
-            for request in requests:
-                results.append(fingerprint_case_in_worker(request))
-                progress.update()
-        else:
-            # spawn: the parent may hold torch/OpenMP state that is unsafe to fork.
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(processes=min(workers, len(requests))) as pool:
-                for result in pool.imap(fingerprint_case_in_worker, requests, chunksize=4):
-                    results.append(result)
-                    progress.update()
-    finally:
-        progress.close()
-    return results
+    return list(
+        parallel_map(fingerprint_case_in_worker, requests, workers=workers, description="fingerprint",
+                     minimum_items_for_pool=4)
+    )
 
 
 def summarise_cases(

@@ -86,9 +86,10 @@ class CaseOutcome:
     is_user_error: bool = False
 
 
-# Writes go through atomic_path (without fsync for regenerable cases; the ground-truth copies are fsynced, ~4-6 ms
-# each here, more than computing a small case). A few writer threads per worker overlap the writes (the filesystem commits concurrent fsyncs together:
-# measured 4x faster for 200 small files with 4 threads); at most MAX_PENDING_WRITES finished cases wait in memory.
+# Writes go through atomic_path: preprocessed cases without fsync (they can be regenerated), ground-truth copies
+# with it (~4-6 ms each here, more than computing a small case). A few writer threads per worker overlap the writes
+# (the filesystem commits concurrent fsyncs together: measured 4x faster for 200 small files with 4 threads); at
+# most MAX_PENDING_WRITES finished cases wait in memory.
 WRITER_THREADS = 4
 MAX_PENDING_WRITES = 4
 # Small cases travel to the workers in chunks (fewer round trips, overlapping writes); a chunk holds at most this

@@ -75,8 +75,12 @@ def export_model(
     if not (model_folder / "plans.json").is_file():
         raise UserError(f"{model_folder}: not a model folder (no plans.json); pass WORK/<dataset>.")
     members = [name for name in RECORD_FILES if (model_folder / name).is_file()]
-    members += _chosen_checkpoints(model_folder, checkpoint_name)
-    manifest = build_manifest(model_folder, members, extra=extra_manifest)
+    checkpoints = _chosen_checkpoints(model_folder, checkpoint_name)
+    members += checkpoints
+    from autoseg.sharing.submission import training_seeds
+
+    extra = {"seeds": training_seeds([model_folder / path for path in checkpoints]), **(extra_manifest or {})}
+    manifest = build_manifest(model_folder, members, extra=extra)
     with atomic_path(archive_path) as temporary, zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:
         for member in sorted(members):
             info = zipfile.ZipInfo(member, date_time=ZIP_TIMESTAMP)

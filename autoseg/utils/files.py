@@ -34,6 +34,8 @@ def atomic_path(destination: str | os.PathLike[str], *, durable: bool = True) ->
     )
     os.close(handle)
     temporary_path = Path(temporary)
+    # mkstemp creates files readable by their owner only; give the result the permissions of an ordinary file.
+    os.chmod(temporary_path, 0o666 & ~_UMASK)
     try:
         yield temporary_path
         if durable:
@@ -43,6 +45,16 @@ def atomic_path(destination: str | os.PathLike[str], *, durable: bool = True) ->
         with contextlib.suppress(FileNotFoundError):
             temporary_path.unlink()
         raise
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; do it once at import, before any writer threads exist.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _fsync_file(path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The whole plan, automatically: cross-validation results, model selection, and ``autoseg run``."""

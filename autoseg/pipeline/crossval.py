@@ -1,0 +1,71 @@
+"""Collect a configuration's fold validations into one evaluated cross-validation set.
+
+Each fold predicts its held-out cases into ``models/CONFIG/fold_K/validation/`` (label maps and, for ensembling,
+``CASE.npz`` probabilities in the input's grid). Together the folds cover every training case once; this module
+links them into ``models/CONFIG/crossval/`` and evaluates the whole set against ``ground_truth/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoseg.errors import UserError
+from autoseg.evaluation.folders import SUMMARY_FILE_NAME, evaluate_against_ground_truth, label_files_by_case
+from autoseg.utils.files import read_json
+
+CROSSVAL_FOLDER_NAME = "crossval"
+
+
+def crossval_folder(work_folder: Path, configuration_name: str) -> Path:
+    return work_folder / "models" / configuration_name / CROSSVAL_FOLDER_NAME
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    """Hard-link (no extra disk) where the file system allows it, else copy; replaces a stale destination."""
+    temporary = destination.with_name(f".{destination.name}.partial")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copy2(source, temporary)
+    os.replace(temporary, destination)
+
+
+def collect_cross_validation(
+    work_folder: Path, configuration_name: str, folds: Sequence[int], *, workers: int = 2
+) -> dict:
+    """Gather the validation predictions of ``folds`` and evaluate them as one set; returns the summary.
+
+    Raises:
+        UserError: a fold has not predicted its validation cases (train it first).
+    """
+    destination = crossval_folder(work_folder, configuration_name)
+    destination.mkdir(parents=True, exist_ok=True)
+    splits = read_json(work_folder / "splits.json")
+    cases: list[str] = []
+    for fold in folds:
+        validation = work_folder / "models" / configuration_name / f"fold_{fold}" / "validation"
+        expected = splits[fold]["val"]
+        found = label_files_by_case(validation) if validation.is_dir() else {}
+        missing = sorted(set(expected) - set(found))
+        if missing:
+            raise UserError(
+                f"{validation}: fold {fold} of {configuration_name} lacks validation predictions "
+                f"(e.g. {missing[0]}); train it with `autoseg train` first."
+            )
+        for identifier in expected:
+            label_file = found[identifier]
+            _link_or_copy(label_file, destination / label_file.name)
+            probabilities = label_file.with_name(f"{identifier}.npz")
+            if probabilities.is_file():
+                _link_or_copy(probabilities, destination / probabilities.name)
+        cases.extend(expected)
+    return evaluate_against_ground_truth(work_folder, destination, cases=sorted(cases), workers=workers)
+
+
+def read_crossval_summary(work_folder: Path, configuration_name: str) -> dict | None:
+    path = crossval_folder(work_folder, configuration_name) / SUMMARY_FILE_NAME
+    return read_json(path) if path.is_file() else None

@@ -1,0 +1,185 @@
+"""``autoseg run``: check, fingerprint, plan, preprocess, train each configuration x fold, select, post-process, report.
+
+Every stage skips work whose outputs exist and are valid, so a killed run resumes where it stopped: the fingerprint
+is reused while its inputs are unchanged, an existing ``plans.json`` is kept (it may be hand-edited), preprocessed
+cases are skipped when complete, a fold that finished (``training_summary.json``) is skipped and an unfinished one
+resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoseg.errors import UserError
+from autoseg.paths import add_work_dir_argument, dataset_work_dir
+
+DEFAULT_FOLDS = (0, 1, 2, 3, 4)
+# Cascades need the previous stage's predictions as input channels during training, which the trainer lacks so far.
+UNTRAINABLE_CONFIGURATIONS = ("3d_cascade_fullres",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """What ``autoseg run`` does; the defaults are the full automatic pipeline."""
+
+    configurations: tuple[str, ...] | None = None
+    folds: tuple[int, ...] = DEFAULT_FOLDS
+    time_budget: str | None = None
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    validation_iterations: int | None = None
+    gpu_memory_gb: float | None = None
+    preset: str = "default"
+    workers: int = 2
+    device: str | None = None
+    group_cases: str = "none"
+    replan: bool = False
+
+
+def _stage(name: str) -> None:
+    print(f"\n== {name} ==", flush=True)
+
+
+def plan_stage(dataset_root: Path, work: Path, options: RunOptions):
+    from autoseg.data.check import require_valid_dataset
+    from autoseg.fingerprint import compute_fingerprint
+    from autoseg.planning import plan_experiment
+    from autoseg.planning.plans import PLANS_FILE_NAME, load_plans
+    from autoseg.planning.table import format_plans_table
+    from autoseg.utils.files import write_json
+
+    _stage("check")
+    dataset = require_valid_dataset(dataset_root, workers=options.workers)
+    print(f"{dataset.name}: {len(dataset.training_cases)} training cases, no errors")
+    write_json(work / "dataset.json", dataset.to_dict())
+    _stage("fingerprint + plan")
+    fingerprint = compute_fingerprint(dataset, work, workers=options.workers)
+    plans_path = work / PLANS_FILE_NAME
+    if plans_path.is_file() and not options.replan:
+        print(f"keeping the existing {plans_path} (use --replan to plan again)")
+        plans = load_plans(plans_path)
+    else:
+        plans = plan_experiment(fingerprint, dataset, preset=options.preset, gpu_memory_gb=options.gpu_memory_gb)
+        write_json(plans_path, plans)
+    print(format_plans_table(plans), end="")
+    return dataset, plans
+
+
+def configurations_to_train(plans: dict, requested: Sequence[str] | None) -> list[str]:
+    planned = list(plans["configurations"])
+    if requested:
+        unknown = [name for name in requested if name not in planned]
+        if unknown:
+            raise UserError(f"configuration {unknown[0]!r} is not in plans.json (planned: {', '.join(planned)}).")
+        return list(requested)
+    return [name for name in planned if name not in UNTRAINABLE_CONFIGURATIONS and not name.endswith("_lowres")]
+
+
+def fold_is_complete(fold_folder: Path) -> bool:
+    """Trained to the end and its validation cases predicted and evaluated."""
+    return (fold_folder / "training_summary.json").is_file() and (fold_folder / "validation" / "summary.json").is_file()
+
+
+def train_stage(dataset_root: Path, work: Path, configurations: Sequence[str], options: RunOptions) -> None:
+    from autoseg.training.command import build_job
+    from autoseg.training.loop import TrainingSettings, train_fold
+    from autoseg.training.schedule import parse_time_budget
+
+    base = TrainingSettings(resume=True, device=options.device, after_training_hooks=("predict_validation",))
+    changes: dict = {}
+    if options.time_budget:
+        changes["time_budget_seconds"] = parse_time_budget(options.time_budget)
+    if options.epochs:
+        changes["epochs"] = options.epochs
+    if options.iterations_per_epoch:
+        changes["iterations_per_epoch"] = options.iterations_per_epoch
+    if options.validation_iterations is not None:
+        changes["validation_iterations"] = options.validation_iterations
+    settings = dataclasses.replace(base, **changes)
+    for configuration in configurations:
+        for fold in options.folds:
+            job = build_job(
+                dataset=str(dataset_root), configuration_name=configuration, fold=str(fold),
+                work_dir=str(work.parent), group_cases=options.group_cases,
+            )
+            if fold_is_complete(job.fold_folder):
+                print(f"{configuration} fold {fold}: already trained and validated, skipping")
+                continue
+            _stage(f"train {configuration} fold {fold}")
+            train_fold(job, settings)
+
+
+def run_pipeline(dataset_root: str, work_dir: str | None, options: RunOptions) -> Path:
+    """Run every stage; returns the report path."""
+    from autoseg.pipeline.report import build_report
+    from autoseg.pipeline.selection import find_best
+    from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
+
+    started = time.monotonic()
+    root = Path(dataset_root)
+    if not root.is_dir():
+        raise UserError(f"{dataset_root}: dataset folder not found.")
+    work = dataset_work_dir(work_dir, root)
+    work.mkdir(parents=True, exist_ok=True)
+    dataset, plans = plan_stage(root, work, options)
+    configurations = configurations_to_train(plans, options.configurations)
+    _stage("preprocess")
+    preprocess_dataset(
+        dataset, plans=plans, dataset_work_folder=work, configuration_names=configurations, workers=options.workers
+    )
+    train_stage(root, work, configurations, options)
+    _stage("model selection + post-processing")
+    recipe = find_best(work, configurations, list(options.folds), workers=options.workers)
+    for candidate in recipe["candidates"]:
+        marker = "*" if candidate["name"] == recipe["selected"] else " "
+        dice = candidate["foreground_dice"]
+        print(f" {marker} {candidate['name']:<32} mean foreground Dice {'-' if dice is None else f'{dice:.4f}'}")
+    _stage("report")
+    report = build_report(work)
+    minutes = (time.monotonic() - started) / 60
+    print(f"\nfinished in {minutes:.1f} min. Report: {report}")
+    print(f"predict new images with:\n  autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {work}")
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="raw dataset folder")
+    add_work_dir_argument(parser)
+    parser.add_argument("--configs", nargs="+", default=None, metavar="CONFIG",
+                        help="configurations to train (default: every planned one except cascades and lowres)")
+    parser.add_argument("--folds", nargs="+", type=int, default=list(DEFAULT_FOLDS), metavar="K",
+                        help="cross-validation folds to train (default: 0 1 2 3 4)")
+    parser.add_argument("--time-budget", default=None, help="wall-clock budget per fold, e.g. 10m, 2h")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per fold (ignored with --time-budget)")
+    parser.add_argument("--iterations-per-epoch", type=int, default=None)
+    parser.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="planning budget (default 8)")
+    parser.add_argument("--preset", default="default", help="default | resenc-m | resenc-l | resenc-xl")
+    parser.add_argument("--workers", type=int, default=2, help="processes for data work (default 2)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    parser.add_argument("--group-cases", default="none", choices=("none", "leading-number"),
+                        help="keep related cases in one fold ('leading-number': NNN_* ids, e.g. HC18)")
+    parser.add_argument("--replan", action="store_true", help="plan again even if plans.json exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    if any(fold not in DEFAULT_FOLDS for fold in args.folds):
+        raise UserError(f"--folds take values 0-4, got {args.folds}.")
+    options = RunOptions(
+        configurations=tuple(args.configs) if args.configs else None,
+        folds=tuple(dict.fromkeys(args.folds)),
+        time_budget=args.time_budget,
+        epochs=args.epochs,
+        iterations_per_epoch=args.iterations_per_epoch,
+        gpu_memory_gb=args.gpu_memory,
+        preset=args.preset,
+        workers=args.workers,
+        device=args.device,
+        group_cases=args.group_cases,
+        replan=args.replan,
+    )
+    run_pipeline(args.dataset, args.work_dir, options)
+    return 0

@@ -1,0 +1,123 @@
+"""Model selection: compare configurations and every pairwise ensemble on the cross-validation, pick the best.
+
+An ensemble averages the member configurations' probabilities (saved by each fold's validation prediction as
+``CASE.npz`` in the input's grid). The winner is the candidate with the highest mean foreground Dice; post-processing
+is then chosen on its cross-validation predictions. The decision is written as ``inference.json`` (the recipe
+``autoseg predict`` follows when no configuration is named) and ``postprocessing.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from autoseg.data.dataset import RawDataset
+from autoseg.errors import UserError
+from autoseg.evaluation.folders import evaluate_against_ground_truth, label_files_by_case
+from autoseg.evaluation.targets import targets_from_dataset_json
+from autoseg.inference.label_maps import label_map_from_probabilities
+from autoseg.io.images import read_image_header, write_image
+from autoseg.pipeline.crossval import collect_cross_validation, crossval_folder
+from autoseg.postprocessing.decision import determine_postprocessing
+from autoseg.utils.files import read_json, write_json
+
+INFERENCE_RECIPE = "inference.json"
+POSTPROCESSING_FILE = "postprocessing.json"
+ENSEMBLES_FOLDER = "ensembles"
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One configuration or ensemble, its cross-validation folder, and its scores."""
+
+    name: str
+    configurations: tuple[str, ...]
+    folder: Path
+    foreground_dice: float
+    dice_per_class: dict[str, float | None]
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def _scores(summary: dict) -> tuple[float, dict[str, float | None]]:
+    foreground = summary["foreground_mean"]["dice"]
+    per_class = {entry["name"]: entry["dice"] for entry in summary["mean"].values()}
+    return (float("nan") if foreground is None else float(foreground)), per_class
+
+
+def ensemble_cross_validation(
+    work_folder: Path, members: Sequence[str], dataset: RawDataset, *, workers: int = 2
+) -> Candidate:
+    """Average the members' cross-validation probabilities case by case, write label maps, evaluate."""
+    name = "+".join(members)
+    destination = work_folder / ENSEMBLES_FOLDER / name / "crossval"
+    destination.mkdir(parents=True, exist_ok=True)
+    member_folders = [crossval_folder(work_folder, member) for member in members]
+    cases = sorted(label_files_by_case(member_folders[0]))
+    ground_truth = label_files_by_case(work_folder / "ground_truth")
+    for identifier in tqdm(cases, desc=f"ensemble {name}", unit="case"):
+        output = destination / f"{identifier}{dataset.file_ending}"
+        if output.is_file():
+            continue
+        probabilities = None
+        for folder in member_folders:
+            path = folder / f"{identifier}.npz"
+            if not path.is_file():
+                raise UserError(f"{path}: probabilities missing; re-run the fold's validation prediction.")
+            with np.load(path, allow_pickle=False) as stored:
+                member = stored["probabilities"].astype(np.float32)
+            probabilities = member if probabilities is None else probabilities + member
+        probabilities /= len(member_folders)
+        label_map = label_map_from_probabilities(probabilities, dataset=dataset)
+        write_image(label_map, read_image_header(ground_truth[identifier]), output)
+    summary = evaluate_against_ground_truth(work_folder, destination, cases=cases, workers=workers)
+    foreground, per_class = _scores(summary)
+    return Candidate(name, tuple(members), destination, foreground, per_class)
+
+
+def find_best(
+    work_folder: Path, configurations: Sequence[str], folds: Sequence[int], *, workers: int = 2
+) -> dict:
+    """Evaluate every configuration and pairwise ensemble; write ``inference.json`` and ``postprocessing.json``."""
+    if not configurations:
+        raise UserError(f"{work_folder}: no trained configuration to choose from.")
+    dataset = RawDataset.from_dict(read_json(work_folder / "dataset.json"))
+    candidates: list[Candidate] = []
+    for configuration in configurations:
+        summary = collect_cross_validation(work_folder, configuration, folds, workers=workers)
+        foreground, per_class = _scores(summary)
+        candidates.append(
+            Candidate(configuration, (configuration,), crossval_folder(work_folder, configuration), foreground,
+                      per_class)
+        )
+    for pair in itertools.combinations(configurations, 2):
+        candidates.append(ensemble_cross_validation(work_folder, pair, dataset, workers=workers))
+    # NaN (no foreground anywhere) sorts last; ties keep the simpler (earlier) candidate.
+    best = max(candidates, key=lambda c: -1.0 if np.isnan(c.foreground_dice) else c.foreground_dice)
+    targets, ignore_label = targets_from_dataset_json(work_folder / "dataset.json")
+    postprocessing = determine_postprocessing(
+        best.folder, work_folder / "ground_truth", targets=targets, ignore_label=ignore_label, workers=workers,
+        output_file=work_folder / POSTPROCESSING_FILE,
+    )
+    recipe = {
+        "selected": best.name,
+        "models": [{"configuration": configuration, "folds": list(folds)} for configuration in best.configurations],
+        "ensemble": len(best.configurations) > 1,
+        "checkpoint": "final",
+        "postprocessing": POSTPROCESSING_FILE,
+        "cross_validation_dice": _finite_or_none(best.foreground_dice),
+        "cross_validation_dice_after_postprocessing": postprocessing["evidence"]["foreground_dice_after"],
+        "candidates": [
+            {"name": c.name, "foreground_dice": _finite_or_none(c.foreground_dice), "dice_per_class": c.dice_per_class}
+            for c in candidates
+        ],
+    }
+    write_json(work_folder / INFERENCE_RECIPE, recipe)
+    return recipe

@@ -1,0 +1,64 @@
+"""Sharing results: an imported model predicts exactly like the original; submissions are complete and traceable."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from model_helpers import first_identifiers, link_cases, make_model_folder, tiny_configuration
+
+from autoseg.cli import main
+from autoseg.io.images import read_image
+from autoseg.sharing.submission import model_hash
+
+
+def _model(tmp_path: Path, hippocampus_root: Path) -> Path:
+    configuration = tiny_configuration(dimension=3, spacing=(1.0, 1.0, 1.0), patch_size=(24, 32, 24))
+    return make_model_folder(tmp_path / "work" / "Dataset004_Hippocampus", hippocampus_root,
+                             {"3d_fullres": configuration}, folds=(0, 1))
+
+
+def test_imported_model_predicts_byte_identical_label_maps(tmp_path, hippocampus_root) -> None:
+    model = _model(tmp_path, hippocampus_root)
+    inputs = link_cases(hippocampus_root, tmp_path / "inputs", first_identifiers(hippocampus_root, 2))
+    assert main(["export-model", str(model), str(tmp_path / "model.zip")]) == 0
+    assert main(["import-model", str(tmp_path / "model.zip"), str(tmp_path / "colleague")]) == 0
+    for source, output in ((model, "original"), (tmp_path / "colleague", "imported")):
+        assert main(["predict", "-i", str(inputs), "-o", str(tmp_path / output), "-m", str(source),
+                     "--workers", "0", "--threads", "1"]) == 0
+    original = sorted((tmp_path / "original").iterdir())
+    assert [p.name for p in original] == [p.name for p in sorted((tmp_path / "imported").iterdir())]
+    for path in original:
+        assert path.read_bytes() == (tmp_path / "imported" / path.name).read_bytes()
+
+
+def test_submission_folder_manifest_and_zip(tmp_path, hippocampus_root) -> None:
+    model = _model(tmp_path, hippocampus_root)
+    identifiers = first_identifiers(hippocampus_root, 2)
+    inputs = link_cases(hippocampus_root, tmp_path / "inputs", identifiers)
+    status = main(["predict", "-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(model), "--no-tta",
+                   "--submission", "team_autoseg", "--workers", "0", "--threads", "1"])
+    assert status == 0
+    folder = tmp_path / "out" / "team_autoseg"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted([f"{i}.nii.gz" for i in identifiers] + ["submission_manifest.json"])
+    manifest = json.loads((folder / "submission_manifest.json").read_text())
+    assert manifest["configurations"] == ["3d_fullres"]
+    assert manifest["folds"] == {"3d_fullres": ["0", "1"]}
+    assert manifest["test_time_mirroring"] is False
+    assert len(manifest["model_hash"]) == 64
+    assert set(manifest["versions"]) >= {"autoseg", "torch", "numpy", "SimpleITK", "python"}
+    assert set(manifest["seeds"]) == {"3d_fullres/fold_0", "3d_fullres/fold_1"}
+    for identifier in identifiers:
+        labels = np.unique(read_image(folder / f"{identifier}.nii.gz").array)
+        assert set(labels.tolist()) <= {0, 1, 2}  # the dataset's declared label values
+    with zipfile.ZipFile(tmp_path / "out" / "team_autoseg.zip") as archive:
+        assert sorted(archive.namelist()) == sorted(f"team_autoseg/{name}" for name in names)
+        manifest_bytes = (folder / "submission_manifest.json").read_bytes()
+        assert archive.read("team_autoseg/submission_manifest.json") == manifest_bytes
+    # The hash identifies exactly the checkpoints used: dropping one changes it.
+    checkpoints = sorted(model.glob("models/3d_fullres/fold_*/checkpoint_final.pt"))
+    assert model_hash(model, checkpoints) == manifest["model_hash"]
+    assert model_hash(model, checkpoints[:1]) != manifest["model_hash"]

@@ -11,7 +11,7 @@ import pytest
 
 from autoseg.utils.files import sha256_file
 
-SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHARED_DATASETS = (Path(__file__).resolve().parents[2] / "shared" / "datasets").resolve()
 HIPPOCAMPUS = SHARED_DATASETS / "Dataset004_Hippocampus"
 HC18 = SHARED_DATASETS / "Dataset018_HC18"
 

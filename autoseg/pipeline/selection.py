@@ -53,19 +53,17 @@ def _scores(summary: dict) -> tuple[float, dict[str, float | None]]:
 
 
 def ensemble_cross_validation(
-    work_folder: Path, members: Sequence[str], dataset: RawDataset, *, workers: int = 2
+    work_folder: Path, members: Sequence[str], dataset: RawDataset, *, cases: Sequence[str], workers: int = 2
 ) -> Candidate:
-    """Average the members' cross-validation probabilities case by case, write label maps, evaluate."""
+    """Average the members' cross-validation probabilities for ``cases``, write label maps, evaluate."""
     name = "+".join(members)
     destination = work_folder / ENSEMBLES_FOLDER / name / "crossval"
     destination.mkdir(parents=True, exist_ok=True)
     member_folders = [crossval_folder(work_folder, member) for member in members]
-    cases = sorted(label_files_by_case(member_folders[0]))
     ground_truth = label_files_by_case(work_folder / "ground_truth")
     for identifier in tqdm(cases, desc=f"ensemble {name}", unit="case"):
+        # Always recomputed (it is cheap): members may have been retrained since the last selection.
         output = destination / f"{identifier}{dataset.file_ending}"
-        if output.is_file():
-            continue
         probabilities = None
         for folder in member_folders:
             path = folder / f"{identifier}.npz"
@@ -90,20 +88,23 @@ def find_best(
         raise UserError(f"{work_folder}: no trained configuration to choose from.")
     dataset = RawDataset.from_dict(read_json(work_folder / "dataset.json"))
     candidates: list[Candidate] = []
+    cases: list[str] = []
     for configuration in configurations:
         summary = collect_cross_validation(work_folder, configuration, folds, workers=workers)
+        cases = [entry["case"] for entry in summary["per_case"]]
         foreground, per_class = _scores(summary)
         candidates.append(
             Candidate(configuration, (configuration,), crossval_folder(work_folder, configuration), foreground,
                       per_class)
         )
     for pair in itertools.combinations(configurations, 2):
-        candidates.append(ensemble_cross_validation(work_folder, pair, dataset, workers=workers))
+        candidates.append(ensemble_cross_validation(work_folder, pair, dataset, cases=cases, workers=workers))
     # NaN (no foreground anywhere) sorts last; ties keep the simpler (earlier) candidate.
     best = max(candidates, key=lambda c: -1.0 if np.isnan(c.foreground_dice) else c.foreground_dice)
     targets, ignore_label = targets_from_dataset_json(work_folder / "dataset.json")
     postprocessing = determine_postprocessing(
-        best.folder, work_folder / "ground_truth", targets=targets, ignore_label=ignore_label, workers=workers,
+        best.folder, work_folder / "ground_truth", targets=targets, ignore_label=ignore_label, cases=cases,
+        workers=workers,
         output_file=work_folder / POSTPROCESSING_FILE,
     )
     recipe = {

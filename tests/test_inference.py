@@ -415,3 +415,21 @@ def test_recipe_ensemble_averages_configurations_in_the_input_grid_then_post_pro
                  "--device", "cpu", "--threads", "1", "--workers", "0"]) == 0
     only_2d = members[1].predict_array(image.array, spacing=image.geometry.spacing).label_map
     assert np.array_equal(read_image(tmp_path / "only_2d" / f"{identifier}.nii.gz").array, only_2d)
+
+
+def test_default_thread_count_leaves_a_core_that_another_process_keeps_busy():
+    import subprocess
+    import sys
+    import time
+
+    from autoseg.inference.predict_command import idle_cpu_count
+    from autoseg.utils.threads import available_cpus
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        threads = idle_cpu_count()
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert 1 <= threads <= max(1, available_cpus() - 1)

@@ -1,0 +1,238 @@
+"""Benchmark: seconds per case of ``autoseg predict`` next to nnU-Net v2's ``nnUNetv2_predict`` on CPU.
+
+What is compared: both tools segment the same N real Hippocampus cases (a folder of symbolic links to
+/work/shared/datasets/Dataset004_Hippocampus/imagesTr) with one fold of a 3d_fullres U-Net, on the CPU, each with
+its own defaults (worker processes, threads, sliding-window step, Gaussian weighting), once with test-time mirroring
+(TTA) and once without. The time is the wall time of the whole command divided by N, so start-up, reading,
+preprocessing, the network, resampling back and writing are all included, as a user would experience them.
+autoseg is also run with ``--precision bfloat16`` as an extra line (nnU-Net has no such option on CPU).
+
+Why the weights are random: inference speed does not depend on the weights' values, only on the network's shape
+and the data, so neither tool needs training. Each tool gets a freshly initialised network of its own plan for the
+Hippocampus dataset: autoseg's planner (``autoseg plan``) and nnU-Net's own fingerprinting and planning commands
+(run in nnU-Net's virtual environment); both plans give the same 3d_fullres architecture (the parameter counts are
+printed so this can be checked). Both model folders are built in a scratch folder; nothing is trained.
+
+Runs of the two tools are interleaved round by round, and the 1-minute load average is printed next to every
+measurement, because the machine is shared and timings are noisy. The goal is autoseg/nnU-Net <= 0.5.
+
+Usage (nnU-Net installed by /work/shared/tools/nnunet-peer/setup.sh):
+
+    python benchmarks/predict_speed.py [--cases 10] [--rounds 2] [--scratch /tmp/predict_speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "Dataset004_Hippocampus"
+DATASET_NAME = "Dataset004_Hippocampus"
+CONFIGURATION = "3d_fullres"
+
+# Runs inside nnU-Net's virtual environment: initialise nnU-Net's own network for its 3d_fullres plan and store it
+# as a fold-0 checkpoint in the layout nnUNetv2_predict expects. Only nnU-Net's public classes are called.
+NNUNET_MODEL_SCRIPT = """
+import shutil, sys, torch
+from pathlib import Path
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+preprocessed, output = Path(sys.argv[1]), Path(sys.argv[2])
+(output / "fold_0").mkdir(parents=True, exist_ok=True)
+for source, target in [("dataset.json", "dataset.json"), ("nnUNetPlans.json", "plans.json"),
+                       ("dataset_fingerprint.json", "dataset_fingerprint.json")]:
+    shutil.copyfile(preprocessed / source, output / target)
+plans_manager = PlansManager(load_json(str(output / "plans.json")))
+configuration = plans_manager.get_configuration("3d_fullres")
+torch.manual_seed(0)
+network = nnUNetTrainer.build_network_architecture(plans_manager, configuration, 1, 3, enable_deep_supervision=False)
+print(sum(p.numel() for p in network.parameters()))
+torch.save({"network_weights": network.state_dict(), "init_args": {"configuration": "3d_fullres"},
+            "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)},
+           output / "fold_0" / "checkpoint_final.pth")
+"""
+
+
+def load_average() -> float:
+    """The 1-minute load average: how many processes wanted the CPUs recently (2 cores here)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def nnunet_environment(*, scratch: Path, venv: Path) -> dict[str, str]:
+    """nnU-Net's virtual environment on PATH and its three folders pointed into our scratch folder."""
+    environment = dict(os.environ)
+    environment.pop("PYTHONPATH", None)
+    environment.update(
+        PATH=f"{venv / 'bin'}{os.pathsep}{environment.get('PATH', '')}",
+        VIRTUAL_ENV=str(venv),
+        nnUNet_raw=str(scratch / "nnUNet_raw"),
+        nnUNet_preprocessed=str(scratch / "nnUNet_preprocessed"),
+        nnUNet_results=str(scratch / "nnUNet_results"),
+        nnUNet_compile="f",
+    )
+    return environment
+
+
+def run_quietly(command: list[str], *, log: Path, environment: dict[str, str] | None = None) -> None:
+    """Run a command with its output in ``log``; on failure show the log's tail and stop."""
+    with open(log, "w") as handle:
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)
+    if result.returncode != 0:
+        tail = log.read_text().splitlines()[-15:]
+        sys.exit(f"failed ({result.returncode}): {' '.join(command)}\n" + "\n".join(tail))
+
+
+def build_nnunet_model(*, scratch: Path, venv: Path) -> int:
+    """Fingerprint and plan with nnU-Net's commands, then write a random-weight fold 0; return its parameter count."""
+    environment = nnunet_environment(scratch=scratch, venv=venv)
+    raw = scratch / "nnUNet_raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    (scratch / "nnUNet_preprocessed").mkdir(exist_ok=True)
+    if not (raw / DATASET_NAME).exists():
+        (raw / DATASET_NAME).symlink_to(SHARED_DATASET)
+    preprocessed = scratch / "nnUNet_preprocessed" / DATASET_NAME
+    if not (preprocessed / "nnUNetPlans.json").is_file():
+        fingerprint = ["nnUNetv2_extract_fingerprint", "-d", "4", "-np", "2"]
+        for command in (fingerprint, ["nnUNetv2_plan_experiment", "-d", "4"]):
+            run_quietly(command, log=scratch / f"{command[0]}.log", environment=environment)
+    output = scratch / "nnUNet_results" / DATASET_NAME / f"nnUNetTrainer__nnUNetPlans__{CONFIGURATION}"
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", NNUNET_MODEL_SCRIPT, str(preprocessed), str(output)],
+        env=environment, check=True, capture_output=True, text=True,
+    )
+    return int(result.stdout.split()[-1])
+
+
+def build_autoseg_model(*, scratch: Path) -> tuple[Path, int]:
+    """Plan with ``autoseg plan``, then write a random-weight fold 0 checkpoint; return the model folder and size."""
+    import torch
+
+    from autoseg.data.dataset import load_raw_dataset
+    from autoseg.networks import build_network
+    from autoseg.planning.plans import load_plans, resolve_configuration
+    from autoseg.training.checkpoints import save_checkpoint
+    from autoseg.utils.files import write_json
+
+    work = scratch / "autoseg_work"
+    model = work / DATASET_NAME
+    if not (model / "plans.json").is_file():
+        command = [sys.executable, "-m", "autoseg", "plan", str(SHARED_DATASET), "--work-dir", str(work),
+                   "--workers", "2"]
+        run_quietly(command, log=scratch / "autoseg_plan.log")
+    if not (model / "dataset.json").is_file():
+        write_json(model / "dataset.json", load_raw_dataset(SHARED_DATASET).to_dict())
+    configuration = resolve_configuration(load_plans(model), CONFIGURATION)
+    torch.manual_seed(0)
+    network = build_network(configuration, in_channels=1, out_channels=3)
+    save_checkpoint(
+        model / "models" / CONFIGURATION / "fold_0" / "checkpoint_final.pt",
+        {"network": network.state_dict(), "configuration": configuration, "configuration_name": CONFIGURATION},
+    )
+    return model, sum(parameter.numel() for parameter in network.parameters())
+
+
+def link_cases(*, scratch: Path, cases: int) -> Path:
+    """A folder of symbolic links to the first ``cases`` Hippocampus images (no copies of the shared data)."""
+    folder = scratch / "input"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    images = sorted((SHARED_DATASET / "imagesTr").glob("*_0000.nii.gz"))[:cases]
+    for image in images:
+        (folder / image.name).symlink_to(image)
+    return folder
+
+
+def time_command(
+    command: list[str], *, output: Path, cases: int, log: Path, environment: dict[str, str] | None = None
+) -> float:
+    """Seconds per case of one whole command (start-up included), into a fresh output folder."""
+    shutil.rmtree(output, ignore_errors=True)
+    start = time.perf_counter()
+    run_quietly(command, log=log, environment=environment)
+    seconds = (time.perf_counter() - start) / cases
+    written = len(list(output.glob("*.nii.gz")))
+    if written != cases:
+        sys.exit(f"{' '.join(command)} wrote {written} label maps for {cases} cases; see {log}")
+    return seconds
+
+
+def measurements(*, scratch: Path, venv: Path, model: Path, input_folder: Path, cases: int) -> dict:
+    """The commands to time, by label: (function running it once -> seconds per case, which nnU-Net line it faces)."""
+    nnunet = nnunet_environment(scratch=scratch, venv=venv)
+
+    def nnunet_run(*extra: str):
+        command = ["nnUNetv2_predict", "-i", str(input_folder), "-o", str(scratch / "out_nnunet"), "-d", "4",
+                   "-c", CONFIGURATION, "-f", "0", "-device", "cpu", *extra]
+        return lambda: time_command(command, output=scratch / "out_nnunet", cases=cases,
+                                    log=scratch / "nnunet_predict.log", environment=nnunet)
+
+    def autoseg_run(*extra: str):
+        command = [sys.executable, "-m", "autoseg", "predict", "-i", str(input_folder), "-o",
+                   str(scratch / "out_autoseg"), "-m", str(model), "-c", CONFIGURATION, "--device", "cpu", *extra]
+        return lambda: time_command(command, output=scratch / "out_autoseg", cases=cases,
+                                    log=scratch / "autoseg_predict.log")
+
+    return {
+        "nnU-Net  no TTA": (nnunet_run("--disable_tta"), None),
+        "autoseg  no TTA": (autoseg_run("--no-tta"), "nnU-Net  no TTA"),
+        "autoseg  no TTA bfloat16": (autoseg_run("--no-tta", "--precision", "bfloat16"), "nnU-Net  no TTA"),
+        "nnU-Net  TTA": (nnunet_run(), None),
+        "autoseg  TTA": (autoseg_run(), "nnU-Net  TTA"),
+        "autoseg  TTA bfloat16": (autoseg_run("--precision", "bfloat16"), "nnU-Net  TTA"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=10, help="Hippocampus cases to segment per run (default 10)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every command (default 2)")
+    parser.add_argument(
+        "--scratch", type=Path, default=None, help="folder for models and outputs (default: a temporary one, removed)"
+    )
+    parser.add_argument("--nnunet-venv", type=Path, default=Path("/tmp/nnunet-peer/venv"))
+    args = parser.parse_args()
+    if not (args.nnunet_venv / "bin" / "nnUNetv2_predict").is_file():
+        parser.error(f"{args.nnunet_venv}: nnU-Net not found; run /work/shared/tools/nnunet-peer/setup.sh")
+
+    temporary = None if args.scratch else tempfile.TemporaryDirectory(prefix="predict_speed_")
+    scratch = (args.scratch or Path(temporary.name)).resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        print(f"building both random-weight models in {scratch} (not timed) ...", flush=True)
+        model, autoseg_parameters = build_autoseg_model(scratch=scratch)
+        nnunet_parameters = build_nnunet_model(scratch=scratch, venv=args.nnunet_venv)
+        print(f"parameters: autoseg {autoseg_parameters:,}, nnU-Net {nnunet_parameters:,}")
+        input_folder = link_cases(scratch=scratch, cases=args.cases)
+        commands = measurements(
+            scratch=scratch, venv=args.nnunet_venv, model=model, input_folder=input_folder, cases=args.cases
+        )
+        results: dict[str, list[float]] = {label: [] for label in commands}
+        for round_number in range(1, args.rounds + 1):
+            for label, (run_once, _) in commands.items():
+                seconds = run_once()
+                results[label].append(seconds)
+                load = load_average()
+                print(f"round {round_number}  {label:<26} {seconds:7.2f} s/case   load {load:5.2f}", flush=True)
+        print(f"\n{args.cases} cases, {args.rounds} round(s), CPU, {os.cpu_count()} CPUs; "
+              "median s/case; ratio = autoseg / nnU-Net")
+        print(f"{'command':<26} {'s/case':>8} {'ratio':>7}")
+        for label, (_, reference) in commands.items():
+            median = statistics.median(results[label])
+            ratio = f"{median / statistics.median(results[reference]):7.2f}" if reference else ""
+            print(f"{label:<26} {median:8.2f} {ratio}")
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,20 @@ from autoseg.utils.files import read_json
 RUN_OPTIONS = ["--folds", "0", "1", "--time-budget", "6s", "--iterations-per-epoch", "2", "--workers", "1"]
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (the run and any worker it forked)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command_line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in command_line:
+                found.append(int(entry.name))
+    return found
+
+
 def _wait_for(predicate, *, timeout: float, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -47,6 +61,11 @@ def test_run_survives_kill_9_and_produces_a_report_and_a_working_model(tmp_path:
         process.send_signal(signal.SIGKILL)
         process.wait()
     finished_fold_0 = (fold_0 / "training_summary.json").stat().st_mtime_ns
+    # The killed run's data-loading workers die with it instead of holding their memory as orphans.
+    deadline = time.monotonic() + 15
+    while _processes_mentioning(str(work_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(str(work_dir)) == []
 
     assert main(["run", str(raw), "--work-dir", str(work_dir), "--configs", "3d_fullres", *RUN_OPTIONS]) == 0
     # Fold 0 was not trained again; fold 1 finished and was validated.

@@ -29,6 +29,7 @@ from autoseg.training.augmentation import (
     sampled_patch_size,
 )
 from autoseg.utils.files import read_json
+from autoseg.utils.processes import die_with_parent
 
 
 def deep_supervision_scales(configuration: dict[str, Any]) -> list[list[float]]:
@@ -252,6 +253,7 @@ class _PrepareBatchRandomness:
     def __call__(self, **data_dict):
         if os.getpid() not in (self.creator_process, self.limited_process):
             _limit_threads_to_one()
+            die_with_parent()
             self.limited_process = os.getpid()
         random.seed(int(np.random.randint(0, 2**31 - 1)))
         return data_dict

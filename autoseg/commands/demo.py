@@ -79,8 +79,11 @@ def stage_pipeline(run: DemoRun) -> str:
                          validation_iterations=4)
     report = run_pipeline(str(run.dataset_root), str(run.work_dir), options)
     recipe = read_json(report.parent / "inference.json")
-    dice = recipe["cross_validation_dice_after_postprocessing"] or recipe["cross_validation_dice"]
-    return f"selected {recipe['selected']}, cross-validation mean foreground Dice {dice:.3f}; report {report}"
+    dice = recipe["cross_validation_dice_after_postprocessing"]
+    if dice is None:
+        dice = recipe["cross_validation_dice"]
+    shown = "-" if dice is None else f"{dice:.3f}"
+    return f"selected {recipe['selected']}, cross-validation mean foreground Dice {shown}; report {report}"
 
 
 # Pipeline order.

@@ -37,21 +37,17 @@ def run(args: argparse.Namespace) -> int:
         print(format_plans_table(load_plans(work / PLANS_FILE_NAME)), end="")
         return 0
 
-    from autoseg.data.check import require_valid_dataset
     from autoseg.errors import UserError
-    from autoseg.fingerprint import compute_fingerprint
-    from autoseg.planning import plan_experiment
-    from autoseg.utils.files import write_json
+    from autoseg.planning.plan_dataset import plan_dataset
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}.")
     if not Path(args.dataset).is_dir():
         raise UserError(f"{args.dataset}: dataset folder not found.")
-    dataset = require_valid_dataset(args.dataset, workers=args.workers)
-    write_json(work / "dataset.json", dataset.to_dict())
-    fingerprint = compute_fingerprint(dataset, work, workers=args.workers, force=args.recompute_fingerprint)
-    plans = plan_experiment(fingerprint, dataset, preset=args.preset, gpu_memory_gb=args.gpu_memory)
-    write_json(work / PLANS_FILE_NAME, plans)
+    _, plans, _ = plan_dataset(
+        args.dataset, work, preset=args.preset, gpu_memory_gb=args.gpu_memory, workers=args.workers,
+        recompute_fingerprint=args.recompute_fingerprint,
+    )
     print(format_plans_table(plans), end="")
     print(f"\nwrote {work / 'fingerprint.json'} and {work / PLANS_FILE_NAME}")
     return 0

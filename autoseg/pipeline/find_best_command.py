@@ -16,13 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoseg.pipeline.selection import find_best
+    from autoseg.pipeline.selection import find_best, format_candidates
 
     work = dataset_work_dir(args.work_dir, args.dataset)
     recipe = find_best(work, args.configs, args.folds, workers=args.workers)
-    for candidate in recipe["candidates"]:
-        marker = "*" if candidate["name"] == recipe["selected"] else " "
-        dice = candidate["foreground_dice"]
-        print(f" {marker} {candidate['name']:<32} mean foreground Dice {'-' if dice is None else f'{dice:.4f}'}")
+    print(format_candidates(recipe))
     print(f"wrote {work / 'inference.json'} and {work / 'postprocessing.json'}")
     return 0

@@ -51,12 +51,7 @@ def _training_section(work: Path) -> ReportSection:
 def _metrics_section(work: Path, recipe: dict) -> ReportSection:
     section = ReportSection("Cross-validation (mean per class)")
     for candidate in recipe["candidates"]:
-        folder = (
-            work / "models" / candidate["name"] / "crossval"
-            if "+" not in candidate["name"]
-            else work / "ensembles" / candidate["name"] / "crossval"
-        )
-        summary_path = folder / SUMMARY_FILE_NAME
+        summary_path = work / candidate["folder"] / SUMMARY_FILE_NAME
         if not summary_path.is_file():
             continue
         summary = read_json(summary_path)
@@ -93,9 +88,8 @@ def _overlay_section(work: Path, recipe: dict) -> ReportSection:
     from autoseg.io.images import read_image
 
     section = ReportSection("Best and worst validation cases (prediction | reference)")
-    selected = recipe["selected"]
-    folder = work / ("ensembles" if "+" in selected else "models") / selected / "crossval"
-    summary = read_json(folder / SUMMARY_FILE_NAME)
+    selected = next(c for c in recipe["candidates"] if c["name"] == recipe["selected"])
+    summary = read_json(work / selected["folder"] / SUMMARY_FILE_NAME)
     scored = []
     for case in summary["per_case"]:
         values = [m["dice"] for m in case["metrics"].values() if m["dice"] is not None]

@@ -45,26 +45,17 @@ def _stage(name: str) -> None:
 
 
 def plan_stage(dataset_root: Path, work: Path, options: RunOptions):
-    from autoseg.data.check import require_valid_dataset
-    from autoseg.fingerprint import compute_fingerprint
-    from autoseg.planning import plan_experiment
-    from autoseg.planning.plans import PLANS_FILE_NAME, load_plans
+    from autoseg.planning.plan_dataset import plan_dataset
     from autoseg.planning.table import format_plans_table
-    from autoseg.utils.files import write_json
 
-    _stage("check")
-    dataset = require_valid_dataset(dataset_root, workers=options.workers)
+    _stage("check + fingerprint + plan")
+    dataset, plans, kept = plan_dataset(
+        dataset_root, work, preset=options.preset, gpu_memory_gb=options.gpu_memory_gb, workers=options.workers,
+        keep_existing_plans=not options.replan,
+    )
     print(f"{dataset.name}: {len(dataset.training_cases)} training cases, no errors")
-    write_json(work / "dataset.json", dataset.to_dict())
-    _stage("fingerprint + plan")
-    fingerprint = compute_fingerprint(dataset, work, workers=options.workers)
-    plans_path = work / PLANS_FILE_NAME
-    if plans_path.is_file() and not options.replan:
-        print(f"keeping the existing {plans_path} (use --replan to plan again)")
-        plans = load_plans(plans_path)
-    else:
-        plans = plan_experiment(fingerprint, dataset, preset=options.preset, gpu_memory_gb=options.gpu_memory_gb)
-        write_json(plans_path, plans)
+    if kept:
+        print(f"keeping the existing {work / 'plans.json'} (use --replan to plan again)")
     print(format_plans_table(plans), end="")
     return dataset, plans
 
@@ -116,7 +107,7 @@ def train_stage(dataset_root: Path, work: Path, configurations: Sequence[str], o
 def run_pipeline(dataset_root: str, work_dir: str | None, options: RunOptions) -> Path:
     """Run every stage; returns the report path."""
     from autoseg.pipeline.report import build_report
-    from autoseg.pipeline.selection import find_best
+    from autoseg.pipeline.selection import find_best, format_candidates
     from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
 
     started = time.monotonic()
@@ -134,10 +125,7 @@ def run_pipeline(dataset_root: str, work_dir: str | None, options: RunOptions) -
     train_stage(root, work, configurations, options)
     _stage("model selection + post-processing")
     recipe = find_best(work, configurations, list(options.folds), workers=options.workers)
-    for candidate in recipe["candidates"]:
-        marker = "*" if candidate["name"] == recipe["selected"] else " "
-        dice = candidate["foreground_dice"]
-        print(f" {marker} {candidate['name']:<32} mean foreground Dice {'-' if dice is None else f'{dice:.4f}'}")
+    print(format_candidates(recipe))
     _stage("report")
     report = build_report(work)
     minutes = (time.monotonic() - started) / 60

@@ -116,9 +116,24 @@ def find_best(
         "cross_validation_dice": _finite_or_none(best.foreground_dice),
         "cross_validation_dice_after_postprocessing": postprocessing["evidence"]["foreground_dice_after"],
         "candidates": [
-            {"name": c.name, "foreground_dice": _finite_or_none(c.foreground_dice), "dice_per_class": c.dice_per_class}
+            {
+                "name": c.name,
+                "folder": c.folder.relative_to(work_folder).as_posix(),
+                "foreground_dice": _finite_or_none(c.foreground_dice),
+                "dice_per_class": c.dice_per_class,
+            }
             for c in candidates
         ],
     }
     write_json(work_folder / INFERENCE_RECIPE, recipe)
     return recipe
+
+
+def format_candidates(recipe: dict) -> str:
+    """One line per candidate with its mean foreground Dice; the selected one is starred."""
+    lines = []
+    for candidate in recipe["candidates"]:
+        marker = "*" if candidate["name"] == recipe["selected"] else " "
+        dice = candidate["foreground_dice"]
+        lines.append(f" {marker} {candidate['name']:<32} mean foreground Dice {'-' if dice is None else f'{dice:.4f}'}")
+    return "\n".join(lines)

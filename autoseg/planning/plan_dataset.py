@@ -1,0 +1,42 @@
+"""The planning stage as one call: check the raw dataset, fingerprint it, and write its plans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoseg.data.dataset import RawDataset
+from autoseg.planning.plans import PLANS_FILE_NAME, load_plans
+
+
+def plan_dataset(
+    dataset_root: str | Path,
+    work: Path,
+    *,
+    preset: str = "default",
+    gpu_memory_gb: float | None = None,
+    workers: int = 2,
+    recompute_fingerprint: bool = False,
+    keep_existing_plans: bool = False,
+) -> tuple[RawDataset, dict, bool]:
+    """Write ``dataset.json``, ``fingerprint.json`` and ``plans.json`` into ``work`` (the dataset's working folder).
+
+    With ``keep_existing_plans`` an existing ``plans.json`` (possibly hand-edited) is loaded instead of replaced.
+    Returns the dataset, the plans, and whether the plans were kept.
+
+    Raises:
+        DatasetError: the raw dataset fails its check (every problem is listed).
+    """
+    from autoseg.data.check import require_valid_dataset
+    from autoseg.fingerprint import compute_fingerprint
+    from autoseg.planning.planner import plan_experiment
+    from autoseg.utils.files import write_json
+
+    dataset = require_valid_dataset(dataset_root, workers=workers)
+    write_json(work / "dataset.json", dataset.to_dict())
+    fingerprint = compute_fingerprint(dataset, work, workers=workers, force=recompute_fingerprint)
+    plans_path = work / PLANS_FILE_NAME
+    if keep_existing_plans and plans_path.is_file():
+        return dataset, load_plans(plans_path), True
+    plans = plan_experiment(fingerprint, dataset, preset=preset, gpu_memory_gb=gpu_memory_gb)
+    write_json(plans_path, plans)
+    return dataset, plans, False

@@ -18,6 +18,7 @@ def test_planning_twice_from_scratch_gives_byte_identical_json(tmp_path: Path, h
         folder = work / hippocampus_root.name
         case_ids = [case.identifier for case in load_raw_dataset(hippocampus_root).training_cases]
         load_or_create_splits(folder / "splits.json", case_ids, seed=DEFAULT_SPLIT_SEED)
-        outputs.append({name: (folder / name).read_bytes() for name in ("fingerprint.json", "plans.json", "splits.json")})
+        names = ("fingerprint.json", "plans.json", "splits.json")
+        outputs.append({name: (folder / name).read_bytes() for name in names})
         shutil.rmtree(work)  # from scratch: nothing of the first run survives into the second
     assert outputs[0] == outputs[1]

@@ -33,6 +33,11 @@ from autoseg.postprocessing.decision import apply_postprocessing
 from autoseg.utils.files import write_json
 
 
+def predict_in_float32(*args, **kwargs) -> torch.Tensor:
+    """The sliding window in float32, whatever ``auto`` means on this CPU: these tests check exact arithmetic."""
+    return predict_sliding_window(*args, precision="float32", **kwargs)
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """One thread: on a machine whose cores are shared, two OpenMP threads make small convolutions ~40x slower.
@@ -61,7 +66,7 @@ def one_hot_volume(shape: tuple[int, ...], num_classes: int, seed: int = 0) -> t
 @pytest.mark.parametrize("mirror_axes", [None, (0, 1, 2)])
 def test_identity_network_gives_back_one_hot_input_exactly(mirror_axes):
     data = one_hot_volume((23, 37, 29), 3)
-    logits = predict_sliding_window(Identity(), data, patch_size=(16, 16, 12), num_classes=3, step_size=0.5,
+    logits = predict_in_float32(Identity(), data, patch_size=(16, 16, 12), num_classes=3, step_size=0.5,
                                     mirror_axes=mirror_axes, batch_size=3)
     assert logits.dtype == torch.float32
     assert torch.equal(logits, data)
@@ -115,20 +120,20 @@ def mirror_symmetric_network(in_channels: int, out_channels: int, dimension: int
 def test_mirroring_a_mirror_equivariant_network_changes_nothing_but_changes_a_generic_one():
     data = torch.randn(2, 20, 24, 22)
     symmetric = mirror_symmetric_network(2, 3, 3)
-    plain = predict_sliding_window(symmetric, data, patch_size=(16, 16, 16), num_classes=3)
-    mirrored = predict_sliding_window(symmetric, data, patch_size=(16, 16, 16), num_classes=3, mirror_axes=(0, 1, 2))
+    plain = predict_in_float32(symmetric, data, patch_size=(16, 16, 16), num_classes=3)
+    mirrored = predict_in_float32(symmetric, data, patch_size=(16, 16, 16), num_classes=3, mirror_axes=(0, 1, 2))
     torch.testing.assert_close(mirrored, plain, rtol=1e-5, atol=1e-5)
 
     torch.manual_seed(1)
     generic = torch.nn.Conv3d(2, 3, 3, padding=1).eval()
-    plain = predict_sliding_window(generic, data, patch_size=(16, 16, 16), num_classes=3)
-    mirrored = predict_sliding_window(generic, data, patch_size=(16, 16, 16), num_classes=3, mirror_axes=(0, 1, 2))
+    plain = predict_in_float32(generic, data, patch_size=(16, 16, 16), num_classes=3)
+    mirrored = predict_in_float32(generic, data, patch_size=(16, 16, 16), num_classes=3, mirror_axes=(0, 1, 2))
     assert (mirrored - plain).abs().max() > 1e-3
 
 
 def test_image_smaller_than_patch_is_padded_and_cropped_back():
     data = one_hot_volume((5, 30, 9), 2)
-    logits = predict_sliding_window(Identity(), data, patch_size=(8, 16, 16), num_classes=2, mirror_axes=(0, 2))
+    logits = predict_in_float32(Identity(), data, patch_size=(8, 16, 16), num_classes=2, mirror_axes=(0, 2))
     assert logits.shape == data.shape
     assert torch.equal(logits, data)
 
@@ -137,13 +142,13 @@ def test_2d_network_predicts_a_volume_slice_by_slice():
     torch.manual_seed(0)
     network = torch.nn.Conv2d(2, 3, 3, padding=1).eval()  # would fail on a 5D input
     data = torch.randn(2, 6, 32, 24)
-    logits = predict_sliding_window(network, data, patch_size=(32, 24), num_classes=3, mirror_axes=None)
+    logits = predict_in_float32(network, data, patch_size=(32, 24), num_classes=3, mirror_axes=None)
     with torch.no_grad():
         expected = torch.stack([network(data[:, z][None])[0] for z in range(data.shape[1])], dim=1)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     # Larger in-plane image than the patch, with mirroring: still one prediction per slice, one-hot identity exact.
     one_hot = one_hot_volume((4, 40, 33), 3)
-    assert torch.equal(predict_sliding_window(Identity(), one_hot, patch_size=(16, 16), num_classes=3,
+    assert torch.equal(predict_in_float32(Identity(), one_hot, patch_size=(16, 16), num_classes=3,
                                               mirror_axes=(0, 1)), one_hot)
 
 
@@ -364,7 +369,7 @@ def test_synthetic_volume_with_rotated_axes_and_anisotropic_spacing_is_segmented
 def test_bfloat16_precision_accumulates_in_float32_and_stays_close_to_float32():
     data = torch.randn(2, 20, 24, 22)
     network = mirror_symmetric_network(2, 3, 3)
-    exact = predict_sliding_window(network, data, patch_size=(16, 16, 16), num_classes=3)
+    exact = predict_sliding_window(network, data, patch_size=(16, 16, 16), num_classes=3, precision="float32")
     fast = predict_sliding_window(network, data, patch_size=(16, 16, 16), num_classes=3, precision="bfloat16")
     assert fast.dtype == torch.float32
     torch.testing.assert_close(fast, exact, rtol=0.05, atol=0.05)

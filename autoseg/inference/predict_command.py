@@ -10,6 +10,7 @@ from pathlib import Path
 from autoseg.data.dataset import Case, Problem, _discover_cases
 from autoseg.errors import UserError
 from autoseg.io.images import file_ending
+from autoseg.utils.precision import add_precision_argument, resolve_precision
 from autoseg.utils.threads import available_cpus
 
 
@@ -37,9 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="background processes for preprocessing and export (0 = all in this process)")
     parser.add_argument("--batch-size", type=int, default=2, help="patches per forward pass")
-    parser.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
-                        help="network arithmetic: auto = float16 on CUDA, float32 on CPU; bfloat16 is 2-3x faster "
-                             "on CPUs with native bfloat16 (AVX512-BF16, AMX)")
+    add_precision_argument(parser)
     parser.add_argument("--submission", default=None, metavar="NAME",
                         help="write a challenge submission: OUTPUT/NAME/ (one label map per case, named as the "
                              "input case), a manifest (model hash, folds, TTA, post-processing, seeds, versions) "
@@ -138,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     items = [(case.images, output_folder / (case.identifier + file_ending(case.images[0]))) for case in cases]
     print(
         f"autoseg predict: {len(items)} case(s) with {models.description}, checkpoint {args.checkpoint}, "
-        f"{'with' if first.tta else 'without'} mirroring, on {first.device}"
+        f"{'with' if first.tta else 'without'} mirroring, on {first.device} in "
+        f"{resolve_precision(args.precision, first.device)}"
     )
     written = models.predict_files(
         [images for images, _ in items], [output for _, output in items], save_probabilities=args.save_probabilities,
@@ -162,7 +162,7 @@ def _write_submission(folder: Path, models, args: argparse.Namespace) -> None:
         "checkpoint": args.checkpoint,
         "test_time_mirroring": not args.no_tta,
         "step_size": args.step_size,
-        "precision": args.precision,
+        "precision": resolve_precision(args.precision, models.members[0].device),
         "postprocessing": models.postprocessing,
         "labels": {name: value for name, value in models.members[0].dataset.to_dict()["labels"].items()},
     }

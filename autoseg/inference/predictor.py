@@ -79,7 +79,8 @@ class Predictor:
         tta: test-time mirroring over every spatial axis (8 passes per patch in 3D, 4 in 2D).
         step_size: sliding-window step as a fraction of the patch (0.5 = half-patch overlap).
         batch_size: patches per forward pass.
-        precision: ``auto`` (float16 autocast on CUDA, float32 on CPU), ``float32``, ``float16``, ``bfloat16``.
+        precision: ``auto`` (float16 autocast on CUDA, bfloat16 on CPUs with native bfloat16, else float32),
+            ``float32``, ``float16``, ``bfloat16``.
     """
 
     def __init__(

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
@@ -25,6 +24,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from autoseg.utils.precision import autocast_for
 
 GAUSSIAN_SIGMA_SCALE = 1.0 / 8.0
 PROGRESS_MINIMUM_BATCHES = 64
@@ -86,20 +87,6 @@ def mirror_combinations(mirror_axes: Sequence[int] | None) -> list[tuple[int, ..
     """Every subset of ``mirror_axes`` (the empty one first): the flips used for test-time augmentation."""
     axes = tuple(mirror_axes or ())
     return [combination for count in range(len(axes) + 1) for combination in itertools.combinations(axes, count)]
-
-
-PRECISIONS = ("auto", "float32", "float16", "bfloat16")
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context for ``precision`` on ``device`` (``auto``: float16 on CUDA, float32 elsewhere)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        precision = "float16" if device.type == "cuda" else "float32"
-    if precision == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=getattr(torch, precision))
 
 
 def _accumulation_device(
@@ -174,9 +161,9 @@ def predict_sliding_window(
         device: where the network runs and the logits are accumulated.
         batch_size: tiles per forward pass.
         use_gaussian: blend with the Gaussian importance map (else a flat average).
-        precision: arithmetic of the network: ``auto`` (float16 autocast on CUDA, float32 elsewhere),
-            ``float32``, ``float16`` or ``bfloat16`` (autocast; bfloat16 is 2-3x faster on CPUs with native
-            bfloat16 such as AVX512-BF16/AMX, at a small cost in precision). Accumulation is always float32.
+        precision: arithmetic of the network: ``auto`` (float16 autocast on CUDA, bfloat16 on CPUs with native
+            bfloat16, float32 elsewhere; see ``autoseg.utils.precision``), ``float32``, ``float16`` or
+            ``bfloat16``. Accumulation is always float32.
         accumulate_on: where the ``(num_classes, z, y, x)`` sums live and the result is returned; None = ``device``,
             except on a GPU without room for them (then the CPU).
         progress: show a tqdm bar over the batches; None = only for large images (at least

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from autoseg.errors import UserError
 from autoseg.paths import add_work_dir_argument, dataset_work_dir
+from autoseg.utils.precision import add_precision_argument
 
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
 # Cascades need the previous stage's predictions as input channels during training, which the trainer lacks so far.
@@ -36,6 +37,7 @@ class RunOptions:
     preset: str = "default"
     workers: int = 2
     device: str | None = None
+    precision: str = "auto"
     group_cases: str = "none"
     replan: bool = False
 
@@ -80,7 +82,9 @@ def train_stage(dataset_root: Path, work: Path, configurations: Sequence[str], o
     from autoseg.training.loop import TrainingSettings, train_fold
     from autoseg.training.schedule import parse_time_budget
 
-    base = TrainingSettings(resume=True, device=options.device, after_training_hooks=("predict_validation",))
+    base = TrainingSettings(
+        resume=True, device=options.device, precision=options.precision, after_training_hooks=("predict_validation",)
+    )
     changes: dict = {}
     if options.time_budget:
         changes["time_budget_seconds"] = parse_time_budget(options.time_budget)
@@ -148,6 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="default", help="default | resenc-m | resenc-l | resenc-xl")
     parser.add_argument("--workers", type=int, default=2, help="processes for data work (default 2)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    add_precision_argument(parser)
     parser.add_argument("--group-cases", default="none", choices=("none", "leading-number"),
                         help="keep related cases in one fold ('leading-number': NNN_* ids, e.g. HC18)")
     parser.add_argument("--replan", action="store_true", help="plan again even if plans.json exists")
@@ -166,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset,
         workers=args.workers,
         device=args.device,
+        precision=args.precision,
         group_cases=args.group_cases,
         replan=args.replan,
     )

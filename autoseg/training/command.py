@@ -21,6 +21,7 @@ from autoseg.training.loop import TrainingJob, TrainingSettings, train_fold
 from autoseg.training.schedule import parse_time_budget
 from autoseg.training.splits import CASE_GROUPERS, DEFAULT_SPLIT_SEED, cases_for_fold, load_or_create_splits
 from autoseg.utils.files import read_json
+from autoseg.utils.precision import add_precision_argument
 
 FOLD_CHOICES = ("0", "1", "2", "3", "4", "all")
 
@@ -43,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train until this much wall-clock time is spent (e.g. 90s, 20m, 2h); the learning rate decays over it",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    add_precision_argument(parser)
+    parser.add_argument(
+        "--batch-size", type=int, default=None,
+        help="patches per step (default: the plan's; on CPU at most ~1.2 M voxels per step, at least 2)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the fold's latest checkpoint")
     parser.add_argument("--pretrained", default=None, help="checkpoint to initialise from (matching tensors only)")
     parser.add_argument("--loss", default="dice_ce", help="loss name (default dice_ce; see docs/training.md)")
@@ -137,6 +143,8 @@ def settings_from_arguments(args: argparse.Namespace) -> TrainingSettings:
     for name in ("epochs", "iterations_per_epoch"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1.")
     if args.validation_iterations < 0:
         raise UserError("--validation-iterations must not be negative.")
     if args.pretrained and not Path(args.pretrained).is_file():
@@ -152,6 +160,8 @@ def settings_from_arguments(args: argparse.Namespace) -> TrainingSettings:
         num_workers=args.num_workers,
         threads=args.threads,
         device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
         resume=args.resume,
         pretrained=args.pretrained,
         after_training_hooks=() if args.no_validation_prediction else ("predict_validation",),

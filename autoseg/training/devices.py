@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 
 from autoseg.errors import UserError
+from autoseg.utils.precision import needs_loss_scaling
 
 
 def choose_device(requested: str | None = None, *, local_rank: int = 0) -> torch.device:
@@ -37,20 +37,9 @@ def choose_device(requested: str | None = None, *, local_rank: int = 0) -> torch
     return device
 
 
-def uses_mixed_precision(device: torch.device) -> bool:
-    """float16 autocast with loss scaling pays off on CUDA; CPU runs stay in float32 (bf16 is slower on most CPUs)."""
-    return device.type == "cuda"
-
-
-def autocast_context(device: torch.device) -> contextlib.AbstractContextManager:
-    if uses_mixed_precision(device):
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
-def make_gradient_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """A scaler that is active only with mixed precision (a disabled scaler passes gradients through unchanged)."""
-    return torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=uses_mixed_precision(device))
+def make_gradient_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A scaler that is active only for float16 (a disabled scaler passes gradients through unchanged)."""
+    return torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=needs_loss_scaling(precision))
 
 
 def seed_everything(seed: int) -> None:

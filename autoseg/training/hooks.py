@@ -27,6 +27,7 @@ def predict_validation_cases(
     fold: int | str,
     validation_case_ids: Sequence[str],
     device: str,
+    precision: str = "auto",
 ) -> dict[str, Any] | None:
     """Segment the fold's validation cases from their raw images with the sliding-window predictor (final checkpoint,
     mirroring on) into ``fold_folder/validation/`` (label maps and ``CASE.npz`` probabilities, which model selection
@@ -41,7 +42,8 @@ def predict_validation_cases(
 
     dataset = RawDataset.from_dict(read_json(dataset_work_folder / "dataset.json"))
     predictor = Predictor.from_model_folder(
-        dataset_work_folder, configuration=configuration_name, folds=[fold], checkpoint="final", device=device
+        dataset_work_folder, configuration=configuration_name, folds=[fold], checkpoint="final", device=device,
+        precision=precision,
     )
     output_folder = fold_folder / VALIDATION_FOLDER
     output_folder.mkdir(parents=True, exist_ok=True)

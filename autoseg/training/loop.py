@@ -22,7 +22,6 @@ from tqdm import tqdm
 from autoseg.data.dataset import RawDataset
 from autoseg.training import checkpoints as checkpoint_files
 from autoseg.training.devices import (
-    autocast_context,
     choose_device,
     enable_fast_kernels,
     make_deterministic,
@@ -54,6 +53,7 @@ from autoseg.training.pseudo_dice import count_overlaps, dice_from_counts, mean_
 from autoseg.training.schedule import TrainingProgress, poly_learning_rate
 from autoseg.training.training_log import LOG_FILE, update_moving_average, write_log
 from autoseg.utils.files import write_json
+from autoseg.utils.precision import autocast_for, resolve_precision
 from autoseg.utils.threads import available_cpus, set_torch_threads
 
 PROGRESS_PLOT = "progress.png"
@@ -66,7 +66,9 @@ class TrainingSettings:
 
     ``epochs`` is ignored when ``time_budget_seconds`` is set: training then runs until the budget is spent, with the
     learning rate decaying over the budget. A latest checkpoint is written every ``checkpoint_every_epochs`` epochs
-    and whenever ``checkpoint_every_seconds`` have passed since the last one.
+    and whenever ``checkpoint_every_seconds`` have passed since the last one. ``precision`` is resolved by
+    ``autoseg.utils.precision`` (``auto``: float16 on CUDA, bfloat16 on CPUs with native bfloat16, else float32).
+    ``batch_size`` None means the plan's, capped on CPU by ``training_batch_size``.
     """
 
     epochs: int = 1000
@@ -84,6 +86,8 @@ class TrainingSettings:
     num_workers: int | None = None
     threads: int | None = None
     device: str | None = None
+    precision: str = "auto"
+    batch_size: int | None = None
     resume: bool = False
     pretrained: str | None = None
     checkpoint_every_epochs: int = 10
@@ -278,6 +282,28 @@ def default_number_of_workers(context: DistributedContext) -> int:
     return max(1, min(8, available_cpus() // context.world_size))
 
 
+# On CPU a training step of this many voxels (batch x patch) takes ~2-4 s on 2 cores in bfloat16 (6-8 s in float32).
+# The plan's batch fills a GPU; on a CPU it would leave too few optimiser steps in any affordable time (HC18 2d:
+# 9 x 640x896 is ~65 s per step in float32), and more steps of a smaller batch learn more per second.
+CPU_VOXELS_PER_STEP = 1_200_000
+
+
+def training_batch_size(configuration: dict[str, Any], requested: int | None, device: torch.device) -> int:
+    """``requested``, else the plan's batch size; on CPU at most ``CPU_VOXELS_PER_STEP`` voxels but never below 2.
+
+    Hippocampus 3d_fullres (7 x 40x56x40, 0.63 M voxels) keeps its plan; HC18 2d (9 x 640x896) trains with 2.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"batch size must be at least 1, got {requested}")
+        return int(requested)
+    planned = int(configuration["batch_size"])
+    if device.type != "cpu":
+        return planned
+    patch_voxels = math.prod(int(size) for size in configuration["patch_size"])
+    return min(planned, max(2, CPU_VOXELS_PER_STEP // patch_voxels))
+
+
 def _loader_seed(settings: TrainingSettings, context: DistributedContext, resume_point: int, stream: int) -> int:
     """Distinct, reproducible seeds per rank and per (re)start iteration, so a resumed run draws fresh patches."""
     return (settings.seed * 1_000_003 + context.rank * 10_007 + resume_point * 101 + stream) % 2**31
@@ -295,6 +321,11 @@ def train_fold(
     components = components or default_components()
     context = detect_distributed_context()
     device = choose_device(settings.device, local_rank=context.local_rank)
+    settings = dataclasses.replace(
+        settings,
+        precision=resolve_precision(settings.precision, device),
+        batch_size=training_batch_size(job.configuration, settings.batch_size, device),
+    )
     started_process_group = context.enabled and not torch.distributed.is_initialized()
     start_process_group(context, device)
     try:
@@ -376,7 +407,10 @@ def _prepare_state(
         job.configuration, in_channels=channels["in"], out_channels=channels["out"], deep_supervision=True
     ).to(device)
     say(f"network: {components.describe_network(network)}")
-    say(f"device: {device}" + (f", {context.world_size} processes" if context.enabled else ""))
+    planned_batch = int(job.configuration["batch_size"])
+    say(f"device: {device}, {settings.precision} arithmetic, batch {settings.batch_size}"
+        + (f" (plan: {planned_batch}; smaller on CPU, see --batch-size)" if settings.batch_size < planned_batch else "")
+        + (f", {context.world_size} processes" if context.enabled else ""))
     if settings.pretrained and not settings.resume:
         report = load_pretrained_weights(network, settings.pretrained)
         say(f"pretrained weights from {settings.pretrained}: {report.summary()}")
@@ -386,7 +420,7 @@ def _prepare_state(
     state = TrainingState(
         network=network,
         optimizer=optimizer,
-        gradient_scaler=make_gradient_scaler(device),
+        gradient_scaler=make_gradient_scaler(device, settings.precision),
         progress=TrainingProgress(
             epochs=None if settings.time_budget_seconds is not None else settings.epochs,
             iterations_per_epoch=settings.iterations_per_epoch,
@@ -440,7 +474,7 @@ def _make_loaders(
     """Training and validation patch streams for this rank's share of the batch."""
     options = {
         "configuration": job.configuration,
-        "batch_size": split_batch_size(int(job.configuration["batch_size"]), context),
+        "batch_size": split_batch_size(settings.batch_size, context),
         "num_workers": default_number_of_workers(context) if settings.num_workers is None else settings.num_workers,
         "deep_supervision_scales": scales,
         "oversample_foreground": settings.oversample_foreground,
@@ -483,7 +517,7 @@ def _train_one_epoch(
     save_latest_if_stale: Callable[[TrainingState], None],
 ) -> dict[str, float]:
     """Up to ``iterations_per_epoch`` optimiser steps (fewer when the time budget runs out): poly learning rate,
-    mixed precision on CUDA, gradient clipping. Returns the summed loss, the step count and the last lr.
+    autocast in ``settings.precision``, gradient clipping. Returns the summed loss, the step count and the last lr.
 
     A resumed mid-epoch checkpoint continues at ``progress.iteration_in_epoch``; ``save_latest_if_stale`` may write
     a mid-epoch checkpoint (rank 0, time-based) after any step."""
@@ -506,7 +540,7 @@ def _train_one_epoch(
         batch = next(loader)
         data, target = to_device(batch["data"], device), to_device(batch["target"], device)
         state.optimizer.zero_grad(set_to_none=True)
-        with autocast_context(device):
+        with autocast_for(device, settings.precision):
             loss = loss_function(state.network(data), target)
         state.gradient_scaler.scale(loss).backward()
         state.gradient_scaler.unscale_(state.optimizer)
@@ -636,6 +670,7 @@ def _finish(
                 fold=job.fold,
                 validation_case_ids=job.validation_case_ids,
                 device=str(device),
+                precision=settings.precision,
             )
             for name, outcome in after.items():
                 if isinstance(outcome, dict) and "failed" in outcome:
@@ -684,7 +719,7 @@ def _validate(
             batch = next(validation_loader)
             data = to_device(batch["data"], device)
             target = to_device(batch["target"], device)
-            with autocast_context(device):
+            with autocast_for(device, settings.precision):
                 outputs = as_output_list(model(data))
                 loss = loss_function(outputs if len(outputs) > 1 else outputs[0], target)
             loss_sum += float(loss)

@@ -5,7 +5,8 @@ What is compared: both tools segment the same N real Hippocampus cases (a folder
 its own defaults (worker processes, threads, sliding-window step, Gaussian weighting), once with test-time mirroring
 (TTA) and once without. The time is the wall time of the whole command divided by N, so start-up, reading,
 preprocessing, the network, resampling back and writing are all included, as a user would experience them.
-autoseg is also run with ``--precision bfloat16`` as an extra line (nnU-Net has no such option on CPU).
+autoseg runs with its default precision (``auto``: bfloat16 on CPUs with native bfloat16, else float32) and, as an
+extra line, with ``--precision float32`` (nnU-Net always computes in float32 on CPU).
 
 Why the weights are random: inference speed does not depend on the weights' values, only on the network's shape
 and the data, so neither tool needs training. Each tool gets a freshly initialised network of its own plan for the
@@ -33,8 +34,18 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "Dataset004_Hippocampus"
+from nnunet_peer import (
+    DEFAULT_VENV,
+    SHARED_DATASETS,
+    load_average,
+    nnunet_environment,
+    prepare_nnunet,
+    require_nnunet,
+    run_quietly,
+)
+
 DATASET_NAME = "Dataset004_Hippocampus"
+SHARED_DATASET = SHARED_DATASETS / DATASET_NAME
 CONFIGURATION = "3d_fullres"
 
 # Runs inside nnU-Net's virtual environment: initialise nnU-Net's own network for its 3d_fullres plan and store it
@@ -61,48 +72,10 @@ torch.save({"network_weights": network.state_dict(), "init_args": {"configuratio
 """
 
 
-def load_average() -> float:
-    """The 1-minute load average: how many processes wanted the CPUs recently (2 cores here)."""
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def nnunet_environment(*, scratch: Path, venv: Path) -> dict[str, str]:
-    """nnU-Net's virtual environment on PATH and its three folders pointed into our scratch folder."""
-    environment = dict(os.environ)
-    environment.pop("PYTHONPATH", None)
-    environment.update(
-        PATH=f"{venv / 'bin'}{os.pathsep}{environment.get('PATH', '')}",
-        VIRTUAL_ENV=str(venv),
-        nnUNet_raw=str(scratch / "nnUNet_raw"),
-        nnUNet_preprocessed=str(scratch / "nnUNet_preprocessed"),
-        nnUNet_results=str(scratch / "nnUNet_results"),
-        nnUNet_compile="f",
-    )
-    return environment
-
-
-def run_quietly(command: list[str], *, log: Path, environment: dict[str, str] | None = None) -> None:
-    """Run a command with its output in ``log``; on failure show the log's tail and stop."""
-    with open(log, "w") as handle:
-        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)
-    if result.returncode != 0:
-        tail = log.read_text().splitlines()[-15:]
-        sys.exit(f"failed ({result.returncode}): {' '.join(command)}\n" + "\n".join(tail))
-
-
 def build_nnunet_model(*, scratch: Path, venv: Path) -> int:
     """Fingerprint and plan with nnU-Net's commands, then write a random-weight fold 0; return its parameter count."""
     environment = nnunet_environment(scratch=scratch, venv=venv)
-    raw = scratch / "nnUNet_raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    (scratch / "nnUNet_preprocessed").mkdir(exist_ok=True)
-    if not (raw / DATASET_NAME).exists():
-        (raw / DATASET_NAME).symlink_to(SHARED_DATASET)
-    preprocessed = scratch / "nnUNet_preprocessed" / DATASET_NAME
-    if not (preprocessed / "nnUNetPlans.json").is_file():
-        fingerprint = ["nnUNetv2_extract_fingerprint", "-d", "4", "-np", "2"]
-        for command in (fingerprint, ["nnUNetv2_plan_experiment", "-d", "4"]):
-            run_quietly(command, log=scratch / f"{command[0]}.log", environment=environment)
+    preprocessed = prepare_nnunet(DATASET_NAME, scratch=scratch, venv=venv)
     output = scratch / "nnUNet_results" / DATASET_NAME / f"nnUNetTrainer__nnUNetPlans__{CONFIGURATION}"
     result = subprocess.run(
         [str(venv / "bin" / "python"), "-c", NNUNET_MODEL_SCRIPT, str(preprocessed), str(output)],
@@ -166,6 +139,10 @@ def time_command(
 
 def measurements(*, scratch: Path, venv: Path, model: Path, input_folder: Path, cases: int) -> dict:
     """The commands to time, by label: (function running it once -> seconds per case, which nnU-Net line it faces)."""
+    import torch
+
+    from autoseg.utils.precision import resolve_precision
+
     nnunet = nnunet_environment(scratch=scratch, venv=venv)
 
     def nnunet_run(*extra: str):
@@ -180,13 +157,14 @@ def measurements(*, scratch: Path, venv: Path, model: Path, input_folder: Path, 
         return lambda: time_command(command, output=scratch / "out_autoseg", cases=cases,
                                     log=scratch / "autoseg_predict.log")
 
+    default_precision = resolve_precision("auto", torch.device("cpu"))
     return {
         "nnU-Net  no TTA": (nnunet_run("--disable_tta"), None),
-        "autoseg  no TTA": (autoseg_run("--no-tta"), "nnU-Net  no TTA"),
-        "autoseg  no TTA bfloat16": (autoseg_run("--no-tta", "--precision", "bfloat16"), "nnU-Net  no TTA"),
+        f"autoseg  no TTA ({default_precision})": (autoseg_run("--no-tta"), "nnU-Net  no TTA"),
+        "autoseg  no TTA float32": (autoseg_run("--no-tta", "--precision", "float32"), "nnU-Net  no TTA"),
         "nnU-Net  TTA": (nnunet_run(), None),
-        "autoseg  TTA": (autoseg_run(), "nnU-Net  TTA"),
-        "autoseg  TTA bfloat16": (autoseg_run("--precision", "bfloat16"), "nnU-Net  TTA"),
+        f"autoseg  TTA ({default_precision})": (autoseg_run(), "nnU-Net  TTA"),
+        "autoseg  TTA float32": (autoseg_run("--precision", "float32"), "nnU-Net  TTA"),
     }
 
 
@@ -197,10 +175,9 @@ def main() -> int:
     parser.add_argument(
         "--scratch", type=Path, default=None, help="folder for models and outputs (default: a temporary one, removed)"
     )
-    parser.add_argument("--nnunet-venv", type=Path, default=Path("/tmp/nnunet-peer/venv"))
+    parser.add_argument("--nnunet-venv", type=Path, default=DEFAULT_VENV)
     args = parser.parse_args()
-    if not (args.nnunet_venv / "bin" / "nnUNetv2_predict").is_file():
-        parser.error(f"{args.nnunet_venv}: nnU-Net not found; run /work/shared/tools/nnunet-peer/setup.sh")
+    require_nnunet(args.nnunet_venv)
 
     temporary = None if args.scratch else tempfile.TemporaryDirectory(prefix="predict_speed_")
     scratch = (args.scratch or Path(temporary.name)).resolve()

@@ -37,21 +37,28 @@ def one_hot_foreground(label_map: np.ndarray | torch.Tensor, *, foreground_label
     return torch.stack([(label_map == value) for value in foreground_labels]).float()
 
 
-def previous_stage_channels(
+def previous_stage_label_map(
     previous_probabilities: torch.Tensor, target_shape: tuple[int, ...], *, dataset: RawDataset
-) -> torch.Tensor:
-    """Cascade input: the previous (low-resolution) stage's segmentation as one-hot channels on the target grid.
+) -> np.ndarray:
+    """The previous (low-resolution) stage's segmentation on the target grid, as a label map.
 
     Both stages crop and transpose a case identically and differ only in resampling, so the previous stage's
-    probabilities ``(K, z', y', x')`` are resized (trilinear) to ``target_shape``, turned into a label map and
-    one-hot encoded over the foreground labels (background is implied): ``len(dataset.foreground_labels)``
-    channels of 0/1.
+    probabilities ``(K, z', y', x')`` are resized (trilinear) to ``target_shape`` and turned into a label map.
     """
-    probabilities = previous_probabilities.float()
+    probabilities = torch.as_tensor(previous_probabilities).float()
     if tuple(probabilities.shape[1:]) != tuple(target_shape):
         mode = "trilinear" if len(target_shape) == 3 else "bilinear"
         probabilities = torch.nn.functional.interpolate(
             probabilities[None], size=tuple(target_shape), mode=mode, align_corners=False
         )[0]
-    label_map = label_map_from_probabilities(probabilities, dataset=dataset)
+    return label_map_from_probabilities(probabilities, dataset=dataset)
+
+
+def previous_stage_channels(
+    previous_probabilities: torch.Tensor, target_shape: tuple[int, ...], *, dataset: RawDataset
+) -> torch.Tensor:
+    """Cascade input: the previous stage's segmentation (``previous_stage_label_map``) as one-hot channels over
+    the foreground labels (background is implied): ``len(dataset.foreground_labels)`` channels of 0/1. Training
+    builds the same channels from stored label maps (``autoseg.training.cascade``)."""
+    label_map = previous_stage_label_map(previous_probabilities, target_shape, dataset=dataset)
     return one_hot_foreground(label_map, foreground_labels=dataset.foreground_labels)

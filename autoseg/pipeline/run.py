@@ -19,8 +19,6 @@ from autoseg.paths import add_work_dir_argument, dataset_work_dir
 from autoseg.utils.precision import add_precision_argument
 
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
-# Cascades need the previous stage's predictions as input channels during training, which the trainer lacks so far.
-UNTRAINABLE_CONFIGURATIONS = ("3d_cascade_fullres",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +60,34 @@ def plan_stage(dataset_root: Path, work: Path, options: RunOptions):
     return dataset, plans
 
 
-def configurations_to_train(plans: dict, requested: Sequence[str] | None) -> list[str]:
+def configurations_to_train(plans: dict, requested: Sequence[str] | None, folds: Sequence[int]) -> list[str]:
+    """``requested`` (checked against the plan), else every planned configuration; a cascade's previous stage always
+    comes before it.
+
+    A cascade trains on out-of-fold segmentations of its previous stage, which need all five folds of that stage:
+    when fewer folds are requested, the default leaves out the cascade and its low-resolution stage (which is of
+    little use alone) and says so.
+    """
     planned = list(plans["configurations"])
     if requested:
         unknown = [name for name in requested if name not in planned]
         if unknown:
             raise UserError(f"configuration {unknown[0]!r} is not in plans.json (planned: {', '.join(planned)}).")
-        return list(requested)
-    return [name for name in planned if name not in UNTRAINABLE_CONFIGURATIONS and not name.endswith("_lowres")]
+        chosen = list(dict.fromkeys(requested))
+    else:
+        chosen = planned
+        cascades = [name for name in planned if plans["configurations"][name].get("previous_stage")]
+        if cascades and set(DEFAULT_FOLDS) - set(folds):
+            dropped = [*cascades, *(plans["configurations"][name]["previous_stage"] for name in cascades)]
+            print(f"not training {', '.join(dict.fromkeys(dropped))}: the cascade learns from out-of-fold predictions "
+                  "of all five folds of its previous stage; run with every fold to train it")
+            chosen = [name for name in planned if name not in dropped]
+    for name in list(chosen):
+        previous = plans["configurations"][name].get("previous_stage")
+        if previous and previous in chosen and chosen.index(previous) > chosen.index(name):
+            chosen.remove(previous)
+            chosen.insert(chosen.index(name), previous)
+    return chosen
 
 
 def fold_is_complete(fold_folder: Path) -> bool:
@@ -121,7 +139,7 @@ def run_pipeline(dataset_root: str, work_dir: str | None, options: RunOptions) -
     work = dataset_work_dir(work_dir, root)
     work.mkdir(parents=True, exist_ok=True)
     dataset, plans = plan_stage(root, work, options)
-    configurations = configurations_to_train(plans, options.configurations)
+    configurations = configurations_to_train(plans, options.configurations, options.folds)
     _stage("preprocess")
     preprocess_dataset(
         dataset, plans=plans, dataset_work_folder=work, configuration_names=configurations, workers=options.workers
@@ -142,7 +160,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="raw dataset folder")
     add_work_dir_argument(parser)
     parser.add_argument("--configs", nargs="+", default=None, metavar="CONFIG",
-                        help="configurations to train (default: every planned one except cascades and lowres)")
+                        help="configurations to train (default: every planned one; the cascade only with all five "
+                             "folds)")
     parser.add_argument("--folds", nargs="+", type=int, default=list(DEFAULT_FOLDS), metavar="K",
                         help="cross-validation folds to train (default: 0 1 2 3 4)")
     parser.add_argument("--time-budget", default=None, help="wall-clock budget per fold, e.g. 10m, 2h")

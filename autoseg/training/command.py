@@ -16,6 +16,7 @@ from autoseg.errors import UserError
 from autoseg.paths import add_work_dir_argument, dataset_work_dir
 from autoseg.planning.plans import load_plans, resolve_configuration
 from autoseg.preprocessing.preprocess_dataset import data_configuration_name
+from autoseg.training.cascade import previous_stage_folder
 from autoseg.training.distributed import detect_distributed_context
 from autoseg.training.loop import TrainingJob, TrainingSettings, train_fold
 from autoseg.training.schedule import parse_time_budget
@@ -96,12 +97,6 @@ def build_job(
     raw_dataset = RawDataset.from_dict(read_json(dataset_json))
     plans = load_plans(plans_json)
     configuration = resolve_configuration(plans, configuration_name)
-    if configuration.get("previous_stage"):
-        # The patch loader does not yet add the previous stage's segmentation as input channels.
-        raise UserError(
-            f"{plans_json}: training the cascade configuration {configuration_name!r} is not supported yet; "
-            f"train {configuration.get('previous_stage')!r} or 3d_fullres instead."
-        )
     # A cascade stage trains on its parent's preprocessed data (plus the previous stage's predictions).
     preprocessed_folder = work_folder / "preprocessed" / data_configuration_name(plans, configuration_name)
     preprocessed_ids = sorted(path.stem for path in preprocessed_folder.glob("*.json"))
@@ -136,6 +131,11 @@ def build_job(
         validation_case_ids=tuple(validation_ids),
         preprocessed_folder=preprocessed_folder,
         fold_folder=work_folder / "models" / configuration_name / f"fold_{fold}",
+        previous_stage_folder=(
+            previous_stage_folder(work_folder, str(configuration["previous_stage"]), configuration_name)
+            if configuration.get("previous_stage") else None
+        ),
+        splits=tuple(splits),
     )
 
 

@@ -28,6 +28,7 @@ from autoseg.training.augmentation import (
     compose,
     sampled_patch_size,
 )
+from autoseg.training.cascade import PreviousStageToData
 from autoseg.utils.files import read_json
 from autoseg.utils.processes import die_with_parent
 
@@ -51,12 +52,18 @@ class PreprocessedCase:
     image_path: Path
     segmentation_path: Path
     class_locations: dict[int, np.ndarray]  # label -> (N, 3) voxel indices (z, y, x) in the stored arrays
+    previous_stage_path: Path | None = None  # cascade: the previous stage's label map on this grid
 
 
 def load_preprocessed_cases(
-    preprocessed_folder: str | os.PathLike[str], case_ids: Sequence[str]
+    preprocessed_folder: str | os.PathLike[str],
+    case_ids: Sequence[str],
+    *,
+    previous_stage_folder: str | os.PathLike[str] | None = None,
 ) -> list[PreprocessedCase]:
-    """Read ``CASE.json`` of every case; a missing file (incomplete preprocessing) is a ``UserError`` naming it."""
+    """Read ``CASE.json`` of every case; a missing file (incomplete preprocessing) is a ``UserError`` naming it.
+
+    ``previous_stage_folder`` (cascade) holds each case's previous-stage label map ``CASE.npy``."""
     folder = Path(preprocessed_folder)
     if not case_ids:
         raise UserError(f"no cases to load from {folder}")
@@ -65,15 +72,18 @@ def load_preprocessed_cases(
         properties_path = folder / f"{identifier}.json"
         image_path = folder / f"{identifier}.npy"
         segmentation_path = folder / f"{identifier}_seg.npy"
+        previous_path = None if previous_stage_folder is None else Path(previous_stage_folder) / f"{identifier}.npy"
         for path in (properties_path, image_path, segmentation_path):
             if not path.is_file():
                 raise UserError(f"{path} is missing: preprocess the dataset (again) before training")
+        if previous_path is not None and not previous_path.is_file():
+            raise UserError(f"{previous_path} is missing: the previous stage's segmentations are incomplete")
         properties = read_json(properties_path)
         locations = {
             int(label): np.asarray(points, dtype=np.int64).reshape(-1, 3)
             for label, points in properties.get("class_locations", {}).items()
         }
-        cases.append(PreprocessedCase(identifier, image_path, segmentation_path, locations))
+        cases.append(PreprocessedCase(identifier, image_path, segmentation_path, locations, previous_path))
     return cases
 
 
@@ -135,7 +145,7 @@ class PatchSampler:
         self.ignore_label = ignore_label
         self.thread_id = 0
         # Memory maps hold a file descriptor each: keep only the most recently used ones open.
-        self._open: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._open: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = OrderedDict()
 
     def set_thread_id(self, thread_id: int) -> None:
         self.thread_id = thread_id
@@ -148,7 +158,8 @@ class PatchSampler:
 
     MAXIMUM_OPEN_CASES = 64
 
-    def _arrays(self, case: PreprocessedCase) -> tuple[np.ndarray, np.ndarray]:
+    def _arrays(self, case: PreprocessedCase) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Image, labels and (cascade) the previous stage's label map, memory-mapped."""
         if case.identifier in self._open:
             self._open.move_to_end(case.identifier)
         else:
@@ -159,7 +170,15 @@ class PatchSampler:
                     f"{case.image_path} has shape {image.shape} and its segmentation {segmentation.shape}; expected"
                     " (C, z, y, x) and (1, z, y, x)"
                 )
-            self._open[case.identifier] = (image, segmentation)
+            previous = None
+            if case.previous_stage_path is not None:
+                previous = np.load(case.previous_stage_path, mmap_mode="r")
+                if previous.shape != segmentation.shape:
+                    raise UserError(
+                        f"{case.previous_stage_path} has shape {previous.shape}, its case {segmentation.shape}: "
+                        "the previous stage's segmentations are stale; delete the folder to make them again"
+                    )
+            self._open[case.identifier] = (image, segmentation, previous)
             if len(self._open) > self.MAXIMUM_OPEN_CASES:
                 self._open.popitem(last=False)
         return self._open[case.identifier]
@@ -187,16 +206,19 @@ class PatchSampler:
         return lower
 
     def sample_batch(self) -> dict[str, Any]:
-        """One batch: ``data`` float32 (B, C, *sampled_size), ``seg`` float32 (B, 1, *sampled_size), ``keys``."""
+        """One batch: ``data`` float32 (B, C, *sampled_size), ``seg`` float32 (B, 1, *sampled_size), ``keys``.
+
+        For a cascade ``seg`` has a second channel, the previous stage's label map (see ``PreviousStageToData``)."""
         images, segmentations, keys = [], [], []
         for index in range(self.batch_size):
             case = self.cases[np.random.randint(len(self.cases))]
-            image, segmentation = self._arrays(case)
+            image, segmentation, previous = self._arrays(case)
             forced = index >= self.batch_size - self.forced_per_batch
             location = self._foreground_location(case) if forced else None
             if self.dimension == 2:
                 slice_index = int(location[0]) if location is not None else np.random.randint(image.shape[1])
                 image, segmentation = image[:, slice_index], segmentation[:, slice_index]
+                previous = None if previous is None else previous[:, slice_index]
                 location = location[1:] if location is not None else None
             final_lower = self._final_patch_lower_bound(image.shape[1:], location)
             lower = [
@@ -204,7 +226,11 @@ class PatchSampler:
                 for start, sampled, size in zip(final_lower, self.sampled_size, self.patch_size, strict=True)
             ]
             images.append(crop_with_padding(image, lower, self.sampled_size, pad_value=0).astype(np.float32))
-            segmentations.append(crop_with_padding(segmentation, lower, self.sampled_size, pad_value=0))
+            labels = crop_with_padding(segmentation, lower, self.sampled_size, pad_value=0)
+            if previous is not None:
+                previous_labels = crop_with_padding(previous, lower, self.sampled_size, pad_value=0)
+                labels = np.concatenate([labels, previous_labels.astype(labels.dtype)])
+            segmentations.append(labels)
             keys.append(case.identifier)
         return {
             "data": np.stack(images),
@@ -465,13 +491,15 @@ def _build_loader(
     backend: str,
     ignore_label: int | None,
     pin_memory: bool | None,
+    previous_stage_folder: str | os.PathLike[str] | None = None,
+    foreground_labels: Sequence[int] = (),
 ) -> PatchLoader:
     dimension = int(configuration["dimension"])
     patch_size = [int(value) for value in configuration["patch_size"]]
     if len(patch_size) != dimension:
         raise ValueError(f"patch_size {patch_size} does not match dimension {dimension}")
     sampler = PatchSampler(
-        load_preprocessed_cases(preprocessed_folder, case_ids),
+        load_preprocessed_cases(preprocessed_folder, case_ids, previous_stage_folder=previous_stage_folder),
         patch_size=patch_size,
         sampled_size=sampled_patch_size(patch_size, augmentation),
         batch_size=batch_size,
@@ -482,6 +510,8 @@ def _build_loader(
     transforms: list[Any] = [_PrepareBatchRandomness()]
     if augmentation is not None:
         transforms += build_training_transforms(patch_size, augmentation)
+    if previous_stage_folder is not None:
+        transforms.append(PreviousStageToData(foreground_labels))
     if deep_supervision_scales is not None:
         transforms.append(DeepSupervisionTargets(deep_supervision_scales))
     transforms.append(_CompactLabels())
@@ -510,13 +540,16 @@ def make_training_loader(
     backend: str = DEFAULT_BACKEND,
     ignore_label: int | None = None,
     pin_memory: bool | None = None,
+    previous_stage_folder: str | os.PathLike[str] | None = None,
+    foreground_labels: Sequence[int] = (),
 ) -> PatchLoader:
     """Endless augmented training batches of ``configuration["patch_size"]`` patches.
 
     ``augmentation`` defaults to ``AugmentationSettings()`` (the reference's probabilities). With
     ``deep_supervision_scales`` (see ``deep_supervision_scales(configuration)``) ``target`` is a list of label
-    tensors, one per scale, full resolution first; otherwise a single (B, 1, *patch) tensor. ``num_workers=0`` runs
-    in the calling thread. Use as a context manager (or call ``shutdown()``) to stop the workers.
+    tensors, one per scale, full resolution first; otherwise a single (B, 1, *patch) tensor. A cascade stage passes
+    ``previous_stage_folder`` and ``foreground_labels``: ``data`` then ends with the previous stage's one-hot map.
+    ``num_workers=0`` runs in the calling thread. Use as a context manager (or call ``shutdown()``) to stop the workers.
 
     Example:
         >>> with make_training_loader(folder, ["case_0"], configuration=config, batch_size=2, num_workers=2,
@@ -536,6 +569,8 @@ def make_training_loader(
         backend=backend,
         ignore_label=ignore_label,
         pin_memory=pin_memory,
+        previous_stage_folder=previous_stage_folder,
+        foreground_labels=foreground_labels,
     )
 
 
@@ -552,6 +587,8 @@ def make_validation_loader(
     backend: str = DEFAULT_BACKEND,
     ignore_label: int | None = None,
     pin_memory: bool | None = None,
+    previous_stage_folder: str | os.PathLike[str] | None = None,
+    foreground_labels: Sequence[int] = (),
 ) -> PatchLoader:
     """Endless unaugmented, foreground-oversampled patches of the validation cases, for the per-epoch pseudo-Dice."""
     return _build_loader(
@@ -567,4 +604,6 @@ def make_validation_loader(
         backend=backend,
         ignore_label=ignore_label,
         pin_memory=pin_memory,
+        previous_stage_folder=previous_stage_folder,
+        foreground_labels=foreground_labels,
     )

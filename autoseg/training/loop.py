@@ -100,6 +100,7 @@ class TrainingSettings:
 class TrainingJob:
     """What to train: one configuration of one dataset on one fold's cases, written to ``fold_folder``."""
 
+
     dataset: RawDataset
     dataset_work_folder: Path
     configuration_name: str
@@ -109,6 +110,10 @@ class TrainingJob:
     validation_case_ids: tuple[str, ...]
     preprocessed_folder: Path
     fold_folder: Path
+    # Cascade stages only: the previous stage's out-of-fold label maps (see autoseg.training.cascade), made from
+    # the previous stage's folds as listed in ``splits`` before training starts.
+    previous_stage_folder: Path | None = None
+    splits: tuple[dict, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +334,8 @@ def train_fold(
     started_process_group = context.enabled and not torch.distributed.is_initialized()
     start_process_group(context, device)
     try:
+        if job.previous_stage_folder is not None:
+            _prepare_previous_stage(job, settings, context, device, log_message)
         return _train(job, settings, components, context, device, epoch_end_callbacks, log_message)
     finally:
         if started_process_group:
@@ -379,6 +386,32 @@ def _train(
             if callable(shutdown):
                 shutdown()
     return _finish(job, settings, state, checkpoints, resumed_from_epoch, device, say)
+
+
+def _prepare_previous_stage(
+    job: TrainingJob,
+    settings: TrainingSettings,
+    context: DistributedContext,
+    device: torch.device,
+    log_message: Callable[[str], None],
+) -> None:
+    """Rank 0 makes the cascade's previous-stage maps (once; they are reused while the previous stage is unchanged);
+    the other ranks wait for them."""
+    from autoseg.training.cascade import prepare_previous_stage_maps
+
+    if context.is_main_process:
+        prepare_previous_stage_maps(
+            dataset_work_folder=job.dataset_work_folder,
+            configuration_name=job.configuration_name,
+            previous_stage=str(job.configuration["previous_stage"]),
+            splits=job.splits,
+            target_folder=job.preprocessed_folder,
+            device=str(device),
+            precision=settings.precision,
+            say=log_message,
+        )
+    if context.enabled:
+        torch.distributed.barrier()
 
 
 def _configure_process(settings: TrainingSettings, context: DistributedContext, device: torch.device) -> None:
@@ -480,6 +513,8 @@ def _make_loaders(
         "oversample_foreground": settings.oversample_foreground,
         "ignore_label": job.dataset.ignore_label,
     }
+    if job.previous_stage_folder is not None:
+        options.update(previous_stage_folder=job.previous_stage_folder, foreground_labels=job.dataset.foreground_labels)
     training_loader = components.make_training_loader(
         job.preprocessed_folder,
         list(job.train_case_ids),
@@ -517,11 +552,13 @@ def _train_one_epoch(
     save_latest_if_stale: Callable[[TrainingState], None],
 ) -> dict[str, float]:
     """Up to ``iterations_per_epoch`` optimiser steps (fewer when the time budget runs out): poly learning rate,
-    autocast in ``settings.precision``, gradient clipping. Returns the summed loss, the step count and the last lr.
+    autocast in ``settings.precision``, gradient clipping. Returns the summed loss, the step count, the last lr, the
+    seconds spent and the part of them spent waiting for the loader.
 
     A resumed mid-epoch checkpoint continues at ``progress.iteration_in_epoch``; ``save_latest_if_stale`` may write
     a mid-epoch checkpoint (rank 0, time-based) after any step."""
-    loss_sum, steps = 0.0, 0
+    loss_sum, steps, data_wait = 0.0, 0, 0.0
+    started = time.perf_counter()
     learning_rate = poly_learning_rate(settings.initial_learning_rate, state.progress.fraction_done)
     state.network.train()
     bar = tqdm(
@@ -537,7 +574,9 @@ def _train_one_epoch(
             break
         learning_rate = poly_learning_rate(settings.initial_learning_rate, state.progress.fraction_done)
         set_learning_rate(state.optimizer, learning_rate)
+        waiting_since = time.perf_counter()
         batch = next(loader)
+        data_wait += time.perf_counter() - waiting_since
         data, target = to_device(batch["data"], device), to_device(batch["target"], device)
         state.optimizer.zero_grad(set_to_none=True)
         with autocast_for(device, settings.precision):
@@ -558,7 +597,9 @@ def _train_one_epoch(
             save_latest_if_stale(state)
     bar.close()
     state.progress.iteration_in_epoch = 0
-    return {"loss_sum": loss_sum, "steps": steps, "learning_rate": learning_rate}
+    seconds = time.perf_counter() - started
+    return {"loss_sum": loss_sum, "steps": steps, "learning_rate": learning_rate, "seconds": seconds,
+            "data_wait_seconds": data_wait}
 
 
 def _close_epoch(
@@ -592,6 +633,9 @@ def _close_epoch(
         "ema_pseudo_dice": state.ema_pseudo_dice,
         "learning_rate": training["learning_rate"],
         "epoch_seconds": time.monotonic() - epoch_started,
+        # This rank's training steps only (no validation), and the part of it spent waiting for augmented batches.
+        "train_seconds": training["seconds"],
+        "data_wait_seconds": training["data_wait_seconds"],
         "iterations": int(train_steps / state.context.world_size),
         "elapsed_seconds": state.progress.elapsed_seconds,
     }

@@ -14,7 +14,8 @@ from autoseg.utils.files import atomic_path
 
 
 def panels_from_log(records: Sequence[dict[str, Any]]) -> list[Panel]:
-    """Four panels: train/validation loss; pseudo-Dice per class, its mean and moving average; lr; epoch seconds."""
+    """Four panels: train/validation loss; pseudo-Dice per class, its mean and moving average; lr; epoch seconds and the
+    part of them the network waited for augmented batches."""
     class_names = sorted({name for record in records for name in record.get("pseudo_dice", {})}, key=str)
     dice_series: dict[str, list[float | None]] = {
         f"DICE {name}": [record.get("pseudo_dice", {}).get(name) for record in records] for name in class_names
@@ -24,7 +25,8 @@ def panels_from_log(records: Sequence[dict[str, Any]]) -> list[Panel]:
         Panel("LOSS", {"TRAIN": [r.get("train_loss") for r in records], "VAL": [r.get("val_loss") for r in records]}),
         Panel("PSEUDO DICE", dice_series),
         Panel("LR", {"LR": [r.get("learning_rate") for r in records]}),
-        Panel("EPOCH S", {"TIME": [r.get("epoch_seconds") for r in records]}),
+        Panel("EPOCH S", {"TIME": [r.get("epoch_seconds") for r in records],
+                          "DATA WAIT": [r.get("data_wait_seconds") for r in records]}),
     ]
 
 

@@ -17,6 +17,7 @@ from autoseg.data.dataset import Case, RawDataset
 from autoseg.errors import UserError
 from autoseg.networks import build_network
 from autoseg.training import checkpoints as checkpoint_files
+from autoseg.training import loop as loop_module
 from autoseg.training.command import build_job
 from autoseg.training.loop import TrainingSettings, default_components, train_fold
 from autoseg.training.png_line_plot import Panel, encode_png, render_panels
@@ -321,6 +322,36 @@ def test_time_budget_stops_on_time_with_the_learning_rate_annealed(work_dir: Pat
     log = read_log(job.fold_folder / "log.jsonl")
     assert len(log) >= 2
     assert log[-1]["learning_rate"] < 0.25 * log[0]["learning_rate"]
+
+
+def test_a_time_budget_is_split_into_short_epochs_each_validated_in_proportion(work_dir: Path) -> None:
+    job = tiny_job(work_dir)
+    settings = tiny_settings(iterations_per_epoch=250, validation_iterations=50, time_budget_seconds=6.0,
+                             epoch_seconds=1.5)
+    result = train_fold(job, settings, log_message=quiet)
+    log = read_log(job.fold_folder / "log.jsonl")
+    assert 3 <= len(log) <= 5  # about budget / epoch_seconds epochs, not one 250-iteration epoch
+    assert all(0 < record["iterations"] < 250 for record in log)
+    assert sum(record["iterations"] for record in log) == result.iterations_done
+    # 20 steps of a nominal 250 validate with 50 * 20 / 250 = 4 batches; validation never exceeds the setting.
+    assert loop_module._validation_batches(settings, 20) == 4
+    assert loop_module._validation_batches(settings, 1) == 1
+    assert loop_module._validation_batches(dataclasses.replace(settings, epoch_seconds=None), 20) == 50
+
+
+def test_train_command_slices_epochs_only_when_the_epoch_length_is_not_given() -> None:
+    import argparse
+
+    from autoseg.training.command import add_arguments, settings_from_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    budget_only = settings_from_arguments(parser.parse_args(["D", "3d_fullres", "0", "--time-budget", "20m"]))
+    assert (budget_only.iterations_per_epoch, budget_only.epoch_seconds) == (250, 60.0)
+    explicit = settings_from_arguments(parser.parse_args(
+        ["D", "3d_fullres", "0", "--time-budget", "20m", "--iterations-per-epoch", "20"]))
+    assert (explicit.iterations_per_epoch, explicit.epoch_seconds) == (20, None)
+    assert settings_from_arguments(parser.parse_args(["D", "2d", "0"])).epoch_seconds is None
 
 
 def test_deterministic_runs_give_identical_losses(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ def fold_is_complete(fold_folder: Path) -> bool:
 def train_stage(dataset_root: Path, work: Path, configurations: Sequence[str], options: RunOptions) -> None:
     from autoseg.training.command import build_job
     from autoseg.training.loop import TrainingSettings, train_fold
-    from autoseg.training.schedule import parse_time_budget
+    from autoseg.training.schedule import epoch_seconds_for_budget, parse_time_budget
 
     base = TrainingSettings(
         resume=True, device=options.device, precision=options.precision, after_training_hooks=("predict_validation",)
@@ -106,6 +106,8 @@ def train_stage(dataset_root: Path, work: Path, configurations: Sequence[str], o
     changes: dict = {}
     if options.time_budget:
         changes["time_budget_seconds"] = parse_time_budget(options.time_budget)
+        if not options.iterations_per_epoch:
+            changes["epoch_seconds"] = epoch_seconds_for_budget(changes["time_budget_seconds"])
     if options.epochs:
         changes["epochs"] = options.epochs
     if options.iterations_per_epoch:

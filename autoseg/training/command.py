@@ -19,7 +19,7 @@ from autoseg.preprocessing.preprocess_dataset import data_configuration_name
 from autoseg.training.cascade import previous_stage_folder
 from autoseg.training.distributed import detect_distributed_context
 from autoseg.training.loop import TrainingJob, TrainingSettings, train_fold
-from autoseg.training.schedule import parse_time_budget
+from autoseg.training.schedule import epoch_seconds_for_budget, parse_time_budget
 from autoseg.training.splits import CASE_GROUPERS, DEFAULT_SPLIT_SEED, cases_for_fold, load_or_create_splits
 from autoseg.utils.files import read_json
 from autoseg.utils.precision import add_precision_argument
@@ -35,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epochs", type=int, default=1000, help="epochs to train (default 1000; ignored with --time-budget)"
     )
-    parser.add_argument("--iterations-per-epoch", type=int, default=250, help="training steps per epoch (default 250)")
+    parser.add_argument(
+        "--iterations-per-epoch", type=int, default=None,
+        help="training steps per epoch (default 250; with --time-budget an epoch is instead 1/20 of the budget)",
+    )
     parser.add_argument(
         "--validation-iterations", type=int, default=50, help="validation batches per epoch (default 50)"
     )
@@ -141,7 +144,7 @@ def build_job(
 
 def settings_from_arguments(args: argparse.Namespace) -> TrainingSettings:
     for name in ("epochs", "iterations_per_epoch"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError("--batch-size must be at least 1.")
@@ -149,11 +152,13 @@ def settings_from_arguments(args: argparse.Namespace) -> TrainingSettings:
         raise UserError("--validation-iterations must not be negative.")
     if args.pretrained and not Path(args.pretrained).is_file():
         raise UserError(f"pretrained checkpoint {args.pretrained} does not exist.")
+    budget = parse_time_budget(args.time_budget) if args.time_budget else None
     return TrainingSettings(
         epochs=args.epochs,
-        iterations_per_epoch=args.iterations_per_epoch,
+        iterations_per_epoch=args.iterations_per_epoch or TrainingSettings.iterations_per_epoch,
         validation_iterations=args.validation_iterations,
-        time_budget_seconds=parse_time_budget(args.time_budget) if args.time_budget else None,
+        time_budget_seconds=budget,
+        epoch_seconds=epoch_seconds_for_budget(budget) if budget and args.iterations_per_epoch is None else None,
         loss_name=args.loss,
         seed=args.seed,
         deterministic=args.deterministic,

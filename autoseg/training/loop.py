@@ -68,13 +68,16 @@ class TrainingSettings:
     learning rate decaying over the budget. A latest checkpoint is written every ``checkpoint_every_epochs`` epochs
     and whenever ``checkpoint_every_seconds`` have passed since the last one. ``precision`` is resolved by
     ``autoseg.utils.precision`` (``auto``: float16 on CUDA, bfloat16 on CPUs with native bfloat16, else float32).
-    ``batch_size`` None means the plan's, capped on CPU by ``training_batch_size``.
+    ``batch_size`` None means the plan's, capped on CPU by ``training_batch_size``. With ``epoch_seconds`` an epoch
+    also ends after that much time (time-sliced epochs, see ``epoch_seconds_for_budget``), and its validation uses
+    ``validation_iterations`` scaled by the share of ``iterations_per_epoch`` it ran.
     """
 
     epochs: int = 1000
     iterations_per_epoch: int = 250
     validation_iterations: int = 50
     time_budget_seconds: float | None = None
+    epoch_seconds: float | None = None
     loss_name: str = "dice_ce"
     optimizer_name: str = "sgd_nesterov"
     initial_learning_rate: float = DEFAULT_INITIAL_LEARNING_RATE
@@ -260,6 +263,8 @@ def _restore(state: TrainingState, checkpoint: dict, settings: TrainingSettings)
         iteration_in_epoch=saved.iteration_in_epoch,
         iterations_done=saved.iterations_done,
         elapsed_seconds=saved.elapsed_seconds,
+        epoch_seconds=settings.epoch_seconds,
+        epoch_started_seconds=saved.epoch_started_seconds if saved.iteration_in_epoch else saved.elapsed_seconds,
     )
     state.log = list(checkpoint["log"])[: saved.epoch]
     state.ema_pseudo_dice = checkpoint.get("ema_pseudo_dice")
@@ -373,7 +378,8 @@ def _train(
                 state, training_loader, loss_function, settings, device, clock, checkpoints.save_latest_if_stale
             )
             validation = _validate(
-                state.network, validation_loader, loss_function, settings, device, job.dataset, len(class_names)
+                state.network, validation_loader, loss_function, _validation_batches(settings, training["steps"]),
+                settings.precision, device, job.dataset, len(class_names),
             )
             record, improved = _close_epoch(state, training, validation, class_names, epoch_started, clock)
             if context.is_main_process:
@@ -458,6 +464,7 @@ def _prepare_state(
             epochs=None if settings.time_budget_seconds is not None else settings.epochs,
             iterations_per_epoch=settings.iterations_per_epoch,
             time_budget_seconds=settings.time_budget_seconds,
+            epoch_seconds=settings.epoch_seconds,
         ),
         log=[],
         context=context,
@@ -559,10 +566,12 @@ def _train_one_epoch(
     a mid-epoch checkpoint (rank 0, time-based) after any step."""
     loss_sum, steps, data_wait = 0.0, 0, 0.0
     started = time.perf_counter()
+    if state.progress.iteration_in_epoch == 0:
+        state.progress.epoch_started_seconds = state.progress.elapsed_seconds
     learning_rate = poly_learning_rate(settings.initial_learning_rate, state.progress.fraction_done)
     state.network.train()
     bar = tqdm(
-        total=settings.iterations_per_epoch,
+        total=None if settings.epoch_seconds else settings.iterations_per_epoch,
         initial=state.progress.iteration_in_epoch,
         desc=f"epoch {state.progress.epoch}",
         disable=not (state.context.is_main_process and settings.show_progress_bar),
@@ -571,6 +580,8 @@ def _train_one_epoch(
     )
     while state.progress.iteration_in_epoch < settings.iterations_per_epoch:
         if settings.time_budget_seconds is not None and state.progress.finished:
+            break
+        if steps and state.progress.epoch_time_over:
             break
         learning_rate = poly_learning_rate(settings.initial_learning_rate, state.progress.fraction_done)
         set_learning_rate(state.optimizer, learning_rate)
@@ -600,6 +611,15 @@ def _train_one_epoch(
     seconds = time.perf_counter() - started
     return {"loss_sum": loss_sum, "steps": steps, "learning_rate": learning_rate, "seconds": seconds,
             "data_wait_seconds": data_wait}
+
+
+def _validation_batches(settings: TrainingSettings, training_steps: int) -> int:
+    """``validation_iterations``; for a time-sliced epoch scaled by its share of ``iterations_per_epoch`` (at least 1,
+    unless validation is off)."""
+    if settings.epoch_seconds is None or settings.validation_iterations == 0:
+        return settings.validation_iterations
+    share = training_steps / settings.iterations_per_epoch
+    return max(1, min(settings.validation_iterations, math.ceil(settings.validation_iterations * share)))
 
 
 def _close_epoch(
@@ -745,12 +765,13 @@ def _validate(
     network: torch.nn.Module,
     validation_loader: Iterator[dict],
     loss_function: Callable,
-    settings: TrainingSettings,
+    batches: int,
+    precision: str,
     device: torch.device,
     dataset: RawDataset,
     number_of_foreground_outputs: int,
 ) -> tuple[float, int, torch.Tensor]:
-    """Loss and pseudo-Dice counts over ``validation_iterations`` batches.
+    """Loss and pseudo-Dice counts over ``batches`` validation batches.
 
     The bare network is used (no DDP gradient sync needed) in training mode, so it returns every deep-supervision
     output and the validation loss is the same quantity as the training loss; instance normalisation has no running
@@ -759,11 +780,11 @@ def _validate(
     model = unwrap_model(network)
     loss_sum, steps, counts = 0.0, 0, None
     with torch.no_grad():
-        for _ in range(settings.validation_iterations):
+        for _ in range(batches):
             batch = next(validation_loader)
             data = to_device(batch["data"], device)
             target = to_device(batch["target"], device)
-            with autocast_for(device, settings.precision):
+            with autocast_for(device, precision):
                 outputs = as_output_list(model(data))
                 loss = loss_function(outputs if len(outputs) > 1 else outputs[0], target)
             loss_sum += float(loss)

@@ -15,6 +15,15 @@ from autoseg.errors import UserError
 POLY_EXPONENT = 0.9
 TIME_BUDGET_PATTERN = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
 SECONDS_PER_UNIT = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+# Under a time budget (and no explicit --iterations-per-epoch) an epoch is a share of the budget, so that a 20-minute
+# CPU run logs, validates and checkpoints 20 times instead of in the two 250-iteration epochs it would manage.
+EPOCHS_PER_TIME_BUDGET = 20
+MINIMUM_EPOCH_SECONDS = 30.0
+
+
+def epoch_seconds_for_budget(budget_seconds: float) -> float:
+    """Length of a time-sliced epoch: 1/20 of the budget, at least 30 s."""
+    return max(MINIMUM_EPOCH_SECONDS, budget_seconds / EPOCHS_PER_TIME_BUDGET)
 
 
 def parse_time_budget(text: str) -> float:
@@ -41,13 +50,15 @@ class TrainingProgress:
 
     Attributes:
         epochs: planned epochs (None with a time budget, where the number of epochs is whatever fits).
-        iterations_per_epoch: training iterations per epoch.
+        iterations_per_epoch: training iterations per epoch (at most, with ``epoch_seconds``).
         time_budget_seconds: wall-clock budget for the whole training, across resumes (None: run ``epochs``).
         epoch: index of the next epoch to run (= epochs completed).
         iteration_in_epoch: iterations of the current epoch already done (non-zero only in a checkpoint written
             mid-epoch, which slow CPU epochs need so that a kill does not lose a whole epoch).
         iterations_done: training iterations completed.
         elapsed_seconds: training wall time accumulated so far, across resumes.
+        epoch_seconds: time-sliced epochs: an epoch also ends once this much time has passed since it began.
+        epoch_started_seconds: ``elapsed_seconds`` when the current epoch began.
     """
 
     epochs: int | None
@@ -57,6 +68,8 @@ class TrainingProgress:
     iteration_in_epoch: int = 0
     iterations_done: int = 0
     elapsed_seconds: float = 0.0
+    epoch_seconds: float | None = None
+    epoch_started_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.time_budget_seconds is None:
@@ -75,6 +88,13 @@ class TrainingProgress:
         if self.time_budget_seconds is not None:
             return self.elapsed_seconds >= self.time_budget_seconds
         return self.epoch >= self.epochs
+
+    @property
+    def epoch_time_over(self) -> bool:
+        """A time-sliced epoch has run its time (never true without ``epoch_seconds``)."""
+        return self.epoch_seconds is not None and (
+            self.elapsed_seconds - self.epoch_started_seconds >= self.epoch_seconds
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -76,7 +76,8 @@ def prepare_nnunet(
                         ["nnUNetv2_plan_experiment", "-d", number]):
             run_quietly(command, log=scratch / f"{command[0]}_{number}.log", environment=environment)
     for configuration in configurations:
-        done = preprocessed / f"nnUNetPlans_{configuration}" / ".complete"
+        # The marker lives outside nnU-Net's folder: nnU-Net refuses a folder holding files of another kind.
+        done = scratch / f"nnunet_preprocessed_{number}_{configuration}.complete"
         if not done.is_file():
             command = ["nnUNetv2_preprocess", "-d", number, "-c", configuration, "-np", "2"]
             run_quietly(command, log=scratch / f"nnUNetv2_preprocess_{number}_{configuration}.log",

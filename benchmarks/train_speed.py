@@ -53,6 +53,7 @@ preprocessed, configuration, warmup, timed = sys.argv[1], sys.argv[2], int(sys.a
 torch.set_num_threads(multiprocessing.cpu_count())
 plans = load_json(os.path.join(preprocessed, "nnUNetPlans.json"))
 dataset_json = load_json(os.path.join(preprocessed, "dataset.json"))
+plans["continue_training"] = False  # what nnUNetv2_train's get_trainer_from_args adds for a fresh run
 trainer = nnUNetTrainer(plans, configuration, 0, dataset_json, device=torch.device("cpu"))
 trainer.on_train_start()
 trainer.on_train_epoch_start()
@@ -66,7 +67,7 @@ for _ in range(timed):
     trainer.train_step(batch)
     data_seconds += loaded - started
     network_seconds += time.perf_counter() - loaded
-configuration_plan = plans["configurations"][configuration]
+configuration_plan = trainer.plans_manager.plans["configurations"][configuration]
 print(json.dumps({"iterations": timed, "data_seconds": data_seconds, "network_seconds": network_seconds,
                   "patch_size": configuration_plan["patch_size"], "batch_size": configuration_plan["batch_size"]}))
 sys.stdout.flush()

@@ -103,7 +103,6 @@ class TrainingSettings:
 class TrainingJob:
     """What to train: one configuration of one dataset on one fold's cases, written to ``fold_folder``."""
 
-
     dataset: RawDataset
     dataset_work_folder: Path
     configuration_name: str
@@ -301,7 +300,7 @@ CPU_VOXELS_PER_STEP = 1_200_000
 def training_batch_size(configuration: dict[str, Any], requested: int | None, device: torch.device) -> int:
     """``requested``, else the plan's batch size; on CPU at most ``CPU_VOXELS_PER_STEP`` voxels but never below 2.
 
-    Hippocampus 3d_fullres (7 x 40x56x40, 0.63 M voxels) keeps its plan; HC18 2d (9 x 640x896) trains with 2.
+    Hippocampus 3d_fullres (7 x 40x56x40, 0.63 M voxels) keeps its plan; HC18 2d (6 x 640x896) trains with 2.
     """
     if requested is not None:
         if requested < 1:

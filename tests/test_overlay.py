@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
+from PIL import Image
 
 from autoseg.cli import main
 from autoseg.evaluation.overlay import PALETTE, png_bytes, render_overlay, save_png, window_to_uint8
@@ -61,13 +63,17 @@ def test_windowing_clips_outliers_instead_of_darkening_the_image():
     assert windowed[0] == 255
 
 
-def test_save_png_round_trips_through_simpleitk(tmp_path):
+def test_save_png_writes_lossless_rgb_that_other_readers_decode_exactly(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, size=(17, 23, 3), dtype=np.uint8)
     path = save_png(rgb, tmp_path / "picture.png")
-    read_back = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    assert np.array_equal(read_back, rgb)
+    with Image.open(path) as picture:
+        assert picture.format == "PNG" and picture.mode == "RGB"  # no alpha channel added
+        assert np.array_equal(np.asarray(picture), rgb)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), rgb)
     assert png_bytes(rgb) == path.read_bytes()
-    assert path.read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["picture.png"]  # written atomically, nothing left over
+    with pytest.raises(ValueError, match="uint8"):
+        png_bytes(rgb.astype(np.float32))
 
 
 def test_overlay_command_writes_a_png_and_refuses_mismatched_files(tmp_path, capsys, hippocampus_root):

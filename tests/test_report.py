@@ -1,40 +1,245 @@
-"""The HTML report is one self-contained file: tables, inlined images, no external references."""
+"""The HTML report is one self-contained file: tables, inlined images, no external references; its figures show the
+cross-validation numbers, and a real browser (headless Chromium) decodes every image in it."""
 
 from __future__ import annotations
 
 import base64
+import io
+import json
+import os
 import re
-import zlib
+import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from autoseg.evaluation.folders import evaluate_against_ground_truth
+from autoseg.evaluation.overlay import png_bytes
+from autoseg.io.images import read_image, write_image
+from autoseg.pipeline.report import SELECTED_MARK, build_report, class_dice_figure
+from autoseg.planning.plan_dataset import plan_dataset
 from autoseg.report import ReportSection, write_report
+from autoseg.training.progress_plot import draw_progress
+from autoseg.training.training_log import LOG_FILE, update_moving_average, write_log
+from autoseg.utils.files import read_json, write_json
 
-
-def _tiny_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        import struct
-
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    import struct
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(
-        b"IEND", b""
-    )
+CASES = 6
+CHROMIUM = Path("/usr/bin/chromium")
+SKIP_BROWSER_VARIABLE = "AUTOSEG_SKIP_BROWSER_TESTS"
+IMAGE_SOURCES = re.compile(r'src="data:image/png;base64,([^"]+)"')
 
 
 def test_report_is_self_contained_and_shows_every_part(tmp_path: Path) -> None:
-    png = _tiny_png()
+    png = png_bytes(np.full((2, 3, 3), 200, dtype=np.uint8))
     section = ReportSection("Model selection", paragraphs=["best: 3d_fullres <script>"])
-    section.add_table(["configuration", "mean Dice"], [["2d", 0.81], ["3d_fullres", 0.88]], highlight_row=1)
+    section.add_table(["configuration", "mean Dice"], [["2d", 0.81], ["3d_fullres", 0.88]], highlight_row=1,
+                      caption="candidates")
     section.add_image("best case", png)
+    section.add_image("curve", png, wide=True)
     section.add_image("missing curve", tmp_path / "nope.png")
     path = write_report(tmp_path / "report.html", title="Dataset X", sections=[section])
     text = path.read_text()
-    assert "<td>0.8800</td>" in text and 'class="best"' in text
+    assert "<td>0.8800</td>" in text and 'class="best"' in text and "<caption>candidates</caption>" in text
     assert "&lt;script&gt;" in text  # user-provided text is escaped
     assert "nope.png not found" in text
-    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
-    assert [base64.b64decode(item) for item in embedded] == [png]
+    assert [base64.b64decode(item) for item in IMAGE_SOURCES.findall(text)] == [png, png]
+    assert text.count('<figure class="wide">') == 1  # plots get the page width, overlays sit side by side
     assert not re.search(r'(src|href)="(http|//|/)', text)  # opens offline: nothing is fetched
+
+
+# --- a working folder as `autoseg run` leaves it, built from real Hippocampus cases --------------------------------
+
+
+def _realistic_log(epochs: int, class_names: list[str]) -> list[dict]:
+    """A training log shaped like the loop's: falling loss, rising noisy pseudo-Dice, poly learning rate."""
+    rng = np.random.default_rng(1)
+    records, moving_average = [], None
+    for epoch in range(epochs):
+        progress = 1.0 - np.exp(-epoch / 8)
+        dice = {name: float(np.clip(0.85 * progress + rng.normal(0, 0.03), 0, 1)) for name in class_names}
+        mean = float(np.mean(list(dice.values())))
+        moving_average = update_moving_average(moving_average, mean)
+        records.append({
+            "epoch": epoch, "train_loss": 0.3 - 0.9 * progress,
+            "val_loss": None if epoch == 5 else 0.35 - 0.8 * progress,
+            "pseudo_dice": dice, "mean_pseudo_dice": mean, "ema_pseudo_dice": moving_average,
+            "learning_rate": 0.01 * (1 - epoch / epochs) ** 0.9, "epoch_seconds": 40.0 + rng.normal(0, 3),
+            "train_seconds": 33.0, "data_wait_seconds": 4.0 + rng.normal(0, 1), "iterations": 250,
+        })
+    return records
+
+
+def _write_predictions(folder: Path, ground_truth: Path, change) -> None:
+    """One prediction per reference: the reference label map changed by ``change(identifier, labels)``."""
+    folder.mkdir(parents=True)
+    for reference in sorted(ground_truth.glob("*.nii.gz")):
+        image = read_image(reference)
+        identifier = reference.name.removesuffix(".nii.gz")
+        write_image(change(identifier, np.rint(image.array).astype(np.uint8)), image.geometry, folder / reference.name)
+
+
+def _eroded(_identifier: str, labels: np.ndarray) -> np.ndarray:
+    result = np.zeros_like(labels)
+    for value in (1, 2):
+        result[ndimage.binary_erosion(labels == value)] = value
+    return result
+
+
+def _posterior_missed_in_first_case(identifier: str, labels: np.ndarray) -> np.ndarray:
+    return np.where(labels == 2, 0, labels) if identifier.endswith("_001") else labels
+
+
+@pytest.fixture(scope="module")
+def report_work(tmp_path_factory: pytest.TempPathFactory, hippocampus_root: Path) -> Path:
+    """``WORK/Dataset004_Hippocampus`` after a run: plans, two folds' logs and curves, three candidates evaluated on
+    six real cases (predictions made by editing the references), and ``inference.json``."""
+    base = tmp_path_factory.mktemp("report")
+    raw = base / "raw" / hippocampus_root.name
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    for label in sorted((hippocampus_root / "labelsTr").glob("*.nii.gz"))[:CASES]:
+        image_name = label.name.replace(".nii.gz", "_0000.nii.gz")
+        shutil.copyfile(label, raw / "labelsTr" / label.name)
+        shutil.copyfile(hippocampus_root / "imagesTr" / image_name, raw / "imagesTr" / image_name)
+    meta = json.loads((hippocampus_root / "dataset.json").read_text(encoding="utf-8"))
+    (raw / "dataset.json").write_text(json.dumps({**meta, "numTraining": CASES}), encoding="utf-8")
+    work = base / "work" / hippocampus_root.name
+    plan_dataset(raw, work, workers=1)
+    shutil.copytree(raw / "labelsTr", work / "ground_truth")
+
+    for fold in (0, 1):
+        fold_folder = work / "models" / "3d_fullres" / f"fold_{fold}"
+        fold_folder.mkdir(parents=True)
+        records = _realistic_log(12 + fold, ["anterior", "posterior"])
+        write_log(fold_folder / LOG_FILE, records)
+        draw_progress(fold_folder / "progress.png", records)
+        write_json(fold_folder / "training_summary.json", {
+            "epochs_completed": len(records), "elapsed_seconds": sum(r["epoch_seconds"] for r in records),
+            "best_ema_pseudo_dice": max(r["ema_pseudo_dice"] for r in records),
+        })
+
+    changes = {"2d": _posterior_missed_in_first_case, "3d_fullres": _eroded, "2d+3d_fullres": lambda _i, labels: labels}
+    folders = {"2d": "models/2d/crossval", "3d_fullres": "models/3d_fullres/crossval",
+               "2d+3d_fullres": "ensembles/2d+3d_fullres/crossval"}
+    cases = [path.name.removesuffix(".nii.gz") for path in sorted((work / "ground_truth").glob("*.nii.gz"))]
+    candidates = []
+    for name, change in changes.items():
+        _write_predictions(work / folders[name], work / "ground_truth", change)
+        summary = evaluate_against_ground_truth(work, work / folders[name], cases=cases, workers=1)
+        candidates.append({
+            "name": name, "folder": folders[name], "foreground_dice": summary["foreground_mean"]["dice"],
+            "dice_per_class": {entry["name"]: entry["dice"] for entry in summary["mean"].values()},
+        })
+    selected = max(candidates, key=lambda candidate: candidate["foreground_dice"])["name"]
+    write_json(work / "inference.json", {
+        "selected": selected, "models": [{"configuration": c, "folds": [0, 1]} for c in selected.split("+")],
+        "ensemble": "+" in selected, "checkpoint": "final", "postprocessing": "postprocessing.json",
+        "candidates": candidates,
+    })
+    build_report(work)
+    return work
+
+
+def _embedded_images(report_text: str) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(base64.b64decode(data))) for data in IMAGE_SOURCES.findall(report_text)]
+
+
+def test_report_of_a_run_shows_curves_dice_charts_and_overlays(report_work: Path) -> None:
+    text = (report_work / "report.html").read_text(encoding="utf-8")
+    for heading in ("Plan", "Training curves", "Model selection", "Cross-validation", "Best and worst"):
+        assert f"<h2>{heading}" in text
+    alts = re.findall(r'<img alt="([^"]*)"', text)
+    assert alts[:2] == ["3d_fullres fold_0", "3d_fullres fold_1"]
+    assert "mean Dice per class" in alts and "Dice of each validation case" in alts
+    assert sum(alt.startswith(("best:", "worst:")) for alt in alts) == 4  # prediction and reference, twice
+    images = _embedded_images(text)
+    assert len(images) == len(alts) == 8
+    assert images[0].size == (900, 1100)  # progress.png, drawn at 100 dpi
+    # Each candidate's table is captioned with its name; the winner (the unchanged references) is marked.
+    assert f"<caption>2d+3d_fullres{SELECTED_MARK}: {CASES} cases</caption>" in text
+
+
+def test_dice_bar_chart_shows_each_candidates_cross_validation_dice(report_work: Path) -> None:
+    recipe = read_json(report_work / "inference.json")
+    summaries = {c["name"]: read_json(report_work / c["folder"] / "summary.json") for c in recipe["candidates"]}
+    axis = class_dice_figure(summaries, recipe["selected"]).axes[0]
+    assert axis.get_xlabel() == "class" and axis.get_ylabel().startswith("Dice")
+    assert [tick.get_text() for tick in axis.get_xticklabels()] == ["anterior", "posterior", "foreground mean"]
+    legend = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert legend == ["2d", "3d_fullres", f"2d+3d_fullres{SELECTED_MARK}"]
+    heights = [bar.get_height() for bar in axis.patches]
+    expected = [value for c in recipe["candidates"] for value in
+                (*c["dice_per_class"].values(), c["foreground_dice"])]
+    assert heights == pytest.approx(expected)
+    assert heights[-3:] == pytest.approx([1.0, 1.0, 1.0])  # the unchanged references score 1
+    assert heights[1] < heights[0]  # "2d" missed the posterior class in one case
+
+
+# --- the report in a real browser ------------------------------------------------------------------------------------
+
+# Appended to a copy of the report: after every image has loaded (or failed), write each image's decoded size into the
+# page, where --dump-dom can read it.
+IMAGE_CHECK_SCRIPT = """
+<script>
+window.addEventListener("load", () => {
+  const sizes = Array.from(document.images).map((image) => [image.naturalWidth, image.naturalHeight]);
+  const output = document.createElement("pre");
+  output.id = "autoseg-decoded-images";
+  output.textContent = JSON.stringify(sizes);
+  document.body.appendChild(output);
+});
+</script>
+"""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's Chromium; a missing browser fails the test (CI installs it) unless browser tests are switched off."""
+    if os.environ.get(SKIP_BROWSER_VARIABLE) == "1":
+        pytest.skip(f"{SKIP_BROWSER_VARIABLE}=1: browser tests switched off")
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: install it with `apt-get install -y chromium` "
+                    f"(or set {SKIP_BROWSER_VARIABLE}=1 to skip the browser tests)")
+    return CHROMIUM
+
+
+def _run_headless(chromium: Path, profile: Path, *arguments: str) -> subprocess.CompletedProcess:
+    command = [
+        str(chromium), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", *arguments,
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 0, f"chromium failed ({completed.returncode}): {completed.stderr[-2000:]}"
+    return completed
+
+
+def test_report_renders_in_headless_chromium_with_every_image_decoded(
+    chromium: Path, report_work: Path, tmp_path: Path
+) -> None:
+    report = report_work / "report.html"
+    text = report.read_text(encoding="utf-8")
+    expected_sizes = [list(image.size) for image in _embedded_images(text)]
+
+    checked = tmp_path / "report_checked.html"
+    checked.write_text(text.replace("</body>", IMAGE_CHECK_SCRIPT + "</body>"), encoding="utf-8")
+    dom = _run_headless(chromium, tmp_path / "profile_dom", "--dump-dom", "--virtual-time-budget=5000",
+                        checked.as_uri()).stdout
+    found = re.search(r'<pre id="autoseg-decoded-images">([^<]*)</pre>', dom)
+    assert found, f"the image check did not run; page as dumped: {dom[-1000:]}"
+    decoded_sizes = json.loads(found.group(1))
+    assert decoded_sizes == expected_sizes  # every <img> decoded, at the size of the PNG it embeds
+
+    screenshot = tmp_path / "report.png"
+    _run_headless(chromium, tmp_path / "profile_screenshot", "--screenshot=" + str(screenshot),
+                  "--window-size=1200,3000", "--hide-scrollbars", report.as_uri())
+    with Image.open(screenshot) as picture:
+        assert picture.size == (1200, 3000)
+        pixels = np.asarray(picture.convert("RGB"))
+    colours = np.unique(pixels.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], dtype=np.uint32))
+    assert len(colours) > 100, "the screenshot is (nearly) one colour: the page did not render"
+    assert (pixels < 128).all(axis=-1).mean() > 0.005  # dark text and plot lines, not a blank page

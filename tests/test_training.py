@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ from autoseg.training import checkpoints as checkpoint_files
 from autoseg.training import loop as loop_module
 from autoseg.training.command import build_job
 from autoseg.training.loop import TrainingSettings, default_components, train_fold
-from autoseg.training.png_line_plot import Panel, encode_png, render_panels
 from autoseg.training.pretrained import load_pretrained_weights
 from autoseg.training.pseudo_dice import count_overlaps, dice_from_counts
 from autoseg.training.schedule import TrainingProgress, parse_time_budget, poly_learning_rate
@@ -205,19 +203,6 @@ def test_pseudo_dice_counts_match_a_hand_computed_example() -> None:
     counts = count_overlaps(logits, target, ignore_label=3)
     assert counts.tolist() == [[1, 0, 1], [1, 0, 0]]  # class 1: TP 1, FN 1 (the ignored voxel is not an FP)
     assert dice_from_counts(counts) == [pytest.approx(2 / 3), 1.0]
-
-
-def test_fallback_png_writer_produces_a_decodable_image() -> None:
-    image = render_panels([Panel("LOSS", {"TRAIN": [1.0, 0.5, None, 0.25]})], width=200, panel_height=80)
-    data = encode_png(image)
-    assert data.startswith(b"\x89PNG\r\n\x1a\n")
-    # Decode by hand: IDAT is zlib of rows, each prefixed by filter byte 0.
-    idat_start = data.index(b"IDAT") + 4
-    idat_length = int.from_bytes(data[idat_start - 8 : idat_start - 4], "big")
-    rows = np.frombuffer(zlib.decompress(data[idat_start : idat_start + idat_length]), dtype=np.uint8)
-    decoded = rows.reshape(80, 1 + 200 * 3)[:, 1:].reshape(80, 200, 3)
-    assert np.array_equal(decoded, image)
-    assert (image != 255).any(axis=2).sum() > 200  # frame, text and the line were drawn
 
 
 # --- training runs on the tiny dataset ----------------------------------------------------------------------------

@@ -10,20 +10,27 @@ Rendering choices, so that an overlay shows what the model saw and predicted:
 * Slices along axis 1 or 2 contain the ``z`` axis; they are flipped vertically so that ``z`` increases upwards.
 
 Example:
-    >>> rgb = render_overlay(image.array, label.array, spacing=image.geometry.spacing)  # doctest: +SKIP
-    >>> save_png(rgb, "case_overlay.png")  # doctest: +SKIP
+    >>> from autoseg.io.images import read_image
+    >>> image, label = read_image(image_path), read_image(label_path)
+    >>> image.array.shape
+    (35, 51, 35)
+    >>> rgb = render_overlay(image.array, label.array, spacing=image.geometry.spacing)
+    >>> rgb.shape, rgb.dtype  # one 51 x 35 slice, each voxel enlarged to 8 x 8 pixels
+    ((408, 280, 3), dtype('uint8'))
+    >>> save_png(rgb, "case_overlay.png").name
+    'case_overlay.png'
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
+from PIL import Image
 from scipy import ndimage
 
 from autoseg.utils.files import atomic_path
@@ -150,18 +157,24 @@ def render_overlay(
     return np.round(rgb).astype(np.uint8)
 
 
-def save_png(rgb: np.ndarray, path: str | os.PathLike[str]) -> Path:
-    """Write an ``(H, W, 3)`` uint8 array as an RGB PNG, atomically (through SimpleITK, already a dependency)."""
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """The PNG file content of an ``(H, W, 3)`` uint8 array, for embedding (e.g. base64 in the HTML report).
+
+    Encoded in memory by Pillow (installed with matplotlib, which draws the report's plots) as 8-bit RGB: lossless,
+    and without the opaque alpha channel that ``matplotlib.image.imsave`` would add to every pixel.
+    """
     rgb = np.ascontiguousarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")  # (H, W, 3) uint8 is RGB
+    return buffer.getvalue()
+
+
+def save_png(rgb: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write an ``(H, W, 3)`` uint8 array as an RGB PNG, atomically."""
+    data = png_bytes(rgb)
     path = Path(path)
     with atomic_path(path) as temporary:
-        sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(temporary))
+        temporary.write_bytes(data)
     return path
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """The PNG file content of an ``(H, W, 3)`` uint8 array, for embedding (e.g. base64 in the HTML report)."""
-    with tempfile.TemporaryDirectory(prefix="autoseg_png_") as folder:
-        return save_png(rgb, Path(folder) / "overlay.png").read_bytes()

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from autoseg.data.dataset import RawDataset
 from autoseg.evaluation.folders import SUMMARY_FILE_NAME
 from autoseg.report import ReportSection, write_report
+from autoseg.report.figures import SERIES_COLOURS, figure_png, grouped_bar_chart, new_figure
 from autoseg.utils.files import read_json
 
 REPORT_NAME = "report.html"
+SELECTED_MARK = " (selected)"
 
 
 def _plan_section(work: Path) -> ReportSection:
@@ -31,7 +34,7 @@ def _plan_section(work: Path) -> ReportSection:
 def _training_section(work: Path) -> ReportSection:
     section = ReportSection("Training curves")
     for progress in sorted((work / "models").glob("*/fold_*/progress.png")):
-        section.add_image(f"{progress.parent.parent.name} {progress.parent.name}", progress)
+        section.add_image(f"{progress.parent.parent.name} {progress.parent.name}", progress, wide=True)
     rows = []
     for summary_path in sorted((work / "models").glob("*/fold_*/training_summary.json")):
         summary = read_json(summary_path)
@@ -48,19 +51,94 @@ def _training_section(work: Path) -> ReportSection:
     return section
 
 
-def _metrics_section(work: Path, recipe: dict) -> ReportSection:
-    section = ReportSection("Cross-validation (mean per class)")
+def case_mean_dice(case: dict) -> float | None:
+    """One case's Dice averaged over its classes (classes absent from both prediction and reference skipped)."""
+    values = [metrics["dice"] for metrics in case["metrics"].values() if metrics.get("dice") is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _candidate_label(name: str, selected: str) -> str:
+    return name + SELECTED_MARK if name == selected else name
+
+
+def class_dice_figure(summaries: dict[str, dict], selected: str) -> Figure:
+    """Bar chart of the mean cross-validation Dice of every class (and the foreground mean), one bar per candidate:
+    shows whether the winner wins on every class or trades one class for another."""
+    class_names = list(
+        dict.fromkeys(entry["name"] for summary in summaries.values() for entry in summary["mean"].values())
+    )
+    groups = [*class_names, "foreground mean"]
+    series = {}
+    for name, summary in summaries.items():
+        per_class = {entry["name"]: entry.get("dice") for entry in summary["mean"].values()}
+        series[_candidate_label(name, selected)] = [
+            *(per_class.get(class_name) for class_name in class_names), summary["foreground_mean"].get("dice")
+        ]
+    width = min(11.0, max(8.0, 3.5 + 0.35 * len(groups) * max(1, len(series))))
+    figure = new_figure(width_inches=width, height_inches=4.5)
+    axis = figure.add_subplot()
+    grouped_bar_chart(axis, groups, series)
+    axis.set_ylim(0.0, 1.15)  # room above a Dice of 1 for the value labels
+    axis.set_yticks(np.linspace(0.0, 1.0, 6))
+    axis.set_xlabel("class")
+    axis.set_ylabel("Dice (mean over validation cases)")
+    axis.set_title("Cross-validation Dice per class and candidate")
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(title="candidate", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    return figure
+
+
+def case_dice_figure(summaries: dict[str, dict], selected: str) -> Figure:
+    """Per-case mean Dice of every candidate as a box plot with each case as a dot: a mean can hide a few failed
+    cases, which show here as outliers near zero."""
+    names = list(summaries)
+    values = [[d for d in map(case_mean_dice, summaries[name]["per_case"]) if d is not None] for name in names]
+    figure = new_figure(width_inches=min(11.0, max(6.0, 2.0 + 1.3 * len(names))), height_inches=4.5)
+    axis = figure.add_subplot()
+    positions = np.arange(1, len(names) + 1)
+    drawn = [index for index, case_values in enumerate(values) if case_values]
+    if drawn:
+        axis.boxplot([values[i] for i in drawn], positions=positions[drawn], widths=0.5, showfliers=False)
+    jitter = np.random.default_rng(0)  # fixed seed: the same report twice looks the same
+    for index, case_values in enumerate(values):
+        offsets = jitter.uniform(-0.12, 0.12, len(case_values))
+        axis.scatter(positions[index] + offsets, case_values, s=12, alpha=0.6,
+                     color=SERIES_COLOURS[index % len(SERIES_COLOURS)], zorder=3)
+    axis.set_xticks(positions, [_candidate_label(name, selected) for name in names],
+                    rotation=20 if len(names) > 3 else 0)
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_xlabel("candidate")
+    axis.set_ylabel("Dice per case (mean over classes)")
+    axis.set_title("Cross-validation Dice of each case")
+    axis.grid(True, axis="y", alpha=0.3)
+    return figure
+
+
+def _candidate_summaries(work: Path, recipe: dict) -> dict[str, dict]:
+    """Each candidate's cross-validation ``summary.json`` by name, for the candidates that have one."""
+    summaries = {}
     for candidate in recipe["candidates"]:
         summary_path = work / candidate["folder"] / SUMMARY_FILE_NAME
-        if not summary_path.is_file():
-            continue
-        summary = read_json(summary_path)
+        if summary_path.is_file():
+            summaries[candidate["name"]] = read_json(summary_path)
+    return summaries
+
+
+def _metrics_section(work: Path, recipe: dict) -> ReportSection:
+    section = ReportSection("Cross-validation (mean per class)")
+    summaries = _candidate_summaries(work, recipe)
+    if summaries:
+        section.add_image("mean Dice per class", figure_png(class_dice_figure(summaries, recipe["selected"])),
+                          wide=True)
+        section.add_image("Dice of each validation case", figure_png(case_dice_figure(summaries, recipe["selected"])),
+                          wide=True)
+    for name, summary in summaries.items():
         metrics = ["dice", "iou", "precision", "recall", "hd95", "assd", "normalized_surface_dice"]
         present = [m for m in metrics if m in summary["foreground_mean"]]
         rows = [[entry["name"], *(entry.get(m) for m in present)] for entry in summary["mean"].values()]
         rows.append(["foreground mean", *(summary["foreground_mean"].get(m) for m in present)])
-        section.paragraphs.append(f"{candidate['name']} ({len(summary['per_case'])} cases)")
-        section.add_table(["class", *present], rows)
+        caption = f"{_candidate_label(name, recipe['selected'])}: {len(summary['per_case'])} cases"
+        section.add_table(["class", *present], rows, caption=caption)
     return section
 
 

@@ -20,7 +20,9 @@ th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
 tr.best td { background: #e6f4e6; font-weight: 600; }
 figure { display: inline-block; margin: 0.4rem; vertical-align: top; }
 figure img { max-width: 520px; border: 1px solid #ccc; } figcaption { font-size: 0.85rem; color: #555; }
+figure.wide { display: block; } figure.wide img { max-width: 100%; }
 .note { color: #555; font-size: 0.9rem; }
+caption { text-align: left; font-weight: 600; padding: 0.3rem 0; }
 """
 
 
@@ -30,21 +32,28 @@ class ReportSection:
 
     title: str
     paragraphs: list[str] = dataclasses.field(default_factory=list)
-    tables: list[tuple[list[str], list[list[object]], int | None]] = dataclasses.field(default_factory=list)
-    images: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
+    tables: list[tuple[list[str], list[list[object]], int | None, str]] = dataclasses.field(default_factory=list)
+    images: list[tuple[str, bytes, bool]] = dataclasses.field(default_factory=list)
 
-    def add_table(self, header: list[str], rows: list[list[object]], *, highlight_row: int | None = None) -> None:
-        self.tables.append((header, rows, highlight_row))
+    def add_table(
+        self, header: list[str], rows: list[list[object]], *, highlight_row: int | None = None, caption: str = ""
+    ) -> None:
+        """Add a table; ``caption`` names it (needed when a section holds several tables of the same shape)."""
+        self.tables.append((header, rows, highlight_row, caption))
 
-    def add_image(self, caption: str, png: bytes | str | os.PathLike[str]) -> None:
-        """Add a PNG given as bytes or as a path (a missing file is noted in the caption, not fatal)."""
+    def add_image(self, caption: str, png: bytes | str | os.PathLike[str], *, wide: bool = False) -> None:
+        """Add a PNG given as bytes or as a path (a missing file is noted in the caption, not fatal).
+
+        Images sit side by side at most 520 px wide (overlay pairs); ``wide`` ones (plots with text) get a line of
+        their own at up to the page width, so their labels stay legible.
+        """
         if isinstance(png, (str, os.PathLike)):
             path = Path(png)
             if not path.is_file():
                 self.paragraphs.append(f"({caption}: {path.name} not found)")
                 return
             png = path.read_bytes()
-        self.images.append((caption, png))
+        self.images.append((caption, png, wide))
 
 
 def _format_cell(value: object) -> str:
@@ -55,23 +64,25 @@ def _format_cell(value: object) -> str:
     return html.escape(str(value))
 
 
-def _render_table(header: list[str], rows: list[list[object]], highlight_row: int | None) -> str:
+def _render_table(header: list[str], rows: list[list[object]], highlight_row: int | None, caption: str) -> str:
     head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
     body = []
     for index, row in enumerate(rows):
         css = ' class="best"' if index == highlight_row else ""
         body.append(f"<tr{css}>" + "".join(f"<td>{_format_cell(cell)}</td>" for cell in row) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    title = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{title}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _render_section(section: ReportSection) -> str:
     parts = [f"<h2>{html.escape(section.title)}</h2>"]
     parts += [f"<p>{html.escape(text)}</p>" for text in section.paragraphs]
     parts += [_render_table(*table) for table in section.tables]
-    for caption, png in section.images:
+    for caption, png, wide in section.images:
         encoded = base64.b64encode(png).decode("ascii")
+        css = ' class="wide"' if wide else ""
         parts.append(
-            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">'
+            f'<figure{css}><img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
     return "\n".join(parts)

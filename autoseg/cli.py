@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("autoseg.pipeline.run", "the whole pipeline: check, plan, preprocess, train, select, post-process, report"),
     "overlay": ("autoseg.commands.overlay", "write a PNG of an image slice with its label map outlined in colour"),
     "export-model": ("autoseg.commands.export_model", "write a trained model folder to a verified zip archive"),
+    "export-onnx": ("autoseg.commands.export_onnx", "write a trained model as verified ONNX networks for onnxruntime"),
     "import-model": ("autoseg.commands.import_model", "verify a model archive and unpack it into a new folder"),
 }
 
@@ -59,10 +60,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(arguments._module)
+    from autoseg.utils.files import describe_file_system_error
+    from autoseg.utils.locking import note_command_line
+
+    note_command_line(argv)  # the locks this command takes name it to a second command that is refused
     try:
         return int(module.run(arguments) or 0)
     except UserError as error:
         print(f"autoseg {arguments.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        # A full disk, a read-only folder or a missing permission is the user's to fix, not a bug: one sentence.
+        sentence = describe_file_system_error(error)
+        if sentence is None:
+            raise
+        print(f"autoseg {arguments.command}: error: {sentence}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"autoseg {arguments.command}: interrupted", file=sys.stderr)

@@ -13,3 +13,8 @@ class DatasetError(UserError):
 
 class ImageReadError(UserError):
     """An image file cannot be read or has an unsupported layout."""
+
+
+class CorruptFileError(UserError, ValueError):
+    """A file autoseg wrote earlier cannot be parsed (cut short or damaged); also a ``ValueError`` for callers that
+    catch parse errors to redo the file."""

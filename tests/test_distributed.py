@@ -1,10 +1,16 @@
-"""Data-parallel training: two gloo processes on CPU stay in lock-step and only rank 0 writes files."""
+"""Data-parallel training: two gloo processes on CPU stay in lock-step and only rank 0 writes files; two torchrun
+"nodes" meeting at a c10d rendezvous train `autoseg train` to identical weights."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,7 +19,12 @@ import torch.multiprocessing
 
 from autoseg.errors import UserError
 from autoseg.training.command import build_job
-from autoseg.training.distributed import DistributedContext, split_batch_size, unwrap_model
+from autoseg.training.distributed import (
+    DistributedContext,
+    split_batch_size,
+    state_dict_fingerprint,
+    unwrap_model,
+)
 from autoseg.training.loop import TrainingSettings, train_fold
 from autoseg.training.training_log import read_log
 
@@ -90,6 +101,76 @@ def test_two_gloo_processes_train_identical_weights_and_only_rank_zero_writes(tm
     for name, tensor in weights[0].items():
         assert torch.equal(final["network"][name], tensor)
     assert TINY_DATASET in str(job.fold_folder)
+    # The summary records that both ranks ended with the saved weights.
+    summary = json.loads((job.fold_folder / "training_summary.json").read_text())
+    assert summary["weights_sha256_per_rank"] == [state_dict_fingerprint(weights[r]) for r in range(WORLD_SIZE)]
+    assert summary["weights_sha256_per_rank"] == [state_dict_fingerprint(final["network"])] * WORLD_SIZE
+
+
+NODE_TIMEOUT_SECONDS = 150
+
+
+def _start_torchrun_node(*, endpoint: str, rendezvous_id: str, work_dir: Path, log: Path) -> subprocess.Popen:
+    """One "node": a torchrun agent (``python -m torch.distributed.run`` is the ``torchrun`` script) with one worker
+    running ``autoseg train``, in its own session so that it and its worker can be killed together."""
+    from test_training import TINY_DATASET
+
+    command = [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", "2", "--nproc-per-node", "1",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", rendezvous_id,
+        "--local-addr", "127.0.0.1", "--max-restarts", "0", "--monitor-interval", "0.2",
+        "-m", "autoseg", "train", TINY_DATASET, "3d_fullres", "0", "--work-dir", str(work_dir),
+        "--epochs", str(EPOCHS), "--iterations-per-epoch", "3", "--validation-iterations", "1", "--num-workers", "0",
+        "--device", "cpu", "--threads", "1", "--no-validation-prediction",
+    ]
+    repository = str(Path(__file__).resolve().parents[1])
+    environment = {
+        **os.environ, "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [repository, os.environ.get("PYTHONPATH")])),
+    }
+    with open(log, "wb") as output:
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment,
+                                start_new_session=True)
+
+
+def test_two_torchrun_nodes_with_c10d_rendezvous_end_with_the_weights_rank_zero_saved(tmp_path: Path) -> None:
+    from test_training import tiny_job, write_tiny_work_folder
+
+    write_tiny_work_folder(tmp_path)
+    job = tiny_job(tmp_path)  # splits.json exists before either node starts
+    endpoint = f"127.0.0.1:{free_port()}"
+    rendezvous_id = f"autoseg-test-{uuid.uuid4().hex[:8]}"
+    logs = [tmp_path / f"node{index}.log" for index in range(2)]
+    nodes = []
+    try:
+        for log in logs:
+            nodes.append(_start_torchrun_node(endpoint=endpoint, rendezvous_id=rendezvous_id, work_dir=tmp_path,
+                                              log=log))
+        deadline = time.monotonic() + NODE_TIMEOUT_SECONDS
+        for node in nodes:
+            node.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"torchrun nodes still running after {NODE_TIMEOUT_SECONDS} s:\n" + _tails(logs))
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+    assert [node.returncode for node in nodes] == [0, 0], _tails(logs)
+
+    output = "".join(log.read_text(errors="replace") for log in logs)
+    assert "2 processes" in output
+    summary = json.loads((job.fold_folder / "training_summary.json").read_text())
+    fingerprints = summary["weights_sha256_per_rank"]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1], fingerprints
+    final = torch.load(job.fold_folder / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    assert state_dict_fingerprint(final["network"]) == fingerprints[0]
+    assert [record["epoch"] for record in read_log(job.fold_folder / "log.jsonl")] == list(range(EPOCHS))
+
+
+def _tails(logs: list[Path]) -> str:
+    return "\n".join(f"--- {log.name} ---\n" + log.read_text(errors="replace")[-3000:] for log in logs if log.exists())
 
 
 def test_the_global_batch_is_split_across_ranks() -> None:

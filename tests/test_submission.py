@@ -62,3 +62,56 @@ def test_submission_folder_manifest_and_zip(tmp_path, hippocampus_root) -> None:
     checkpoints = sorted(model.glob("models/3d_fullres/fold_*/checkpoint_final.pt"))
     assert model_hash(model, checkpoints) == manifest["model_hash"]
     assert model_hash(model, checkpoints[:1]) != manifest["model_hash"]
+
+
+def _cascade_model(tmp_path: Path, hippocampus_root: Path) -> Path:
+    """A model folder whose recipe is the cascade: predicting it also runs the 3d_lowres folds."""
+    fullres = tiny_configuration(dimension=3, spacing=(1.0, 1.0, 1.0), patch_size=(24, 32, 24))
+    lowres = {"inherits_from": "3d_fullres", "spacing": [2.0, 2.0, 2.0], "patch_size": [16, 16, 16]}
+    cascade = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    model = make_model_folder(
+        tmp_path / "work" / "Dataset004_Hippocampus", hippocampus_root,
+        {"3d_fullres": fullres, "3d_lowres": lowres, "3d_cascade_fullres": cascade}, folds=(0, 1),
+        in_channels_extra={"3d_cascade_fullres": 2},
+    )
+    (model / "inference.json").write_text(json.dumps(
+        {"selected": "3d_cascade_fullres", "models": [{"configuration": "3d_cascade_fullres", "folds": ["0", "1"]}]}
+    ))
+    return model
+
+
+def test_an_exported_cascade_carries_its_low_resolution_stage_and_predicts_identically(
+    tmp_path, hippocampus_root
+) -> None:
+    model = _cascade_model(tmp_path, hippocampus_root)
+    inputs = link_cases(hippocampus_root, tmp_path / "inputs", first_identifiers(hippocampus_root, 1))
+    assert main(["export-model", str(model), str(tmp_path / "cascade.zip")]) == 0
+    with zipfile.ZipFile(tmp_path / "cascade.zip") as archive:
+        names = set(archive.namelist())
+    assert {f"models/3d_lowres/fold_{k}/checkpoint_final.pt" for k in (0, 1)} <= names
+    assert not any(name.startswith("models/3d_fullres/") for name in names)  # not used by the recipe
+    assert main(["import-model", str(tmp_path / "cascade.zip"), str(tmp_path / "colleague")]) == 0
+    for source, output in ((model, "original"), (tmp_path / "colleague", "imported")):
+        assert main(["predict", "-i", str(inputs), "-o", str(tmp_path / output), "-m", str(source), "--no-tta",
+                     "--workers", "0", "--threads", "1"]) == 0
+    for path in sorted((tmp_path / "original").iterdir()):
+        assert path.read_bytes() == (tmp_path / "imported" / path.name).read_bytes()
+
+
+def test_a_cascade_submission_hashes_every_checkpoint_and_zips_only_what_it_wrote(tmp_path, hippocampus_root) -> None:
+    model = _cascade_model(tmp_path, hippocampus_root)
+    identifiers = first_identifiers(hippocampus_root, 1)
+    inputs = link_cases(hippocampus_root, tmp_path / "inputs", identifiers)
+    stale = tmp_path / "out" / "team" / "hippocampus_999.nii.gz"  # left over from an earlier submission
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"not part of this submission")
+    assert main(["predict", "-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(model), "--no-tta",
+                 "--submission", "team", "--workers", "0", "--threads", "1"]) == 0
+    manifest = json.loads((tmp_path / "out" / "team" / "submission_manifest.json").read_text())
+    used = sorted(model.glob("models/3d_*/fold_*/checkpoint_final.pt"))
+    used = [path for path in used if path.parts[-3] != "3d_fullres"]
+    assert len(used) == 4  # two cascade folds and the two low-resolution folds they need
+    assert manifest["model_hash"] == model_hash(model, used)
+    assert set(manifest["files"]) == {f"{identifier}.nii.gz" for identifier in identifiers}
+    with zipfile.ZipFile(tmp_path / "out" / "team.zip") as archive:
+        assert "team/hippocampus_999.nii.gz" not in archive.namelist()

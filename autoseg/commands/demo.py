@@ -76,7 +76,7 @@ def stage_pipeline(run: DemoRun) -> str:
 
     # Short epochs so the demo's training curves have points; few validation batches so they do not eat the budget.
     options = RunOptions(folds=run.folds, time_budget=run.time_budget, workers=run.workers, iterations_per_epoch=10,
-                         validation_iterations=4)
+                         validation_iterations=4, progress=run.progress)
     report = run_pipeline(str(run.dataset_root), str(run.work_dir), options)
     recipe = read_json(report.parent / "inference.json")
     dice = recipe["cross_validation_dice_after_postprocessing"]

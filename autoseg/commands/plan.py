@@ -39,15 +39,17 @@ def run(args: argparse.Namespace) -> int:
 
     from autoseg.errors import UserError
     from autoseg.planning.plan_dataset import plan_dataset
+    from autoseg.utils.locking import folder_lock
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}.")
     if not Path(args.dataset).is_dir():
         raise UserError(f"{args.dataset}: dataset folder not found.")
-    _, plans, _ = plan_dataset(
-        args.dataset, work, preset=args.preset, gpu_memory_gb=args.gpu_memory, workers=args.workers,
-        recompute_fingerprint=args.recompute_fingerprint,
-    )
+    with folder_lock(work):
+        _, plans, _ = plan_dataset(
+            args.dataset, work, preset=args.preset, gpu_memory_gb=args.gpu_memory, workers=args.workers,
+            recompute_fingerprint=args.recompute_fingerprint,
+        )
     print(format_plans_table(plans), end="")
     print(f"\nwrote {work / 'fingerprint.json'} and {work / PLANS_FILE_NAME}")
     return 0

@@ -12,10 +12,18 @@ module then reads every file, in a process pool, and checks what only the voxels
 
 Nothing is ever written into the dataset folder.
 
-Example:
-    >>> problems = check_dataset("Dataset004_Hippocampus")  # doctest: +SKIP
-    >>> [str(p) for p in problems if p.severity == "error"]  # doctest: +SKIP
+Example (``dataset_folder`` is a raw dataset of three real Hippocampus cases):
+    >>> check_dataset(dataset_folder, workers=1, progress=False)
     []
+    >>> import json, shutil
+    >>> broken = Path(shutil.copytree(dataset_folder, "Dataset004_Broken", symlinks=True))
+    >>> meta = json.loads((broken / "dataset.json").read_text()); del meta["labels"]["posterior"]
+    >>> _ = (broken / "dataset.json").write_text(json.dumps(meta))
+    >>> for problem in check_dataset(broken, workers=1, progress=False):  # every case's problem at once
+    ...     print(problem.severity, problem.case, problem.message)
+    error hippocampus_001 label values 2 are not declared in dataset.json (declared: 0, 1)
+    error hippocampus_004 label values 2 are not declared in dataset.json (declared: 0, 1)
+    error hippocampus_006 label values 2 are not declared in dataset.json (declared: 0, 1)
 """
 
 from __future__ import annotations

@@ -11,9 +11,15 @@ Layout::
 ints, an optional ``ignore`` label), ``numTraining``, ``file_ending``, and optionally ``regions_class_order`` and a
 ``dataset`` key mapping each case to its files (paths relative to the dataset folder, or absolute).
 
-Example:
-    >>> dataset = load_raw_dataset("Dataset004_Hippocampus")  # doctest: +SKIP
-    >>> dataset.training_cases[0].images  # doctest: +SKIP
+Example (``hippocampus`` is the path of the real Dataset004_Hippocampus folder):
+    >>> dataset = load_raw_dataset(hippocampus)
+    >>> dataset.name, len(dataset.training_cases), dataset.channel_names
+    ('Hippocampus', 200, ('MRI',))
+    >>> dataset.labels
+    {'background': 0, 'anterior': 1, 'posterior': 2}
+    >>> case = dataset.training_cases[0]
+    >>> case.identifier, [Path(path).name for path in case.images], Path(case.label).name
+    ('hippocampus_001', ['hippocampus_001_0000.nii.gz'], 'hippocampus_001.nii.gz')
 """
 
 from __future__ import annotations

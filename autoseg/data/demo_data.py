@@ -17,7 +17,15 @@ Every case is drawn from its own generator seeded with ``(seed, case index)``, s
 for a seed and case ``k`` does not depend on how many cases were asked for.
 
 Example:
-    >>> generate_demo_dataset("demo_data/Dataset990_Demo3D", kind="3d", num_cases=4)  # doctest: +SKIP
+    >>> destination = generate_demo_dataset("demo_data/Dataset990_Demo3D", kind="3d", num_cases=2)
+    >>> sorted(path.name for path in (destination / "labelsTr").iterdir())
+    ['demo3d_000.nii.gz', 'demo3d_001.nii.gz']
+    >>> from autoseg.io.images import read_image
+    >>> label = read_image(destination / "labelsTr" / "demo3d_000.nii.gz")
+    >>> label.array.shape, label.geometry.spacing  # thick slices, jittered per case
+    ((27, 66, 64), (2.71, 0.754, 0.754))
+    >>> np.unique(label.array).tolist()  # background, organ, lesion
+    [0, 1, 2]
 """
 
 from __future__ import annotations

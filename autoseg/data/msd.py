@@ -11,8 +11,13 @@ Each 3D channel gets exactly the geometry of the 4D file's first three axes (spa
 conversion writes into a hidden sibling folder and renames it to the destination at the end, so an interrupted
 conversion never leaves a half-converted dataset that looks complete.
 
-Example:
-    >>> convert_msd("Task04_Hippocampus", "Dataset004_Hippocampus")  # doctest: +SKIP
+Example (``msd_task`` is a Task04_Hippocampus folder, as downloaded from the Decathlon, holding three cases):
+    >>> destination = convert_msd(msd_task, "Dataset004_Hippocampus", workers=1, progress=False)
+    >>> sorted(path.name for path in (destination / "imagesTr").iterdir())
+    ['hippocampus_001_0000.nii.gz', 'hippocampus_004_0000.nii.gz', 'hippocampus_006_0000.nii.gz']
+    >>> meta = json.loads((destination / "dataset.json").read_text())
+    >>> meta["channel_names"], meta["labels"], meta["numTraining"]
+    ({'0': 'MRI'}, {'background': 0, 'Anterior': 1, 'Posterior': 2}, 3)
 """
 
 from __future__ import annotations

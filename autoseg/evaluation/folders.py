@@ -5,9 +5,16 @@ Each pair must share its geometry exactly: a prediction on another grid cannot b
 comparing it anyway would report a silently wrong number. Results are written as ``summary.json`` (means per
 target, the foreground mean, and every case) and ``metrics.csv`` (one row per case and target).
 
-Example:
-    >>> summary = evaluate_folders("predictions", "labelsTr", workers=2)  # doctest: +SKIP
-    >>> summary["foreground_mean"]["dice"]  # doctest: +SKIP
+Example (``prediction_folder`` holds the reference label maps of three cases, each with a false 2x2x2 block of
+class 1 in a corner):
+    >>> summary = evaluate_folders(prediction_folder, reference_folder, output_folder="evaluation")
+    >>> {key: round(target["dice"], 3) for key, target in summary["mean"].items()}
+    {'1': 0.998, '2': 1.0}
+    >>> # HD95 ignores the few false voxels, the average surface distance (mm) does not:
+    >>> round(summary["mean"]["1"]["hd95_mm"], 2), round(summary["mean"]["1"]["assd_mm"], 2)
+    (0.0, 0.19)
+    >>> sorted(path.name for path in Path("evaluation").iterdir())
+    ['metrics.csv', 'summary.json']
 """
 
 from __future__ import annotations

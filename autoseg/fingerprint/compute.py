@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg import __version__
+from autoseg.data.case_signatures import case_signatures
 from autoseg.data.dataset import RawDataset
 from autoseg.errors import DatasetError, UserError
 from autoseg.fingerprint.case_fingerprint import CaseFingerprint, CaseRequest, fingerprint_case_in_worker
@@ -19,7 +20,8 @@ from autoseg.utils.parallel import parallel_map
 
 FINGERPRINT_FILE_NAME = "fingerprint.json"
 # Bump when the content or meaning of fingerprint.json changes, so old files are recomputed rather than trusted.
-FINGERPRINT_VERSION = 1
+# 2: per-case input signatures (``case_signatures``), so later stages can name the cases that changed.
+FINGERPRINT_VERSION = 2
 
 
 def fingerprint_path(dataset: RawDataset, work_dir: str | os.PathLike[str] | None) -> Path:
@@ -52,11 +54,11 @@ def _cached_fingerprint(path: Path, signature: str) -> dict | None:
     return None
 
 
-def _run_cases(requests: list[CaseRequest], workers: int) -> list[CaseFingerprint]:
+def _run_cases(requests: list[CaseRequest], workers: int, progress: bool) -> list[CaseFingerprint]:
     """Fingerprint every case, in order, with a progress bar; ``workers`` processes when there is enough work."""
     return list(
         parallel_map(fingerprint_case_in_worker, requests, workers=workers, description="fingerprint",
-                     minimum_items_for_pool=4)
+                     minimum_items_for_pool=4, progress=progress)
     )
 
 
@@ -83,6 +85,7 @@ def summarise_cases(
         "channel_names": list(dataset.channel_names),
         "num_cases": len(cases),
         "cases": {case.identifier: case.record() for case in cases},
+        "case_signatures": case_signatures(dataset),
         "foreground_intensities": foreground_intensities,
         "classes": classes,
         "median_spacing": [float(v) for v in np.median(spacings, axis=0)],
@@ -97,6 +100,7 @@ def compute_fingerprint(
     *,
     workers: int = 2,
     force: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Fingerprint ``dataset`` into ``WORK/<dataset>/fingerprint.json`` and return it.
 
@@ -122,7 +126,7 @@ def compute_fingerprint(
         CaseRequest(case.identifier, tuple(case.images), case.label, dataset.ignore_label, per_case)
         for case in dataset.training_cases
     ]
-    cases = _run_cases(requests, workers)
+    cases = _run_cases(requests, workers, progress)
     fingerprint = summarise_cases(dataset, cases, signature=signature)
     write_json(path, fingerprint)
     return fingerprint

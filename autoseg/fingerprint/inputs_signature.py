@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
+from autoseg.data.case_signatures import case_file_lines
 from autoseg.data.dataset import RawDataset
 from autoseg.utils.files import dumps_json
-
-
-def _relative(path: str, root: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(root))
-    except ValueError:
-        return str(Path(path).resolve())
 
 
 def inputs_signature(dataset: RawDataset, *, fingerprint_version: int) -> str:
@@ -34,9 +27,5 @@ def inputs_signature(dataset: RawDataset, *, fingerprint_version: int) -> str:
     }
     digest.update(dumps_json(description).encode("utf-8"))
     for case in dataset.training_cases:
-        files = [*case.images, *([case.label] if case.label else [])]
-        for path in files:
-            status = os.stat(path)
-            line = f"{case.identifier}\t{_relative(path, root)}\t{status.st_size}\t{status.st_mtime_ns}\n"
-            digest.update(line.encode("utf-8"))
+        digest.update(case_file_lines(case, root).encode("utf-8"))
     return digest.hexdigest()

@@ -5,9 +5,17 @@ its members' probabilities in the input's grid. ``postprocessing.json`` (keep-la
 the cross-validation of that same choice) is applied to the label maps. Naming a configuration overrides the recipe;
 its post-processing then applies only when the recipe chose exactly that configuration.
 
-Example:
-    >>> models = ModelEnsemble.from_model_folder("autoseg_work/Dataset004_Hippocampus")  # doctest: +SKIP
-    >>> models.predict_files([["a_0000.nii.gz"]], ["out/a.nii.gz"])  # doctest: +SKIP
+Example (``model_folder`` is ``WORK/Dataset004_Hippocampus``; its ``inference.json`` chose folds 0 and 1 of
+``3d_fullres``, with post-processing):
+    >>> models = ModelEnsemble.from_model_folder(model_folder, device="cpu", tta=False)
+    >>> models.description
+    '3d_fullres (folds 0, 1), post-processed'
+    >>> written = models.predict_files([[image_path]], ["out/hippocampus_001.nii.gz"], progress=False)
+    >>> [str(path) for path in written]
+    ['out/hippocampus_001.nii.gz']
+    >>> from autoseg.io.images import read_image
+    >>> read_image(written[0]).geometry == read_image(image_path).geometry  # the input's grid, exactly
+    True
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ The inverse of preprocessing itself (resample back, transpose back, uncrop) live
 ``autoseg.preprocessing.export``; this module decides what to write: a single configuration's label map is computed
 one class at a time (memory: a few volumes); an ensemble averages the members' probabilities in the input's grid,
 where configurations with different spacings meet. Post-processing (``postprocessing.json``) is applied last.
+An output path ending in ``.seg.nrrd`` is written as a 3D Slicer segmentation named with the dataset's labels.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 
 from autoseg.data.dataset import RawDataset
 from autoseg.inference.label_maps import label_map_from_probabilities
+from autoseg.io.images import Geometry
+from autoseg.io.slicer_segmentation import is_slicer_segmentation_path, write_slicer_segmentation
 from autoseg.utils.files import atomic_path
 
 
@@ -77,7 +80,24 @@ def export_members(
         from autoseg.postprocessing.decision import apply_postprocessing
 
         label_map = apply_postprocessing(label_map, postprocessing)
-    write_segmentation(label_map, properties, output_path)
+    if is_slicer_segmentation_path(output_path):
+        write_slicer_segmentation(label_map, Geometry.from_dict(properties["geometry"]), output_path,
+                                  segments=named_label_values(dataset))
+    else:
+        write_segmentation(label_map, properties, output_path)
+
+
+def named_label_values(dataset: RawDataset) -> list[tuple[str, int]]:
+    """``(label name, value in the written label map)`` for every foreground class, ordered by value.
+
+    Classes are written as their own value; a region model paints its ``regions_class_order`` value for each region
+    (in the order the regions are declared), so that value carries the region's name.
+    """
+    named = [(name, value) for name, value in dataset.labels.items() if name not in ("background", "ignore")]
+    if dataset.has_regions:
+        order = dataset.regions_class_order or tuple(range(1, len(named) + 1))
+        named = [(name, value) for (name, _), value in zip(named, order, strict=True)]
+    return sorted(((name, int(value)) for name, value in named), key=lambda item: item[1])
 
 
 def export_case(

@@ -9,15 +9,24 @@ from pathlib import Path
 
 from autoseg.data.dataset import Case, Problem, _discover_cases
 from autoseg.errors import UserError
-from autoseg.io.images import file_ending
+from autoseg.io.images import file_ending, read_image_header
+from autoseg.utils.files import remove_stale_temporaries
+from autoseg.utils.locking import folder_lock
+from autoseg.utils.memory import describe_largest_case
 from autoseg.utils.precision import add_precision_argument, resolve_precision
 from autoseg.utils.threads import available_cpus
+
+# Label-map file types `--format` offers; each keeps the input's exact geometry.
+OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "seg.nrrd")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True, help="folder of images named CASE_XXXX.ext (one per channel)")
     parser.add_argument("-o", "--output", required=True, help="folder for the label maps (CASE.ext)")
     parser.add_argument("-m", "--model", required=True, help="model folder: WORK/<dataset> or an imported model")
+    parser.add_argument("--format", default=None, choices=OUTPUT_FORMATS, type=lambda value: value.lstrip("."),
+                        help="file type of the label maps (default: the input images' own); seg.nrrd writes 3D "
+                             "Slicer segmentations with the dataset's label names and colours (docs/viewing.md)")
     parser.add_argument("-c", "--configuration", default=None,
                         help="configuration (2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres); default: the "
                              "recommended or only trained one")
@@ -45,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and OUTPUT/NAME.zip")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the network (default: the CPUs not already busy, at least 1)")
+    parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
+                        help="torch: the checkpoints of a model folder; onnx: a folder written by `autoseg "
+                             "export-onnx`, run by onnxruntime on the CPU in float32 (docs/inference.md)")
 
 
 def _cpu_times() -> tuple[int, int] | None:
@@ -112,14 +124,21 @@ def run(args: argparse.Namespace) -> int:
     from autoseg.inference.ensemble import ModelEnsemble
     from autoseg.utils.threads import set_torch_threads
 
-    set_torch_threads(args.threads or idle_cpu_count())
+    threads = set_torch_threads(args.threads or idle_cpu_count())
     if not 0 < args.step_size <= 1:
         raise UserError(f"--step-size must be in (0, 1], got {args.step_size}.")
-    models = ModelEnsemble.from_model_folder(
-        args.model, configuration=args.configuration, folds=args.folds, checkpoint=args.checkpoint,
-        device=args.device, tta=not args.no_tta, step_size=args.step_size, batch_size=args.batch_size,
-        precision=args.precision, use_postprocessing=not args.no_postprocessing,
-    )
+    if args.engine == "onnx":
+        models = _load_onnx_models(args, threads=threads)
+    else:
+        from autoseg.inference.onnx_engine import is_onnx_model_folder
+
+        if is_onnx_model_folder(args.model):
+            raise UserError(f"{args.model}: holds ONNX networks (from `autoseg export-onnx`); add --engine onnx.")
+        models = ModelEnsemble.from_model_folder(
+            args.model, configuration=args.configuration, folds=args.folds, checkpoint=args.checkpoint,
+            device=args.device, tta=not args.no_tta, step_size=args.step_size, batch_size=args.batch_size,
+            precision=args.precision, use_postprocessing=not args.no_postprocessing,
+        )
     first = models.members[0]
     input_folder = Path(args.input).expanduser().resolve()
     output_folder = Path(args.output).expanduser().resolve()
@@ -134,28 +153,61 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--submission {args.submission!r} must be a plain folder name.")
         output_folder = output_folder / args.submission
     output_folder.mkdir(parents=True, exist_ok=True)
-    items = [(case.images, output_folder / (case.identifier + file_ending(case.images[0]))) for case in cases]
+    chosen_ending = f".{args.format}" if args.format else None
+    items = [
+        (case.images, output_folder / (case.identifier + (chosen_ending or file_ending(case.images[0]))))
+        for case in cases
+    ]
     print(
         f"autoseg predict: {len(items)} case(s) with {models.description}, checkpoint {args.checkpoint}, "
-        f"{'with' if first.tta else 'without'} mirroring, on {first.device} in "
-        f"{resolve_precision(args.precision, first.device)}"
+        f"{'with' if first.tta else 'without'} mirroring, on {first.device}"
+        f"{' with onnxruntime' if args.engine == 'onnx' else ''} in {resolve_precision(first.precision, first.device)}"
     )
-    written = models.predict_files(
-        [images for images, _ in items], [output for _, output in items], save_probabilities=args.save_probabilities,
-        skip_existing=args.continue_, workers=args.workers, progress=True,
+    memory = describe_largest_case(
+        {case.identifier: read_image_header(case.images[0]).shape for case in cases},
+        channels=first.dataset.num_channels, classes=first.dataset.num_output_channels, workers=max(1, args.workers),
     )
-    skipped = len(items) - len(written)
-    print(f"autoseg predict: wrote {len(written)} label map(s) to {output_folder}"
-          + (f" ({skipped} already there)" if skipped else ""))
-    if args.submission:
-        _write_submission(output_folder, models, args)
+    if memory:
+        print(f"autoseg predict: {memory}")
+    # The parts of one sharded prediction (--part-id/--num-parts) write one folder together; any other is refused.
+    # A submission folder holds exactly its label maps and manifest: its lock file lives in the -o folder above it.
+    with folder_lock(output_folder.parent if args.submission else output_folder, shared=args.num_parts > 1):
+        if args.num_parts == 1:  # alone in the folder: temporaries of a killed run are garbage, not live writes
+            remove_stale_temporaries(output_folder)
+        written = models.predict_files(
+            [images for images, _ in items], [output for _, output in items],
+            save_probabilities=args.save_probabilities, skip_existing=args.continue_, workers=args.workers,
+            progress=True,
+        )
+        skipped = len(items) - len(written)
+        print(f"autoseg predict: wrote {len(written)} label map(s) to {output_folder}"
+              + (f" ({skipped} already there)" if skipped else ""))
+        if args.submission:
+            _write_submission(output_folder, models, args, [output for _, output in items])
     return 0
 
 
-def _write_submission(folder: Path, models, args: argparse.Namespace) -> None:
+def _load_onnx_models(args: argparse.Namespace, *, threads: int):
+    """The ensemble of an ``export-onnx`` folder; options that only make sense for torch are refused, not ignored."""
+    from autoseg.inference.onnx_engine import load_onnx_ensemble
+
+    if args.device not in ("auto", "cpu"):
+        raise UserError(f"--engine onnx runs on the CPU; drop --device {args.device} or use --engine torch.")
+    if args.precision not in ("auto", "float32"):
+        raise UserError(f"--engine onnx runs in float32; drop --precision {args.precision} or use --engine torch.")
+    if args.submission:
+        raise UserError("--submission records training checkpoints; use --engine torch with the trained model folder.")
+    return load_onnx_ensemble(
+        args.model, configuration=args.configuration, folds=args.folds, tta=not args.no_tta,
+        step_size=args.step_size, batch_size=args.batch_size, threads=threads,
+        use_postprocessing=not args.no_postprocessing,
+    )
+
+
+def _write_submission(folder: Path, models, args: argparse.Namespace, predictions: list[Path]) -> None:
     from autoseg.sharing.submission import write_submission
 
-    checkpoints = [path for member in models.members for path in member.trained_model.checkpoint_paths]
+    checkpoints = sorted({path for member in models.members for path in member.checkpoint_paths_used})
     description = {
         "configurations": [member.configuration_name for member in models.members],
         "folds": {member.configuration_name: list(member.trained_model.folds) for member in models.members},
@@ -167,5 +219,5 @@ def _write_submission(folder: Path, models, args: argparse.Namespace) -> None:
         "labels": {name: value for name, value in models.members[0].dataset.to_dict()["labels"].items()},
     }
     archive = write_submission(folder, model_folder=models.members[0].trained_model.model_folder,
-                               checkpoint_paths=checkpoints, description=description)
+                               checkpoint_paths=checkpoints, description=description, predictions=predictions)
     print(f"autoseg predict: submission manifest in {folder}, archive {archive}")

@@ -6,10 +6,17 @@ average the probabilities over folds, then resample back to the input's grid and
 (``autoseg.inference.export``). A ``3d_cascade_fullres`` predictor first runs its ``3d_lowres`` predictor on the
 same case and feeds that segmentation as extra one-hot input channels.
 
-Example:
-    >>> predictor = Predictor.from_model_folder("autoseg_work/Dataset004_Hippocampus", folds=(0,))  # doctest: +SKIP
-    >>> prediction = predictor.predict_array(image, spacing=(1.0, 1.0, 1.0))  # doctest: +SKIP
-    >>> prediction.label_map.shape == image.shape  # doctest: +SKIP
+Example (``model_folder`` is ``WORK/Dataset004_Hippocampus`` with two folds of a small ``3d_fullres`` model):
+    >>> predictor = Predictor.from_model_folder(model_folder, folds=(0, 1), device="cpu", tta=False)
+    >>> predictor.configuration_name, predictor.trained_model.folds
+    ('3d_fullres', ('0', '1'))
+    >>> image.shape
+    (35, 51, 35)
+    >>> prediction = predictor.predict_array(image, spacing=(1.0, 1.0, 1.0), return_probabilities=True)
+    >>> prediction.label_map.shape == image.shape, prediction.label_map.dtype
+    (True, dtype('uint8'))
+    >>> prediction.probabilities.shape  # (K, z, y, x) in the image's grid, averaged over both folds
+    (3, 35, 51, 35)
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from autoseg.inference.label_maps import (
 )
 from autoseg.inference.model_folder import TrainedModel, locate_trained_model
 from autoseg.inference.sliding_window import predict_sliding_window
-from autoseg.io.images import Geometry, write_image
+from autoseg.io.images import Geometry, require_finite_voxels, write_image
 from autoseg.utils.files import read_json
 
 
@@ -66,6 +73,12 @@ def preprocess_for_prediction(
 
     paths = [str(path) for path in image_paths]
     data, _, properties = preprocess_case(paths, None, plans=plans, configuration=configuration)
+    # A voxel without a value has no right answer: refuse rather than segment whatever it was silently turned into.
+    for path in paths:
+        require_finite_voxels(path)  # NIfTI: ITK reads NaN/Inf as 0, so the stored bytes are checked
+    if not np.isfinite(data).all():  # other formats keep NaN/Inf, which the normalisation spreads over the image
+        raise UserError(f"{', '.join(paths)}: holds NaN or Inf voxels; replace them with a real value (e.g. the "
+                        "background's) first.")
     previous_data = None
     if previous_configuration is not None:
         previous_data, _, _ = preprocess_case(paths, None, plans=plans, configuration=previous_configuration)
@@ -205,6 +218,13 @@ class Predictor:
             return None
         allowed = self.configuration.get("mirror_axes")
         return tuple(allowed) if allowed is not None else tuple(range(len(self.configuration["patch_size"])))
+
+    @property
+    def checkpoint_paths_used(self) -> tuple[Path, ...]:
+        """Every checkpoint this predictor runs: its own folds' and, for a cascade, the earlier stages'."""
+        own = self.trained_model.checkpoint_paths if self.trained_model is not None else ()
+        earlier = self.previous_stage.checkpoint_paths_used if self.previous_stage is not None else ()
+        return (*own, *earlier)
 
     @property
     def previous_configuration(self) -> dict | None:

@@ -11,7 +11,14 @@ With test-time mirroring every patch is also predicted after flipping it along e
 flipped predictions are flipped back and averaged (``2^len(mirror_axes)`` forward passes per patch).
 
 Example:
-    >>> logits = predict_sliding_window(network, data, patch_size=(40, 56, 40), num_classes=3)  # doctest: +SKIP
+    >>> from autoseg.networks import build_network
+    >>> network = build_network(configuration, in_channels=1, out_channels=3, deep_supervision=False).eval()
+    >>> data = torch.randn(1, 40, 80, 40)  # (C, z, y, x): longer than the 40 x 56 x 40 patch along y only
+    >>> tile_starts(data.shape[1:], (40, 56, 40), step_size=0.5)  # two overlapping tiles along y
+    [[0], [0, 24], [0]]
+    >>> logits = predict_sliding_window(network, data, patch_size=(40, 56, 40), num_classes=3)
+    >>> logits.shape, logits.dtype
+    (torch.Size([3, 40, 80, 40]), torch.float32)
 """
 
 from __future__ import annotations

@@ -5,9 +5,14 @@ SimpleITK's ``(x, y, z)``). A 2D image (PNG/BMP/TIFF, or a 1xHxW NIfTI) is a ``(
 stage handles 2D and 3D data the same way. Natural 2D images get a nominal spacing of 1 in-plane and
 ``NATURAL_2D_SLICE_SPACING`` across slices.
 
-Example:
-    >>> image = read_image("case_0000.nii.gz")  # doctest: +SKIP
-    >>> write_image(image.array > 0, image.geometry, "mask.nii.gz")  # doctest: +SKIP
+Example (``image_path`` is a real Hippocampus image, ``hippocampus_001_0000.nii.gz``):
+    >>> image = read_image(image_path)
+    >>> image.array.shape, image.geometry.spacing, image.geometry.origin
+    ((35, 51, 35), (1.0, 1.0, 1.0), (-1.0, -1.0, 1.0))
+    >>> write_image(image.array > 0, image.geometry, "mask.nii.gz")
+    >>> mask = read_image("mask.nii.gz")
+    >>> mask.geometry == image.geometry, mask.array.dtype
+    (True, dtype('uint8'))
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -148,8 +154,12 @@ def _read_sitk(path: Path, header_only: bool) -> sitk.Image:
             return reader
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reader error"
-        raise ImageReadError(f"{path}: cannot be read (truncated or corrupt file?): {first_line}") from None
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"{path}: cannot be read, the file is empty (0 bytes); replace it.") from None
+        # ITK's last line says why; it names the file again, which the sentence already does.
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reader error"
+        reason = reason.replace(f'"{path}"', "it").replace(str(path), "it").removeprefix("sitk::ERROR: ").rstrip(". ")
+        raise ImageReadError(f"{path}: cannot be read (truncated or corrupt file?): {reason}.") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +228,19 @@ def count_non_finite_nifti_voxels(path: str | os.PathLike[str]) -> int:
         dtype = np.dtype(layout.byte_order + _NIFTI_FLOAT_TYPES[layout.datatype])
         voxels = np.frombuffer(stream.read(layout.voxel_count * dtype.itemsize), dtype=dtype)
     return int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
+
+
+def require_finite_voxels(path: str | os.PathLike[str]) -> None:
+    """Raise ``ImageReadError`` naming ``path`` if the NIfTI file stores NaN or Inf voxels.
+
+    ``read_image`` cannot tell (ITK reads them as 0), so this reads the stored bytes once more; other formats keep
+    NaN/Inf in the array they return, where the caller sees them.
+    """
+    count = count_non_finite_nifti_voxels(path)
+    if count:
+        raise ImageReadError(
+            f"{path}: holds {count} NaN or Inf voxel(s); replace them with a real value (e.g. the background's) first."
+        )
 
 
 def _gzip_is_complete(path: Path, expected_size: int) -> bool:
@@ -331,11 +354,14 @@ def _natural_dtype(array: np.ndarray) -> np.ndarray:
     raise UserError("PNG/BMP/TIFF output needs values in 0..65535; write a NIfTI file instead.")
 
 
-def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[str]) -> None:
+def write_image(
+    array: np.ndarray, geometry: Geometry, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
+) -> None:
     """Write a ``(z, y, x)`` array with ``geometry`` atomically; the format follows the file ending.
 
     The written file has exactly the spacing, origin and direction in ``geometry``. Arrays from 2D files
-    are written back as 2D images.
+    are written back as 2D images. ``metadata`` becomes free-form header fields where the format has them
+    (NRRD writes ``key:=value`` lines, which is how 3D Slicer stores segment names and colours).
     """
     path = Path(path)
     ending = _require_ending(path)
@@ -357,12 +383,26 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[s
         image.SetSpacing(tuple(reversed(geometry.spacing)))
         image.SetOrigin(geometry.origin)
         image.SetDirection(geometry.direction)
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(key, value)
     compress = ending in (".nii.gz", ".nrrd", ".mha")
     if ending in DETACHED_HEADER_ENDINGS:
         _write_detached(image, path, compress=compress)
         return
     with atomic_path(path) as temporary:
         sitk.WriteImage(image, str(temporary), useCompression=compress)
+        _verify_written(temporary, ending)
+
+
+def _verify_written(path: Path, ending: str) -> None:
+    """Raise ``ImageReadError`` for an empty or cut-short file that a writer claimed to have written.
+
+    ITK's NIfTI writer reports a short write (a full disk) only on stderr and returns as if it had succeeded; the
+    ``atomic_path`` around the write turns the error into "no space left" when the disk is full.
+    """
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: the image writer wrote nothing.")
+    _verify_nifti_complete(path, ending)
 
 
 def _write_detached(image: sitk.Image, path: Path, *, compress: bool) -> None:

@@ -128,8 +128,14 @@ def build_network(
     Raises ``ValueError`` for an unknown architecture or inconsistent lists.
 
     Example:
-        >>> net = build_network(configuration, in_channels=1, out_channels=3)  # doctest: +SKIP
-        >>> net.set_deep_supervision(False)  # doctest: +SKIP
+        >>> configuration["patch_size"], configuration["network"]["features_per_stage"]
+        ([40, 56, 40], [4, 8, 16])
+        >>> net = build_network(configuration, in_channels=1, out_channels=3)
+        >>> [tuple(output.shape) for output in net(torch.zeros(1, 1, 40, 56, 40))]  # deep supervision: every scale
+        [(1, 3, 40, 56, 40), (1, 3, 20, 28, 20)]
+        >>> net.set_deep_supervision(False)
+        >>> net(torch.zeros(1, 1, 40, 56, 40)).shape
+        torch.Size([1, 3, 40, 56, 40])
     """
     dimension = int(configuration["dimension"])
     network = configuration["network"]

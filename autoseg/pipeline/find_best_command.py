@@ -17,9 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autoseg.pipeline.selection import find_best, format_candidates
+    from autoseg.utils.locking import folder_lock
 
     work = dataset_work_dir(args.work_dir, args.dataset)
-    recipe = find_best(work, args.configs, args.folds, workers=args.workers)
+    with folder_lock(work, create=False):
+        recipe = find_best(work, args.configs, args.folds, workers=args.workers)
     print(format_candidates(recipe))
     print(f"wrote {work / 'inference.json'} and {work / 'postprocessing.json'}")
     return 0

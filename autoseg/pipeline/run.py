@@ -13,10 +13,17 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoseg.errors import UserError
 from autoseg.paths import add_work_dir_argument, dataset_work_dir
+from autoseg.training.tracking import add_logger_argument, log_cross_validation, requested_loggers
+from autoseg.utils.files import read_json
+from autoseg.utils.memory import describe_largest_case
 from autoseg.utils.precision import add_precision_argument
+
+if TYPE_CHECKING:
+    from autoseg.training.loop import TrainingSettings
 
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
 
@@ -38,6 +45,8 @@ class RunOptions:
     precision: str = "auto"
     group_cases: str = "none"
     replan: bool = False
+    loggers: tuple[str, ...] = ()  # experiment tracking of every fold and of the final cross-validation
+    progress: bool = True  # progress bars of every stage
 
 
 def _stage(name: str) -> None:
@@ -51,12 +60,19 @@ def plan_stage(dataset_root: Path, work: Path, options: RunOptions):
     _stage("check + fingerprint + plan")
     dataset, plans, kept = plan_dataset(
         dataset_root, work, preset=options.preset, gpu_memory_gb=options.gpu_memory_gb, workers=options.workers,
-        keep_existing_plans=not options.replan,
+        keep_existing_plans=not options.replan, progress=options.progress,
     )
     print(f"{dataset.name}: {len(dataset.training_cases)} training cases, no errors")
     if kept:
         print(f"keeping the existing {work / 'plans.json'} (use --replan to plan again)")
     print(format_plans_table(plans), end="")
+    fingerprint_cases = read_json(work / "fingerprint.json").get("cases", {})
+    memory = describe_largest_case(
+        {name: case["shape"] for name, case in fingerprint_cases.items()}, channels=dataset.num_channels,
+        classes=dataset.num_output_channels, workers=options.workers,
+    )
+    if memory:
+        print(memory)
     return dataset, plans
 
 
@@ -95,13 +111,14 @@ def fold_is_complete(fold_folder: Path) -> bool:
     return (fold_folder / "training_summary.json").is_file() and (fold_folder / "validation" / "summary.json").is_file()
 
 
-def train_stage(dataset_root: Path, work: Path, configurations: Sequence[str], options: RunOptions) -> None:
-    from autoseg.training.command import build_job
-    from autoseg.training.loop import TrainingSettings, train_fold
+def training_settings(options: RunOptions) -> TrainingSettings:
+    """The training settings of every fold of the run: resumable, validated, with the run's workers and budget."""
+    from autoseg.training.loop import TrainingSettings
     from autoseg.training.schedule import epoch_seconds_for_budget, parse_time_budget
 
     base = TrainingSettings(
-        resume=True, device=options.device, precision=options.precision, after_training_hooks=("predict_validation",)
+        resume=True, device=options.device, precision=options.precision, after_training_hooks=("predict_validation",),
+        loggers=options.loggers, num_workers=options.workers, show_progress_bar=options.progress,
     )
     changes: dict = {}
     if options.time_budget:
@@ -114,7 +131,15 @@ def train_stage(dataset_root: Path, work: Path, configurations: Sequence[str], o
         changes["iterations_per_epoch"] = options.iterations_per_epoch
     if options.validation_iterations is not None:
         changes["validation_iterations"] = options.validation_iterations
-    settings = dataclasses.replace(base, **changes)
+    return dataclasses.replace(base, **changes)
+
+
+def train_stage(dataset_root: Path, work: Path, configurations: Sequence[str], options: RunOptions) -> None:
+    from autoseg.training.command import build_job
+    from autoseg.training.loop import train_fold
+    from autoseg.utils.files import remove_stale_temporaries
+
+    settings = training_settings(options)
     for configuration in configurations:
         for fold in options.folds:
             job = build_job(
@@ -125,31 +150,40 @@ def train_stage(dataset_root: Path, work: Path, configurations: Sequence[str], o
                 print(f"{configuration} fold {fold}: already trained and validated, skipping")
                 continue
             _stage(f"train {configuration} fold {fold}")
+            remove_stale_temporaries(job.fold_folder, recursive=True)  # a killed run's; the working folder is ours
             train_fold(job, settings)
 
 
 def run_pipeline(dataset_root: str, work_dir: str | None, options: RunOptions) -> Path:
-    """Run every stage; returns the report path."""
-    from autoseg.pipeline.report import build_report
-    from autoseg.pipeline.selection import find_best, format_candidates
-    from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
+    """Run every stage; returns the report path. The working folder stays locked against other autoseg commands."""
+    from autoseg.utils.locking import folder_lock
 
     started = time.monotonic()
     root = Path(dataset_root)
     if not root.is_dir():
         raise UserError(f"{dataset_root}: dataset folder not found.")
     work = dataset_work_dir(work_dir, root)
-    work.mkdir(parents=True, exist_ok=True)
+    with folder_lock(work):
+        return _run_stages(root, work, options, started)
+
+
+def _run_stages(root: Path, work: Path, options: RunOptions, started: float) -> Path:
+    from autoseg.pipeline.report import build_report
+    from autoseg.pipeline.selection import find_best, format_candidates
+    from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
+
     dataset, plans = plan_stage(root, work, options)
     configurations = configurations_to_train(plans, options.configurations, options.folds)
     _stage("preprocess")
     preprocess_dataset(
-        dataset, plans=plans, dataset_work_folder=work, configuration_names=configurations, workers=options.workers
+        dataset, plans=plans, dataset_work_folder=work, configuration_names=configurations, workers=options.workers,
+        show_progress=options.progress,
     )
     train_stage(root, work, configurations, options)
     _stage("model selection + post-processing")
-    recipe = find_best(work, configurations, list(options.folds), workers=options.workers)
+    recipe = find_best(work, configurations, list(options.folds), workers=options.workers, progress=options.progress)
     print(format_candidates(recipe))
+    log_cross_validation(work, recipe, options.loggers)
     _stage("report")
     report = build_report(work)
     minutes = (time.monotonic() - started) / 60
@@ -177,6 +211,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-cases", default="none", choices=("none", "leading-number"),
                         help="keep related cases in one fold ('leading-number': NNN_* ids, e.g. HC18)")
     parser.add_argument("--replan", action="store_true", help="plan again even if plans.json exists")
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    add_logger_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         group_cases=args.group_cases,
         replan=args.replan,
+        progress=not args.no_progress,
+        loggers=requested_loggers(args.logger),
     )
     run_pipeline(args.dataset, args.work_dir, options)
     return 0

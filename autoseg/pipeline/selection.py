@@ -53,7 +53,8 @@ def _scores(summary: dict) -> tuple[float, dict[str, float | None]]:
 
 
 def ensemble_cross_validation(
-    work_folder: Path, members: Sequence[str], dataset: RawDataset, *, cases: Sequence[str], workers: int = 2
+    work_folder: Path, members: Sequence[str], dataset: RawDataset, *, cases: Sequence[str], workers: int = 2,
+    progress: bool = True,
 ) -> Candidate:
     """Average the members' cross-validation probabilities for ``cases``, write label maps, evaluate."""
     name = "+".join(members)
@@ -61,7 +62,7 @@ def ensemble_cross_validation(
     destination.mkdir(parents=True, exist_ok=True)
     member_folders = [crossval_folder(work_folder, member) for member in members]
     ground_truth = label_files_by_case(work_folder / "ground_truth")
-    for identifier in tqdm(cases, desc=f"ensemble {name}", unit="case"):
+    for identifier in tqdm(cases, desc=f"ensemble {name}", unit="case", disable=not progress):
         # Always recomputed (it is cheap): members may have been retrained since the last selection.
         output = destination / f"{identifier}{dataset.file_ending}"
         probabilities = None
@@ -81,7 +82,7 @@ def ensemble_cross_validation(
 
 
 def find_best(
-    work_folder: Path, configurations: Sequence[str], folds: Sequence[int], *, workers: int = 2
+    work_folder: Path, configurations: Sequence[str], folds: Sequence[int], *, workers: int = 2, progress: bool = True
 ) -> dict:
     """Evaluate every configuration and pairwise ensemble; write ``inference.json`` and ``postprocessing.json``."""
     if not configurations:
@@ -98,7 +99,9 @@ def find_best(
                       per_class)
         )
     for pair in itertools.combinations(configurations, 2):
-        candidates.append(ensemble_cross_validation(work_folder, pair, dataset, cases=cases, workers=workers))
+        candidates.append(
+            ensemble_cross_validation(work_folder, pair, dataset, cases=cases, workers=workers, progress=progress)
+        )
     # NaN (no foreground anywhere) sorts last; ties keep the simpler (earlier) candidate.
     best = max(candidates, key=lambda c: -1.0 if np.isnan(c.foreground_dice) else c.foreground_dice)
     targets, ignore_label = targets_from_dataset_json(work_folder / "dataset.json")

@@ -17,6 +17,7 @@ def plan_dataset(
     workers: int = 2,
     recompute_fingerprint: bool = False,
     keep_existing_plans: bool = False,
+    progress: bool = True,
 ) -> tuple[RawDataset, dict, bool]:
     """Write ``dataset.json``, ``fingerprint.json`` and ``plans.json`` into ``work`` (the dataset's working folder).
 
@@ -26,16 +27,24 @@ def plan_dataset(
     Raises:
         DatasetError: the raw dataset fails its check (every problem is listed).
     """
+    from autoseg.data.case_signatures import require_unchanged_since_planning
     from autoseg.data.check import require_valid_dataset
     from autoseg.fingerprint import compute_fingerprint
     from autoseg.planning.planner import plan_experiment
     from autoseg.utils.files import write_json
 
-    dataset = require_valid_dataset(dataset_root, workers=workers)
-    write_json(work / "dataset.json", dataset.to_dict())
-    fingerprint = compute_fingerprint(dataset, work, workers=workers, force=recompute_fingerprint)
+    dataset = require_valid_dataset(dataset_root, workers=workers, progress=progress)
     plans_path = work / PLANS_FILE_NAME
-    if keep_existing_plans and plans_path.is_file():
+    keep = keep_existing_plans and plans_path.is_file()
+    if keep:
+        # Kept plans (and what was trained from them) describe the cases fingerprinted with them: refuse to mix.
+        require_unchanged_since_planning(
+            work, dataset, how_to_proceed="add --replan to plan, preprocess and train again on the new cases, "
+            "or restore the old files.",
+        )
+    write_json(work / "dataset.json", dataset.to_dict())
+    fingerprint = compute_fingerprint(dataset, work, workers=workers, force=recompute_fingerprint, progress=progress)
+    if keep:
         return dataset, load_plans(plans_path), True
     plans = plan_experiment(fingerprint, dataset, preset=preset, gpu_memory_gb=gpu_memory_gb)
     write_json(plans_path, plans)

@@ -13,9 +13,18 @@ Each ``keep_largest_per_class`` item is a label value or, for a region, a list o
    class. Removing voxels of one class turns them into background, which leaves every other class's Dice
    unchanged, so the classes are tested one at a time and the adopted ones combined.
 
-Example:
-    >>> decision = determine_postprocessing("cv_predictions", "ground_truth", workers=2)  # doctest: +SKIP
-    >>> cleaned = apply_postprocessing(label_map, decision)  # doctest: +SKIP
+Example (``prediction_folder`` holds the reference label maps of three cases, each with a false 2x2x2 block of
+class 1 in a corner):
+    >>> decision = determine_postprocessing(prediction_folder, reference_folder, output_file="postprocessing.json")
+    >>> decision["keep_largest_foreground"], decision["keep_largest_per_class"]
+    (True, [])
+    >>> read_postprocessing("postprocessing.json") == decision
+    True
+    >>> from autoseg.io.images import read_image
+    >>> label_map = read_image(prediction_folder / "hippocampus_001.nii.gz").array
+    >>> cleaned = apply_postprocessing(label_map, decision)
+    >>> int((label_map != cleaned).sum())  # the false block is gone
+    8
 """
 
 from __future__ import annotations

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from autoseg.data.case_signatures import require_unchanged_since_planning
 from autoseg.data.dataset import load_raw_dataset
 from autoseg.paths import add_work_dir_argument, dataset_work_dir
 from autoseg.planning.plans import load_plans
 from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
+from autoseg.utils.locking import folder_lock
 from autoseg.utils.threads import available_cpus
 
 
@@ -28,15 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     dataset = load_raw_dataset(args.dataset)
     work_folder = dataset_work_dir(args.work_dir, dataset.root)
-    plans = load_plans(work_folder)
-    summary = preprocess_dataset(
-        dataset,
-        plans=plans,
-        dataset_work_folder=work_folder,
-        configuration_names=args.configurations,
-        workers=max(1, args.workers),
-        overwrite=args.overwrite,
-    )
+    with folder_lock(work_folder, create=False):
+        plans = load_plans(work_folder)
+        require_unchanged_since_planning(
+            work_folder, dataset, how_to_proceed=f"run `autoseg plan {args.dataset}` again first (same --work-dir)."
+        )
+        summary = preprocess_dataset(
+            dataset,
+            plans=plans,
+            dataset_work_folder=work_folder,
+            configuration_names=args.configurations,
+            workers=max(1, args.workers),
+            overwrite=args.overwrite,
+        )
     for name, counts in summary["configurations"].items():
         print(f"{name}: {counts['preprocessed']} case(s) preprocessed, {counts['skipped']} already done "
               f"-> {work_folder / 'preprocessed' / name}")

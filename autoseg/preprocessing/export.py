@@ -6,8 +6,16 @@ anisotropic configurations; in-plane only for 2D ones) to the exact cropped shap
 order, and placed into the original grid, where everything outside the crop box is background.
 
 Example:
-    >>> export_prediction(logits, properties, plans=plans, configuration=configuration,
-    ...                   output_path="case.nii.gz")  # doctest: +SKIP
+    >>> from autoseg.io.images import read_image
+    >>> from autoseg.preprocessing.case import preprocess_case
+    >>> data, _, properties = preprocess_case([image_path], None, plans=plans, configuration=configuration)
+    >>> logits = np.zeros((3, *data.shape[1:]), np.float32); logits[2] = 5.0  # (K, z, y, x): class 2 everywhere
+    >>> label_map = export_prediction(logits, properties, plans=plans, configuration=configuration,
+    ...                               output_path="case.nii.gz")
+    >>> np.unique(label_map).tolist()
+    [2]
+    >>> read_image("case.nii.gz").geometry == read_image(image_path).geometry
+    True
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from autoseg.data.case_signatures import case_signatures
 from autoseg.data.dataset import RawDataset
 from autoseg.errors import UserError
 from autoseg.planning.plans import resolve_configuration
@@ -29,7 +30,7 @@ from autoseg.preprocessing.storage import (
     remove_partial_files,
     write_preprocessed_case,
 )
-from autoseg.utils.files import atomic_path, read_json, write_json
+from autoseg.utils.files import atomic_path, describe_file_system_error, read_json, write_json
 
 PREPROCESSED_FOLDER = "preprocessed"
 GROUND_TRUTH_FOLDER = "ground_truth"
@@ -84,6 +85,7 @@ class CaseOutcome:
     output_folder: str
     error: str | None = None
     is_user_error: bool = False
+    is_file_system_error: bool = False  # a full disk or read-only folder: the same for every case, said once
 
 
 # Writes go through atomic_path: preprocessed cases without fsync (they can be regenerated), ground-truth copies
@@ -101,6 +103,9 @@ CHUNK_MAXIMUM_CASES = 16
 def _outcome_from_error(task: CaseTask, error: BaseException) -> CaseOutcome:
     if isinstance(error, UserError):
         return CaseOutcome(task.identifier, task.output_folder, f"case {task.identifier}: {error}", True)
+    sentence = describe_file_system_error(error) if isinstance(error, OSError) else None
+    if sentence is not None:
+        return CaseOutcome(task.identifier, task.output_folder, sentence, True, is_file_system_error=True)
     details = "".join(traceback.format_exception(error)).rstrip()
     return CaseOutcome(task.identifier, task.output_folder, f"case {task.identifier}: {details}", False)
 
@@ -270,6 +275,7 @@ def preprocess_dataset(
     classes = tuple(dataset.foreground_labels)
     summary: dict = {"configurations": {}}
     tasks: list[CaseTask] = []
+    inputs = case_signatures(dataset)
     for name in data_names:
         configuration = resolve_configuration(plans, name)
         output_folder = work_folder / PREPROCESSED_FOLDER / name
@@ -278,8 +284,9 @@ def preprocess_dataset(
         signature = preprocessing_signature(plans, configuration)
         skipped = 0
         for case in dataset.training_cases:
+            # A case whose raw files changed since it was stored is redone, even under unchanged settings.
             task = CaseTask(case.identifier, tuple(case.images), case.label, str(output_folder), plans,
-                            configuration, classes, signature)
+                            configuration, classes, f"{signature}-{inputs[case.identifier]}")
             if not overwrite and _case_is_done(task, dataset.num_channels):
                 skipped += 1
                 continue
@@ -297,6 +304,9 @@ def preprocess_dataset(
             summary["configurations"][Path(outcome.output_folder).name]["preprocessed"] += 1
     if failures:
         failures.sort(key=lambda outcome: outcome.identifier)
+        file_system = next((outcome.error for outcome in failures if outcome.is_file_system_error), None)
+        if file_system is not None:
+            raise PreprocessingError(f"{file_system.rstrip('.')}; {len(failures)} case(s) were not stored.")
         listed = "\n".join(f"  {outcome.error}" for outcome in failures[:20])
         more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
         message = f"{len(failures)} case(s) of {dataset.root} failed (the others are stored):\n{listed}{more}"

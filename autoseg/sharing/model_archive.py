@@ -5,9 +5,22 @@ recipe), the chosen weights-only checkpoints, and ``manifest.json`` with version
 Import verifies every hash and refuses archives with absolute paths, ``..`` components, symbolic links, pickles or
 checkpoints that do not load with ``torch.load(weights_only=True)``; nothing is ever written outside the destination.
 
-Example:
-    >>> export_model("autoseg_work/Dataset004_Hippocampus", "hippocampus.zip")  # doctest: +SKIP
-    >>> import_model("hippocampus.zip", "colleague/Dataset004_Hippocampus")  # doctest: +SKIP
+Example (``model_folder`` is ``WORK/Dataset004_Hippocampus`` with two folds of ``3d_fullres``):
+    >>> manifest = export_model(model_folder, "hippocampus.zip")
+    >>> for name in manifest["files"]:
+    ...     print(name)
+    dataset.json
+    inference.json
+    models/3d_fullres/fold_0/checkpoint_final.pt
+    models/3d_fullres/fold_1/checkpoint_final.pt
+    plans.json
+    postprocessing.json
+    >>> imported = import_model("hippocampus.zip", "colleague/Dataset004_Hippocampus")
+    >>> imported["files"] == manifest["files"]  # every file arrived with its SHA-256 verified
+    True
+    >>> from autoseg.inference import Predictor
+    >>> Predictor.from_model_folder("colleague/Dataset004_Hippocampus", device="cpu").trained_model.folds
+    ('0', '1')
 """
 
 from __future__ import annotations
@@ -41,16 +54,29 @@ class UnsafeArchiveError(UserError):
     """A model archive is malformed or tries something dangerous."""
 
 
+def _configurations_needed(model_folder: Path, configuration: str) -> list[str]:
+    """``configuration`` and, for a cascade, every earlier stage it runs first (each predicts with the same folds)."""
+    from autoseg.planning.plans import load_plans, resolve_configuration
+
+    plans = load_plans(model_folder / "plans.json")
+    needed = [configuration]
+    while (previous := resolve_configuration(plans, needed[-1]).get("previous_stage")) and previous not in needed:
+        needed.append(str(previous))
+    return needed
+
+
 def _chosen_checkpoints(model_folder: Path, checkpoint_name: str) -> list[str]:
-    """Checkpoints named by the inference recipe, else ``checkpoint_name`` of every trained fold."""
+    """Checkpoints named by the inference recipe (with the earlier stages of a cascade), else ``checkpoint_name``
+    of every trained fold."""
     recipe_path = model_folder / "inference.json"
     chosen: list[Path] = []
     if recipe_path.is_file():
         recipe = json.loads(recipe_path.read_text(encoding="utf-8"))
         for entry in recipe.get("models", []):
-            for fold in entry.get("folds", []):
-                fold_folder = model_folder / "models" / entry["configuration"] / f"fold_{fold}"
-                chosen.append(fold_folder / f"checkpoint_{checkpoint_name}.pt")
+            for configuration in _configurations_needed(model_folder, str(entry["configuration"])):
+                for fold in entry.get("folds", []):
+                    fold_folder = model_folder / "models" / configuration / f"fold_{fold}"
+                    chosen.append(fold_folder / f"checkpoint_{checkpoint_name}.pt")
         missing = [str(path) for path in chosen if not path.is_file()]
         if missing:
             raise UserError(f"{recipe_path}: names checkpoints that do not exist, e.g. {missing[0]}.")
@@ -60,7 +86,7 @@ def _chosen_checkpoints(model_folder: Path, checkpoint_name: str) -> list[str]:
         raise UserError(
             f"{model_folder}: no trained checkpoint (models/CONFIG/fold_K/checkpoint_{checkpoint_name}.pt) to export."
         )
-    return sorted(str(path.relative_to(model_folder).as_posix()) for path in chosen)
+    return sorted({str(path.relative_to(model_folder).as_posix()) for path in chosen})
 
 
 def export_model(

@@ -57,12 +57,18 @@ def write_submission(
     model_folder: Path,
     checkpoint_paths: Sequence[Path],
     description: dict,
+    predictions: Sequence[Path],
 ) -> Path:
-    """Write the manifest into ``submission_folder`` and zip the folder beside it; returns the zip path."""
+    """Write the manifest into ``submission_folder`` and zip it beside the folder; returns the zip path.
+
+    Only ``predictions`` (the label maps this submission wrote) go into the manifest and the zip: a file left in
+    the folder by an earlier run is not part of this submission.
+    """
     submission_folder = Path(submission_folder)
-    predictions = sorted(
-        path for path in submission_folder.iterdir() if path.is_file() and path.name != SUBMISSION_MANIFEST
-    )
+    predictions = sorted(Path(path) for path in predictions)
+    for path in predictions:
+        if path.parent.resolve() != submission_folder.resolve() or path.name == SUBMISSION_MANIFEST:
+            raise ValueError(f"{path}: a submission's predictions must be files directly in {submission_folder}")
     manifest = {
         "format": "autoseg-submission",
         "format_version": 1,

@@ -81,8 +81,13 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
         raise UserError(f"checkpoint {path} does not exist.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
-        raise UserError(f"checkpoint {path} cannot be read as a weights-only torch file ({error}).") from error
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, OSError or EOFError for bad files
+        # The first line only: torch's weights-only refusal goes on for a paragraph about trusting the source.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0].rstrip(".")
+        raise UserError(
+            f"checkpoint {path} cannot be read as a weights-only torch file ({reason}); it is cut short, damaged or "
+            "holds pickled objects: replace it, or delete it and train the fold again."
+        ) from None
 
 
 def network_weights_of(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

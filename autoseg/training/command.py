@@ -8,20 +8,24 @@ DistributedDataParallel (see docs/training.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
-from autoseg.data.dataset import RawDataset
+from autoseg.data.case_signatures import require_unchanged_since_planning
+from autoseg.data.dataset import RawDataset, load_raw_dataset
 from autoseg.errors import UserError
 from autoseg.paths import add_work_dir_argument, dataset_work_dir
 from autoseg.planning.plans import load_plans, resolve_configuration
 from autoseg.preprocessing.preprocess_dataset import data_configuration_name
 from autoseg.training.cascade import previous_stage_folder
-from autoseg.training.distributed import detect_distributed_context
+from autoseg.training.distributed import DistributedContext, detect_distributed_context
 from autoseg.training.loop import TrainingJob, TrainingSettings, train_fold
 from autoseg.training.schedule import epoch_seconds_for_budget, parse_time_budget
 from autoseg.training.splits import CASE_GROUPERS, DEFAULT_SPLIT_SEED, cases_for_fold, load_or_create_splits
-from autoseg.utils.files import read_json
+from autoseg.training.tracking import add_logger_argument, requested_loggers
+from autoseg.utils.files import read_json, remove_stale_temporaries
+from autoseg.utils.locking import folder_lock
 from autoseg.utils.precision import add_precision_argument
 
 FOLD_CHOICES = ("0", "1", "2", "3", "4", "all")
@@ -73,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deterministic", action="store_true", help="deterministic kernels and seeds (slower)")
     parser.add_argument("--no-validation-prediction", action="store_true",
                         help="skip predicting the validation cases after training")
+    add_logger_argument(parser)
 
 
 def build_job(
@@ -98,6 +103,11 @@ def build_job(
             "(with the same --work-dir) first."
         )
     raw_dataset = RawDataset.from_dict(read_json(dataset_json))
+    if (Path(dataset) / "dataset.json").is_file() and Path(dataset).resolve() != work_folder.resolve():
+        require_unchanged_since_planning(
+            work_folder, load_raw_dataset(dataset),
+            how_to_proceed=f"run `autoseg plan {dataset}` and `autoseg preprocess {dataset}` again first.",
+        )
     plans = load_plans(plans_json)
     configuration = resolve_configuration(plans, configuration_name)
     # A cascade stage trains on its parent's preprocessed data (plus the previous stage's predictions).
@@ -170,21 +180,33 @@ def settings_from_arguments(args: argparse.Namespace) -> TrainingSettings:
         resume=args.resume,
         pretrained=args.pretrained,
         after_training_hooks=() if args.no_validation_prediction else ("predict_validation",),
+        loggers=requested_loggers(args.logger),
     )
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_arguments(args)
     context = detect_distributed_context()
-    job = build_job(
-        dataset=args.dataset,
-        configuration_name=args.configuration,
-        fold=args.fold,
-        work_dir=args.work_dir,
-        splits_file=args.splits,
-        group_cases=args.group_cases,
-        write_splits=context.is_main_process,
-    )
+    # Folds of one dataset may train at once (one per GPU), so the working folder is locked shared and only the
+    # fold folder exclusively. Every torchrun rank shares the working folder; only rank 0 writes the fold folder,
+    # so only rank 0 locks it (the other ranks would otherwise be refused by rank 0's lock).
+    with folder_lock(dataset_work_dir(args.work_dir, args.dataset), shared=True, create=False):
+        job = build_job(
+            dataset=args.dataset,
+            configuration_name=args.configuration,
+            fold=args.fold,
+            work_dir=args.work_dir,
+            splits_file=args.splits,
+            group_cases=args.group_cases,
+            write_splits=context.is_main_process,
+        )
+        with folder_lock(job.fold_folder) if context.is_main_process else contextlib.nullcontext():
+            if context.is_main_process:  # the fold is ours alone: what a killed run was writing is garbage
+                remove_stale_temporaries(job.fold_folder, recursive=True)
+            return _train(job, settings, context)
+
+
+def _train(job: TrainingJob, settings: TrainingSettings, context: DistributedContext) -> int:
     if context.is_main_process:
         print(
             f"training {job.configuration_name} fold {job.fold}: {len(job.train_case_ids)} training and "

@@ -78,13 +78,36 @@ def load_preprocessed_cases(
                 raise UserError(f"{path} is missing: preprocess the dataset (again) before training")
         if previous_path is not None and not previous_path.is_file():
             raise UserError(f"{previous_path} is missing: the previous stage's segmentations are incomplete")
-        properties = read_json(properties_path)
+        properties = _read_intact_case(properties_path, image_path, segmentation_path)
         locations = {
             int(label): np.asarray(points, dtype=np.int64).reshape(-1, 3)
             for label, points in properties.get("class_locations", {}).items()
         }
         cases.append(PreprocessedCase(identifier, image_path, segmentation_path, locations, previous_path))
     return cases
+
+
+def _read_intact_case(properties_path: Path, image_path: Path, segmentation_path: Path) -> dict:
+    """The sidecar of a case whose arrays open (memory-mapped: headers only) with the shape it records.
+
+    A damaged file would otherwise fail at random in a loader worker, whenever a patch of that case is drawn.
+    """
+    redo = "run `autoseg preprocess` again to redo it (damaged cases are redone)."
+    try:
+        properties = read_json(properties_path)
+    except ValueError:
+        raise UserError(f"{properties_path}: is not valid JSON (cut short or damaged?); {redo}") from None
+    expected = properties.get("shape_after_resampling")
+    for path in (image_path, segmentation_path):
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError) as error:
+            raise UserError(f"{path}: cannot be read ({str(error).rstrip('.')}); {redo}") from None
+        if expected is not None and list(shape[1:]) != list(expected):
+            raise UserError(
+                f"{path}: has shape {list(shape[1:])} but {properties_path.name} records {expected}; {redo}"
+            )
+    return properties
 
 
 def crop_with_padding(array: np.ndarray, lower: Sequence[int], size: Sequence[int], *, pad_value: float) -> np.ndarray:
@@ -552,9 +575,14 @@ def make_training_loader(
     ``num_workers=0`` runs in the calling thread. Use as a context manager (or call ``shutdown()``) to stop the workers.
 
     Example:
-        >>> with make_training_loader(folder, ["case_0"], configuration=config, batch_size=2, num_workers=2,
-        ...                           seed=0) as loader:  # doctest: +SKIP
+        >>> with make_training_loader(preprocessed_folder, ["hippocampus_001", "hippocampus_004"],
+        ...                           configuration=configuration, batch_size=2, num_workers=0, seed=0,
+        ...                           deep_supervision_scales=deep_supervision_scales(configuration)) as loader:
         ...     batch = next(loader)
+        >>> batch["data"].shape, batch["data"].dtype
+        (torch.Size([2, 1, 40, 56, 40]), torch.float32)
+        >>> [tuple(target.shape) for target in batch["target"]]  # one label patch per deep-supervision scale
+        [(2, 1, 40, 56, 40), (2, 1, 20, 28, 20)]
     """
     return _build_loader(
         preprocessed_folder,

@@ -2,14 +2,16 @@
 
 ``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; without them training runs in one process. The
 backend is NCCL on CUDA and gloo elsewhere. Every rank trains on its own share of the batch, DDP averages the
-gradients, and only rank 0 writes files or prints.
+gradients, and only rank 0 writes files or prints. At the end every rank's weights fingerprint is gathered, so
+``training_summary.json`` shows that all ranks finished with the weights rank 0 saved.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.distributed as torch_distributed
@@ -91,6 +93,35 @@ def any_process_says(flag: bool, context: DistributedContext) -> bool:
     if not context.enabled:
         return flag
     return sum_across_processes([1.0 if flag else 0.0], context)[0] > 0
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 (hex) of the model's state dict: every tensor's name, dtype, shape and bytes, in state-dict order.
+
+    Equal fingerprints mean bit-identical weights, whichever device holds them.
+    """
+    return state_dict_fingerprint(unwrap_model(model).state_dict())
+
+
+def state_dict_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``weights_fingerprint`` of a state dict, e.g. ``checkpoint["network"]`` as saved."""
+    digest = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        values = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{values.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(values.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fingerprints_of_all_processes(fingerprint: str, context: DistributedContext) -> list[str]:
+    """Every rank's hex fingerprint, in rank order (a collective: every rank must call it)."""
+    if not context.enabled:
+        return [fingerprint]
+    backend_device = "cuda" if torch_distributed.get_backend() == "nccl" else "cpu"
+    local = torch.tensor(list(bytes.fromhex(fingerprint)), dtype=torch.uint8, device=backend_device)
+    gathered = [torch.empty_like(local) for _ in range(context.world_size)]
+    torch_distributed.all_gather(gathered, local)
+    return [bytes(part.cpu().tolist()).hex() for part in gathered]
 
 
 def wrap_model(model: torch.nn.Module, context: DistributedContext, device: torch.device) -> torch.nn.Module:

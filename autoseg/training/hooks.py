@@ -28,6 +28,7 @@ def predict_validation_cases(
     validation_case_ids: Sequence[str],
     device: str,
     precision: str = "auto",
+    progress: bool = True,
 ) -> dict[str, Any] | None:
     """Segment the fold's validation cases from their raw images with the sliding-window predictor (final checkpoint,
     mirroring on) into ``fold_folder/validation/`` (label maps and ``CASE.npz`` probabilities, which model selection
@@ -52,7 +53,7 @@ def predict_validation_cases(
         [case.images for case in cases],
         [output_folder / f"{case.identifier}{dataset.file_ending}" for case in cases],
         save_probabilities=True,  # CASE.npz: model selection ensembles configurations on these
-        progress=True,
+        progress=progress,
     )
     summary = evaluate_against_ground_truth(dataset_work_folder, output_folder, cases=validation_case_ids)
     return {

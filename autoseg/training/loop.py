@@ -31,12 +31,14 @@ from autoseg.training.devices import (
 from autoseg.training.distributed import (
     DistributedContext,
     detect_distributed_context,
+    fingerprints_of_all_processes,
     split_batch_size,
     start_process_group,
     stop_process_group,
     sum_across_processes,
     unwrap_model,
     value_of_main_process,
+    weights_fingerprint,
     wrap_model,
 )
 from autoseg.training.hooks import after_training
@@ -51,6 +53,7 @@ from autoseg.training.pretrained import load_pretrained_weights
 from autoseg.training.progress_plot import draw_progress
 from autoseg.training.pseudo_dice import count_overlaps, dice_from_counts, mean_dice
 from autoseg.training.schedule import TrainingProgress, poly_learning_rate
+from autoseg.training.tracking import fold_result_metrics, fold_tracker
 from autoseg.training.training_log import LOG_FILE, update_moving_average, write_log
 from autoseg.utils.files import write_json
 from autoseg.utils.precision import autocast_for, resolve_precision
@@ -97,6 +100,7 @@ class TrainingSettings:
     checkpoint_every_seconds: float = 300.0
     after_training_hooks: tuple[str, ...] = ("predict_validation",)
     show_progress_bar: bool = True
+    loggers: tuple[str, ...] = ()  # experiment tracking: "tensorboard", "mlflow" (autoseg.training.tracking)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +183,9 @@ class TrainingResult:
     best_ema_pseudo_dice: float | None
     resumed_from_epoch: int | None
     after_training: dict[str, Any]
+    # Distributed runs: every rank's weights_fingerprint at the end, in rank order (all equal when DDP kept the ranks
+    # in lock-step; the saved checkpoints hold rank 0's weights).
+    weights_sha256_per_rank: list[str] | None = None
 
 
 def number_of_input_channels(job: TrainingJob) -> int:
@@ -287,7 +294,8 @@ def distributed_deep_supervision_weights(number_of_outputs: int) -> list[float]:
 
 
 def default_number_of_workers(context: DistributedContext) -> int:
-    """Background augmentation processes per rank: one per CPU this rank can call its own, at most 8."""
+    """Background augmentation processes per rank: one per CPU this rank can call its own (container CPU quotas
+    included, see ``available_cpus``), at most 8."""
     return max(1, min(8, available_cpus() // context.world_size))
 
 
@@ -340,7 +348,11 @@ def train_fold(
     try:
         if job.previous_stage_folder is not None:
             _prepare_previous_stage(job, settings, context, device, log_message)
-        return _train(job, settings, components, context, device, epoch_end_callbacks, log_message)
+        with fold_tracker(job, settings, context, device, say=log_message) as tracker:
+            callbacks = [tracker.log_latest_epoch, *epoch_end_callbacks]  # tracked before a callback can stop the run
+            result = _train(job, settings, components, context, device, callbacks, log_message)
+            tracker.log_final(fold_result_metrics(result), step=result.epochs_completed)
+        return result
     finally:
         if started_process_group:
             stop_process_group()
@@ -449,7 +461,9 @@ def _prepare_state(
     say(f"device: {device}, {settings.precision} arithmetic, batch {settings.batch_size}"
         + (f" (plan: {planned_batch}; smaller on CPU, see --batch-size)" if settings.batch_size < planned_batch else "")
         + (f", {context.world_size} processes" if context.enabled else ""))
-    if settings.pretrained and not settings.resume:
+    resume_path = _resume_point(job.fold_folder) if settings.resume else None
+    if settings.pretrained and resume_path is None:
+        # Also with --resume before the first checkpoint: the run starts from scratch, so from the pretrained weights.
         report = load_pretrained_weights(network, settings.pretrained)
         say(f"pretrained weights from {settings.pretrained}: {report.summary()}")
     optimizer = OPTIMIZERS[settings.optimizer_name](
@@ -470,7 +484,6 @@ def _prepare_state(
     )
     if not settings.resume:
         return state, None
-    resume_path = _resume_point(job.fold_folder)
     if resume_path is None:
         say(f"no checkpoint in {job.fold_folder} to resume from: starting from scratch")
         return state, None
@@ -514,21 +527,25 @@ def _make_loaders(
     options = {
         "configuration": job.configuration,
         "batch_size": split_batch_size(settings.batch_size, context),
-        "num_workers": default_number_of_workers(context) if settings.num_workers is None else settings.num_workers,
         "deep_supervision_scales": scales,
         "oversample_foreground": settings.oversample_foreground,
         "ignore_label": job.dataset.ignore_label,
     }
     if job.previous_stage_folder is not None:
         options.update(previous_stage_folder=job.previous_stage_folder, foreground_labels=job.dataset.foreground_labels)
+    training_workers = default_number_of_workers(context) if settings.num_workers is None else settings.num_workers
     training_loader = components.make_training_loader(
         job.preprocessed_folder,
         list(job.train_case_ids),
         seed=_loader_seed(settings, context, resume_point, 0),
+        num_workers=training_workers,
         **options,
     )
+    # Validation patches are plain crops (no augmentation): made in this process, they cost milliseconds per batch,
+    # while workers of their own would double the processes competing with the network for the CPUs.
     validation_loader = components.make_validation_loader(
-        job.preprocessed_folder, list(job.validation_case_ids), seed=_loader_seed(settings, context, 0, 1), **options
+        job.preprocessed_folder, list(job.validation_case_ids), seed=_loader_seed(settings, context, 0, 1),
+        num_workers=0, **options,
     )
     return training_loader, validation_loader
 
@@ -721,6 +738,12 @@ def _finish(
     """Final checkpoint, after-training hooks (validation prediction) and the run summary."""
     after: dict[str, Any] = {}
     main = state.context.is_main_process
+    rank_fingerprints = None
+    if state.context.enabled:
+        rank_fingerprints = fingerprints_of_all_processes(weights_fingerprint(state.network), state.context)
+        if len(set(rank_fingerprints)) > 1:
+            say(f"warning: the {state.context.world_size} processes ended with different weights "
+                f"(weights_sha256_per_rank in {TRAINING_SUMMARY}); the checkpoints hold rank 0's")
     if main:
         checkpoints.save(state, checkpoint_files.FINAL_CHECKPOINT)
         say(f"training finished after {state.progress.epoch} epochs, {state.progress.elapsed_seconds:.0f} s")
@@ -734,6 +757,7 @@ def _finish(
                 validation_case_ids=job.validation_case_ids,
                 device=str(device),
                 precision=settings.precision,
+                progress=settings.show_progress_bar,
             )
             for name, outcome in after.items():
                 if isinstance(outcome, dict) and "failed" in outcome:
@@ -754,6 +778,7 @@ def _finish(
         best_ema_pseudo_dice=state.best_ema_pseudo_dice,
         resumed_from_epoch=resumed_from_epoch,
         after_training=after,
+        weights_sha256_per_rank=rank_fingerprints,
     )
     if main:
         write_json(job.fold_folder / TRAINING_SUMMARY, result)

@@ -312,7 +312,12 @@ def build_loss(
 
     Example:
         >>> loss = build_loss("dice_ce", num_classes=3)
-        >>> value = loss(torch.zeros(2, 3, 8, 8), torch.zeros(2, 1, 8, 8, dtype=torch.long))
+        >>> target = torch.zeros(2, 1, 8, 8, dtype=torch.long); target[:, :, 2:6, 2:4] = 1; target[:, :, 2:6, 4:6] = 2
+        >>> undecided = torch.zeros(2, 3, 8, 8)  # equal logits for every class
+        >>> confident = 10.0 * torch.nn.functional.one_hot(target[:, 0], 3).movedim(-1, 1).float()
+        >>> # cross-entropy (ln 3 when undecided) plus 1 - soft Dice, averaged over the foreground classes
+        >>> round(loss(undecided, target).item(), 3), round(loss(confident, target).item(), 3)
+        (1.917, 0.0)
     """
     if name not in LOSSES:
         raise UserError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

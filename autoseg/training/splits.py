@@ -84,8 +84,11 @@ def read_splits(path: str | os.PathLike[str], *, known_case_ids: Sequence[str] |
         splits = read_json(path)
     except FileNotFoundError as error:
         raise UserError(f"splits file {path} does not exist.") from error
-    except ValueError as error:
-        raise UserError(f"splits file {path} is not valid JSON ({error}).") from error
+    except ValueError:
+        raise UserError(
+            f"splits file {path} is not valid JSON (cut short or damaged?); fix it, or delete it and autoseg makes "
+            "the automatic splits again."
+        ) from None
     if not isinstance(splits, list) or not splits or not all(
         isinstance(fold, dict) and isinstance(fold.get("train"), list) and isinstance(fold.get("val"), list)
         for fold in splits
@@ -97,6 +100,32 @@ def read_splits(path: str | os.PathLike[str], *, known_case_ids: Sequence[str] |
         if unknown:
             raise UserError(f"splits file {path} names case(s) not in the dataset: {', '.join(unknown[:5])}.")
     return splits
+
+
+def require_complete_and_grouped(
+    splits: list[dict], path: Path, case_ids: Sequence[str], *, grouper: CaseGrouper = group_by_case
+) -> None:
+    """Refuse existing folds that leave out cases of the dataset (added after they were made) or split a group.
+
+    Extending the folds would change the training cases of folds already trained, so the user must choose.
+    """
+    how = f"delete {path} to make new folds (then retrain every fold) or pass your own folds with --splits."
+    # A case in no fold at all came after the folds were made (folds of the user's may hold cases out of
+    # validation on purpose, but they still train on them).
+    mentioned = {identifier for fold in splits for identifier in fold["train"] + fold["val"]}
+    left_out = sorted(set(case_ids) - mentioned)
+    if left_out:
+        listed = ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+        raise UserError(f"{path}: its folds leave out {len(left_out)} case(s) of the dataset ({listed}); {how}")
+    if grouper is group_by_case:
+        return
+    for index, fold in enumerate(splits):
+        straddling = sorted({grouper(i) for i in fold["train"]} & {grouper(i) for i in fold["val"]})
+        if straddling:
+            raise UserError(
+                f"{path}: fold {index} has group {straddling[0]} in both training and validation, so it was not "
+                f"made with this --group-cases; {how}"
+            )
 
 
 def load_or_create_splits(
@@ -120,7 +149,9 @@ def load_or_create_splits(
             write_json(splits_path, splits)
         return splits
     if Path(splits_path).exists():
-        return read_splits(splits_path, known_case_ids=case_ids)
+        splits = read_splits(splits_path, known_case_ids=case_ids)
+        require_complete_and_grouped(splits, Path(splits_path), case_ids, grouper=grouper)
+        return splits
     splits = make_splits(case_ids, seed=seed, grouper=grouper)
     if write:
         write_json(splits_path, splits)

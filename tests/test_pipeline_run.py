@@ -15,7 +15,8 @@ from autoseg.data.demo_data import generate_demo_dataset
 from autoseg.io.images import read_image_header
 from autoseg.utils.files import read_json
 
-RUN_OPTIONS = ["--folds", "0", "1", "--time-budget", "6s", "--iterations-per-epoch", "2", "--workers", "1"]
+RUN_OPTIONS = ["--folds", "0", "1", "--time-budget", "6s", "--iterations-per-epoch", "2", "--validation-iterations",
+               "4", "--workers", "1"]
 
 
 def _processes_mentioning(text: str) -> list[int]:

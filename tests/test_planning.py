@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from model_helpers import tiny_configuration
 
 from autoseg.cli import main
 from autoseg.data.dataset import load_raw_dataset
@@ -18,6 +19,7 @@ from autoseg.fingerprint.synthetic import synthetic_fingerprint
 from autoseg.networks import build_network
 from autoseg.planning import load_plans, plan_experiment, resolve_configuration
 from autoseg.planning.memory_model import estimate_training_memory, parameter_count
+from autoseg.planning.table import configuration_rows
 from autoseg.planning.target_spacing import target_spacing
 from autoseg.utils.files import dumps_json
 
@@ -249,3 +251,10 @@ def test_memory_estimate_bounds_a_real_cpu_training_step(real_plans: dict) -> No
         assert "error" not in result, result
         assert result["measured_gb"] <= plan["budget_gb"], plan["name"]
         assert 1.0 <= plan["predicted_gb"] / result["measured_gb"] <= 1.2, (plan["name"], result)
+
+
+def test_a_hand_written_plan_without_a_memory_estimate_still_prints() -> None:
+    configuration = tiny_configuration(dimension=3, spacing=(1.0, 1.0, 1.0), patch_size=(24, 32, 24))
+    assert "estimated_memory_gb" not in configuration
+    rows = dict(configuration_rows(configuration))
+    assert rows["patch"] == "24 x 32 x 24" and "est. memory" not in rows

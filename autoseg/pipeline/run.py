@@ -203,6 +203,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", default=None, help="wall-clock budget per fold, e.g. 10m, 2h")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per fold (ignored with --time-budget)")
     parser.add_argument("--iterations-per-epoch", type=int, default=None)
+    parser.add_argument("--validation-iterations", type=int, default=None,
+                        help="validation batches per epoch (default 50, scaled down in time-sliced epochs)")
     parser.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="planning budget (default 8)")
     parser.add_argument("--preset", default="default", help="default | resenc-m | resenc-l | resenc-xl")
     parser.add_argument("--workers", type=int, default=2, help="processes for data work (default 2)")
@@ -224,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         time_budget=args.time_budget,
         epochs=args.epochs,
         iterations_per_epoch=args.iterations_per_epoch,
+        validation_iterations=args.validation_iterations,
         gpu_memory_gb=args.gpu_memory,
         preset=args.preset,
         workers=args.workers,

@@ -53,7 +53,8 @@ def configuration_rows(configuration: dict) -> list[tuple[str, str]]:
     ]
     if configuration.get("previous_stage"):
         rows.append(("previous stage", configuration["previous_stage"]))
-    rows.append(("est. memory", f"{configuration['estimated_memory_gb']:.2f} GB"))
+    if configuration.get("estimated_memory_gb") is not None:  # absent from hand-written plans
+        rows.append(("est. memory", f"{configuration['estimated_memory_gb']:.2f} GB"))
     return rows
 
 

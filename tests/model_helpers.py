@@ -70,6 +70,18 @@ def make_model_folder(
     return folder
 
 
+def make_cascade_model_folder(folder: Path, dataset_root: Path, *, folds=(0,)) -> Path:
+    """A model folder with tiny 3d_fullres, 3d_lowres and 3d_cascade_fullres stages (the cascade reads the image and
+    the low-resolution segmentation as one-hot channels of the dataset's two foreground labels)."""
+    fullres = tiny_configuration(dimension=3, spacing=(1.0, 1.0, 1.0), patch_size=(24, 32, 24))
+    lowres = {"inherits_from": "3d_fullres", "spacing": [2.0, 2.0, 2.0], "patch_size": [16, 16, 16]}
+    cascade = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    return make_model_folder(
+        folder, dataset_root, {"3d_fullres": fullres, "3d_lowres": lowres, "3d_cascade_fullres": cascade},
+        folds=folds, in_channels_extra={"3d_cascade_fullres": 2},
+    )
+
+
 def link_cases(dataset_root: Path, destination: Path, identifiers: list[str]) -> Path:
     """An input folder of symbolic links to real shared images (nothing is copied)."""
     destination.mkdir(parents=True)

@@ -13,6 +13,7 @@ from model_helpers import (
     ISOTROPIC_RESAMPLING,
     first_identifiers,
     link_cases,
+    make_cascade_model_folder,
     make_model_folder,
     tiny_configuration,
 )
@@ -293,14 +294,7 @@ def test_2d_model_predicts_a_3d_volume_slice_by_slice(hippocampus_root, tmp_path
 
 
 def test_cascade_runs_the_low_resolution_stage_and_feeds_it_as_one_hot_channels(hippocampus_root, tmp_path):
-    fullres = tiny_configuration(dimension=3, spacing=(1.0, 1.0, 1.0), patch_size=(24, 32, 24))
-    lowres = {"inherits_from": "3d_fullres", "spacing": [2.0, 2.0, 2.0], "patch_size": [16, 16, 16]}
-    cascade = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
-    model = make_model_folder(
-        tmp_path / "work" / "Dataset004_Hippocampus", hippocampus_root,
-        {"3d_fullres": fullres, "3d_lowres": lowres, "3d_cascade_fullres": cascade},
-        in_channels_extra={"3d_cascade_fullres": 2},
-    )
+    model = make_cascade_model_folder(tmp_path / "work" / "Dataset004_Hippocampus", hippocampus_root)
     predictor = Predictor.from_model_folder(model, configuration="3d_cascade_fullres", device="cpu", tta=False)
     assert predictor.previous_stage is not None
     assert predictor.previous_stage.configuration_name == "3d_lowres"

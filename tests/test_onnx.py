@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from model_helpers import first_identifiers, link_cases, make_model_folder, tiny_configuration
+from model_helpers import (
+    first_identifiers,
+    link_cases,
+    make_cascade_model_folder,
+    make_model_folder,
+    tiny_configuration,
+)
 
 from autoseg.cli import main
 from autoseg.errors import UserError
@@ -116,14 +122,7 @@ def test_onnx_and_torch_agree_on_real_hc18_images(hc18_root, tmp_path):
 
 
 def test_cascade_exports_and_runs_its_low_resolution_stage(hippocampus_root, tmp_path):
-    fullres = tiny_configuration(dimension=3, spacing=(1.0, 1.0, 1.0), patch_size=(24, 32, 24))
-    lowres = {"inherits_from": "3d_fullres", "spacing": [2.0, 2.0, 2.0], "patch_size": [16, 16, 16]}
-    cascade = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
-    model = make_model_folder(
-        tmp_path / "work" / "Dataset004_Hippocampus", hippocampus_root,
-        {"3d_fullres": fullres, "3d_lowres": lowres, "3d_cascade_fullres": cascade},
-        in_channels_extra={"3d_cascade_fullres": 2},
-    )
+    model = make_cascade_model_folder(tmp_path / "work" / "Dataset004_Hippocampus", hippocampus_root)
     exported = export(model, tmp_path / "onnx", "-c", "3d_cascade_fullres")
     recipe = json.loads((exported / ONNX_RECIPE).read_text())
     assert sorted(recipe["configurations"]) == ["3d_cascade_fullres", "3d_lowres"]

@@ -7,7 +7,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from model_helpers import first_identifiers, link_cases, make_model_folder, tiny_configuration
+from model_helpers import (
+    first_identifiers,
+    link_cases,
+    make_cascade_model_folder,
+    make_model_folder,
+    tiny_configuration,
+)
 
 from autoseg.cli import main
 from autoseg.io.images import read_image
@@ -66,14 +72,7 @@ def test_submission_folder_manifest_and_zip(tmp_path, hippocampus_root) -> None:
 
 def _cascade_model(tmp_path: Path, hippocampus_root: Path) -> Path:
     """A model folder whose recipe is the cascade: predicting it also runs the 3d_lowres folds."""
-    fullres = tiny_configuration(dimension=3, spacing=(1.0, 1.0, 1.0), patch_size=(24, 32, 24))
-    lowres = {"inherits_from": "3d_fullres", "spacing": [2.0, 2.0, 2.0], "patch_size": [16, 16, 16]}
-    cascade = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
-    model = make_model_folder(
-        tmp_path / "work" / "Dataset004_Hippocampus", hippocampus_root,
-        {"3d_fullres": fullres, "3d_lowres": lowres, "3d_cascade_fullres": cascade}, folds=(0, 1),
-        in_channels_extra={"3d_cascade_fullres": 2},
-    )
+    model = make_cascade_model_folder(tmp_path / "work" / "Dataset004_Hippocampus", hippocampus_root, folds=(0, 1))
     (model / "inference.json").write_text(json.dumps(
         {"selected": "3d_cascade_fullres", "models": [{"configuration": "3d_cascade_fullres", "folds": ["0", "1"]}]}
     ))

@@ -60,6 +60,9 @@ from autoseg.utils.precision import autocast_for, resolve_precision
 from autoseg.utils.threads import available_cpus, set_torch_threads
 
 PROGRESS_PLOT = "progress.png"
+# Drawing progress.png costs about a second of CPU; short epochs (tiny runs, short time-sliced epochs) redraw it at
+# most this often, and the finished run always draws it once more.
+PROGRESS_PLOT_INTERVAL_SECONDS = 30.0
 TRAINING_SUMMARY = "training_summary.json"
 
 
@@ -382,6 +385,7 @@ def _train(
     class_names = class_names_of(job.dataset)
     clock = _RankZeroClock(state.progress, context)
     checkpoints = _CheckpointPolicy(job, settings, channels)
+    plot = _ProgressPlot(job.fold_folder / PROGRESS_PLOT)
     try:
         while not state.progress.finished:
             epoch_started = time.monotonic()
@@ -394,7 +398,7 @@ def _train(
             )
             record, improved = _close_epoch(state, training, validation, class_names, epoch_started, clock)
             if context.is_main_process:
-                _write_epoch_outputs(job, state, record, improved, checkpoints, say)
+                _write_epoch_outputs(job, state, record, improved, checkpoints, plot, say)
             for callback in epoch_end_callbacks:
                 callback(state)
     finally:
@@ -402,7 +406,7 @@ def _train(
             shutdown = getattr(loader, "shutdown", None)
             if callable(shutdown):
                 shutdown()
-    return _finish(job, settings, state, checkpoints, resumed_from_epoch, device, say)
+    return _finish(job, settings, state, checkpoints, plot, resumed_from_epoch, device, say)
 
 
 def _prepare_previous_stage(
@@ -706,19 +710,36 @@ class _CheckpointPolicy:
         )
 
 
+class _ProgressPlot:
+    """``progress.png`` of the fold, redrawn when ``PROGRESS_PLOT_INTERVAL_SECONDS`` have passed (or when forced)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last_drawn: float | None = None
+
+    def draw(self, log: list[dict[str, Any]], *, force: bool) -> None:
+        now = time.monotonic()
+        if not log or (not force and self.last_drawn is not None
+                       and now - self.last_drawn < PROGRESS_PLOT_INTERVAL_SECONDS):
+            return
+        draw_progress(self.path, log)
+        self.last_drawn = time.monotonic()
+
+
 def _write_epoch_outputs(
     job: TrainingJob,
     state: TrainingState,
     record: dict[str, Any],
     improved: bool,
     checkpoints: _CheckpointPolicy,
+    plot: _ProgressPlot,
     say: Callable[[str], None],
 ) -> None:
-    """Rank 0 only: log line, log file, progress plot and due checkpoints."""
+    """Rank 0 only: log line, log file, progress plot (when due) and due checkpoints."""
     if record["train_loss"] is not None and not math.isfinite(record["train_loss"]):
         say(f"epoch {record['epoch']}: the training loss is not finite; check the labels and the learning rate")
     write_log(job.fold_folder / LOG_FILE, state.log)
-    draw_progress(job.fold_folder / PROGRESS_PLOT, state.log)
+    plot.draw(state.log, force=False)
     say(_epoch_line(record))
     if checkpoints.latest_is_due(state):
         checkpoints.save(state, checkpoint_files.LATEST_CHECKPOINT)
@@ -731,6 +752,7 @@ def _finish(
     settings: TrainingSettings,
     state: TrainingState,
     checkpoints: _CheckpointPolicy,
+    plot: _ProgressPlot,
     resumed_from_epoch: int | None,
     device: torch.device,
     say: Callable[[str], None],
@@ -746,6 +768,7 @@ def _finish(
                 f"(weights_sha256_per_rank in {TRAINING_SUMMARY}); the checkpoints hold rank 0's")
     if main:
         checkpoints.save(state, checkpoint_files.FINAL_CHECKPOINT)
+        plot.draw(state.log, force=True)
         say(f"training finished after {state.progress.epoch} epochs, {state.progress.elapsed_seconds:.0f} s")
         if settings.after_training_hooks:
             after = after_training(

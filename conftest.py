@@ -89,10 +89,11 @@ def doctest_resources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
         sys.path.insert(0, str(REPOSITORY / "tests"))
     from model_helpers import make_model_folder, tiny_configuration
 
-    from autoseg.data.dataset import load_raw_dataset
     from autoseg.io.images import read_image
-    from autoseg.planning.plans import resolve_configuration
     from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
+    from autoseg.records.dataset import load_raw_dataset
+    from autoseg.records.plans import load_plans
+    from autoseg.records.work_folder import WorkFolder
     from autoseg.utils.files import read_json, write_json
 
     root = tmp_path_factory.mktemp("doctest_resources")
@@ -111,9 +112,10 @@ def doctest_resources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
     })
     write_json(model_folder / "postprocessing.json",
                {"keep_largest_foreground": True, "keep_largest_per_class": [], "connectivity": "full"})
-    plans = read_json(model_folder / "plans.json")
+    plans = load_plans(model_folder / "plans.json")
     preprocess_dataset(
-        load_raw_dataset(dataset_folder), plans=plans, dataset_work_folder=model_folder, workers=0, show_progress=False
+        load_raw_dataset(dataset_folder), plans=plans, work_folder=WorkFolder(model_folder), workers=0,
+        show_progress=False,
     )
     image_path = dataset_folder / "imagesTr" / f"{EXAMPLE_CASES[0]}_0000.nii.gz"
     return {
@@ -124,7 +126,8 @@ def doctest_resources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
         "dataset_folder": dataset_folder,
         "model_folder": model_folder,
         "plans": plans,
-        "configuration": resolve_configuration(plans, "3d_fullres"),
+        "configuration": plans.configuration("3d_fullres"),
+        "plans_json": read_json(model_folder / "plans.json"),
         "preprocessed_folder": model_folder / "preprocessed" / "3d_fullres",
         "image_path": image_path,
         "label_path": dataset_folder / "labelsTr" / f"{EXAMPLE_CASES[0]}.nii.gz",

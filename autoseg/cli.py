@@ -13,24 +13,31 @@ from collections.abc import Sequence
 
 from autoseg import __version__
 from autoseg.errors import UserError
+from autoseg.utils.files import describe_file_system_error
+from autoseg.utils.locking import note_command_line
 
-# name -> (module, one-line help). Order is the order of the pipeline.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("autoseg.commands.demo", "generate the synthetic demo dataset and run every stage on it"),
-    "check": ("autoseg.data.check", "verify a raw dataset and report every problem"),
-    "convert-msd": ("autoseg.data.msd", "convert a Medical Segmentation Decathlon task into the raw convention"),
-    "plan": ("autoseg.commands.plan", "fingerprint a dataset and plan configurations fitted to a GPU-memory budget"),
-    "preprocess": ("autoseg.preprocessing.command", "crop, normalise and resample training cases per configuration"),
-    "train": ("autoseg.training.command", "train one fold of one configuration (resumable, time budgets, torchrun)"),
-    "predict": ("autoseg.inference.predict_command", "segment a folder of images with a trained model"),
-    "evaluate": ("autoseg.evaluation.command", "compare predicted label maps with references: Dice, HD95, ASSD, NSD"),
-    "find-best": ("autoseg.pipeline.find_best_command", "pick the best configuration or ensemble on cross-validation"),
-    "run": ("autoseg.pipeline.run", "the whole pipeline: check, plan, preprocess, train, select, post-process, report"),
-    "overlay": ("autoseg.commands.overlay", "write a PNG of an image slice with its label map outlined in colour"),
-    "export-model": ("autoseg.commands.export_model", "write a trained model folder to a verified zip archive"),
-    "export-onnx": ("autoseg.commands.export_onnx", "write a trained model as verified ONNX networks for onnxruntime"),
-    "import-model": ("autoseg.commands.import_model", "verify a model archive and unpack it into a new folder"),
+# name -> one-line help, in the order of the pipeline. Command ``a-b`` lives in ``autoseg/commands/a_b.py``.
+COMMANDS: dict[str, str] = {
+    "demo": "generate the synthetic demo dataset and run every stage on it",
+    "check": "verify a raw dataset and report every problem",
+    "convert-msd": "convert a Medical Segmentation Decathlon task into the raw convention",
+    "plan": "fingerprint a dataset and plan configurations fitted to a GPU-memory budget",
+    "preprocess": "crop, normalise and resample training cases per configuration",
+    "train": "train one fold of one configuration (resumable, time budgets, torchrun)",
+    "predict": "segment a folder of images with a trained model",
+    "evaluate": "compare predicted label maps with references: Dice, HD95, ASSD, NSD",
+    "find-best": "pick the best configuration or ensemble on cross-validation",
+    "run": "the whole pipeline: check, plan, preprocess, train, select, post-process, report",
+    "overlay": "write a PNG of an image slice with its label map outlined in colour",
+    "export-model": "write a trained model folder to a verified zip archive",
+    "export-onnx": "write a trained model as verified ONNX networks for onnxruntime",
+    "import-model": "verify a model archive and unpack it into a new folder",
 }
+
+
+def command_module(name: str) -> str:
+    """The module of a subcommand: ``find-best`` -> ``autoseg.commands.find_best``."""
+    return f"autoseg.commands.{name.replace('-', '_')}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         subparser = subparsers.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        subparser.set_defaults(_module=module_name)
+        subparser.set_defaults(_module=command_module(name))
         # Arguments are added lazily below only for the chosen command.
     return parser
 
@@ -52,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in COMMANDS:
-        module = importlib.import_module(COMMANDS[command][0])
+        module = importlib.import_module(command_module(command))
         subparser = parser._subparsers._group_actions[0].choices[command]
         module.add_arguments(subparser)
     arguments = parser.parse_args(argv)
@@ -60,9 +67,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(arguments._module)
-    from autoseg.utils.files import describe_file_system_error
-    from autoseg.utils.locking import note_command_line
-
     note_command_line(argv)  # the locks this command takes name it to a second command that is refused
     try:
         return int(module.run(arguments) or 0)

@@ -4,7 +4,7 @@ Writes a synthetic int16 volume (an ellipsoid "body" of soft tissue with a brigh
 model folder with a tiny randomly initialised 3D U-Net (3 classes, patch 64x128x128, the volume's own spacing so
 nothing is resampled), then runs in fresh processes:
 
-- ``preprocess``: read + crop + normalise the volume as prediction does (``autoseg.preprocessing.case``);
+- ``preprocess``: read + crop + normalise the volume as prediction does (``autoseg.transforms.case``);
 - ``predict``: the whole ``autoseg predict --workers 0 --no-tta --precision float32`` command (preprocessing, sliding
   window, probabilities, export in the input's geometry).
 
@@ -53,7 +53,8 @@ def write_model_folder(folder: Path) -> None:
     import torch
 
     from autoseg.networks import build_network
-    from autoseg.training.checkpoints import save_checkpoint
+    from autoseg.records.checkpoint import save_checkpoint
+    from autoseg.records.plans import Configuration
     from autoseg.utils.files import write_json
 
     configuration = {
@@ -78,7 +79,7 @@ def write_model_folder(folder: Path) -> None:
         "configurations": {"3d_fullres": configuration},
     })
     torch.manual_seed(0)
-    network = build_network(configuration, in_channels=1, out_channels=3)
+    network = build_network(Configuration.from_json("3d_fullres", configuration), in_channels=1, out_channels=3)
     save_checkpoint(folder / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt", {
         "network": network.state_dict(), "configuration": configuration, "configuration_name": "3d_fullres",
     })
@@ -86,10 +87,10 @@ def write_model_folder(folder: Path) -> None:
 
 PREPROCESS_ONLY = """
 import sys
-from autoseg.planning.plans import load_plans, resolve_configuration
-from autoseg.preprocessing.case import preprocess_case
+from autoseg.records.plans import load_plans
+from autoseg.transforms.case import preprocess_case
 plans = load_plans(sys.argv[1])
-data, _, _ = preprocess_case([sys.argv[2]], None, plans=plans, configuration=resolve_configuration(plans, "3d_fullres"))
+data, _, _ = preprocess_case([sys.argv[2]], None, configuration=plans.configuration("3d_fullres"))
 print(data.shape)
 """
 

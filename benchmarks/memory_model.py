@@ -37,13 +37,15 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
 from autoseg.fingerprint.synthetic import synthetic_fingerprint  # noqa: E402
-from autoseg.planning import plan_experiment, resolve_configuration  # noqa: E402
+from autoseg.planning import plan_experiment  # noqa: E402
 from autoseg.planning.memory_model import (  # noqa: E402
     PRECISIONS,
     activation_breakdown,
     parameter_count,
     stored_activation_elements,
 )
+from autoseg.records.plans import Configuration  # noqa: E402
+from autoseg.records.work_folder import WorkFolder  # noqa: E402
 
 SHARED_DATASETS = REPOSITORY.parent / "shared" / "datasets"
 
@@ -53,12 +55,12 @@ def _real_dataset(folder: str) -> tuple[dict, object] | None:
     root = SHARED_DATASETS / folder
     if not root.is_dir():
         return None
-    from autoseg.data.dataset import load_raw_dataset
     from autoseg.fingerprint import compute_fingerprint
+    from autoseg.records.dataset import load_raw_dataset
 
     dataset = load_raw_dataset(root)
     work = Path(tempfile.gettempdir()) / "autoseg_memory_benchmark"
-    return compute_fingerprint(dataset, work, workers=2), dataset
+    return compute_fingerprint(dataset, WorkFolder.for_dataset(work, root), workers=2), dataset
 
 
 def benchmark_plans(*, precision: str, budgets: list[float], quick: bool) -> list[dict]:
@@ -82,15 +84,16 @@ def benchmark_plans(*, precision: str, budgets: list[float], quick: bool) -> lis
     for preset in ("default", "resenc-m"):
         for budget in budgets:
             for short, fingerprint, dataset in sources:
-                plan = plan_experiment(
+                planned = plan_experiment(
                     fingerprint, dataset, preset=preset, gpu_memory_gb=budget, training_precision=precision
                 )
+                plan = planned.to_json()
                 for name in wanted[short]:
                     if name not in plan["configurations"]:
                         continue
                     if quick and (preset != "default" or name != wanted[short][0]):
                         continue
-                    configuration = resolve_configuration(plan, name)
+                    configuration = planned.configuration(name).to_json()
                     in_channels = dataset.num_channels
                     out_channels = dataset.num_output_channels
                     network = configuration["network"]
@@ -142,7 +145,8 @@ def measure_one(plan: dict, *, steps: int) -> dict:
     torch.manual_seed(0)
 
     # Warm-up on a tiny network so library initialisation (oneDNN, OpenMP pools, cuDNN) is not counted.
-    tiny = build_network(configuration, in_channels=plan["in_channels"], out_channels=plan["out_channels"]).to(device)
+    record = Configuration.from_json("benchmark", configuration)
+    tiny = build_network(record, in_channels=plan["in_channels"], out_channels=plan["out_channels"]).to(device)
     small_patch = [int(math.prod(stride[axis] for stride in configuration["network"]["strides"])) * 4
                    for axis in range(len(patch))]
     outputs = tiny(torch.zeros(1, plan["in_channels"], *small_patch, device=device))
@@ -159,7 +163,8 @@ def measure_one(plan: dict, *, steps: int) -> dict:
         with open("/proc/self/clear_refs", "w") as stream:  # resets VmHWM to the current resident size
             stream.write("5")
 
-    network = build_network(configuration, in_channels=plan["in_channels"], out_channels=plan["out_channels"])
+    network = build_network(Configuration.from_json("benchmark", configuration), in_channels=plan["in_channels"],
+                            out_channels=plan["out_channels"])
     network = network.to(device)
     optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
     image = torch.randn(batch, plan["in_channels"], *patch, device=device)

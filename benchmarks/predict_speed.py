@@ -88,10 +88,10 @@ def build_autoseg_model(*, scratch: Path) -> tuple[Path, int]:
     """Plan with ``autoseg plan``, then write a random-weight fold 0 checkpoint; return the model folder and size."""
     import torch
 
-    from autoseg.data.dataset import load_raw_dataset
     from autoseg.networks import build_network
-    from autoseg.planning.plans import load_plans, resolve_configuration
-    from autoseg.training.checkpoints import save_checkpoint
+    from autoseg.records.checkpoint import save_checkpoint
+    from autoseg.records.dataset import load_raw_dataset
+    from autoseg.records.plans import load_plans
     from autoseg.utils.files import write_json
 
     work = scratch / "autoseg_work"
@@ -102,12 +102,13 @@ def build_autoseg_model(*, scratch: Path) -> tuple[Path, int]:
         run_quietly(command, log=scratch / "autoseg_plan.log")
     if not (model / "dataset.json").is_file():
         write_json(model / "dataset.json", load_raw_dataset(SHARED_DATASET).to_dict())
-    configuration = resolve_configuration(load_plans(model), CONFIGURATION)
+    configuration = load_plans(model / "plans.json").configuration(CONFIGURATION)
     torch.manual_seed(0)
     network = build_network(configuration, in_channels=1, out_channels=3)
     save_checkpoint(
         model / "models" / CONFIGURATION / "fold_0" / "checkpoint_final.pt",
-        {"network": network.state_dict(), "configuration": configuration, "configuration_name": CONFIGURATION},
+        {"network": network.state_dict(), "configuration": configuration.to_json(),
+         "configuration_name": CONFIGURATION},
     )
     return model, sum(parameter.numel() for parameter in network.parameters())
 

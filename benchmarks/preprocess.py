@@ -168,13 +168,14 @@ def autoseg_plans_from_nnunet(nnunet_plans: dict, fingerprint: dict, configurati
 def prepare_autoseg(dataset: str, *, scratch: Path, nnunet_plans: dict, configuration: str, workers: int) -> Path:
     """Fingerprint with autoseg (not timed) and write the nnU-Net-equivalent plans.json; return the work folder."""
     sys.path.insert(0, str(REPOSITORY))
-    from autoseg.data.dataset import load_raw_dataset
     from autoseg.fingerprint.compute import compute_fingerprint
+    from autoseg.records.dataset import load_raw_dataset
+    from autoseg.records.work_folder import WorkFolder
     from autoseg.utils.files import write_json
 
     work_dir = scratch / "autoseg_work"
     raw = load_raw_dataset(SHARED_DATASETS / dataset)
-    fingerprint = compute_fingerprint(raw, work_dir, workers=workers)
+    fingerprint = compute_fingerprint(raw, WorkFolder.for_dataset(work_dir, raw.root), workers=workers)
     plans = autoseg_plans_from_nnunet(nnunet_plans, fingerprint, configuration)
     write_json(work_dir / dataset / "plans.json", plans)
     return work_dir
@@ -242,7 +243,7 @@ def measure_resampling() -> None:
     from skimage.transform import resize
 
     sys.path.insert(0, str(REPOSITORY))
-    from autoseg.preprocessing.resampling import resample_channels, resample_segmentation
+    from autoseg.transforms.resampling import resample_channels, resample_segmentation
 
     def best_ms(function, repeats: int = 3) -> float:
         times = []

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.data.dataset import load_raw_dataset
 from autoseg.networks import build_network
-from autoseg.planning.plans import resolve_configuration
-from autoseg.training.checkpoints import save_checkpoint
+from autoseg.records.checkpoint import save_checkpoint
+from autoseg.records.dataset import load_raw_dataset
+from autoseg.records.plans import Configuration, Plans
 from autoseg.utils.files import write_json
 
 ZSCORE = [{"scheme": "zscore", "use_mask": False}]
@@ -41,6 +41,11 @@ def tiny_configuration(*, dimension: int, spacing, patch_size, features=(4, 8)) 
     }
 
 
+def as_configuration(data: dict, *, name: str = "test", transpose=(0, 1, 2)) -> Configuration:
+    """The record of a configuration written as a dict (as in plans.json), with the plans' axis order."""
+    return Configuration.from_json(name, data, transpose_forward=transpose)
+
+
 def make_model_folder(
     folder: Path, dataset_root: Path, configurations: dict[str, dict], *, folds=(0,), transpose=(0, 1, 2),
     in_channels_extra: dict[str, int] | None = None,
@@ -54,10 +59,10 @@ def make_model_folder(
         "dataset_name": dataset.name, "plans_name": "tiny_test_plan", "preset": "default", "gpu_memory_gb": 8,
         "transpose_forward": list(transpose), "transpose_backward": backward, "configurations": configurations,
     })
-    plans = json.loads((folder / "plans.json").read_text())
+    plans = Plans.from_json(json.loads((folder / "plans.json").read_text()))
     for name in configurations:
         # Checkpoints record the resolved configuration they were trained with.
-        configuration = resolve_configuration(plans, name)
+        configuration = plans.configuration(name)
         extra = (in_channels_extra or {}).get(name, 0)
         for fold in folds:
             # zlib.crc32, not hash(): str hashes change per process, which made random weights (and tests) vary.
@@ -65,7 +70,7 @@ def make_model_folder(
             network = build_network(configuration, in_channels=dataset.num_channels + extra,
                                     out_channels=dataset.num_output_channels)
             save_checkpoint(folder / "models" / name / f"fold_{fold}" / "checkpoint_final.pt",
-                            {"network": network.state_dict(), "configuration": configuration,
+                            {"network": network.state_dict(), "configuration": configuration.to_json(),
                              "configuration_name": name})
     return folder
 

@@ -9,15 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import as_configuration
 from test_training import TINY_CONFIGURATION, TINY_DATASET, quiet, tiny_settings, write_tiny_work_folder
 
 from autoseg.errors import UserError
 from autoseg.inference.label_maps import one_hot_foreground, previous_stage_channels
+from autoseg.inference.next_stage import prepare_previous_stage_maps
 from autoseg.inference.predictor import Predictor
 from autoseg.networks import build_network
-from autoseg.training.cascade import PreviousStageToData, prepare_previous_stage_maps
-from autoseg.training.checkpoints import load_checkpoint, save_checkpoint
-from autoseg.training.command import build_job
+from autoseg.pipeline.validation import training_components
+from autoseg.records.checkpoint import load_checkpoint, save_checkpoint
+from autoseg.records.plans import Plans
+from autoseg.records.work_folder import WorkFolder
+from autoseg.training.cascade import PreviousStageToData
+from autoseg.training.job import build_job
 from autoseg.training.loop import train_fold
 from autoseg.utils.files import read_json, write_json
 
@@ -47,7 +52,7 @@ def cascade_work(tmp_path: Path) -> Path:
 
 def save_random_lowres_fold(folder: Path, fold: int, *, seed: int) -> Path:
     torch.manual_seed(zlib.crc32(f"lowres/{seed}".encode()) % 1000)
-    network = build_network(LOWRES, in_channels=1, out_channels=3)
+    network = build_network(as_configuration(LOWRES), in_channels=1, out_channels=3)
     path = folder / "models" / "3d_lowres" / f"fold_{fold}" / "checkpoint_final.pt"
     save_checkpoint(path, {"network": network.state_dict(), "configuration": LOWRES,
                            "configuration_name": "3d_lowres"})
@@ -55,7 +60,9 @@ def save_random_lowres_fold(folder: Path, fold: int, *, seed: int) -> Path:
 
 
 def cascade_job(work_dir: Path, fold: str = "0"):
-    return build_job(dataset=TINY_DATASET, configuration_name="3d_cascade_fullres", fold=fold, work_dir=work_dir)
+    return build_job(
+        WorkFolder.for_dataset(work_dir, TINY_DATASET), "3d_cascade_fullres", fold, dataset_root=TINY_DATASET
+    )
 
 
 def test_previous_stage_to_data_appends_one_hot_channels_and_keeps_the_labels() -> None:
@@ -75,18 +82,18 @@ def test_cascade_needs_every_fold_of_the_previous_stage(cascade_work: Path) -> N
     folder = cascade_work / TINY_DATASET
     (folder / "models" / "3d_lowres" / "fold_3" / "checkpoint_final.pt").unlink()
     with pytest.raises(UserError, match=r"fold_3/checkpoint_final\.pt is missing.*train 3d_lowres on all 5 folds"):
-        train_fold(cascade_job(cascade_work), tiny_settings(), log_message=quiet)
+        train_fold(cascade_job(cascade_work), tiny_settings(), components=training_components(), log_message=quiet)
 
 
 def test_previous_stage_maps_are_out_of_fold_inference_outputs_and_reused_until_the_stage_changes(
     cascade_work: Path,
 ) -> None:
     job = cascade_job(cascade_work)
-    folder = job.dataset_work_folder
+    folder = job.work_folder.root
 
     def prepare():
         return prepare_previous_stage_maps(
-            dataset_work_folder=folder, configuration_name="3d_cascade_fullres", previous_stage="3d_lowres",
+            work_folder=job.work_folder, configuration_name="3d_cascade_fullres", previous_stage="3d_lowres",
             splits=job.splits, target_folder=job.preprocessed_folder, device="cpu", say=quiet,
         )
 
@@ -113,14 +120,15 @@ def test_previous_stage_maps_are_out_of_fold_inference_outputs_and_reused_until_
 
 def test_a_cascade_fold_trains_on_image_plus_previous_stage_channels_and_predicts(cascade_work: Path) -> None:
     job = cascade_job(cascade_work)
-    result = train_fold(job, tiny_settings(epochs=1, iterations_per_epoch=3), log_message=quiet)
+    result = train_fold(job, tiny_settings(epochs=1, iterations_per_epoch=3), components=training_components(),
+                        log_message=quiet)
     assert result.iterations_done == 3
     final = load_checkpoint(job.fold_folder / "checkpoint_final.pt")
     assert final["in_channels"] == 1 + 2  # image + one-hot sphere and cube of the lowres stage
-    predictor = Predictor.from_model_folder(job.dataset_work_folder, configuration="3d_cascade_fullres",
+    predictor = Predictor.from_model_folder(job.work_folder, configuration="3d_cascade_fullres",
                                             folds=[0], device="cpu")
     identifier = job.validation_case_ids[0]
-    preprocessed = job.dataset_work_folder / "preprocessed"
+    preprocessed = job.work_folder.preprocessed_root
     probabilities = predictor.predict_preprocessed(
         np.load(preprocessed / "3d_fullres" / f"{identifier}.npy"),
         previous_stage_data=np.load(preprocessed / "3d_lowres" / f"{identifier}.npy"),
@@ -132,8 +140,11 @@ def test_a_cascade_fold_trains_on_image_plus_previous_stage_channels_and_predict
 def test_run_trains_the_previous_stage_first_and_the_cascade_only_with_all_five_folds(capsys) -> None:
     from autoseg.pipeline.run import configurations_to_train
 
-    plans = {"configurations": {"2d": {}, "3d_fullres": {}, "3d_cascade_fullres": {"previous_stage": "3d_lowres"},
-                                "3d_lowres": {}}}
+    tiny = TINY_CONFIGURATION
+    plans = Plans.from_json({"configurations": {
+        "2d": tiny, "3d_fullres": tiny,
+        "3d_cascade_fullres": {**tiny, "previous_stage": "3d_lowres"}, "3d_lowres": tiny,  # the cascade listed first
+    }})
     assert configurations_to_train(plans, None, (0, 1, 2, 3, 4)) == ["2d", "3d_fullres", "3d_lowres",
                                                                      "3d_cascade_fullres"]
     assert configurations_to_train(plans, None, (0, 1)) == ["2d", "3d_fullres"]

@@ -14,6 +14,7 @@ import torch
 
 from autoseg.errors import UserError
 from autoseg.io.images import read_image
+from autoseg.records.plans import Configuration
 from autoseg.training.augmentation import (
     AffineSpatialTransform,
     AugmentationSettings,
@@ -51,8 +52,10 @@ def write_preprocessed_case(folder: Path, identifier: str, image: np.ndarray, se
     (folder / f"{identifier}.json").write_text(json.dumps(properties))
 
 
-def configuration(dimension: int, patch_size: list[int], strides: list[list[int]]) -> dict:
-    return {"dimension": dimension, "patch_size": patch_size, "batch_size": 2, "network": {"strides": strides}}
+def configuration(dimension: int, patch_size: list[int], strides: list[list[int]]) -> Configuration:
+    """What the loaders read: dimension, patch and the network's strides (for deep-supervision targets)."""
+    return Configuration(name="test", dimension=dimension, spacing=(1.0,) * dimension, patch_size=tuple(patch_size),
+                         batch_size=2, network={"strides": strides}, normalization=(), resampling={})
 
 
 @pytest.fixture

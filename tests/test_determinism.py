@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from autoseg.cli import main
-from autoseg.data.dataset import load_raw_dataset
+from autoseg.records.dataset import load_raw_dataset
 from autoseg.training.splits import DEFAULT_SPLIT_SEED, load_or_create_splits
 
 

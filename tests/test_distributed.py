@@ -18,13 +18,14 @@ import torch
 import torch.multiprocessing
 
 from autoseg.errors import UserError
-from autoseg.training.command import build_job
+from autoseg.records.work_folder import WorkFolder
 from autoseg.training.distributed import (
     DistributedContext,
     split_batch_size,
     state_dict_fingerprint,
     unwrap_model,
 )
+from autoseg.training.job import build_job
 from autoseg.training.loop import TrainingSettings, train_fold
 from autoseg.training.training_log import read_log
 
@@ -61,7 +62,8 @@ def _worker(rank: int, port: int, work_dir: str, result_dir: str) -> None:
         final_weights.update({k: v.detach().clone() for k, v in unwrap_model(state.network).state_dict().items()})
 
     job = build_job(
-        dataset=TINY_DATASET, configuration_name="3d_fullres", fold="0", work_dir=work_dir, write_splits=False
+        WorkFolder.for_dataset(work_dir, TINY_DATASET), "3d_fullres", "0", dataset_root=TINY_DATASET,
+        write_splits=False,
     )
     settings = TrainingSettings(
         epochs=EPOCHS, iterations_per_epoch=3, validation_iterations=1, num_workers=0, threads=1, device="cpu",

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from autoseg.data.dataset import load_raw_dataset
 from autoseg.fingerprint import compute_fingerprint
 from autoseg.fingerprint.intensity_statistics import sample_foreground, summarise_intensities
-from autoseg.fingerprint.nonzero_crop import nonzero_bounding_box, nonzero_mask
+from autoseg.records.dataset import load_raw_dataset
+from autoseg.records.work_folder import WorkFolder
+from autoseg.utils.nonzero_crop import nonzero_bounding_box, nonzero_mask
 
 
 def _write(array: np.ndarray, path: Path, spacing_zyx: tuple[float, float, float]) -> None:
@@ -70,7 +71,7 @@ def test_sample_is_bounded_and_reproducible() -> None:
 def test_fingerprint_matches_the_files(tmp_path: Path) -> None:
     truth = _make_dataset(tmp_path / "Dataset900_Box")
     dataset = load_raw_dataset(tmp_path / "Dataset900_Box")
-    fingerprint = compute_fingerprint(dataset, tmp_path / "work", workers=1)
+    fingerprint = compute_fingerprint(dataset, WorkFolder.for_dataset(tmp_path / "work", dataset.root), workers=1)
 
     assert (tmp_path / "work" / "Dataset900_Box" / "fingerprint.json").is_file()
     assert fingerprint["is_2d"] is False
@@ -98,8 +99,8 @@ def test_fingerprint_matches_the_files(tmp_path: Path) -> None:
 def test_parallel_workers_give_the_same_fingerprint(tmp_path: Path) -> None:
     _make_dataset(tmp_path / "Dataset901_Box", cases=6)
     dataset = load_raw_dataset(tmp_path / "Dataset901_Box")
-    serial = compute_fingerprint(dataset, tmp_path / "serial", workers=1)
-    parallel = compute_fingerprint(dataset, tmp_path / "parallel", workers=2)
+    serial = compute_fingerprint(dataset, WorkFolder.for_dataset(tmp_path / "serial", dataset.root), workers=1)
+    parallel = compute_fingerprint(dataset, WorkFolder.for_dataset(tmp_path / "parallel", dataset.root), workers=2)
     assert serial == parallel
 
 
@@ -107,12 +108,12 @@ def test_fingerprint_is_reused_until_an_input_changes(tmp_path: Path) -> None:
     _make_dataset(tmp_path / "Dataset902_Box", cases=4)
     dataset = load_raw_dataset(tmp_path / "Dataset902_Box")
     path = tmp_path / "work" / "Dataset902_Box" / "fingerprint.json"
-    first = compute_fingerprint(dataset, tmp_path / "work", workers=1)
+    first = compute_fingerprint(dataset, WorkFolder.for_dataset(tmp_path / "work", dataset.root), workers=1)
     written = path.stat().st_mtime_ns
     os.utime(path, ns=(written - 10_000_000_000, written - 10_000_000_000))  # make a rewrite detectable
     untouched = path.stat().st_mtime_ns
 
-    again = compute_fingerprint(dataset, tmp_path / "work", workers=1)
+    again = compute_fingerprint(dataset, WorkFolder.for_dataset(tmp_path / "work", dataset.root), workers=1)
     assert again == first
     assert path.stat().st_mtime_ns == untouched  # reused, not rewritten
 
@@ -121,14 +122,16 @@ def test_fingerprint_is_reused_until_an_input_changes(tmp_path: Path) -> None:
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path)))
     label[label == 2] = 1
     _write(label, label_path, (2.0, 0.5, 0.5))
-    recomputed = compute_fingerprint(dataset, tmp_path / "work", workers=1)
+    recomputed = compute_fingerprint(dataset, WorkFolder.for_dataset(tmp_path / "work", dataset.root), workers=1)
     assert recomputed["inputs_signature"] != first["inputs_signature"]
     assert "2" not in recomputed["cases"]["case_00"]["class_voxels"]
     assert recomputed["classes"]["2"]["cases_present"] == 3
 
 
 def test_real_hippocampus_and_hc18(tmp_path: Path, hippocampus_root: Path, hc18_root: Path) -> None:
-    hippocampus = compute_fingerprint(load_raw_dataset(hippocampus_root), tmp_path, workers=2)
+    hippocampus = compute_fingerprint(
+        load_raw_dataset(hippocampus_root), WorkFolder.for_dataset(tmp_path, hippocampus_root), workers=2
+    )
     assert hippocampus["num_cases"] == 200 and hippocampus["is_2d"] is False
     assert hippocampus["median_spacing"] == [1.0, 1.0, 1.0]
     assert hippocampus["median_shape_after_crop"] == pytest.approx([35.5, 51.0, 35.0], abs=1)
@@ -136,7 +139,7 @@ def test_real_hippocampus_and_hc18(tmp_path: Path, hippocampus_root: Path, hc18_
     assert {c["cases_present"] for c in hippocampus["classes"].values()} == {200}
     assert hippocampus["foreground_intensities"]["0"]["max"] > 1e5  # the mixed intensity ranges are real
 
-    hc18 = compute_fingerprint(load_raw_dataset(hc18_root), tmp_path, workers=2)
+    hc18 = compute_fingerprint(load_raw_dataset(hc18_root), WorkFolder.for_dataset(tmp_path, hc18_root), workers=2)
     assert hc18["is_2d"] is True
     in_plane = np.array([case["spacing"][1:] for case in hc18["cases"].values()])
     assert 0.04 < in_plane.min() < 0.07 and 0.3 < in_plane.max() < 0.35  # the real per-image pixel sizes

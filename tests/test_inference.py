@@ -11,6 +11,7 @@ import SimpleITK as sitk
 import torch
 from model_helpers import (
     ISOTROPIC_RESAMPLING,
+    as_configuration,
     first_identifiers,
     link_cases,
     make_cascade_model_folder,
@@ -19,7 +20,6 @@ from model_helpers import (
 )
 
 from autoseg.cli import main
-from autoseg.data.dataset import RawDataset, load_raw_dataset
 from autoseg.errors import UserError
 from autoseg.inference.label_maps import label_map_from_probabilities, previous_stage_channels
 from autoseg.inference.predictor import Predictor
@@ -30,7 +30,8 @@ from autoseg.inference.sliding_window import (
     tile_starts,
 )
 from autoseg.io.images import Geometry, read_image, read_image_header, write_image
-from autoseg.postprocessing.decision import apply_postprocessing
+from autoseg.records.dataset import RawDataset, load_raw_dataset
+from autoseg.records.postprocessing import PostprocessingDecision
 from autoseg.utils.files import write_json
 
 
@@ -346,11 +347,12 @@ def test_synthetic_volume_with_rotated_axes_and_anisotropic_spacing_is_segmented
 
     configuration = tiny_configuration(dimension=3, spacing=(3.0, 1.0, 1.0), patch_size=(8, 32, 32))
     configuration["resampling"] = {**ISOTROPIC_RESAMPLING, "anisotropic": True}
-    plans = {"transpose_forward": [2, 0, 1], "transpose_backward": [1, 2, 0], "configurations": {}}
+
     dataset = RawDataset(root=str(tmp_path), name="synthetic", channel_names=("MRI",),
                          labels={"background": 0, "object": 1}, file_ending=".nii.gz", num_training=0,
                          training_cases=())
-    predictor = Predictor(plans=plans, configuration_name="3d_fullres", configuration=configuration, dataset=dataset,
+    predictor = Predictor(configuration_name="3d_fullres", dataset=dataset,
+                          configuration=as_configuration(configuration, name="3d_fullres", transpose=(2, 0, 1)),
                           networks=[BrightIsForeground()], device=torch.device("cpu"), tta=True)
     predictor.predict_files([[tmp_path / "synthetic_0000.nii.gz"]], [tmp_path / "synthetic.nii.gz"], progress=False)
 
@@ -403,7 +405,7 @@ def test_recipe_ensemble_averages_configurations_in_the_input_grid_then_post_pro
     with np.load(tmp_path / "out" / f"{identifier}.npz", allow_pickle=False) as stored:
         np.testing.assert_allclose(stored["probabilities"], expected, atol=1e-5)
     raw = expected.argmax(0).astype(np.uint8)
-    post_processed = apply_postprocessing(raw, decision)
+    post_processed = PostprocessingDecision.from_json(decision).apply(raw)
     assert not np.array_equal(post_processed, raw)  # the decision matters for this case
     written = read_image(tmp_path / "out" / f"{identifier}.nii.gz")
     assert np.array_equal(written.array, post_processed)
@@ -421,7 +423,7 @@ def test_default_thread_count_leaves_a_core_that_another_process_keeps_busy():
     import sys
     import time
 
-    from autoseg.inference.predict_command import idle_cpu_count
+    from autoseg.commands.predict import idle_cpu_count
     from autoseg.utils.threads import available_cpus
 
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from autoseg.networks import ARCHITECTURES, build_network, count_parameters, describe
+from autoseg.records.plans import Configuration
 from autoseg.training.data_loading import deep_supervision_scales
 from autoseg.utils.files import atomic_torch_save
 
@@ -20,11 +21,11 @@ def configuration(
     strides: list[list[int]],
     architecture: str = "plain_unet",
     blocks: list[int] | None = None,
-) -> dict:
-    return {
-        "dimension": dimension,
-        "patch_size": None,
-        "network": {
+) -> Configuration:
+    """A configuration with only the network filled in: the patch comes with each test's input."""
+    return Configuration(
+        name="test", dimension=dimension, spacing=(1.0,) * dimension, patch_size=(), batch_size=1,
+        network={
             "architecture": architecture,
             "features_per_stage": features,
             "kernel_sizes": kernels,
@@ -32,10 +33,11 @@ def configuration(
             "blocks_per_stage_encoder": blocks or [2] * len(features),
             "convs_per_stage_decoder": [2] * (len(features) - 1),
         },
-    }
+        normalization=(), resampling={},
+    )
 
 
-def expected_output_shapes(config: dict, patch: list[int], batch: int, classes: int) -> list[tuple[int, ...]]:
+def expected_output_shapes(config: Configuration, patch: list[int], batch: int, classes: int) -> list[tuple[int, ...]]:
     return [
         (batch, classes, *[round(size * factor) for size, factor in zip(patch, scale, strict=True)])
         for scale in deep_supervision_scales(config)
@@ -133,8 +135,8 @@ def test_residual_encoder_is_deeper_and_described_with_its_parameter_count() -> 
     plain = configuration(
         dimension=3, features=[8, 16, 32], kernels=[[3, 3, 3]] * 3, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]]
     )
-    residual_description = dict(plain["network"], architecture="resenc_unet", blocks_per_stage_encoder=[1, 3, 4])
-    residual = dict(plain, network=residual_description)
+    residual_description = dict(plain.network, architecture="resenc_unet", blocks_per_stage_encoder=[1, 3, 4])
+    residual = plain.replace(network=residual_description)
     plain_network = build_network(plain, in_channels=1, out_channels=2)
     residual_network = build_network(residual, in_channels=1, out_channels=2)
     assert count_parameters(residual_network) > count_parameters(plain_network)
@@ -170,12 +172,12 @@ def test_weights_only_state_dict_round_trip(tmp_path) -> None:
 def test_inconsistent_network_descriptions_are_refused() -> None:
     config = configuration(dimension=3, features=[4, 8], kernels=[[3, 3, 3]] * 2, strides=[[1, 1, 1], [2, 2, 2]])
     with pytest.raises(ValueError, match="unknown architecture"):
-        build_network(dict(config, network=dict(config["network"], architecture="vnet")), in_channels=1, out_channels=2)
+        build_network(config.replace(network=dict(config.network, architecture="vnet")), in_channels=1, out_channels=2)
     with pytest.raises(ValueError, match="kernel_sizes"):
         build_network(
-            dict(config, network=dict(config["network"], kernel_sizes=[[3, 3, 3]])), in_channels=1, out_channels=2
+            config.replace(network=dict(config.network, kernel_sizes=[[3, 3, 3]])), in_channels=1, out_channels=2
         )
     with pytest.raises(ValueError, match="3 axes"):
         build_network(
-            dict(config, network=dict(config["network"], strides=[[1, 1], [2, 2]])), in_channels=1, out_channels=2
+            config.replace(network=dict(config.network, strides=[[1, 1], [2, 2]])), in_channels=1, out_channels=2
         )

@@ -106,7 +106,7 @@ def test_onnx_and_torch_agree_on_real_hippocampus_cases_with_a_fold_ensemble(
     assert_engines_agree(from_torch, from_onnx, inputs, identifiers)
     ensemble = load_onnx_ensemble(exported)
     assert ensemble.members[0].trained_model.folds == ("0", "1")
-    assert ensemble.postprocessing == POSTPROCESSING
+    assert ensemble.postprocessing.to_json() == POSTPROCESSING
 
 
 def test_onnx_and_torch_agree_on_real_hc18_images(hc18_root, tmp_path):

@@ -11,7 +11,7 @@ from test_training import quiet, tiny_job, tiny_settings, write_tiny_work_folder
 
 from autoseg.commands import demo
 from autoseg.pipeline.run import RunOptions, training_settings
-from autoseg.training import checkpoints as checkpoint_files
+from autoseg.records import checkpoint as checkpoint_files
 from autoseg.training.loop import default_components, train_fold
 from autoseg.utils import threads
 
@@ -55,7 +55,7 @@ def test_demo_no_progress_reaches_the_pipeline(tmp_path: Path, monkeypatch) -> N
         seen.append(options)
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr("autoseg.pipeline.run.run_pipeline", fake_pipeline)
+    monkeypatch.setattr(demo, "run_pipeline", fake_pipeline)
     run = demo.DemoRun(work_dir=tmp_path, kind="3d", num_cases=2, seed=0, workers=1, progress=False)
     with pytest.raises(RuntimeError, match="stop here"):
         demo.stage_pipeline(run)

@@ -9,19 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from model_helpers import tiny_configuration
+from model_helpers import as_configuration, tiny_configuration
 
 from autoseg.cli import main
-from autoseg.data.dataset import load_raw_dataset
 from autoseg.errors import UserError
 from autoseg.fingerprint import compute_fingerprint
 from autoseg.fingerprint.synthetic import synthetic_fingerprint
 from autoseg.networks import build_network
-from autoseg.planning import load_plans, plan_experiment, resolve_configuration
+from autoseg.planning import plan_experiment
 from autoseg.planning.memory_model import estimate_training_memory, parameter_count
 from autoseg.planning.table import configuration_rows
 from autoseg.planning.target_spacing import target_spacing
-from autoseg.utils.files import dumps_json
+from autoseg.records.dataset import load_raw_dataset
+from autoseg.records.plans import Plans
+from autoseg.records.work_folder import WorkFolder
+from autoseg.utils.files import dumps_json, read_json
 
 
 def _plan(spacing, shape, **options) -> dict:
@@ -30,7 +32,12 @@ def _plan(spacing, shape, **options) -> dict:
         channel_names=options.pop("channel_names", ("MRI",)), num_cases=options.pop("num_cases", 20),
         relative_variation=options.pop("relative_variation", 0.1),
     )
-    return plan_experiment(fingerprint, dataset, **options)
+    return plan_experiment(fingerprint, dataset, **options).to_json()
+
+
+def resolve_configuration(plans: dict, name: str) -> dict:
+    """One configuration of a plans.json mapping, with its parents merged in, as JSON."""
+    return Plans.from_json(plans).configuration(name).to_json()
 
 
 def test_anisotropic_data_pools_in_plane_first_with_flat_kernels() -> None:
@@ -141,19 +148,18 @@ def test_normalisation_follows_channel_names() -> None:
 def test_memory_model_counts_the_parameters_of_the_real_network(architecture: str) -> None:
     plans = _plan([3.0, 0.8, 0.8], [60, 400, 400], preset="default" if architecture == "plain_unet" else "resenc-m")
     configuration = resolve_configuration(plans, "3d_fullres")
-    network = build_network(configuration, in_channels=2, out_channels=4)
+    network = build_network(Plans.from_json(plans).configuration("3d_fullres"), in_channels=2, out_channels=4)
     expected = sum(p.numel() for p in network.parameters())
     assert parameter_count(configuration["network"], in_channels=2, out_channels=4) == expected
 
 
 def test_resolve_configuration_errors() -> None:
-    plans = {"configurations": {"a": {"inherits_from": "b"}, "b": {"inherits_from": "a"}, "c": {"inherits_from": "x"}}}
     with pytest.raises(UserError, match="inherits from itself"):
-        resolve_configuration(plans, "a")
+        Plans.from_json({"configurations": {"a": {"inherits_from": "b"}, "b": {"inherits_from": "a"}}})
     with pytest.raises(UserError, match="unknown 'x'"):
-        resolve_configuration(plans, "c")
+        Plans.from_json({"configurations": {"c": {"inherits_from": "x"}}})
     with pytest.raises(UserError, match="not in the plans"):
-        resolve_configuration(plans, "3d_fullres")
+        Plans.from_json({"configurations": {}}).configuration("3d_fullres")
 
 
 def _write_small_dataset(root: Path) -> None:
@@ -184,7 +190,7 @@ def test_cli_writes_byte_identical_plans_and_shows_them(tmp_path: Path, capsys: 
     assert (work / "dataset.json").is_file() and (work / "fingerprint.json").is_file()
     assert main([*arguments, "--recompute-fingerprint"]) == 0
     assert (work / "plans.json").read_bytes() == first
-    plans = load_plans(work / "plans.json")
+    plans = read_json(work / "plans.json")
     assert plans["configurations"]["3d_fullres"]["spacing"] == pytest.approx([2.5, 0.9, 0.9])
     capsys.readouterr()
     assert main(["plan", str(raw), "--work-dir", str(tmp_path / "work"), "--show"]) == 0
@@ -201,9 +207,9 @@ def real_plans(tmp_path_factory: pytest.TempPathFactory, hippocampus_root: Path,
     result = {}
     for key, root in (("hippocampus", hippocampus_root), ("hc18", hc18_root)):
         dataset = load_raw_dataset(root)
-        fingerprint = compute_fingerprint(dataset, work, workers=2)
-        plans = plan_experiment(fingerprint, dataset)
-        assert dumps_json(plans) == dumps_json(plan_experiment(fingerprint, dataset))  # deterministic
+        fingerprint = compute_fingerprint(dataset, WorkFolder.for_dataset(work, root), workers=2)
+        plans = plan_experiment(fingerprint, dataset).to_json()
+        assert dumps_json(plans) == dumps_json(plan_experiment(fingerprint, dataset).to_json())  # deterministic
         result[key] = (plans, fingerprint)
     return result
 
@@ -256,5 +262,5 @@ def test_memory_estimate_bounds_a_real_cpu_training_step(real_plans: dict) -> No
 def test_a_hand_written_plan_without_a_memory_estimate_still_prints() -> None:
     configuration = tiny_configuration(dimension=3, spacing=(1.0, 1.0, 1.0), patch_size=(24, 32, 24))
     assert "estimated_memory_gb" not in configuration
-    rows = dict(configuration_rows(configuration))
+    rows = dict(configuration_rows(as_configuration(configuration)))
     assert rows["patch"] == "24 x 32 x 24" and "est. memory" not in rows

@@ -10,15 +10,10 @@ import pytest
 
 from autoseg.errors import UserError
 from autoseg.evaluation.metrics import overlap_metrics
+from autoseg.evaluation.postprocessing import apply_postprocessing_to_folder, determine_postprocessing
 from autoseg.io.images import Geometry, read_image, write_image
-from autoseg.postprocessing.decision import (
-    apply_postprocessing,
-    apply_postprocessing_to_folder,
-    determine_postprocessing,
-    no_postprocessing,
-    read_postprocessing,
-)
-from autoseg.postprocessing.keep_largest import (
+from autoseg.records.postprocessing import PostprocessingDecision
+from autoseg.utils.components import (
     _largest_component_scipy,
     keep_largest_component,
     keep_largest_of_values,
@@ -55,10 +50,10 @@ def test_foreground_step_keeps_classes_intact_and_class_step_acts_on_one_class()
     label_map[0, 9:11, 9:11] = 2  # separate island of class 2
     foreground = keep_largest_of_values(label_map, [1, 2])
     assert (foreground == 1).sum() == 15 and (foreground == 2).sum() == 15
-    per_class = apply_postprocessing(label_map, {"keep_largest_foreground": False, "keep_largest_per_class": [2]})
+    per_class = PostprocessingDecision(keep_largest_per_class=(2,)).apply(label_map)
     assert (per_class == 2).sum() == 15 and (per_class == 1).sum() == 15
     assert per_class.dtype == label_map.dtype
-    assert np.array_equal(apply_postprocessing(label_map, no_postprocessing()), label_map)
+    assert np.array_equal(PostprocessingDecision().apply(label_map), label_map)
 
 
 def _write_pairs(folder: Path, pairs: dict[str, tuple[np.ndarray, np.ndarray]], geometry: Geometry) -> None:
@@ -80,15 +75,15 @@ def test_spurious_blobs_on_real_hippocampus_labels_make_the_foreground_step_adop
         pairs[case] = (prediction, labels)
     output = tmp_path / "postprocessing.json"
     decision = determine_postprocessing(tmp_path / "predictions", tmp_path / "references", output_file=output)
-    assert decision["keep_largest_foreground"] is True
-    evidence = decision["evidence"]
+    assert decision.keep_largest_foreground is True
+    evidence = decision.evidence
     assert evidence["foreground_dice_after"] > evidence["foreground_dice_before"]
     # The references are single objects, so the cleaned predictions equal them exactly.
     assert evidence["foreground_dice_after"] == pytest.approx(1.0)
-    stored = read_postprocessing(output)
-    assert stored["keep_largest_foreground"] is True
+    stored = PostprocessingDecision.read(output)
+    assert stored.keep_largest_foreground is True
     for prediction, reference in pairs.values():
-        assert np.array_equal(apply_postprocessing(prediction, stored), reference)
+        assert np.array_equal(stored.apply(prediction), reference)
 
 
 def test_a_step_that_would_remove_true_objects_is_not_adopted(tmp_path):
@@ -103,8 +98,8 @@ def test_a_step_that_would_remove_true_objects_is_not_adopted(tmp_path):
         pairs[f"case_{case_index}"] = (prediction, reference)
     _write_pairs(tmp_path, pairs, SYNTHETIC_GEOMETRY)
     decision = determine_postprocessing(tmp_path / "predictions", tmp_path / "references")
-    assert decision["keep_largest_foreground"] is False
-    assert decision["keep_largest_per_class"] == []
+    assert decision.keep_largest_foreground is False
+    assert decision.keep_largest_per_class == ()
 
 
 def test_a_class_island_attached_to_another_class_is_removed_by_the_per_class_step(tmp_path):
@@ -119,11 +114,11 @@ def test_a_class_island_attached_to_another_class_is_removed_by_the_per_class_st
         pairs[f"case_{case_index}"] = (prediction, reference)
     _write_pairs(tmp_path, pairs, SYNTHETIC_GEOMETRY)
     decision = determine_postprocessing(tmp_path / "predictions", tmp_path / "references", workers=2)
-    assert decision["keep_largest_foreground"] is False
-    assert decision["keep_largest_per_class"] == [2]
-    assert decision["evidence"]["dice_after"]["2"] == pytest.approx(1.0)
-    assert decision["evidence"]["dice_after"]["1"] == decision["evidence"]["dice_before"]["1"]
-    json.dumps(decision, allow_nan=False)  # the decision is plain JSON
+    assert decision.keep_largest_foreground is False
+    assert decision.keep_largest_per_class == (2,)
+    assert decision.evidence["dice_after"]["2"] == pytest.approx(1.0)
+    assert decision.evidence["dice_after"]["1"] == decision.evidence["dice_before"]["1"]
+    json.dumps(decision.to_json(), allow_nan=False)  # the decision is plain JSON
 
 
 def test_postprocessing_a_folder_keeps_the_hc18_geometry(tmp_path, hc18_root):
@@ -132,7 +127,7 @@ def test_postprocessing_a_folder_keeps_the_hc18_geometry(tmp_path, hc18_root):
     prediction[0, 5:15, 5:15] = 1
     write_image(prediction, reference.geometry, tmp_path / "raw" / "005_HC.nii.gz")
     written = apply_postprocessing_to_folder(
-        tmp_path / "raw", tmp_path / "clean", {"keep_largest_foreground": True, "keep_largest_per_class": []}
+        tmp_path / "raw", tmp_path / "clean", PostprocessingDecision(keep_largest_foreground=True)
     )
     cleaned = read_image(written[0])
     assert cleaned.geometry == reference.geometry
@@ -143,7 +138,7 @@ def test_a_malformed_decision_file_is_refused_naming_it(tmp_path):
     path = tmp_path / "postprocessing.json"
     path.write_text(json.dumps({"keep_largest_foreground": "yes", "keep_largest_per_class": []}))
     with pytest.raises(UserError, match=r"postprocessing\.json"):
-        read_postprocessing(path)
+        PostprocessingDecision.read(path)
     path.write_text(json.dumps({"keep_largest_foreground": True, "keep_largest_per_class": ["liver"]}))
     with pytest.raises(UserError, match="keep_largest_per_class"):
-        read_postprocessing(path)
+        PostprocessingDecision.read(path)

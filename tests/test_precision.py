@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from autoseg.records.plans import Configuration
 from autoseg.training.loop import training_batch_size
 from autoseg.utils import precision as precision_policy
 
@@ -54,8 +55,13 @@ def test_bfloat16_autocast_really_computes_convolutions_in_bfloat16():
         assert convolution(torch.randn(1, 1, 5, 5, 5)).dtype == torch.float32
 
 
-HIPPOCAMPUS_3D = {"patch_size": [40, 56, 40], "batch_size": 7}
-HC18_2D = {"patch_size": [640, 896], "batch_size": 9}
+def planned(patch_size: tuple[int, ...], batch_size: int) -> Configuration:
+    return Configuration(name="test", dimension=len(patch_size), spacing=(1.0,) * len(patch_size),
+                         patch_size=patch_size, batch_size=batch_size, network={}, normalization=(), resampling={})
+
+
+HIPPOCAMPUS_3D = planned((40, 56, 40), 7)
+HC18_2D = planned((640, 896), 9)
 
 
 def test_cpu_training_caps_large_batches_but_keeps_small_ones_and_gpus_use_the_plan():
@@ -63,7 +69,7 @@ def test_cpu_training_caps_large_batches_but_keeps_small_ones_and_gpus_use_the_p
     assert training_batch_size(HIPPOCAMPUS_3D, None, cpu) == 7
     assert training_batch_size(HC18_2D, None, cpu) == 2
     assert training_batch_size(HC18_2D, None, gpu) == 9
-    huge_patch = {"patch_size": [160, 160, 160], "batch_size": 2}
+    huge_patch = planned((160, 160, 160), 2)
     assert training_batch_size(huge_patch, None, cpu) == 2  # never below 2
     assert training_batch_size(HC18_2D, 5, cpu) == 5  # --batch-size wins
     with pytest.raises(ValueError):

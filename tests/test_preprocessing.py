@@ -13,13 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from model_helpers import as_configuration
 
-from autoseg.data.dataset import load_raw_dataset
 from autoseg.io.images import read_image
-from autoseg.preprocessing.case import preprocess_case
-from autoseg.preprocessing.export import export_prediction, probabilities_path_for
 from autoseg.preprocessing.preprocess_dataset import CHUNK_VOXEL_BUDGET, CaseTask, chunk_tasks, preprocess_dataset
 from autoseg.preprocessing.storage import is_case_complete, load_preprocessed_case, write_preprocessed_case
+from autoseg.records.dataset import load_raw_dataset
+from autoseg.records.plans import Configuration, Plans
+from autoseg.records.work_folder import WorkFolder
+from autoseg.transforms.case import preprocess_case
+from autoseg.transforms.export import export_prediction, probabilities_path_for
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -51,6 +54,11 @@ def make_plans(configurations, *, transpose_forward=(0, 1, 2)):
     }
 
 
+def record(plans: dict, name: str) -> Configuration:
+    """The typed configuration ``name`` of a plans.json mapping (carrying the plans' axis order)."""
+    return Plans.from_json(plans).configuration(name)
+
+
 def case_files(root: Path, identifier: str) -> tuple[list[str], str]:
     return [str(root / "imagesTr" / f"{identifier}_0000.nii.gz")], str(root / "labelsTr" / f"{identifier}.nii.gz")
 
@@ -62,8 +70,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def test_real_hippocampus_case_is_normalised_cropped_and_sampled(hippocampus_root):
     images, label = case_files(hippocampus_root, "hippocampus_001")
     plans = make_plans({"3d_fullres": make_configuration([1.0, 1.0, 1.0])})
-    data, segmentation, properties = preprocess_case(images, label, plans=plans,
-                                                     configuration=plans["configurations"]["3d_fullres"])
+    data, segmentation, properties = preprocess_case(images, label,
+                                                     configuration=record(plans, "3d_fullres"))
     raw_label = read_image(label).array
     assert data.dtype == np.float32 and segmentation.dtype == np.int8
     assert data.shape[0] == 1 and segmentation.shape[0] == 1 and data.shape[1:] == segmentation.shape[1:]
@@ -76,7 +84,7 @@ def test_real_hippocampus_case_is_normalised_cropped_and_sampled(hippocampus_roo
         # Fewer than 10k voxels per class here: every voxel of the class is listed, each really of that class.
         assert len(locations) == (segmentation[0] == int(value)).sum()
         assert (segmentation[0][tuple(locations.T)] == int(value)).all()
-    again = preprocess_case(images, label, plans=plans, configuration=plans["configurations"]["3d_fullres"])
+    again = preprocess_case(images, label, configuration=record(plans, "3d_fullres"))
     assert np.array_equal(again[0], data) and again[2] == properties  # deterministic, including the sample
 
 
@@ -85,13 +93,13 @@ def test_hippocampus_export_round_trip_is_exact_with_a_transposed_plan(hippocamp
     # Target spacing = native spacing, axes permuted: crop, transposition and their inverses must be exact.
     images, label = case_files(hippocampus_root, identifier)
     plans = make_plans({"3d_fullres": make_configuration([1.0, 1.0, 1.0])}, transpose_forward=(2, 0, 1))
-    configuration = plans["configurations"]["3d_fullres"]
-    _, segmentation, properties = preprocess_case(images, label, plans=plans, configuration=configuration)
+    configuration = record(plans, "3d_fullres")
+    _, segmentation, properties = preprocess_case(images, label, configuration=configuration)
     original = read_image(label)
     assert tuple(segmentation.shape[1:]) == tuple(np.array(original.array.shape)[[2, 0, 1]])
     one_hot = np.stack([segmentation[0] == value for value in range(3)]).astype(np.float32)
     output = tmp_path / f"{identifier}.nii.gz"
-    export_prediction(one_hot, properties, plans=plans, configuration=configuration, output_path=output)
+    export_prediction(one_hot, properties, configuration=configuration, output_path=output)
     exported = read_image(output)
     assert exported.geometry == original.geometry
     assert np.array_equal(exported.array, original.array.astype(exported.array.dtype))
@@ -99,14 +107,14 @@ def test_hippocampus_export_round_trip_is_exact_with_a_transposed_plan(hippocamp
 
 def test_hippocampus_export_round_trip_through_a_coarser_grid(hippocampus_root, tmp_path):
     plans = make_plans({"3d_lowres": make_configuration([1.6, 1.6, 1.6])})
-    configuration = plans["configurations"]["3d_lowres"]
+    configuration = record(plans, "3d_lowres")
     for identifier in ("hippocampus_004", "hippocampus_020"):
         images, label = case_files(hippocampus_root, identifier)
-        _, segmentation, properties = preprocess_case(images, label, plans=plans, configuration=configuration)
+        _, segmentation, properties = preprocess_case(images, label, configuration=configuration)
         assert properties["shape_after_resampling"] == [round(s / 1.6) for s in properties["shape_after_crop"]]
         logits = np.stack([segmentation[0] == value for value in range(3)]).astype(np.float32) * 20 - 10
         output = tmp_path / f"{identifier}.nii.gz"
-        export_prediction(logits, properties, plans=plans, configuration=configuration, output_path=output)
+        export_prediction(logits, properties, configuration=configuration, output_path=output)
         exported, original = read_image(output), read_image(label)
         assert exported.geometry == original.geometry
         for value in (1, 2):
@@ -115,15 +123,15 @@ def test_hippocampus_export_round_trip_through_a_coarser_grid(hippocampus_root, 
 
 def test_hc18_export_round_trip_keeps_geometry_and_head(hc18_root, tmp_path):
     plans = make_plans({"2d": make_configuration([1.0, 0.129, 0.129], dimension=2)})
-    configuration = plans["configurations"]["2d"]
+    configuration = record(plans, "2d")
     for identifier in ("002_HC", "237_HC", "803_HC"):
         images, label = case_files(hc18_root, identifier)
-        _, segmentation, properties = preprocess_case(images, label, plans=plans, configuration=configuration)
+        _, segmentation, properties = preprocess_case(images, label, configuration=configuration)
         assert properties["spacing_after_resampling"][1:] == [0.129, 0.129]
         assert len(properties["class_locations"]["1"]) == 10_000  # bounded sample of a large class
         one_hot = np.stack([segmentation[0] == value for value in range(2)]).astype(np.float32)
         output = tmp_path / f"{identifier}.nii.gz"
-        export_prediction(one_hot, properties, plans=plans, configuration=configuration, output_path=output,
+        export_prediction(one_hot, properties, configuration=configuration, output_path=output,
                           save_probabilities=True)
         exported, original = read_image(output), read_image(label)
         assert exported.geometry == original.geometry
@@ -147,15 +155,14 @@ def test_crop_to_filled_nonzero_region_and_masked_normalisations(tmp_path):
     image[8:11, 12:15, 15:20] = 0  # a dark hole inside the body stays in the mask (holes are filled)
     write_nifti(image, tmp_path / "case_0000.nii.gz")
     masked = make_configuration([1.0, 1.0, 1.0], normalization=[{"scheme": "zscore", "use_mask": True}])
-    data, _, properties = preprocess_case([tmp_path / "case_0000.nii.gz"], None, plans=make_plans({}),
-                                          configuration=masked)
+    data, _, properties = preprocess_case([tmp_path / "case_0000.nii.gz"], None, configuration=as_configuration(masked))
     assert properties["crop_bbox"] == [[3, 17], [5, 25], [8, 30]]
     assert data.shape == (1, 14, 20, 22)
     hole = data[0, 5:8, 7:10, 7:12]
     assert np.allclose(hole, hole.flat[0]) and hole.flat[0] < -2  # normalised like tissue, not forced to 0
     ct = make_configuration([1.0, 1.0, 1.0], normalization=[
         {"scheme": "ct", "clip_low": 60.0, "clip_high": 140.0, "mean": 100.0, "std": 20.0}])
-    data, _, _ = preprocess_case([tmp_path / "case_0000.nii.gz"], None, plans=make_plans({}), configuration=ct)
+    data, _, _ = preprocess_case([tmp_path / "case_0000.nii.gz"], None, configuration=as_configuration(ct))
     assert data.min() == pytest.approx((60 - 100) / 20) and data.max() == pytest.approx((140 - 100) / 20)
 
 
@@ -215,25 +222,28 @@ def test_cascade_shares_fullres_data_and_a_changed_plan_redoes_the_cases(hippoca
         "3d_cascade_fullres": {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"},
     })
     work = tmp_path / "work" / root.name
-    summary = preprocess_dataset(dataset, plans=plans, dataset_work_folder=work, workers=1, show_progress=False)
+    summary = preprocess_dataset(dataset, plans=Plans.from_json(plans), work_folder=WorkFolder(work), workers=1,
+                                 show_progress=False)
     assert summary["configurations"] == {"3d_fullres": {"preprocessed": 3, "skipped": 0}}
     assert sorted(p.name for p in (work / "preprocessed").iterdir()) == ["3d_fullres"]
     assert len(list((work / "ground_truth").glob("*.nii.gz"))) == 3
-    again = preprocess_dataset(dataset, plans=plans, dataset_work_folder=work,
+    again = preprocess_dataset(dataset, plans=Plans.from_json(plans), work_folder=WorkFolder(work),
                                configuration_names=["3d_cascade_fullres"], workers=1, show_progress=False)
     assert again["configurations"] == {"3d_fullres": {"preprocessed": 0, "skipped": 3}}
     plans["configurations"]["3d_fullres"]["spacing"] = [1.2, 1.2, 1.2]
-    changed = preprocess_dataset(dataset, plans=plans, dataset_work_folder=work, workers=1, show_progress=False)
+    changed = preprocess_dataset(dataset, plans=Plans.from_json(plans), work_folder=WorkFolder(work), workers=1,
+                                 show_progress=False)
     assert changed["configurations"] == {"3d_fullres": {"preprocessed": 3, "skipped": 0}}
     assert read_image(next((work / "ground_truth").glob("*.nii.gz"))).geometry.spacing == (1.0, 1.0, 1.0)
-    forced = preprocess_dataset(dataset, plans=plans, dataset_work_folder=work, workers=1, overwrite=True,
+    forced = preprocess_dataset(dataset, plans=Plans.from_json(plans), work_folder=WorkFolder(work), workers=1,
+                                overwrite=True,
                                 show_progress=False)
     assert forced["configurations"] == {"3d_fullres": {"preprocessed": 3, "skipped": 0}}
 
 
 def test_small_cases_travel_in_bounded_chunks_and_large_ones_alone():
     def task(identifier):
-        return CaseTask(identifier, (), None, "", {}, {}, (), "")
+        return CaseTask(identifier, (), None, "", None, (), "")
 
     sizes = {"a": 100_000, "b": 100_000, "huge": 50 * CHUNK_VOXEL_BUDGET, "c": CHUNK_VOXEL_BUDGET // 2,
              "d": CHUNK_VOXEL_BUDGET // 2 + 1}

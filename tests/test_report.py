@@ -20,8 +20,9 @@ from scipy import ndimage
 from autoseg.evaluation.folders import evaluate_against_ground_truth
 from autoseg.evaluation.overlay import png_bytes
 from autoseg.io.images import read_image, write_image
+from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.pipeline.report import SELECTED_MARK, build_report, class_dice_figure
-from autoseg.planning.plan_dataset import plan_dataset
+from autoseg.records.work_folder import WorkFolder
 from autoseg.report import ReportSection, write_report
 from autoseg.training.progress_plot import draw_progress
 from autoseg.training.training_log import LOG_FILE, update_moving_average, write_log
@@ -108,7 +109,7 @@ def report_work(tmp_path_factory: pytest.TempPathFactory, hippocampus_root: Path
     meta = json.loads((hippocampus_root / "dataset.json").read_text(encoding="utf-8"))
     (raw / "dataset.json").write_text(json.dumps({**meta, "numTraining": CASES}), encoding="utf-8")
     work = base / "work" / hippocampus_root.name
-    plan_dataset(raw, work, workers=1)
+    plan_dataset(raw, WorkFolder(work), workers=1)
     shutil.copytree(raw / "labelsTr", work / "ground_truth")
 
     for fold in (0, 1):
@@ -129,7 +130,7 @@ def report_work(tmp_path_factory: pytest.TempPathFactory, hippocampus_root: Path
     candidates = []
     for name, change in changes.items():
         _write_predictions(work / folders[name], work / "ground_truth", change)
-        summary = evaluate_against_ground_truth(work, work / folders[name], cases=cases, workers=1)
+        summary = evaluate_against_ground_truth(WorkFolder(work), work / folders[name], cases=cases, workers=1)
         candidates.append({
             "name": name, "folder": folders[name], "foreground_dice": summary["foreground_mean"]["dice"],
             "dice_per_class": {entry["name"]: entry["dice"] for entry in summary["mean"].values()},
@@ -140,7 +141,7 @@ def report_work(tmp_path_factory: pytest.TempPathFactory, hippocampus_root: Path
         "ensemble": "+" in selected, "checkpoint": "final", "postprocessing": "postprocessing.json",
         "candidates": candidates,
     })
-    build_report(work)
+    build_report(WorkFolder(work))
     return work
 
 

@@ -8,20 +8,19 @@ import scipy.ndimage
 import SimpleITK as sitk
 
 from autoseg.io.images import read_image
-from autoseg.preprocessing.case import preprocess_case
-from autoseg.preprocessing.export import export_prediction, probabilities_to_original_geometry
-from autoseg.preprocessing.resampling import resample_channels, resample_segmentation, resampled_shape
-
-IDENTITY_PLANS = {"transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2]}
+from autoseg.records.plans import Configuration
+from autoseg.transforms.case import preprocess_case
+from autoseg.transforms.export import export_prediction, probabilities_to_original_geometry
+from autoseg.transforms.resampling import resample_channels, resample_segmentation, resampled_shape
 
 
 def configuration(spacing, *, dimension=3, anisotropic=False):
-    return {
-        "dimension": dimension,
-        "spacing": list(spacing),
-        "normalization": [{"scheme": "zscore", "use_mask": False}],
-        "resampling": {"anisotropic": anisotropic, "image_order": 3, "label_order": 1, "coarse_axis_order": 0},
-    }
+    """Only what resampling reads (identity axis order); the network and patch are irrelevant here."""
+    return Configuration(
+        name="test", dimension=dimension, spacing=tuple(spacing), patch_size=(8,) * dimension, batch_size=1,
+        network={}, normalization=({"scheme": "zscore", "use_mask": False},),
+        resampling={"anisotropic": anisotropic, "image_order": 3, "label_order": 1, "coarse_axis_order": 0},
+    )
 
 
 def write_nifti(array, path, *, spacing_zyx, origin=(10.0, -20.0, 5.0), direction=None):
@@ -70,8 +69,7 @@ def test_there_and_back_keeps_shape_extent_geometry_and_label_volumes(tmp_path):
     image_path, label_path, label = ellipsoid_case(tmp_path)
     original = read_image(label_path)
     target = configuration([1.3, 1.1, 1.2])
-    data, segmentation, properties = preprocess_case([image_path], label_path, plans=IDENTITY_PLANS,
-                                                     configuration=target)
+    data, segmentation, properties = preprocess_case([image_path], label_path, configuration=target)
     # The physical extent (size x spacing) is kept to within one new voxel per axis.
     for old_size, old_spacing, new_size, new_spacing in zip(
         properties["shape_after_crop"], properties["spacing_after_crop"],
@@ -87,7 +85,7 @@ def test_there_and_back_keeps_shape_extent_geometry_and_label_volumes(tmp_path):
 
     one_hot = np.stack([segmentation[0] == value for value in range(4)]).astype(np.float32)
     output = tmp_path / "back.nii.gz"
-    export_prediction(one_hot, properties, plans=IDENTITY_PLANS, configuration=target, output_path=output)
+    export_prediction(one_hot, properties, configuration=target, output_path=output)
     back = read_image(output)
     assert back.geometry == original.geometry  # shape, spacing, origin, direction: exact
     assert set(np.unique(back.array)) <= {0, 1, 2, 3}
@@ -117,8 +115,9 @@ def test_probabilities_stay_probabilities_and_a_two_dimensional_plan_keeps_slice
         "shape_before_crop": [4, 40, 50], "crop_bbox": [[0, 4], [5, 37], [0, 45]], "shape_after_crop": [4, 32, 45],
         "spacing_after_resampling": [3.0, 1.6, 1.5],
     }
-    full = probabilities_to_original_geometry(probabilities, properties, plans=IDENTITY_PLANS,
-                                              configuration=configuration([3.0, 1.6, 1.5], dimension=2))
+    full = probabilities_to_original_geometry(
+        probabilities, properties, configuration=configuration([3.0, 1.6, 1.5], dimension=2)
+    )
     assert full.shape == (3, 4, 40, 50)
     assert full.min() >= 0 and full.max() <= 1 + 1e-6
     np.testing.assert_allclose(full.sum(axis=0), 1, atol=1e-5)
@@ -144,7 +143,7 @@ def test_anisotropic_case_copies_thick_slices_instead_of_blending_them(tmp_path)
     write_nifti(image, tmp_path / "thick_0000.nii.gz", spacing_zyx=(5.0, 0.8, 0.8))
     write_nifti(label, tmp_path / "thick.nii.gz", spacing_zyx=(5.0, 0.8, 0.8))
     data, segmentation, properties = preprocess_case(
-        [tmp_path / "thick_0000.nii.gz"], tmp_path / "thick.nii.gz", plans=IDENTITY_PLANS,
+        [tmp_path / "thick_0000.nii.gz"], tmp_path / "thick.nii.gz",
         configuration=configuration([2.5, 1.0, 1.0], anisotropic=True),
     )
     assert properties["shape_after_resampling"] == [12, 16, 16]

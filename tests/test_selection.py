@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.data.dataset import Case, RawDataset
 from autoseg.io.images import Geometry, read_image, write_image
 from autoseg.pipeline.selection import find_best
+from autoseg.records.dataset import Case, RawDataset
+from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.files import read_json, write_json
 
 GEOMETRY = Geometry(spacing=(2.0, 1.0, 1.0), origin=(5.0, -3.0, 1.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
@@ -50,7 +51,7 @@ def _work_folder(tmp_path: Path) -> Path:
 
 def test_find_best_scores_configurations_and_ensembles(tmp_path: Path) -> None:
     work = _work_folder(tmp_path)
-    recipe = find_best(work, ["good", "shifted"], [0, 1], workers=1)
+    recipe = find_best(WorkFolder(work), ["good", "shifted"], [0, 1], workers=1).to_json()
     scores = {candidate["name"]: candidate["foreground_dice"] for candidate in recipe["candidates"]}
     truth_voxels = int(_truth(0).sum())
     # A 3-voxel shift of a 7-voxel-wide box keeps 4/7 of it: Dice 4/7.

@@ -11,6 +11,7 @@ from test_training import TINY_CONFIGURATION, TINY_DATASET, quiet, tiny_job, tin
 
 from autoseg.cli import main as cli_main
 from autoseg.pipeline.selection import find_best
+from autoseg.records.work_folder import WorkFolder
 from autoseg.training.distributed import DistributedContext
 from autoseg.training.loop import train_fold
 from autoseg.training.tracking import fold_tracker, numeric_fields
@@ -223,13 +224,13 @@ def test_run_sends_the_selected_candidate_and_its_cross_validation_dice_to_mlflo
     from autoseg.training.tracking import log_cross_validation
 
     work = selection_work_folder(tmp_path)
-    recipe = find_best(work, ["good", "shifted"], [0, 1], workers=1)
-    log_cross_validation(work, recipe, ("mlflow", "tensorboard"))
+    recipe = find_best(WorkFolder(work), ["good", "shifted"], [0, 1], workers=1)
+    log_cross_validation(WorkFolder(work), recipe, ("mlflow", "tensorboard"))
 
     (run,) = mlflow_runs((work / "mlruns").as_uri(), work.name)
     assert run.info.run_name == "cross_validation" and run.info.status == "FINISHED"
     assert run.data.params["selected"] == "good" and run.data.params["folds"] == "[0,1]"
-    assert run.data.metrics["cross_validation_dice"] == recipe["cross_validation_dice"] == 1.0
+    assert run.data.metrics["cross_validation_dice"] == recipe.cross_validation_dice == 1.0
     assert run.data.metrics["dice/organ"] == 1.0
     assert run.data.metrics["candidates/shifted"] == pytest.approx(4 / 7)
     assert run.data.metrics["candidates/good_shifted"] == 1.0  # "+" is not allowed in MLflow names

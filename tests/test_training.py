@@ -10,14 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import as_configuration
 
 from autoseg.cli import main as cli_main
-from autoseg.data.dataset import Case, RawDataset
 from autoseg.errors import UserError
 from autoseg.networks import build_network
-from autoseg.training import checkpoints as checkpoint_files
+from autoseg.pipeline.validation import training_components
+from autoseg.records import checkpoint as checkpoint_files
+from autoseg.records.dataset import Case, RawDataset
+from autoseg.records.work_folder import WorkFolder
 from autoseg.training import loop as loop_module
-from autoseg.training.command import build_job
+from autoseg.training.job import build_job
 from autoseg.training.loop import TrainingSettings, default_components, train_fold
 from autoseg.training.pretrained import load_pretrained_weights
 from autoseg.training.pseudo_dice import count_overlaps, dice_from_counts
@@ -96,7 +99,7 @@ def write_tiny_work_folder(work_dir: Path, *, number_of_cases: int = 10, seed: i
 
 
 def tiny_job(work_dir: Path, fold: str = "0"):
-    return build_job(dataset=TINY_DATASET, configuration_name="3d_fullres", fold=fold, work_dir=work_dir)
+    return build_job(WorkFolder.for_dataset(work_dir, TINY_DATASET), "3d_fullres", fold, dataset_root=TINY_DATASET)
 
 
 def tiny_settings(**overrides) -> TrainingSettings:
@@ -222,7 +225,7 @@ def test_a_few_epochs_reduce_the_loss_and_write_every_artifact(work_dir: Path) -
         checkpoint = torch.load(job.fold_folder / name, map_location="cpu", weights_only=True)
         assert checkpoint["format"] == checkpoint_files.CHECKPOINT_FORMAT
     final = torch.load(job.fold_folder / "checkpoint_final.pt", map_location="cpu", weights_only=True)
-    fresh = build_network(TINY_CONFIGURATION, in_channels=1, out_channels=3)
+    fresh = build_network(as_configuration(TINY_CONFIGURATION), in_channels=1, out_channels=3)
     fresh.load_state_dict(final["network"])  # strict: every tensor present with the right shape
     assert final["progress"]["epoch"] == 3 and len(final["log"]) == 3
     assert (job.fold_folder / "progress.png").read_bytes().startswith(b"\x89PNG")
@@ -327,7 +330,7 @@ def test_a_time_budget_is_split_into_short_epochs_each_validated_in_proportion(w
 def test_train_command_slices_epochs_only_when_the_epoch_length_is_not_given() -> None:
     import argparse
 
-    from autoseg.training.command import add_arguments, settings_from_arguments
+    from autoseg.commands.train import add_arguments, settings_from_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -353,10 +356,10 @@ def test_deterministic_runs_give_identical_losses(tmp_path: Path) -> None:
 
 def test_pretrained_weights_load_where_shapes_match_and_the_rest_is_reported(tmp_path: Path) -> None:
     build = build_network
-    source = build(TINY_CONFIGURATION, in_channels=1, out_channels=3)
+    source = build(as_configuration(TINY_CONFIGURATION), in_channels=1, out_channels=3)
     checkpoint = tmp_path / "source.pt"
     checkpoint_files.save_checkpoint(checkpoint, {"network": source.state_dict()})
-    target = build(TINY_CONFIGURATION, in_channels=2, out_channels=5)  # other channels and classes
+    target = build(as_configuration(TINY_CONFIGURATION), in_channels=2, out_channels=5)  # other channels and classes
     report = load_pretrained_weights(target, checkpoint)
     source_weights, target_weights = source.state_dict(), target.state_dict()
     assert report.loaded and report.shape_mismatch and len(report.adapted_input_channels) == 1
@@ -439,16 +442,16 @@ def test_training_real_hippocampus_cases_ends_with_scored_validation_predictions
 def test_a_failing_after_training_hook_is_reported_without_failing_the_training(
     work_dir: Path, monkeypatch
 ) -> None:
-    from autoseg.training import hooks
-
     def broken_predictor(fold_folder, **context):
         raise RuntimeError("predictor exploded")
 
-    monkeypatch.setitem(hooks.AFTER_TRAINING_HOOKS, "predict_validation", broken_predictor)
+    components = dataclasses.replace(
+        training_components(), after_training_hooks={"predict_validation": broken_predictor}
+    )
     messages: list[str] = []
     result = train_fold(tiny_job(work_dir), tiny_settings(epochs=1, iterations_per_epoch=1,
                                                           after_training_hooks=("predict_validation",)),
-                        log_message=messages.append)
+                        components=components, log_message=messages.append)
     assert result.after_training == {"predict_validation": {"failed": "RuntimeError: predictor exploded"}}
     assert any("predict_validation failed" in message for message in messages)
     assert (Path(result.fold_folder) / "checkpoint_final.pt").is_file()

@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from autoseg.commands.arguments import add_work_dir_argument
 from autoseg.data.check import check_dataset, format_problems
-from autoseg.data.dataset import RawDataset, load_raw_dataset
 from autoseg.data.demo_data import DEMO_KINDS, demo_settings, existing_demo_settings, generate_demo_dataset
 from autoseg.errors import DatasetError
-from autoseg.paths import add_work_dir_argument, resolve_work_dir
+from autoseg.pipeline.run import RunOptions, run_pipeline
+from autoseg.records.dataset import RawDataset, load_raw_dataset
+from autoseg.records.inference_recipe import InferenceRecipe
+from autoseg.records.work_folder import WorkFolder, resolve_work_dir
 
 DEMO_DATA_FOLDER = "demo_data"
 
@@ -71,19 +74,16 @@ def stage_check(run: DemoRun) -> str:
 def stage_pipeline(run: DemoRun) -> str:
     """``autoseg run`` on the demo data: plan, preprocess, train each configuration on the demo folds, select,
     post-process and report, with a short time budget per fold so the whole demo takes minutes on a laptop CPU."""
-    from autoseg.pipeline.run import RunOptions, run_pipeline
-    from autoseg.utils.files import read_json
-
     # Short epochs so the demo's training curves have points; few validation batches so they do not eat the budget.
     options = RunOptions(folds=run.folds, time_budget=run.time_budget, workers=run.workers, iterations_per_epoch=10,
                          validation_iterations=4, progress=run.progress)
     report = run_pipeline(str(run.dataset_root), str(run.work_dir), options)
-    recipe = read_json(report.parent / "inference.json")
-    dice = recipe["cross_validation_dice_after_postprocessing"]
+    recipe = InferenceRecipe.read(WorkFolder(report.parent).inference_recipe)
+    dice = recipe.cross_validation_dice_after_postprocessing
     if dice is None:
-        dice = recipe["cross_validation_dice"]
+        dice = recipe.cross_validation_dice
     shown = "-" if dice is None else f"{dice:.3f}"
-    return f"selected {recipe['selected']}, cross-validation mean foreground Dice {shown}; report {report}"
+    return f"selected {recipe.selected}, cross-validation mean foreground Dice {shown}; report {report}"
 
 
 # Pipeline order.

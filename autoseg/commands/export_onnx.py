@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from autoseg.inference.onnx_export import ONNX_OPSET, export_onnx_model
+from autoseg.utils.threads import set_torch_threads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,14 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoseg.utils.threads import set_torch_threads
 
     set_torch_threads(args.threads)
     recipe = export_onnx_model(
         args.model_folder, args.output_folder, configuration=args.configuration, folds=args.folds,
         checkpoint=args.checkpoint, opset=args.opset,
     )
-    for name, entry in recipe["configurations"].items():
+    for name, entry in recipe.get("configurations", {}).items():
         worst = max(fold["max_abs_difference_to_torch"] for fold in entry["folds"].values())
         print(f"autoseg export-onnx: {name} folds {', '.join(entry['folds'])}: largest difference to torch "
               f"{worst:.2g} on a random batch")

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autoseg.commands.arguments import add_work_dir_argument
+from autoseg.errors import UserError
+from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.planning.presets import PRESETS
+from autoseg.planning.table import format_plans_table
+from autoseg.records.plans import load_plans
+from autoseg.records.work_folder import WorkFolder
+from autoseg.utils.locking import folder_lock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from autoseg.paths import add_work_dir_argument
-
     parser.add_argument("dataset", help="raw dataset folder (with dataset.json, imagesTr/, labelsTr/)")
     add_work_dir_argument(parser)
     parser.add_argument(
@@ -28,19 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoseg.paths import dataset_work_dir
-    from autoseg.planning.plans import PLANS_FILE_NAME, load_plans
-    from autoseg.planning.table import format_plans_table
-
-    work = dataset_work_dir(args.work_dir, args.dataset)
+    work = WorkFolder.for_dataset(args.work_dir, args.dataset)
     if args.show:
-        print(format_plans_table(load_plans(work / PLANS_FILE_NAME)), end="")
+        print(format_plans_table(load_plans(work.plans)), end="")
         return 0
-
-    from autoseg.errors import UserError
-    from autoseg.planning.plan_dataset import plan_dataset
-    from autoseg.utils.locking import folder_lock
-
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}.")
     if not Path(args.dataset).is_dir():
@@ -51,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
             recompute_fingerprint=args.recompute_fingerprint,
         )
     print(format_plans_table(plans), end="")
-    print(f"\nwrote {work / 'fingerprint.json'} and {work / PLANS_FILE_NAME}")
+    print(f"\nwrote {work.fingerprint} and {work.plans}")
     return 0

@@ -28,16 +28,15 @@ Example (``dataset_folder`` is a raw dataset of three real Hippocampus cases):
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from autoseg.data.dataset import Case, Problem, RawDataset, scan_raw_dataset
 from autoseg.errors import DatasetError, UserError
 from autoseg.io.images import Geometry, count_non_finite_nifti_voxels, read_image
+from autoseg.records.dataset import Case, Problem, RawDataset, scan_raw_dataset
 from autoseg.utils.parallel import parallel_map
 
 # Tolerances for comparing headers of files that belong to one case. Spacing is stored as float32 in NIfTI, so
@@ -212,26 +211,3 @@ def require_valid_dataset(root: str | Path, *, workers: int = 2, progress: bool 
     dataset, _ = scan_raw_dataset(root)
     assert dataset is not None  # no errors above means the scan succeeded
     return dataset
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", help="raw dataset folder (with dataset.json, imagesTr/, labelsTr/)")
-    parser.add_argument("--workers", type=int, default=2, help="processes reading files in parallel (default: 2)")
-    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    root = Path(args.dataset)
-    problems = check_dataset(root, workers=args.workers, progress=not args.no_progress)
-    for problem in sorted(problems, key=lambda p: p.severity != "error"):
-        print(problem)
-    errors = sum(p.severity == "error" for p in problems)
-    warnings = len(problems) - errors
-    dataset, _ = scan_raw_dataset(root)
-    counted = (
-        f"{len(dataset.training_cases)} training and {len(dataset.test_cases)} test case(s)"
-        if dataset is not None else "no cases"
-    )
-    verdict = "FAILED" if errors else "OK"
-    print(f"{verdict}: {root.resolve().name}: checked {counted}: {errors} error(s), {warnings} warning(s).")
-    return 2 if errors else 0

@@ -22,7 +22,6 @@ Example (``msd_task`` is a Task04_Hippocampus folder, as downloaded from the Dec
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -180,16 +179,3 @@ def convert_msd(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return destination
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="MSD task folder (dataset.json with 'modality' and 'training', imagesTr/)")
-    parser.add_argument("destination", help="new raw dataset folder, e.g. Dataset004_Hippocampus (must not exist)")
-    parser.add_argument("--workers", type=int, default=2, help="processes converting cases in parallel (default: 2)")
-    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    destination = convert_msd(args.source, args.destination, workers=args.workers, progress=not args.no_progress)
-    print(f"Converted {args.source} into {destination}. Next: autoseg check {destination}")
-    return 0

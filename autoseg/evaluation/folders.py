@@ -29,8 +29,14 @@ import numpy as np
 
 from autoseg.errors import UserError
 from autoseg.evaluation.metrics import COUNT_NAMES, DEFAULT_TOLERANCE_MM, METRIC_NAMES, compute_binary_metrics
-from autoseg.evaluation.targets import EvaluationTarget, describe_targets, targets_from_label_values
+from autoseg.evaluation.targets import (
+    EvaluationTarget,
+    describe_targets,
+    targets_from_dataset_json,
+    targets_from_label_values,
+)
 from autoseg.io.images import Geometry, file_ending, read_image
+from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.files import atomic_path, write_json
 from autoseg.utils.parallel import parallel_starmap
 
@@ -258,7 +264,7 @@ def evaluate_folders(
 
 
 def evaluate_against_ground_truth(
-    dataset_work_folder: str | os.PathLike[str],
+    work_folder: WorkFolder,
     prediction_folder: str | os.PathLike[str],
     *,
     cases: Sequence[str],
@@ -266,11 +272,8 @@ def evaluate_against_ground_truth(
 ) -> dict[str, Any]:
     """Evaluate ``cases`` of ``prediction_folder`` against ``WORK/<dataset>/ground_truth`` with the dataset's own
     classes, regions and ignore label; writes ``summary.json`` and ``metrics.csv`` into ``prediction_folder``."""
-    from autoseg.evaluation.targets import targets_from_dataset_json
-
-    work = Path(dataset_work_folder)
-    targets, ignore_label = targets_from_dataset_json(work / "dataset.json")
+    targets, ignore_label = targets_from_dataset_json(work_folder.dataset_json)
     return evaluate_folders(
-        prediction_folder, work / "ground_truth", targets=targets, ignore_label=ignore_label, cases=list(cases),
+        prediction_folder, work_folder.ground_truth, targets=targets, ignore_label=ignore_label, cases=list(cases),
         output_folder=prediction_folder, workers=workers,
     )

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from autoseg.fingerprint.compute import FINGERPRINT_FILE_NAME, compute_fingerprint, load_fingerprint
+from autoseg.fingerprint.compute import compute_fingerprint
 
-__all__ = ["FINGERPRINT_FILE_NAME", "compute_fingerprint", "load_fingerprint"]
+__all__ = ["compute_fingerprint"]

@@ -8,8 +8,8 @@ import zlib
 import numpy as np
 
 from autoseg.fingerprint.intensity_statistics import sample_foreground
-from autoseg.fingerprint.nonzero_crop import nonzero_bounding_box
 from autoseg.io.images import read_image
+from autoseg.utils.nonzero_crop import nonzero_bounding_box
 
 
 @dataclasses.dataclass(frozen=True)

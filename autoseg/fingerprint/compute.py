@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from autoseg import __version__
-from autoseg.data.case_signatures import case_signatures
-from autoseg.data.dataset import RawDataset
-from autoseg.errors import DatasetError, UserError
+from autoseg.errors import DatasetError
 from autoseg.fingerprint.case_fingerprint import CaseFingerprint, CaseRequest, fingerprint_case_in_worker
 from autoseg.fingerprint.inputs_signature import inputs_signature
 from autoseg.fingerprint.intensity_statistics import samples_per_case, summarise_intensities
-from autoseg.paths import dataset_work_dir
+from autoseg.records.case_signatures import case_signatures
+from autoseg.records.dataset import RawDataset
+from autoseg.records.fingerprint import FINGERPRINT_VERSION
+from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.files import read_json, write_json
 from autoseg.utils.parallel import parallel_map
-
-FINGERPRINT_FILE_NAME = "fingerprint.json"
-# Bump when the content or meaning of fingerprint.json changes, so old files are recomputed rather than trusted.
-# 2: per-case input signatures (``case_signatures``), so later stages can name the cases that changed.
-FINGERPRINT_VERSION = 2
-
-
-def fingerprint_path(dataset: RawDataset, work_dir: str | os.PathLike[str] | None) -> Path:
-    """``WORK/<dataset>/fingerprint.json``; ``work_dir`` may also be the dataset's own working folder."""
-    if work_dir is not None and Path(work_dir).resolve().name == Path(dataset.root).resolve().name:
-        return Path(work_dir).resolve() / FINGERPRINT_FILE_NAME
-    return dataset_work_dir(work_dir, dataset.root) / FINGERPRINT_FILE_NAME
-
-
-def load_fingerprint(path: str | os.PathLike[str]) -> dict:
-    """Read a ``fingerprint.json``; a missing or unreadable file is a user error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no fingerprint found; run `autoseg plan DATASET` first.")
-    try:
-        return read_json(path)
-    except ValueError:
-        raise UserError(f"{path}: is not valid JSON; delete it and run `autoseg plan DATASET` again.") from None
 
 
 def _cached_fingerprint(path: Path, signature: str) -> dict | None:
@@ -96,13 +73,13 @@ def summarise_cases(
 
 def compute_fingerprint(
     dataset: RawDataset,
-    work_dir: str | os.PathLike[str] | None,
+    work_folder: WorkFolder,
     *,
     workers: int = 2,
     force: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Fingerprint ``dataset`` into ``WORK/<dataset>/fingerprint.json`` and return it.
+    """Fingerprint ``dataset`` into the working folder's ``fingerprint.json`` and return it.
 
     An existing file is reused when its ``inputs_signature`` (paths, sizes and modification times of every
     training file, plus the label/channel description) still matches, so re-planning is instant; pass
@@ -110,11 +87,11 @@ def compute_fingerprint(
 
     Args:
         dataset: the raw dataset (every training case must have a label).
-        work_dir: the working folder (as ``--work-dir``; None for the default), or the dataset's folder inside it.
+        work_folder: the dataset's working folder.
         workers: processes reading cases in parallel.
         force: ignore a cached fingerprint.
     """
-    path = fingerprint_path(dataset, work_dir)
+    path = work_folder.fingerprint
     signature = inputs_signature(dataset, fingerprint_version=FINGERPRINT_VERSION)
     if not force and (cached := _cached_fingerprint(path, signature)) is not None:
         return cached

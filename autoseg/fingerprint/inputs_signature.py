@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from autoseg.data.case_signatures import case_file_lines
-from autoseg.data.dataset import RawDataset
+from autoseg.records.case_signatures import case_file_lines
+from autoseg.records.dataset import RawDataset
 from autoseg.utils.files import dumps_json
 
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from autoseg import __version__
-from autoseg.data.dataset import Case, RawDataset
-from autoseg.fingerprint.compute import FINGERPRINT_VERSION
+from autoseg.records.dataset import Case, RawDataset
+from autoseg.records.fingerprint import FINGERPRINT_VERSION
 
 
 def synthetic_fingerprint(

@@ -27,8 +27,11 @@ from pathlib import Path
 
 import torch
 
-from autoseg.inference.model_folder import read_inference_recipe
+from autoseg.inference.pipeline import run_prediction_pipeline
 from autoseg.inference.predictor import Predictor
+from autoseg.records.inference_recipe import InferenceRecipe
+from autoseg.records.postprocessing import PostprocessingDecision
+from autoseg.records.work_folder import WorkFolder
 
 
 @dataclasses.dataclass
@@ -36,7 +39,7 @@ class ModelEnsemble:
     """Predictors of one dataset whose probabilities are averaged, and the post-processing applied afterwards."""
 
     members: list[Predictor]
-    postprocessing: dict | None = None
+    postprocessing: PostprocessingDecision | None = None
 
     @property
     def description(self) -> str:
@@ -65,28 +68,26 @@ class ModelEnsemble:
 
         ``folds`` given by the user apply to every member; otherwise each member uses the recipe's folds.
         """
-        from autoseg.postprocessing.decision import read_postprocessing
-
-        folder = Path(model_folder).expanduser().resolve()
+        folder = WorkFolder.at(model_folder)
         options = {"checkpoint": checkpoint, "device": device, "tta": tta, "step_size": step_size,
                    "batch_size": batch_size, "precision": precision}
-        recipe = read_inference_recipe(folder) if (folder / "plans.json").is_file() else None
-        recipe_configurations = [str(entry["configuration"]) for entry in recipe["models"]] if recipe else []
+        recipe = InferenceRecipe.read(folder.inference_recipe) if folder.plans.is_file() else None
+        recipe_configurations = recipe.configurations if recipe else []
         if configuration is None and recipe is not None:
             members = [
                 Predictor.from_model_folder(
-                    folder, configuration=str(entry["configuration"]),
-                    folds=folds if folds is not None else entry.get("folds"), **options,
+                    folder, configuration=model.configuration, folds=folds if folds is not None else model.folds,
+                    **options,
                 )
-                for entry in recipe["models"]
+                for model in recipe.models
             ]
         else:
             members = [Predictor.from_model_folder(folder, configuration=configuration, folds=folds, **options)]
         chosen = [member.configuration_name for member in members]
         postprocessing = None
         follows_recipe = recipe is not None and chosen == recipe_configurations
-        if use_postprocessing and follows_recipe and recipe.get("postprocessing"):
-            postprocessing = read_postprocessing(folder / str(recipe["postprocessing"]))
+        if use_postprocessing and follows_recipe and recipe.postprocessing:
+            postprocessing = PostprocessingDecision.read(folder.root / recipe.postprocessing)
         return cls(members=members, postprocessing=postprocessing)
 
     def predict_files(
@@ -100,7 +101,6 @@ class ModelEnsemble:
         progress: bool = True,
     ) -> list[Path]:
         """Segment each case (a list of channel files) into its output path; see ``Predictor.predict_files``."""
-        from autoseg.inference.pipeline import run_prediction_pipeline
 
         return run_prediction_pipeline(
             self.members, list(zip(cases, output_paths, strict=True)), save_probabilities=save_probabilities,

@@ -1,7 +1,7 @@
 """Write a case's prediction back in the input's grid: one model or an ensemble of configurations, post-processed.
 
 The inverse of preprocessing itself (resample back, transpose back, uncrop) lives in
-``autoseg.preprocessing.export``; this module decides what to write: a single configuration's label map is computed
+``autoseg.transforms.export``; this module decides what to write: a single configuration's label map is computed
 one class at a time (memory: a few volumes); an ensemble averages the members' probabilities in the input's grid,
 where configurations with different spacings meet. Post-processing (``postprocessing.json``) is applied last.
 An output path ending in ``.seg.nrrd`` is written as a 3D Slicer segmentation named with the dataset's labels.
@@ -14,24 +14,30 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from autoseg.data.dataset import RawDataset
 from autoseg.inference.label_maps import label_map_from_probabilities
 from autoseg.io.images import Geometry
 from autoseg.io.slicer_segmentation import is_slicer_segmentation_path, write_slicer_segmentation
+from autoseg.records.dataset import RawDataset
+from autoseg.records.plans import Configuration
+from autoseg.records.postprocessing import PostprocessingDecision
+from autoseg.transforms.export import (
+    probabilities_path_for,
+    probabilities_to_label_map,
+    probabilities_to_original_geometry,
+    write_segmentation,
+)
 from autoseg.utils.files import atomic_path
 
 
 def probabilities_in_input_grid(
-    probabilities: np.ndarray, properties: dict, *, plans: dict, configuration: dict, dataset: RawDataset
+    probabilities: np.ndarray, properties: dict, *, configuration: Configuration, dataset: RawDataset
 ) -> np.ndarray:
     """Probabilities ``(K, z, y, x)`` resampled, transposed and uncropped back to the input's grid.
 
     Outside the crop box a class model says background (probability 1 in channel 0); a region model says no
     region (0 in every channel).
     """
-    from autoseg.preprocessing.export import probabilities_to_original_geometry
-
-    full = probabilities_to_original_geometry(probabilities, properties, plans=plans, configuration=configuration)
+    full = probabilities_to_original_geometry(probabilities, properties, configuration=configuration)
     if dataset.has_regions:
         inside = np.zeros(full.shape[1:], dtype=bool)
         inside[tuple(slice(int(start), int(stop)) for start, stop in properties["crop_bbox"])] = True
@@ -40,33 +46,31 @@ def probabilities_in_input_grid(
 
 
 def export_members(
-    members: Sequence[tuple[np.ndarray, dict, dict, dict]],
+    members: Sequence[tuple[np.ndarray, dict, Configuration]],
     *,
     dataset: RawDataset,
     output_path: str | os.PathLike[str],
     save_probabilities: bool = False,
-    postprocessing: dict | None = None,
+    postprocessing: PostprocessingDecision | None = None,
 ) -> None:
     """Write one case's label map with exactly the input's geometry (runs in export worker processes).
 
     Args:
-        members: one ``(probabilities (K, z, y, x) in the member's preprocessed grid, properties, plans,
-            configuration)`` per ensemble member (a single model is one member).
+        members: one ``(probabilities (K, z, y, x) in the member's preprocessed grid, properties, configuration)``
+            per ensemble member (a single model is one member).
         save_probabilities: also write the (averaged) probabilities in the input's grid to ``CASE.npz``
             (key ``probabilities``, float32 ``(K, z, y, x)``) next to the label map.
-        postprocessing: a decision from ``postprocessing.json``, applied to the label map.
+        postprocessing: the ``postprocessing.json`` decision, applied to the label map.
     """
-    from autoseg.preprocessing.export import probabilities_path_for, probabilities_to_label_map, write_segmentation
-
     properties = members[0][1]
     if len(members) == 1 and not dataset.has_regions and not save_probabilities:
-        probabilities, _, plans, configuration = members[0]
-        label_map = probabilities_to_label_map(probabilities, properties, plans=plans, configuration=configuration)
+        probabilities, _, configuration = members[0]
+        label_map = probabilities_to_label_map(probabilities, properties, configuration=configuration)
     else:
         full = None
-        for probabilities, member_properties, plans, configuration in members:
+        for probabilities, member_properties, configuration in members:
             member_full = probabilities_in_input_grid(
-                probabilities, member_properties, plans=plans, configuration=configuration, dataset=dataset
+                probabilities, member_properties, configuration=configuration, dataset=dataset
             )
             full = member_full if full is None else np.add(full, member_full, out=full)
         if len(members) > 1:
@@ -77,9 +81,7 @@ def export_members(
         label_map = label_map_from_probabilities(full, dataset=dataset)
         del full
     if postprocessing is not None:
-        from autoseg.postprocessing.decision import apply_postprocessing
-
-        label_map = apply_postprocessing(label_map, postprocessing)
+        label_map = postprocessing.apply(label_map)
     if is_slicer_segmentation_path(output_path):
         write_slicer_segmentation(label_map, Geometry.from_dict(properties["geometry"]), output_path,
                                   segments=named_label_values(dataset))
@@ -104,15 +106,14 @@ def export_case(
     probabilities: np.ndarray,
     properties: dict,
     *,
-    plans: dict,
-    configuration: dict,
+    configuration: Configuration,
     dataset: RawDataset,
     output_path: str | os.PathLike[str],
     save_probabilities: bool = False,
-    postprocessing: dict | None = None,
+    postprocessing: PostprocessingDecision | None = None,
 ) -> None:
     """``export_members`` for a single model."""
     export_members(
-        [(probabilities, properties, plans, configuration)], dataset=dataset, output_path=output_path,
+        [(probabilities, properties, configuration)], dataset=dataset, output_path=output_path,
         save_probabilities=save_probabilities, postprocessing=postprocessing,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from autoseg.data.dataset import RawDataset
+from autoseg.records.dataset import RawDataset
 
 
 def probabilities_from_logits(logits: torch.Tensor, *, uses_regions: bool) -> torch.Tensor:

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoseg.errors import UserError
-from autoseg.utils.files import read_json
+from autoseg.records.inference_recipe import InferenceRecipe
+from autoseg.records.work_folder import WorkFolder
 
 CHECKPOINT_NAMES = ("final", "best", "latest")
-INFERENCE_RECIPE = "inference.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,24 +42,13 @@ def _fold_name(fold: int | str) -> str:
 
 def trained_configurations(model_folder: Path, *, checkpoint: str) -> list[str]:
     """Configurations with at least one fold holding ``checkpoint_<checkpoint>.pt``."""
-    models = model_folder / "models"
+    models = WorkFolder.at(model_folder).models
     if not models.is_dir():
         return []
     return sorted(
         entry.name for entry in models.iterdir()
         if entry.is_dir() and any(entry.glob(f"fold_*/checkpoint_{checkpoint}.pt"))
     )
-
-
-def read_inference_recipe(model_folder: Path) -> dict | None:
-    """``inference.json`` of a model folder (the configurations and folds model selection chose), or None."""
-    path = model_folder / INFERENCE_RECIPE
-    if not path.is_file():
-        return None
-    recipe = read_json(path)
-    if not isinstance(recipe, dict) or not recipe.get("models"):
-        raise UserError(f"{path}: must hold {{'models': [{{'configuration': ..., 'folds': [...]}}]}}.")
-    return recipe
 
 
 def locate_trained_model(
@@ -76,34 +65,34 @@ def locate_trained_model(
         folds: fold numbers and/or ``"all"``; None = the recommended folds, else every trained fold.
         checkpoint: ``final``, ``best`` or ``latest``.
     """
-    model_folder = Path(model_folder).expanduser().resolve()
+    work_folder = WorkFolder.at(model_folder)
+    model_folder = work_folder.root
     if checkpoint not in CHECKPOINT_NAMES:
         raise UserError(f"checkpoint {checkpoint!r} is not one of {', '.join(CHECKPOINT_NAMES)}.")
-    if not (model_folder / "plans.json").is_file():
+    if not work_folder.plans.is_file():
         raise UserError(
             f"{model_folder}: is not a model folder (no plans.json); pass WORK/<dataset> or an imported model."
         )
     available = trained_configurations(model_folder, checkpoint=checkpoint)
-    recipe = read_inference_recipe(model_folder)
+    recipe = InferenceRecipe.read(work_folder.inference_recipe)
     recommended_folds = None
     if configuration is None:
         if recipe is not None:
-            entry = recipe["models"][0]
-            configuration = str(entry["configuration"])
-            recommended_folds = entry.get("folds")
+            configuration = recipe.models[0].configuration
+            recommended_folds = recipe.models[0].folds
         elif len(available) == 1:
             configuration = available[0]
         elif not available:
-            raise UserError(f"{model_folder}: has no trained model with checkpoint_{checkpoint}.pt under models/.")
+            raise UserError(
+                f"{model_folder}: has no trained model with checkpoint_{checkpoint}.pt under {work_folder.models}."
+            )
         else:
             raise UserError(
                 f"{model_folder}: holds several trained configurations ({', '.join(available)}); choose one with -c."
             )
     elif recipe is not None:
-        recommended_folds = next(
-            (entry.get("folds") for entry in recipe["models"] if entry.get("configuration") == configuration), None
-        )
-    configuration_folder = model_folder / "models" / configuration
+        recommended_folds = recipe.folds_of(configuration)
+    configuration_folder = work_folder.configuration_models(configuration)
     if folds is None:
         folds = recommended_folds
     if folds is None:
@@ -122,7 +111,7 @@ def locate_trained_model(
             f"{configuration_folder}: has no fold with checkpoint_{checkpoint}.pt "
             f"(trained configurations: {', '.join(available) or 'none'})."
         )
-    paths = tuple(configuration_folder / f"fold_{name}" / f"checkpoint_{checkpoint}.pt" for name in fold_names)
+    paths = tuple(work_folder.checkpoint(configuration, name, checkpoint) for name in fold_names)
     missing = [path for path in paths if not path.is_file()]
     if missing:
         raise UserError(f"{missing[0]}: checkpoint not found (train that fold or choose other folds with -f).")

@@ -22,11 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoseg.data.dataset import RawDataset
 from autoseg.errors import UserError
 from autoseg.inference.ensemble import ModelEnsemble
 from autoseg.inference.model_folder import TrainedModel
 from autoseg.inference.predictor import Predictor
+from autoseg.records.dataset import RawDataset
+from autoseg.records.plans import Configuration, Plans, load_plans
+from autoseg.records.postprocessing import PostprocessingDecision
+from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.files import read_json, sha256_file
 
 ONNX_RECIPE = "onnx_recipe.json"
@@ -125,7 +128,7 @@ def onnx_predictor(
     configuration_name: str,
     *,
     folds: Sequence[int | str] | str | None = None,
-    plans: dict,
+    plans: Plans,
     dataset: RawDataset,
     tta: bool = True,
     step_size: float = 0.5,
@@ -133,11 +136,12 @@ def onnx_predictor(
     threads: int = 1,
 ) -> Predictor:
     """A ``Predictor`` of one exported configuration (and of its previous cascade stage) running on onnxruntime."""
-    exported = recipe["configurations"].get(configuration_name)
+    exported_configurations = recipe.get("configurations", {})
+    exported = exported_configurations.get(configuration_name)
     if exported is None:
         raise UserError(
             f"{folder / ONNX_RECIPE}: configuration {configuration_name} was not exported "
-            f"(exported: {', '.join(recipe['configurations'])}); choose one with -c or export it."
+            f"(exported: {', '.join(exported_configurations)}); choose one with -c or export it."
         )
     fold_names = _chosen_folds(list(exported["folds"]), folds, where=str(folder / ONNX_RECIPE))
     paths = [_verified_file(folder, exported["folds"][name]) for name in fold_names]
@@ -151,8 +155,13 @@ def onnx_predictor(
             folder, recipe, exported["previous_stage"], folds=folds, plans=plans, dataset=dataset, tta=tta,
             step_size=step_size, batch_size=batch_size, threads=threads,
         )
+    planned = plans.configuration(configuration_name)
+    configuration = Configuration.from_json(
+        configuration_name, exported["configuration"], transpose_forward=planned.transpose_forward,
+        transpose_backward=planned.transpose_backward,
+    )
     return Predictor(
-        plans=plans, configuration_name=configuration_name, configuration=exported["configuration"], dataset=dataset,
+        configuration_name=configuration_name, configuration=configuration, dataset=dataset,
         networks=networks, device=torch.device("cpu"), tta=tta, step_size=step_size, batch_size=batch_size,
         precision="float32", previous_stage=previous_stage,
         trained_model=TrainedModel(folder, configuration_name, tuple(fold_names), tuple(paths)),
@@ -180,16 +189,14 @@ def load_onnx_ensemble(
     Raises:
         UserError: not an exported folder, onnxruntime missing, or a configuration/fold that was not exported.
     """
-    from autoseg.planning.plans import load_plans
-    from autoseg.postprocessing.decision import read_postprocessing
-
     folder = Path(onnx_folder).expanduser().resolve()
     if not folder.is_dir():
         raise UserError(f"{folder}: model folder does not exist.")
     recipe = read_onnx_recipe(folder)
     import_onnxruntime()
-    plans = load_plans(folder / "plans.json")
-    dataset = RawDataset.from_dict(read_json(folder / "dataset.json"))
+    work_folder = WorkFolder.at(folder)
+    plans = load_plans(work_folder.plans)
+    dataset = RawDataset.from_dict(read_json(work_folder.dataset_json))
     recipe_members = [str(entry["configuration"]) for entry in recipe["models"]]
     recipe_folds = {str(entry["configuration"]): entry.get("folds") for entry in recipe["models"]}
     chosen = recipe_members if configuration is None else [configuration]
@@ -202,5 +209,5 @@ def load_onnx_ensemble(
     ]
     postprocessing = None
     if use_postprocessing and chosen == recipe_members and recipe.get("postprocessing"):
-        postprocessing = read_postprocessing(folder / str(recipe["postprocessing"]))
+        postprocessing = PostprocessingDecision.read(folder / str(recipe["postprocessing"]))
     return ModelEnsemble(members=members, postprocessing=postprocessing)

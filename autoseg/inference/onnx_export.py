@@ -31,6 +31,7 @@ import torch
 
 from autoseg import __version__
 from autoseg.errors import UserError
+from autoseg.inference.ensemble import ModelEnsemble
 from autoseg.inference.onnx_engine import (
     INSTALL_HINT,
     ONNX_RECIPE,
@@ -39,12 +40,14 @@ from autoseg.inference.onnx_engine import (
     import_onnxruntime,
 )
 from autoseg.inference.predictor import Predictor
+from autoseg.records.inference_recipe import InferenceRecipe
+from autoseg.records.work_folder import DATASET_FILE, INFERENCE_RECIPE_FILE, PLANS_FILE, WorkFolder
 from autoseg.utils.files import sha256_file, write_json
 
 ONNX_OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-COPIED_RECORDS = ("dataset.json", "plans.json", "inference.json")
+COPIED_RECORDS = (DATASET_FILE, PLANS_FILE, INFERENCE_RECIPE_FILE)
 # Largest |onnxruntime - torch| accepted, relative to the largest |logit| (at least 1): float32 kernels of two
 # libraries sum in different orders; measured differences are 1e-6..1e-5 of the logits' scale.
 VERIFICATION_TOLERANCE = 1e-3
@@ -118,7 +121,7 @@ def _export_configuration(predictor: Predictor, staging: Path, *, opset: int, ex
     if predictor.previous_stage is not None:
         _export_configuration(predictor.previous_stage, staging, opset=opset, exported=exported)
     name = predictor.configuration_name
-    patch_size = [int(size) for size in predictor.configuration["patch_size"]]
+    patch_size = list(predictor.configuration.patch_size)
     input_shape = (VERIFICATION_BATCH, network_input_channels(predictor), *patch_size)
     entry = exported.setdefault(name, {
         "patch_size": patch_size,
@@ -128,7 +131,7 @@ def _export_configuration(predictor: Predictor, staging: Path, *, opset: int, ex
         "in_channels": input_shape[1],
         "uses_regions": predictor.dataset.has_regions,
         "previous_stage": predictor.previous_stage.configuration_name if predictor.previous_stage else None,
-        "configuration": predictor.configuration,
+        "configuration": predictor.configuration.to_json(),
         "folds": {},
     })
     for fold, checkpoint_path, network in zip(
@@ -174,8 +177,6 @@ def export_onnx_model(
     Raises:
         UserError: output folder not empty, a missing optional library, or a model-folder problem.
     """
-    from autoseg.inference.ensemble import ModelEnsemble
-
     if opset < ONNX_OPSET:
         raise UserError(f"--opset {opset} is too old; torch's exporter builds graphs of opset {ONNX_OPSET} or newer.")
     destination = Path(output_folder).expanduser().resolve()
@@ -235,7 +236,4 @@ def export_onnx_model(
 
 def read_recipe_postprocessing(model_folder: Path) -> str:
     """The post-processing file that ``inference.json`` names (the one ``ModelEnsemble`` applies)."""
-    from autoseg.inference.model_folder import read_inference_recipe
-
-    recipe = read_inference_recipe(model_folder)
-    return str(recipe["postprocessing"])
+    return str(InferenceRecipe.read(WorkFolder.at(model_folder).inference_recipe).postprocessing)

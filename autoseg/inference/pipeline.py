@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from autoseg.errors import UserError
+from autoseg.inference.case_input import PreprocessedCase, preprocess_for_prediction
 from autoseg.inference.export import export_members
-from autoseg.inference.predictor import PreprocessedCase, preprocess_for_prediction
+from autoseg.records.postprocessing import PostprocessingDecision
 
 if TYPE_CHECKING:
     from autoseg.inference.predictor import Predictor
@@ -60,7 +61,7 @@ def run_prediction_pipeline(
     items: Sequence[tuple[Sequence[str | os.PathLike[str]], str | os.PathLike[str]]],
     *,
     save_probabilities: bool = False,
-    postprocessing: dict | None = None,
+    postprocessing: PostprocessingDecision | None = None,
     skip_existing: bool = False,
     workers: int = 0,
     progress: bool = True,
@@ -84,7 +85,7 @@ def run_prediction_pipeline(
                 f"got {len(image_paths)}."
             )
     member_options = [
-        {"plans": member.plans, "configuration": member.configuration,
+        {"configuration": member.configuration,
          "previous_configuration": member.previous_configuration}
         for member in members
     ]
@@ -92,7 +93,7 @@ def run_prediction_pipeline(
 
     def predict(cases: list[PreprocessedCase]) -> list[tuple]:
         return [
-            (member.predict_case(case), case.properties, member.plans, member.configuration)
+            (member.predict_case(case), case.properties, member.configuration)
             for member, case in zip(members, cases, strict=True)
         ]
 

@@ -1,6 +1,6 @@
 """The predictor: a trained model folder turned into a function from images (files or arrays) to label maps.
 
-For each case: preprocess exactly as in training (``autoseg.preprocessing.case.preprocess_case``), predict
+For each case: preprocess exactly as in training (``autoseg.transforms.case.preprocess_case``), predict
 logits with the sliding window for every fold, convert them to probabilities (softmax, or sigmoid for regions),
 average the probabilities over folds, then resample back to the input's grid and take the label map
 (``autoseg.inference.export``). A ``3d_cascade_fullres`` predictor first runs its ``3d_lowres`` predictor on the
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.data.dataset import RawDataset
 from autoseg.errors import UserError
+from autoseg.inference.case_input import PreprocessedCase, preprocess_for_prediction
 from autoseg.inference.export import export_case, probabilities_in_input_grid
 from autoseg.inference.label_maps import (
     label_map_from_probabilities,
@@ -39,8 +39,15 @@ from autoseg.inference.label_maps import (
     probabilities_from_logits,
 )
 from autoseg.inference.model_folder import TrainedModel, locate_trained_model
+from autoseg.inference.pipeline import run_prediction_pipeline
 from autoseg.inference.sliding_window import predict_sliding_window
-from autoseg.io.images import Geometry, require_finite_voxels, write_image
+from autoseg.io.images import Geometry, write_image
+from autoseg.networks import build_network
+from autoseg.records.checkpoint import load_checkpoint, network_weights_of
+from autoseg.records.dataset import RawDataset
+from autoseg.records.plans import Configuration, load_plans
+from autoseg.records.work_folder import WorkFolder
+from autoseg.utils.devices import choose_device
 from autoseg.utils.files import read_json
 
 
@@ -52,37 +59,27 @@ class Prediction:
     probabilities: np.ndarray | None = None
 
 
-@dataclasses.dataclass
-class PreprocessedCase:
-    """Network input of one case (``(C, z, y, x)`` float32), its properties, and the previous stage's input."""
-
-    data: np.ndarray
-    properties: dict
-    previous_stage_data: np.ndarray | None = None
+# Fields of a configuration that change what a trained network predicts; the others (batch size, memory estimate)
+# may be edited in plans.json after training without consequence.
+_PREDICTION_FIELDS = ("dimension", "spacing", "patch_size", "network", "normalization", "resampling")
 
 
-def preprocess_for_prediction(
-    image_paths: Sequence[str | os.PathLike[str]],
-    *,
-    plans: dict,
-    configuration: dict,
-    previous_configuration: dict | None = None,
-) -> PreprocessedCase:
-    """Preprocess one case for ``configuration`` (and for the previous cascade stage). Runs in worker processes."""
-    from autoseg.preprocessing.case import preprocess_case
-
-    paths = [str(path) for path in image_paths]
-    data, _, properties = preprocess_case(paths, None, plans=plans, configuration=configuration)
-    # A voxel without a value has no right answer: refuse rather than segment whatever it was silently turned into.
-    for path in paths:
-        require_finite_voxels(path)  # NIfTI: ITK reads NaN/Inf as 0, so the stored bytes are checked
-    if not np.isfinite(data).all():  # other formats keep NaN/Inf, which the normalisation spreads over the image
-        raise UserError(f"{', '.join(paths)}: holds NaN or Inf voxels; replace them with a real value (e.g. the "
-                        "background's) first.")
-    previous_data = None
-    if previous_configuration is not None:
-        previous_data, _, _ = preprocess_case(paths, None, plans=plans, configuration=previous_configuration)
-    return PreprocessedCase(np.ascontiguousarray(data, dtype=np.float32), properties, previous_data)
+def _configuration_trained(path: Path, content: dict, planned: Configuration) -> Configuration:
+    """The configuration a checkpoint records; it must agree with plans.json on everything that shapes predictions."""
+    recorded = content.get("configuration")
+    if not recorded:
+        return planned
+    trained = Configuration.from_json(
+        planned.name, recorded,
+        transpose_forward=planned.transpose_forward, transpose_backward=planned.transpose_backward,
+    )
+    changed = [field for field in _PREDICTION_FIELDS if getattr(trained, field) != getattr(planned, field)]
+    if changed:
+        raise UserError(
+            f"{path}: was trained with other {', '.join(changed)} than plans.json states for {planned.name}; "
+            "restore the plans it was trained with, or train it again."
+        )
+    return trained
 
 
 class Predictor:
@@ -99,9 +96,8 @@ class Predictor:
     def __init__(
         self,
         *,
-        plans: dict,
         configuration_name: str,
-        configuration: dict,
+        configuration: Configuration,
         dataset: RawDataset,
         networks: Sequence[torch.nn.Module],
         device: torch.device,
@@ -112,7 +108,6 @@ class Predictor:
         previous_stage: Predictor | None = None,
         trained_model: TrainedModel | None = None,
     ) -> None:
-        self.plans = plans
         self.configuration_name = configuration_name
         self.configuration = configuration
         self.dataset = dataset
@@ -124,7 +119,7 @@ class Predictor:
         self.precision = precision
         self.previous_stage = previous_stage
         self.trained_model = trained_model
-        if configuration.get("previous_stage") and previous_stage is None:
+        if configuration.previous_stage and previous_stage is None:
             raise ValueError(f"configuration {configuration_name} needs its previous stage predictor")
 
     # -- construction -------------------------------------------------------------------------------------------
@@ -156,25 +151,20 @@ class Predictor:
         Raises:
             UserError: the folder, configuration, a fold or a checkpoint is missing or does not fit the plan.
         """
-        from autoseg.networks import build_network
-        from autoseg.planning.plans import load_plans, resolve_configuration
-        from autoseg.training.checkpoints import load_checkpoint, network_weights_of
-        from autoseg.training.devices import choose_device
-
         trained = locate_trained_model(model_folder, configuration=configuration, folds=folds, checkpoint=checkpoint)
-        folder = trained.model_folder
-        plans = load_plans(folder / "plans.json")
-        if not (folder / "dataset.json").is_file():
+        folder = WorkFolder.at(trained.model_folder)
+        plans = load_plans(folder.plans)
+        if not folder.dataset_json.is_file():
             raise UserError(f"{folder}: is not a model folder (no dataset.json).")
-        dataset = RawDataset.from_dict(read_json(folder / "dataset.json"))
+        dataset = RawDataset.from_dict(read_json(folder.dataset_json))
         device = choose_device(None if str(device) == "auto" else str(device))
 
         previous_stage = None
-        plan_configuration = resolve_configuration(plans, trained.configuration_name)
+        plan_configuration = plans.configuration(trained.configuration_name)
         extra_channels = 0
-        if plan_configuration.get("previous_stage"):
+        if plan_configuration.previous_stage:
             previous_stage = cls.from_model_folder(
-                folder, configuration=plan_configuration["previous_stage"], folds=folds, checkpoint=checkpoint,
+                folder, configuration=plan_configuration.previous_stage, folds=folds, checkpoint=checkpoint,
                 device=device, tta=tta, step_size=step_size, batch_size=batch_size, precision=precision,
             )
             extra_channels = len(dataset.foreground_labels)
@@ -183,8 +173,7 @@ class Predictor:
         configuration_used = None
         for path in trained.checkpoint_paths:
             content = load_checkpoint(path)
-            # The checkpoint records the configuration it was trained with; it wins over a later-edited plan.
-            fold_configuration = content.get("configuration") or plan_configuration
+            fold_configuration = _configuration_trained(path, content, plan_configuration)
             if configuration_used is not None and fold_configuration != configuration_used:
                 raise UserError(
                     f"{path}: was trained with a different configuration than {trained.checkpoint_paths[0]}; "
@@ -204,7 +193,7 @@ class Predictor:
                 raise UserError(f"{path}: does not fit the network of plans.json ({first_line}).") from None
             networks.append(network.to(device).eval())
         return cls(
-            plans=plans, configuration_name=trained.configuration_name, configuration=configuration_used,
+            configuration_name=trained.configuration_name, configuration=configuration_used,
             dataset=dataset, networks=networks, device=device, tta=tta, step_size=step_size, batch_size=batch_size,
             precision=precision, previous_stage=previous_stage, trained_model=trained,
         )
@@ -216,8 +205,8 @@ class Predictor:
         """All network spatial axes when mirroring is on (a plan may restrict them with ``mirror_axes``)."""
         if not self.tta:
             return None
-        allowed = self.configuration.get("mirror_axes")
-        return tuple(allowed) if allowed is not None else tuple(range(len(self.configuration["patch_size"])))
+        allowed = self.configuration.mirror_axes
+        return allowed if allowed is not None else tuple(range(len(self.configuration.patch_size)))
 
     @property
     def checkpoint_paths_used(self) -> tuple[Path, ...]:
@@ -227,7 +216,7 @@ class Predictor:
         return (*own, *earlier)
 
     @property
-    def previous_configuration(self) -> dict | None:
+    def previous_configuration(self) -> Configuration | None:
         return self.previous_stage.configuration if self.previous_stage is not None else None
 
     # -- prediction in the preprocessed space -------------------------------------------------------------------
@@ -247,7 +236,7 @@ class Predictor:
         total = None
         for network in self.networks:
             logits = predict_sliding_window(
-                network, data, patch_size=self.configuration["patch_size"],
+                network, data, patch_size=self.configuration.patch_size,
                 num_classes=self.dataset.num_output_channels, step_size=self.step_size, mirror_axes=self.mirror_axes,
                 device=self.device, batch_size=self.batch_size, precision=self.precision,
             )
@@ -269,7 +258,7 @@ class Predictor:
                 f"channel file(s) per case, got {len(image_paths)}."
             )
         return preprocess_for_prediction(
-            image_paths, plans=self.plans, configuration=self.configuration,
+            image_paths, configuration=self.configuration,
             previous_configuration=self.previous_configuration,
         )
 
@@ -283,7 +272,7 @@ class Predictor:
     ) -> None:
         """Write the label map with exactly the input's geometry (and the probabilities when asked)."""
         export_case(
-            probabilities, properties, plans=self.plans, configuration=self.configuration, dataset=self.dataset,
+            probabilities, properties, configuration=self.configuration, dataset=self.dataset,
             output_path=output_path, save_probabilities=save_probabilities,
         )
 
@@ -301,8 +290,6 @@ class Predictor:
 
         ``workers`` > 0 preprocesses and exports in background processes while the network runs.
         """
-        from autoseg.inference.pipeline import run_prediction_pipeline
-
         return run_prediction_pipeline(
             [self], list(zip(cases, output_paths, strict=True)), save_probabilities=save_probabilities,
             skip_existing=skip_existing, workers=workers, progress=progress,
@@ -336,7 +323,7 @@ class Predictor:
             case = self.preprocess(paths)
         probabilities = self.predict_case(case)
         probabilities = probabilities_in_input_grid(
-            probabilities, case.properties, plans=self.plans, configuration=self.configuration, dataset=self.dataset
+            probabilities, case.properties, configuration=self.configuration, dataset=self.dataset
         )
         label_map = label_map_from_probabilities(probabilities, dataset=self.dataset)
         return Prediction(label_map=label_map, probabilities=probabilities if return_probabilities else None)

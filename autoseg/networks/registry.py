@@ -12,6 +12,7 @@ from autoseg.networks.initialisation import he_initialise
 from autoseg.networks.layers import ConvolutionNormActivation
 from autoseg.networks.residual_stage import residual_stage
 from autoseg.networks.unet import UNet
+from autoseg.records.plans import Configuration
 
 
 def build_plain_unet(
@@ -119,17 +120,17 @@ def _check_network_description(network: dict[str, Any], dimension: int) -> None:
 
 
 def build_network(
-    configuration: dict[str, Any], *, in_channels: int, out_channels: int, deep_supervision: bool = True
+    configuration: Configuration, *, in_channels: int, out_channels: int, deep_supervision: bool = True
 ) -> nn.Module:
     """Build and He-initialise the network a resolved plan configuration describes.
 
-    ``configuration["dimension"]`` (2 or 3) and ``configuration["network"]`` (architecture, features_per_stage,
+    ``configuration.dimension`` (2 or 3) and ``configuration.network`` (architecture, features_per_stage,
     kernel_sizes, strides, blocks_per_stage_encoder, convs_per_stage_decoder) are read; see docs/design.md.
     Raises ``ValueError`` for an unknown architecture or inconsistent lists.
 
     Example:
-        >>> configuration["patch_size"], configuration["network"]["features_per_stage"]
-        ([40, 56, 40], [4, 8, 16])
+        >>> configuration.patch_size, configuration.network["features_per_stage"]
+        ((40, 56, 40), [4, 8, 16])
         >>> net = build_network(configuration, in_channels=1, out_channels=3)
         >>> [tuple(output.shape) for output in net(torch.zeros(1, 1, 40, 56, 40))]  # deep supervision: every scale
         [(1, 3, 40, 56, 40), (1, 3, 20, 28, 20)]
@@ -137,8 +138,8 @@ def build_network(
         >>> net(torch.zeros(1, 1, 40, 56, 40)).shape
         torch.Size([1, 3, 40, 56, 40])
     """
-    dimension = int(configuration["dimension"])
-    network = configuration["network"]
+    dimension = configuration.dimension
+    network = configuration.network
     name = network.get("architecture", "plain_unet")
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")

@@ -14,13 +14,8 @@ from pathlib import Path
 
 from autoseg.errors import UserError
 from autoseg.evaluation.folders import SUMMARY_FILE_NAME, evaluate_against_ground_truth, label_files_by_case
+from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.files import read_json
-
-CROSSVAL_FOLDER_NAME = "crossval"
-
-
-def crossval_folder(work_folder: Path, configuration_name: str) -> Path:
-    return work_folder / "models" / configuration_name / CROSSVAL_FOLDER_NAME
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:
@@ -35,19 +30,19 @@ def _link_or_copy(source: Path, destination: Path) -> None:
 
 
 def collect_cross_validation(
-    work_folder: Path, configuration_name: str, folds: Sequence[int], *, workers: int = 2
+    work_folder: WorkFolder, configuration_name: str, folds: Sequence[int], *, workers: int = 2
 ) -> dict:
     """Gather the validation predictions of ``folds`` and evaluate them as one set; returns the summary.
 
     Raises:
         UserError: a fold has not predicted its validation cases (train it first).
     """
-    destination = crossval_folder(work_folder, configuration_name)
+    destination = work_folder.crossval(configuration_name)
     destination.mkdir(parents=True, exist_ok=True)
-    splits = read_json(work_folder / "splits.json")
+    splits = read_json(work_folder.splits)
     cases: list[str] = []
     for fold in folds:
-        validation = work_folder / "models" / configuration_name / f"fold_{fold}" / "validation"
+        validation = work_folder.validation(configuration_name, fold)
         expected = splits[fold]["val"]
         found = label_files_by_case(validation) if validation.is_dir() else {}
         missing = sorted(set(expected) - set(found))
@@ -66,6 +61,6 @@ def collect_cross_validation(
     return evaluate_against_ground_truth(work_folder, destination, cases=sorted(cases), workers=workers)
 
 
-def read_crossval_summary(work_folder: Path, configuration_name: str) -> dict | None:
-    path = crossval_folder(work_folder, configuration_name) / SUMMARY_FILE_NAME
+def read_crossval_summary(work_folder: WorkFolder, configuration_name: str) -> dict | None:
+    path = work_folder.crossval(configuration_name) / SUMMARY_FILE_NAME
     return read_json(path) if path.is_file() else None

@@ -7,36 +7,40 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from autoseg.data.dataset import RawDataset
+from autoseg.errors import UserError
 from autoseg.evaluation.folders import SUMMARY_FILE_NAME
+from autoseg.evaluation.overlay import png_bytes, render_overlay
+from autoseg.io.images import read_image
+from autoseg.planning.table import configuration_rows
+from autoseg.records.dataset import RawDataset
+from autoseg.records.inference_recipe import InferenceRecipe
+from autoseg.records.plans import load_plans
+from autoseg.records.postprocessing import PostprocessingDecision
+from autoseg.records.work_folder import POSTPROCESSING_FILE, WorkFolder
 from autoseg.report import ReportSection, write_report
 from autoseg.report.figures import SERIES_COLOURS, figure_png, grouped_bar_chart, new_figure
 from autoseg.utils.files import read_json
 
-REPORT_NAME = "report.html"
 SELECTED_MARK = " (selected)"
 
 
-def _plan_section(work: Path) -> ReportSection:
-    from autoseg.planning.plans import load_plans, resolve_configuration
-    from autoseg.planning.table import configuration_rows
-
-    plans = load_plans(work / "plans.json")
+def _plan_section(work: WorkFolder) -> ReportSection:
+    plans = load_plans(work.plans)
     budget = f"preset {plans.get('preset')}, GPU budget {plans.get('gpu_memory_gb')} GB"
     section = ReportSection("Plan", paragraphs=[budget])
-    names = list(plans["configurations"])
-    columns = {name: dict(configuration_rows(resolve_configuration(plans, name))) for name in names}
+    names = plans.names
+    columns = {name: dict(configuration_rows(plans.configuration(name))) for name in names}
     labels = list(dict.fromkeys(label for rows in columns.values() for label in rows))
     section.add_table(["", *names], [[label, *(columns[n].get(label, "") for n in names)] for label in labels])
     return section
 
 
-def _training_section(work: Path) -> ReportSection:
+def _training_section(work: WorkFolder) -> ReportSection:
     section = ReportSection("Training curves")
-    for progress in sorted((work / "models").glob("*/fold_*/progress.png")):
+    for progress in work.progress_plots():
         section.add_image(f"{progress.parent.parent.name} {progress.parent.name}", progress, wide=True)
     rows = []
-    for summary_path in sorted((work / "models").glob("*/fold_*/training_summary.json")):
+    for summary_path in work.training_summaries():
         summary = read_json(summary_path)
         validation = summary.get("after_training", {}).get("predict_validation") or {}
         rows.append([
@@ -114,60 +118,59 @@ def case_dice_figure(summaries: dict[str, dict], selected: str) -> Figure:
     return figure
 
 
-def _candidate_summaries(work: Path, recipe: dict) -> dict[str, dict]:
+def _candidate_summaries(work: WorkFolder, recipe: InferenceRecipe) -> dict[str, dict]:
     """Each candidate's cross-validation ``summary.json`` by name, for the candidates that have one."""
     summaries = {}
-    for candidate in recipe["candidates"]:
-        summary_path = work / candidate["folder"] / SUMMARY_FILE_NAME
+    for candidate in recipe.candidates:
+        summary_path = work.root / candidate["folder"] / SUMMARY_FILE_NAME
         if summary_path.is_file():
             summaries[candidate["name"]] = read_json(summary_path)
     return summaries
 
 
-def _metrics_section(work: Path, recipe: dict) -> ReportSection:
+def _metrics_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSection:
     section = ReportSection("Cross-validation (mean per class)")
     summaries = _candidate_summaries(work, recipe)
     if summaries:
-        section.add_image("mean Dice per class", figure_png(class_dice_figure(summaries, recipe["selected"])),
+        section.add_image("mean Dice per class", figure_png(class_dice_figure(summaries, recipe.selected)),
                           wide=True)
-        section.add_image("Dice of each validation case", figure_png(case_dice_figure(summaries, recipe["selected"])),
+        section.add_image("Dice of each validation case", figure_png(case_dice_figure(summaries, recipe.selected)),
                           wide=True)
     for name, summary in summaries.items():
         metrics = ["dice", "iou", "precision", "recall", "hd95", "assd", "normalized_surface_dice"]
         present = [m for m in metrics if m in summary["foreground_mean"]]
         rows = [[entry["name"], *(entry.get(m) for m in present)] for entry in summary["mean"].values()]
         rows.append(["foreground mean", *(summary["foreground_mean"].get(m) for m in present)])
-        caption = f"{_candidate_label(name, recipe['selected'])}: {len(summary['per_case'])} cases"
+        caption = f"{_candidate_label(name, recipe.selected)}: {len(summary['per_case'])} cases"
         section.add_table(["class", *present], rows, caption=caption)
     return section
 
 
-def _selection_section(work: Path, recipe: dict) -> ReportSection:
+def _selection_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSection:
     section = ReportSection("Model selection")
-    names = [c["name"] for c in recipe["candidates"]]
+    names = [c["name"] for c in recipe.candidates]
     section.add_table(
         ["candidate", "mean foreground Dice"],
-        [[c["name"], c["foreground_dice"]] for c in recipe["candidates"]],
-        highlight_row=names.index(recipe["selected"]),
+        [[c["name"], c["foreground_dice"]] for c in recipe.candidates],
+        highlight_row=names.index(recipe.selected),
     )
-    postprocessing_path = work / recipe.get("postprocessing", "postprocessing.json")
+    postprocessing_path = work.root / (recipe.postprocessing or POSTPROCESSING_FILE)
     if postprocessing_path.is_file():
-        decision = read_json(postprocessing_path)
+        decision = PostprocessingDecision.read(postprocessing_path)
+        evidence = decision.evidence or {}
+        per_class = [list(item) if isinstance(item, tuple) else item for item in decision.keep_largest_per_class]
         section.paragraphs.append(
-            f"post-processing: keep largest foreground component: {decision['keep_largest_foreground']}; "
-            f"per class: {decision['keep_largest_per_class'] or 'none'}; mean foreground Dice "
-            f"{decision['evidence']['foreground_dice_before']} -> {decision['evidence']['foreground_dice_after']}"
+            f"post-processing: keep largest foreground component: {decision.keep_largest_foreground}; "
+            f"per class: {per_class or 'none'}; mean foreground Dice "
+            f"{evidence.get('foreground_dice_before')} -> {evidence.get('foreground_dice_after')}"
         )
     return section
 
 
-def _overlay_section(work: Path, recipe: dict) -> ReportSection:
-    from autoseg.evaluation.overlay import png_bytes, render_overlay
-    from autoseg.io.images import read_image
-
+def _overlay_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSection:
     section = ReportSection("Best and worst validation cases (prediction | reference)")
-    selected = next(c for c in recipe["candidates"] if c["name"] == recipe["selected"])
-    summary = read_json(work / selected["folder"] / SUMMARY_FILE_NAME)
+    selected = next(c for c in recipe.candidates if c["name"] == recipe.selected)
+    summary = read_json(work.root / selected["folder"] / SUMMARY_FILE_NAME)
     scored = []
     for case in summary["per_case"]:
         values = [m["dice"] for m in case["metrics"].values() if m["dice"] is not None]
@@ -176,7 +179,7 @@ def _overlay_section(work: Path, recipe: dict) -> ReportSection:
     if not scored:
         return section
     scored.sort(key=lambda item: item[0])
-    dataset = RawDataset.from_dict(read_json(work / "dataset.json"))
+    dataset = RawDataset.from_dict(read_json(work.dataset_json))
     chosen = [("best", scored[-1]), ("worst", scored[0])] if len(scored) > 1 else [("only", scored[0])]
     for title, (dice, case) in chosen:
         image = read_image(dataset.case(case["case"]).images[0])
@@ -190,10 +193,12 @@ def _overlay_section(work: Path, recipe: dict) -> ReportSection:
     return section
 
 
-def build_report(work: Path) -> Path:
+def build_report(work: WorkFolder) -> Path:
     """Write ``WORK/<dataset>/report.html`` from what the run left on disk; returns its path."""
-    recipe = read_json(work / "inference.json")
-    dataset = RawDataset.from_dict(read_json(work / "dataset.json"))
+    recipe = InferenceRecipe.read(work.inference_recipe)
+    if recipe is None:
+        raise UserError(f"{work.inference_recipe}: not found; run `autoseg find-best` before the report.")
+    dataset = RawDataset.from_dict(read_json(work.dataset_json))
     sections = [
         _plan_section(work),
         _training_section(work),
@@ -202,8 +207,8 @@ def build_report(work: Path) -> Path:
         _overlay_section(work, recipe),
     ]
     return write_report(
-        work / REPORT_NAME,
+        work.report,
         title=f"autoseg report: {dataset.name}",
         sections=sections,
-        footer=f"selected: {recipe['selected']}; predict with `autoseg predict -i IN -o OUT -m {work}`",
+        footer=f"selected: {recipe.selected}; predict with `autoseg predict -i IN -o OUT -m {work}`",
     )

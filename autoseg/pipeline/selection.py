@@ -16,19 +16,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from autoseg.data.dataset import RawDataset
 from autoseg.errors import UserError
 from autoseg.evaluation.folders import evaluate_against_ground_truth, label_files_by_case
+from autoseg.evaluation.postprocessing import determine_postprocessing
 from autoseg.evaluation.targets import targets_from_dataset_json
 from autoseg.inference.label_maps import label_map_from_probabilities
 from autoseg.io.images import read_image_header, write_image
-from autoseg.pipeline.crossval import collect_cross_validation, crossval_folder
-from autoseg.postprocessing.decision import determine_postprocessing
-from autoseg.utils.files import read_json, write_json
-
-INFERENCE_RECIPE = "inference.json"
-POSTPROCESSING_FILE = "postprocessing.json"
-ENSEMBLES_FOLDER = "ensembles"
+from autoseg.pipeline.crossval import collect_cross_validation
+from autoseg.records.dataset import RawDataset
+from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
+from autoseg.records.work_folder import POSTPROCESSING_FILE, WorkFolder
+from autoseg.utils.files import read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,15 +51,15 @@ def _scores(summary: dict) -> tuple[float, dict[str, float | None]]:
 
 
 def ensemble_cross_validation(
-    work_folder: Path, members: Sequence[str], dataset: RawDataset, *, cases: Sequence[str], workers: int = 2,
+    work_folder: WorkFolder, members: Sequence[str], dataset: RawDataset, *, cases: Sequence[str], workers: int = 2,
     progress: bool = True,
 ) -> Candidate:
     """Average the members' cross-validation probabilities for ``cases``, write label maps, evaluate."""
     name = "+".join(members)
-    destination = work_folder / ENSEMBLES_FOLDER / name / "crossval"
+    destination = work_folder.ensemble_crossval(name)
     destination.mkdir(parents=True, exist_ok=True)
-    member_folders = [crossval_folder(work_folder, member) for member in members]
-    ground_truth = label_files_by_case(work_folder / "ground_truth")
+    member_folders = [work_folder.crossval(member) for member in members]
+    ground_truth = label_files_by_case(work_folder.ground_truth)
     for identifier in tqdm(cases, desc=f"ensemble {name}", unit="case", disable=not progress):
         # Always recomputed (it is cheap): members may have been retrained since the last selection.
         output = destination / f"{identifier}{dataset.file_ending}"
@@ -82,12 +80,13 @@ def ensemble_cross_validation(
 
 
 def find_best(
-    work_folder: Path, configurations: Sequence[str], folds: Sequence[int], *, workers: int = 2, progress: bool = True
-) -> dict:
+    work_folder: WorkFolder, configurations: Sequence[str], folds: Sequence[int], *, workers: int = 2,
+    progress: bool = True,
+) -> InferenceRecipe:
     """Evaluate every configuration and pairwise ensemble; write ``inference.json`` and ``postprocessing.json``."""
     if not configurations:
         raise UserError(f"{work_folder}: no trained configuration to choose from.")
-    dataset = RawDataset.from_dict(read_json(work_folder / "dataset.json"))
+    dataset = RawDataset.from_dict(read_json(work_folder.dataset_json))
     candidates: list[Candidate] = []
     cases: list[str] = []
     for configuration in configurations:
@@ -95,8 +94,7 @@ def find_best(
         cases = [entry["case"] for entry in summary["per_case"]]
         foreground, per_class = _scores(summary)
         candidates.append(
-            Candidate(configuration, (configuration,), crossval_folder(work_folder, configuration), foreground,
-                      per_class)
+            Candidate(configuration, (configuration,), work_folder.crossval(configuration), foreground, per_class)
         )
     for pair in itertools.combinations(configurations, 2):
         candidates.append(
@@ -104,39 +102,37 @@ def find_best(
         )
     # NaN (no foreground anywhere) sorts last; ties keep the simpler (earlier) candidate.
     best = max(candidates, key=lambda c: -1.0 if np.isnan(c.foreground_dice) else c.foreground_dice)
-    targets, ignore_label = targets_from_dataset_json(work_folder / "dataset.json")
+    targets, ignore_label = targets_from_dataset_json(work_folder.dataset_json)
     postprocessing = determine_postprocessing(
-        best.folder, work_folder / "ground_truth", targets=targets, ignore_label=ignore_label, cases=cases,
-        workers=workers,
-        output_file=work_folder / POSTPROCESSING_FILE,
+        best.folder, work_folder.ground_truth, targets=targets, ignore_label=ignore_label, cases=cases,
+        workers=workers, output_file=work_folder.postprocessing,
     )
-    recipe = {
-        "selected": best.name,
-        "models": [{"configuration": configuration, "folds": list(folds)} for configuration in best.configurations],
-        "ensemble": len(best.configurations) > 1,
-        "checkpoint": "final",
-        "postprocessing": POSTPROCESSING_FILE,
-        "cross_validation_dice": _finite_or_none(best.foreground_dice),
-        "cross_validation_dice_after_postprocessing": postprocessing["evidence"]["foreground_dice_after"],
-        "candidates": [
-            {
-                "name": c.name,
-                "folder": c.folder.relative_to(work_folder).as_posix(),
-                "foreground_dice": _finite_or_none(c.foreground_dice),
-                "dice_per_class": c.dice_per_class,
-            }
-            for c in candidates
-        ],
-    }
-    write_json(work_folder / INFERENCE_RECIPE, recipe)
+    recipe = InferenceRecipe(
+        models=tuple(RecipeModel(configuration, tuple(folds)) for configuration in best.configurations),
+        selected=best.name,
+        postprocessing=POSTPROCESSING_FILE,
+        cross_validation_dice=_finite_or_none(best.foreground_dice),
+        cross_validation_dice_after_postprocessing=postprocessing.evidence["foreground_dice_after"],
+        candidates=tuple(_candidate_record(candidate, work_folder) for candidate in candidates),
+    )
+    recipe.write(work_folder.inference_recipe)
     return recipe
 
 
-def format_candidates(recipe: dict) -> str:
+def _candidate_record(candidate: Candidate, work_folder: WorkFolder) -> dict:
+    return {
+        "name": candidate.name,
+        "folder": candidate.folder.relative_to(work_folder.root).as_posix(),
+        "foreground_dice": _finite_or_none(candidate.foreground_dice),
+        "dice_per_class": candidate.dice_per_class,
+    }
+
+
+def format_candidates(recipe: InferenceRecipe) -> str:
     """One line per candidate with its mean foreground Dice; the selected one is starred."""
     lines = []
-    for candidate in recipe["candidates"]:
-        marker = "*" if candidate["name"] == recipe["selected"] else " "
+    for candidate in recipe.candidates:
+        marker = "*" if candidate["name"] == recipe.selected else " "
         dice = candidate["foreground_dice"]
         lines.append(f" {marker} {candidate['name']:<32} mean foreground Dice {'-' if dice is None else f'{dice:.4f}'}")
     return "\n".join(lines)

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from autoseg import __version__
-from autoseg.data.dataset import RawDataset
 from autoseg.errors import UserError
 from autoseg.planning.memory_model import PRECISIONS
 from autoseg.planning.normalization import plan_normalization
 from autoseg.planning.patch_and_batch import FittedPatch, fit_patch_and_batch
-from autoseg.planning.plans import compact_configurations
 from autoseg.planning.presets import PRESETS
 from autoseg.planning.resampling import plan_resampling
 from autoseg.planning.target_spacing import target_spacing, transpose_for_spacing
+from autoseg.records.dataset import RawDataset
+from autoseg.records.plans import Plans, compact_configurations
 
 # A low-resolution stage is planned when the full-resolution patch covers less than this fraction of the median image.
 LOWRES_COVERAGE_THRESHOLD = 0.25
@@ -66,7 +66,7 @@ def plan_experiment(
     preset: str = "default",
     gpu_memory_gb: float | None = None,
     training_precision: str = "mixed",
-) -> dict:
+) -> Plans:
     """Plans (see docs/design.md and docs/planning.md) for ``dataset`` described by ``fingerprint``.
 
     Args:
@@ -161,7 +161,7 @@ def plan_experiment(
                 )
                 full["3d_cascade_fullres"] = {**full["3d_fullres"], "batch_dice": True, "previous_stage": "3d_lowres"}
 
-    return {
+    return Plans.from_json({
         "autoseg_version": __version__,
         "plans_name": f"autoseg_{preset}",
         "dataset_name": Path(dataset.root).name,
@@ -174,4 +174,4 @@ def plan_experiment(
         "original_median_spacing": original_spacing_t,
         "original_median_shape": [float(v) for v in np.median(shapes, axis=0)[forward]],
         "configurations": compact_configurations(full, PARENTS),
-    }
+    })

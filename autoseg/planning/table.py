@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autoseg.planning.plans import resolve_configuration
+from autoseg.records.plans import Configuration, Plans
 
 
 def _shape(values: list) -> str:
@@ -27,46 +27,45 @@ def _normalization(entries: list[dict]) -> str:
     return "; ".join(described)
 
 
-def configuration_rows(configuration: dict) -> list[tuple[str, str]]:
+def configuration_rows(configuration: Configuration) -> list[tuple[str, str]]:
     """(label, value) rows describing one resolved configuration."""
-    network = configuration["network"]
-    dimension = configuration["dimension"]
-    spacing = configuration["spacing"][-dimension:]
-    resampling = configuration["resampling"]
+    network = configuration.network
+    dimension = configuration.dimension
+    spacing = configuration.spacing[-dimension:]
+    resampling = configuration.resampling
     rows = [
         ("dimension", f"{dimension}D"),
         ("spacing (mm)", _shape([round(v, 4) for v in spacing])),
-        ("median image", _shape(configuration["median_shape"][-dimension:])),
-        ("patch", _shape(configuration["patch_size"])),
-        ("batch", str(configuration["batch_size"])),
+        ("median image", _shape(list((configuration.median_shape or ())[-dimension:]))),
+        ("patch", _shape(list(configuration.patch_size))),
+        ("batch", str(configuration.batch_size)),
         ("network", f"{network['architecture']}, {len(network['features_per_stage'])} stages"),
         ("features", " ".join(str(v) for v in network["features_per_stage"])),
         ("kernels", _per_stage(network["kernel_sizes"])),
         ("strides", _per_stage(network["strides"])),
         ("encoder blocks", " ".join(str(v) for v in network["blocks_per_stage_encoder"])),
         ("decoder convs", " ".join(str(v) for v in network["convs_per_stage_decoder"])),
-        ("normalisation", _normalization(configuration["normalization"])),
+        ("normalisation", _normalization(list(configuration.normalization))),
         ("resampling", ("anisotropic (coarse axis order "
                         f"{resampling['coarse_axis_order']}), " if resampling["anisotropic"] else "")
          + f"image order {resampling['image_order']}, label order {resampling['label_order']}"),
-        ("batch dice", "yes" if configuration["batch_dice"] else "no"),
+        ("batch dice", "yes" if configuration.batch_dice else "no"),
     ]
-    if configuration.get("previous_stage"):
-        rows.append(("previous stage", configuration["previous_stage"]))
-    if configuration.get("estimated_memory_gb") is not None:  # absent from hand-written plans
-        rows.append(("est. memory", f"{configuration['estimated_memory_gb']:.2f} GB"))
+    if configuration.previous_stage:
+        rows.append(("previous stage", configuration.previous_stage))
+    if configuration.estimated_memory_gb is not None:  # absent from hand-written plans
+        rows.append(("est. memory", f"{configuration.estimated_memory_gb:.2f} GB"))
     return rows
 
 
-def format_plans_table(plans: dict) -> str:
+def format_plans_table(plans: Plans) -> str:
     """The whole plan as text: a header line, then one aligned block per configuration."""
     lines = [
-        f"{plans['dataset_name']}: preset {plans['preset']}, budget {plans['gpu_memory_gb']:g} GB "
-        f"({plans.get('training_precision', 'mixed')} precision), axis order {plans['transpose_forward']}",
+        f"{plans.get('dataset_name')}: preset {plans.get('preset')}, budget {plans.get('gpu_memory_gb'):g} GB "
+        f"({plans.get('training_precision', 'mixed')} precision), axis order {list(plans.transpose_forward)}",
     ]
-    for name, entry in plans["configurations"].items():
-        configuration = resolve_configuration(plans, name)
-        inherits = f"  (inherits from {entry['inherits_from']})" if entry.get("inherits_from") else ""
+    for name, configuration in plans.configurations.items():
+        inherits = f"  (inherits from {plans.parents[name]})" if name in plans.parents else ""
         lines.append("")
         lines.append(f"[{name}]{inherits}")
         for label, value in configuration_rows(configuration):

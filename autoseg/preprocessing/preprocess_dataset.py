@@ -9,7 +9,6 @@ import functools
 import hashlib
 import json
 import multiprocessing
-import os
 import shutil
 import sys
 import threading
@@ -20,47 +19,32 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from autoseg.data.case_signatures import case_signatures
-from autoseg.data.dataset import RawDataset
 from autoseg.errors import UserError
-from autoseg.planning.plans import resolve_configuration
-from autoseg.preprocessing.case import preprocess_case
 from autoseg.preprocessing.storage import (
     read_complete_case_properties,
     remove_partial_files,
     write_preprocessed_case,
 )
+from autoseg.records.case_signatures import case_signatures
+from autoseg.records.dataset import RawDataset
+from autoseg.records.plans import Configuration, Plans
+from autoseg.records.work_folder import WorkFolder
+from autoseg.transforms.case import preprocess_case
 from autoseg.utils.files import atomic_path, describe_file_system_error, read_json, write_json
-
-PREPROCESSED_FOLDER = "preprocessed"
-GROUND_TRUTH_FOLDER = "ground_truth"
 
 
 class PreprocessingError(UserError):
     """Some cases could not be preprocessed; the message names each one and why."""
 
 
-def data_configuration_name(plans: dict, name: str) -> str:
-    """The configuration whose preprocessed data ``name`` uses: a cascade stage reads its parent's data."""
-    configuration = plans["configurations"].get(name, {})
-    if "previous_stage" in configuration and configuration.get("inherits_from"):
-        return str(configuration["inherits_from"])
-    return name
-
-
-def default_configuration_names(plans: dict) -> list[str]:
-    """Every planned configuration except those that share another's data (``3d_cascade_fullres``)."""
-    return [name for name in plans["configurations"] if data_configuration_name(plans, name) == name]
-
-
-def preprocessing_signature(plans: dict, configuration: dict) -> str:
+def preprocessing_signature(configuration: Configuration) -> str:
     """Hash of everything that changes the preprocessed arrays; a case made under other settings is redone."""
     relevant = {
-        "transpose_forward": plans.get("transpose_forward"),
-        "dimension": configuration.get("dimension"),
-        "spacing": configuration.get("spacing"),
-        "normalization": configuration.get("normalization"),
-        "resampling": configuration.get("resampling"),
+        "transpose_forward": list(configuration.transpose_forward),
+        "dimension": configuration.dimension,
+        "spacing": list(configuration.spacing),
+        "normalization": list(configuration.normalization),
+        "resampling": configuration.resampling,
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
@@ -73,8 +57,7 @@ class CaseTask:
     images: tuple[str, ...]
     label: str | None
     output_folder: str
-    plans: dict
-    configuration: dict
+    configuration: Configuration
     classes: tuple[int, ...]
     signature: str
 
@@ -129,7 +112,6 @@ def run_case_chunk(tasks: Sequence[CaseTask]) -> list[CaseOutcome]:
                 data, segmentation, properties = preprocess_case(
                     task.images,
                     task.label,
-                    plans=task.plans,
                     configuration=task.configuration,
                     identifier=task.identifier,
                     classes=task.classes,
@@ -168,10 +150,10 @@ def chunk_tasks(tasks: Sequence[CaseTask], voxels: dict[str, int]) -> list[list[
     return chunks
 
 
-def _case_voxels_from_fingerprint(work_folder: Path, channels: int) -> dict[str, int]:
+def _case_voxels_from_fingerprint(work_folder: WorkFolder, channels: int) -> dict[str, int]:
     """Input voxels per case from ``fingerprint.json`` (written before planning); empty if unavailable."""
     try:
-        cases = read_json(work_folder / "fingerprint.json")["cases"]
+        cases = read_json(work_folder.fingerprint)["cases"]
         return {identifier: int(np.prod(record["shape"])) * channels for identifier, record in cases.items()}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
@@ -184,13 +166,13 @@ def _case_is_done(task: CaseTask, channels: int) -> bool:
     return properties is not None and properties.get("preprocessing_signature") == task.signature
 
 
-def copy_ground_truth(dataset: RawDataset, dataset_work_folder: str | os.PathLike[str]) -> int:
+def copy_ground_truth(dataset: RawDataset, work_folder: WorkFolder) -> int:
     """Copy every training label map, byte for byte (so in its original geometry), to ``ground_truth/``.
 
     Returns how many files were copied; files already there with the same size are kept. Copies run in a few
     threads because each atomic write waits for its fsync.
     """
-    folder = Path(dataset_work_folder) / GROUND_TRUTH_FOLDER
+    folder = work_folder.ground_truth
     folder.mkdir(parents=True, exist_ok=True)
     remove_partial_files(folder)
     copies = []
@@ -249,8 +231,8 @@ def _run_chunks(
 def preprocess_dataset(
     dataset: RawDataset,
     *,
-    plans: dict,
-    dataset_work_folder: str | os.PathLike[str],
+    plans: Plans,
+    work_folder: WorkFolder,
     configuration_names: Sequence[str] | None = None,
     workers: int = 2,
     overwrite: bool = False,
@@ -267,41 +249,40 @@ def preprocess_dataset(
     Raises:
         PreprocessingError: some cases failed (every other case is still stored); the message names them.
     """
-    work_folder = Path(dataset_work_folder)
-    work_folder.mkdir(parents=True, exist_ok=True)
-    write_json(work_folder / "dataset.json", dataset.to_dict())
-    names = list(configuration_names) if configuration_names else default_configuration_names(plans)
-    data_names = list(dict.fromkeys(data_configuration_name(plans, name) for name in names))
+    work_folder.root.mkdir(parents=True, exist_ok=True)
+    write_json(work_folder.dataset_json, dataset.to_dict())
+    names = list(configuration_names) if configuration_names else plans.data_configurations()
+    data_names = list(dict.fromkeys(plans.data_configuration(name) for name in names))
     classes = tuple(dataset.foreground_labels)
-    summary: dict = {"configurations": {}}
+    per_configuration: dict[str, dict[str, int]] = {}
     tasks: list[CaseTask] = []
     inputs = case_signatures(dataset)
     for name in data_names:
-        configuration = resolve_configuration(plans, name)
-        output_folder = work_folder / PREPROCESSED_FOLDER / name
+        configuration = plans.configuration(name)
+        output_folder = work_folder.preprocessed(name)
         output_folder.mkdir(parents=True, exist_ok=True)
         remove_partial_files(output_folder)
-        signature = preprocessing_signature(plans, configuration)
+        signature = preprocessing_signature(configuration)
         skipped = 0
         for case in dataset.training_cases:
             # A case whose raw files changed since it was stored is redone, even under unchanged settings.
-            task = CaseTask(case.identifier, tuple(case.images), case.label, str(output_folder), plans,
+            task = CaseTask(case.identifier, tuple(case.images), case.label, str(output_folder),
                             configuration, classes, f"{signature}-{inputs[case.identifier]}")
             if not overwrite and _case_is_done(task, dataset.num_channels):
                 skipped += 1
                 continue
             tasks.append(task)
-        summary["configurations"][name] = {"preprocessed": 0, "skipped": skipped}
+        per_configuration[name] = {"preprocessed": 0, "skipped": skipped}
     chunks = chunk_tasks(tasks, _case_voxels_from_fingerprint(work_folder, dataset.num_channels))
 
-    outcomes, summary["ground_truth_copied"] = _run_chunks(
+    outcomes, ground_truth_copied = _run_chunks(
         chunks, workers=workers, show_progress=show_progress,
         background_work=functools.partial(copy_ground_truth, dataset, work_folder),  # overlaps the workers
     )
     failures = [outcome for outcome in outcomes if outcome.error]
     for outcome in outcomes:
         if not outcome.error:
-            summary["configurations"][Path(outcome.output_folder).name]["preprocessed"] += 1
+            per_configuration[Path(outcome.output_folder).name]["preprocessed"] += 1
     if failures:
         failures.sort(key=lambda outcome: outcome.identifier)
         file_system = next((outcome.error for outcome in failures if outcome.is_file_system_error), None)
@@ -313,4 +294,4 @@ def preprocess_dataset(
         if all(outcome.is_user_error for outcome in failures):
             raise PreprocessingError(message)
         raise RuntimeError(message)
-    return summary
+    return {"configurations": per_configuration, "ground_truth_copied": ground_truth_copied}

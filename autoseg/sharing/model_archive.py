@@ -34,17 +34,22 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from autoseg.errors import UserError
+from autoseg.records.inference_recipe import InferenceRecipe
+from autoseg.records.plans import load_plans
+from autoseg.records.work_folder import (
+    DATASET_FILE,
+    FINGERPRINT_FILE,
+    INFERENCE_RECIPE_FILE,
+    PLANS_FILE,
+    POSTPROCESSING_FILE,
+    SPLITS_FILE,
+    WorkFolder,
+)
 from autoseg.sharing.manifest import MANIFEST_NAME, build_manifest
+from autoseg.sharing.submission import training_seeds
 from autoseg.utils.files import atomic_path, sha256_file
 
-RECORD_FILES = (
-    "dataset.json",
-    "fingerprint.json",
-    "plans.json",
-    "splits.json",
-    "postprocessing.json",
-    "inference.json",
-)
+RECORD_FILES = (DATASET_FILE, FINGERPRINT_FILE, PLANS_FILE, SPLITS_FILE, POSTPROCESSING_FILE, INFERENCE_RECIPE_FILE)
 ALLOWED_SUFFIXES = (".json", ".pt")
 # A fixed timestamp makes archives of the same files byte-identical.
 ZIP_TIMESTAMP = (2020, 1, 1, 0, 0, 0)
@@ -56,36 +61,33 @@ class UnsafeArchiveError(UserError):
 
 def _configurations_needed(model_folder: Path, configuration: str) -> list[str]:
     """``configuration`` and, for a cascade, every earlier stage it runs first (each predicts with the same folds)."""
-    from autoseg.planning.plans import load_plans, resolve_configuration
-
-    plans = load_plans(model_folder / "plans.json")
+    plans = load_plans(WorkFolder.at(model_folder).plans)
     needed = [configuration]
-    while (previous := resolve_configuration(plans, needed[-1]).get("previous_stage")) and previous not in needed:
-        needed.append(str(previous))
+    while (previous := plans.configuration(needed[-1]).previous_stage) and previous not in needed:
+        needed.append(previous)
     return needed
 
 
 def _chosen_checkpoints(model_folder: Path, checkpoint_name: str) -> list[str]:
     """Checkpoints named by the inference recipe (with the earlier stages of a cascade), else ``checkpoint_name``
     of every trained fold."""
-    recipe_path = model_folder / "inference.json"
+    work_folder = WorkFolder.at(model_folder)
+    recipe_path = work_folder.inference_recipe
     chosen: list[Path] = []
-    if recipe_path.is_file():
-        recipe = json.loads(recipe_path.read_text(encoding="utf-8"))
-        for entry in recipe.get("models", []):
-            for configuration in _configurations_needed(model_folder, str(entry["configuration"])):
-                for fold in entry.get("folds", []):
-                    fold_folder = model_folder / "models" / configuration / f"fold_{fold}"
-                    chosen.append(fold_folder / f"checkpoint_{checkpoint_name}.pt")
+    if (recipe := InferenceRecipe.read(recipe_path)) is not None:
+        for model in recipe.models:
+            for configuration in _configurations_needed(model_folder, model.configuration):
+                folds = model.folds or ()
+                chosen.extend(work_folder.checkpoint(configuration, fold, checkpoint_name) for fold in folds)
         missing = [str(path) for path in chosen if not path.is_file()]
         if missing:
             raise UserError(f"{recipe_path}: names checkpoints that do not exist, e.g. {missing[0]}.")
     else:
-        chosen = sorted((model_folder / "models").glob(f"*/fold_*/checkpoint_{checkpoint_name}.pt"))
+        chosen = work_folder.trained_folds("*", checkpoint_name)
+        chosen = [folder / f"checkpoint_{checkpoint_name}.pt" for folder in chosen]
     if not chosen:
-        raise UserError(
-            f"{model_folder}: no trained checkpoint (models/CONFIG/fold_K/checkpoint_{checkpoint_name}.pt) to export."
-        )
+        expected = work_folder.checkpoint("CONFIG", "K", checkpoint_name).relative_to(work_folder.root).as_posix()
+        raise UserError(f"{model_folder}: no trained checkpoint ({expected}) to export.")
     return sorted({str(path.relative_to(model_folder).as_posix()) for path in chosen})
 
 
@@ -98,13 +100,11 @@ def export_model(
 ) -> dict:
     """Write ``archive_path`` (zip) from a working folder of one dataset; return the manifest."""
     model_folder = Path(model_folder).resolve()
-    if not (model_folder / "plans.json").is_file():
+    if not WorkFolder(model_folder).plans.is_file():
         raise UserError(f"{model_folder}: not a model folder (no plans.json); pass WORK/<dataset>.")
     members = [name for name in RECORD_FILES if (model_folder / name).is_file()]
     checkpoints = _chosen_checkpoints(model_folder, checkpoint_name)
     members += checkpoints
-    from autoseg.sharing.submission import training_seeds
-
     extra = {"seeds": training_seeds([model_folder / path for path in checkpoints]), **(extra_manifest or {})}
     manifest = build_manifest(model_folder, members, extra=extra)
     with atomic_path(archive_path) as temporary, zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -4,7 +4,7 @@ segmentation, and in training that segmentation must be one the previous stage m
 Every case is a validation case of exactly one fold of the previous stage (``3d_lowres``), so once all its folds are
 trained, fold ``k``'s model segments fold ``k``'s validation cases, and every case gets an out-of-fold segmentation
 with realistic errors. It is made exactly as at inference: the previous stage predicts its own preprocessed data
-(``Predictor.predict_preprocessed``, mirroring on), the probabilities are resized to this stage's grid and turned
+(``autoseg.inference.next_stage``, mirroring on), the probabilities are resized to this stage's grid and turned
 into a label map (``previous_stage_label_map``). The maps are stored as ``uint8``/``uint16`` ``(1, z, y, x)``
 arrays next to the previous stage's folds::
 
@@ -18,83 +18,9 @@ them to the network input as one-hot channels (``PreviousStageToData``), one per
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
-
-from autoseg.errors import UserError
-from autoseg.utils.files import atomic_path, read_json, sha256_file, write_json
-
-NEXT_STAGE_FOLDER = "next_stage"
-
-
-def previous_stage_folder(dataset_work_folder: Path, previous_stage: str, configuration_name: str) -> Path:
-    return dataset_work_folder / "models" / previous_stage / NEXT_STAGE_FOLDER / configuration_name
-
-
-def prepare_previous_stage_maps(
-    *,
-    dataset_work_folder: Path,
-    configuration_name: str,
-    previous_stage: str,
-    splits: Sequence[dict],
-    target_folder: Path,
-    device: str | None = None,
-    precision: str = "auto",
-    say: Callable[[str], None] = print,
-) -> Path:
-    """Make (or reuse) the out-of-fold previous-stage label map of every case on ``target_folder``'s grid.
-
-    ``target_folder`` holds this stage's preprocessed ``CASE.npy``; the previous stage's preprocessed data and the
-    final checkpoint of every one of its folds must exist, otherwise a ``UserError`` says what to run.
-    """
-    from autoseg.inference.label_maps import previous_stage_label_map
-    from autoseg.inference.predictor import Predictor
-    from autoseg.planning.plans import load_plans
-    from autoseg.preprocessing.preprocess_dataset import PREPROCESSED_FOLDER, data_configuration_name
-
-    plans = load_plans(dataset_work_folder / "plans.json")
-    previous_data = dataset_work_folder / PREPROCESSED_FOLDER / data_configuration_name(plans, previous_stage)
-    output = previous_stage_folder(dataset_work_folder, previous_stage, configuration_name)
-    output.mkdir(parents=True, exist_ok=True)
-    checkpoints = []
-    for fold in range(len(splits)):
-        checkpoint = dataset_work_folder / "models" / previous_stage / f"fold_{fold}" / "checkpoint_final.pt"
-        if not checkpoint.is_file():
-            raise UserError(
-                f"{checkpoint} is missing: {configuration_name} trains on out-of-fold segmentations of "
-                f"{previous_stage}, so train {previous_stage} on all {len(splits)} folds first."
-            )
-        checkpoints.append(checkpoint)
-    for fold, (fold_split, checkpoint) in enumerate(zip(splits, checkpoints, strict=True)):
-        record_path = output / f"fold_{fold}.json"
-        checkpoint_hash = sha256_file(checkpoint)
-        cases = sorted(fold_split["val"])
-        if record_path.is_file():
-            record = read_json(record_path)
-            if record.get("checkpoint_sha256") == checkpoint_hash and record.get("cases") == cases:
-                continue
-        say(f"{configuration_name}: segmenting the {len(cases)} validation cases of {previous_stage} fold {fold} "
-            "as the cascade's extra input")
-        predictor = Predictor.from_model_folder(
-            dataset_work_folder, configuration=previous_stage, folds=[fold], checkpoint="final",
-            device=device or "auto", precision=precision,
-        )
-        for identifier in cases:
-            source = previous_data / f"{identifier}.npy"
-            target = target_folder / f"{identifier}.npy"
-            for path in (source, target):
-                if not path.is_file():
-                    raise UserError(f"{path} is missing: preprocess {previous_stage} and {configuration_name} first.")
-            target_shape = tuple(np.load(target, mmap_mode="r").shape[1:])
-            probabilities = predictor.predict_preprocessed(np.load(source))
-            label_map = previous_stage_label_map(probabilities, target_shape, dataset=predictor.dataset)
-            with atomic_path(output / f"{identifier}.npy", durable=False) as temporary, open(temporary, "wb") as file:
-                np.save(file, label_map[None])
-        write_json(record_path, {"fold": fold, "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_hash,
-                                 "cases": cases})
-    return output
 
 
 class PreviousStageToData:

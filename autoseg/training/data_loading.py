@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from autoseg.errors import UserError
+from autoseg.records.plans import Configuration
 from autoseg.training.augmentation import (
     AugmentationSettings,
     DeepSupervisionTargets,
@@ -33,13 +34,13 @@ from autoseg.utils.files import read_json
 from autoseg.utils.processes import die_with_parent
 
 
-def deep_supervision_scales(configuration: dict[str, Any]) -> list[list[float]]:
+def deep_supervision_scales(configuration: Configuration) -> list[list[float]]:
     """Scale of each deep-supervision output relative to the patch, full resolution first.
 
     Output ``s`` (``s = 0 .. stages - 2``) has resolution ``1 / prod(strides[:s + 1])`` per axis; that is
     ``[1, 1, 1]`` for the first (its stride is 1), then e.g. ``[0.5, 0.5, 0.5]``, ``[0.25, 0.25, 0.25]``...
     """
-    strides = np.asarray(configuration["network"]["strides"], dtype=float)
+    strides = np.asarray(configuration.network["strides"], dtype=float)
     cumulative = np.cumprod(strides, axis=0)
     return [[float(1 / value) for value in row] for row in cumulative[:-1]]
 
@@ -504,7 +505,7 @@ def _build_loader(
     preprocessed_folder: str | os.PathLike[str],
     case_ids: Sequence[str],
     *,
-    configuration: dict[str, Any],
+    configuration: Configuration,
     batch_size: int,
     num_workers: int,
     seed: int,
@@ -517,8 +518,8 @@ def _build_loader(
     previous_stage_folder: str | os.PathLike[str] | None = None,
     foreground_labels: Sequence[int] = (),
 ) -> PatchLoader:
-    dimension = int(configuration["dimension"])
-    patch_size = [int(value) for value in configuration["patch_size"]]
+    dimension = configuration.dimension
+    patch_size = list(configuration.patch_size)
     if len(patch_size) != dimension:
         raise ValueError(f"patch_size {patch_size} does not match dimension {dimension}")
     sampler = PatchSampler(
@@ -553,7 +554,7 @@ def make_training_loader(
     preprocessed_folder: str | os.PathLike[str],
     case_ids: Sequence[str],
     *,
-    configuration: dict[str, Any],
+    configuration: Configuration,
     batch_size: int,
     num_workers: int,
     seed: int,
@@ -566,7 +567,7 @@ def make_training_loader(
     previous_stage_folder: str | os.PathLike[str] | None = None,
     foreground_labels: Sequence[int] = (),
 ) -> PatchLoader:
-    """Endless augmented training batches of ``configuration["patch_size"]`` patches.
+    """Endless augmented training batches of ``configuration.patch_size`` patches.
 
     ``augmentation`` defaults to ``AugmentationSettings()`` (the reference's probabilities). With
     ``deep_supervision_scales`` (see ``deep_supervision_scales(configuration)``) ``target`` is a list of label
@@ -606,7 +607,7 @@ def make_validation_loader(
     preprocessed_folder: str | os.PathLike[str],
     case_ids: Sequence[str],
     *,
-    configuration: dict[str, Any],
+    configuration: Configuration,
     batch_size: int,
     num_workers: int,
     seed: int,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autoseg.data.dataset import RawDataset
-from autoseg.training import checkpoints as checkpoint_files
-from autoseg.training.devices import (
-    choose_device,
-    enable_fast_kernels,
-    make_deterministic,
-    make_gradient_scaler,
-    seed_everything,
-)
+from autoseg.errors import UserError
+from autoseg.networks import build_network, describe
+from autoseg.records import checkpoint as checkpoint_files
+from autoseg.records.dataset import RawDataset
+from autoseg.records.plans import Configuration
+from autoseg.records.work_folder import WorkFolder
+from autoseg.training.data_loading import deep_supervision_scales, make_training_loader, make_validation_loader
 from autoseg.training.distributed import (
     DistributedContext,
     detect_distributed_context,
@@ -41,7 +39,8 @@ from autoseg.training.distributed import (
     weights_fingerprint,
     wrap_model,
 )
-from autoseg.training.hooks import after_training
+from autoseg.training.hooks import AfterTrainingHook, after_training
+from autoseg.training.losses import build_loss, deep_supervision_weights
 from autoseg.training.optimizers import (
     DEFAULT_GRADIENT_CLIP_NORM,
     DEFAULT_INITIAL_LEARNING_RATE,
@@ -55,6 +54,13 @@ from autoseg.training.pseudo_dice import count_overlaps, dice_from_counts, mean_
 from autoseg.training.schedule import TrainingProgress, poly_learning_rate
 from autoseg.training.tracking import fold_result_metrics, fold_tracker
 from autoseg.training.training_log import LOG_FILE, update_moving_average, write_log
+from autoseg.utils.devices import (
+    choose_device,
+    enable_fast_kernels,
+    make_deterministic,
+    make_gradient_scaler,
+    seed_everything,
+)
 from autoseg.utils.files import write_json
 from autoseg.utils.precision import autocast_for, resolve_precision
 from autoseg.utils.threads import available_cpus, set_torch_threads
@@ -111,9 +117,9 @@ class TrainingJob:
     """What to train: one configuration of one dataset on one fold's cases, written to ``fold_folder``."""
 
     dataset: RawDataset
-    dataset_work_folder: Path
+    work_folder: WorkFolder
     configuration_name: str
-    configuration: dict[str, Any]
+    configuration: Configuration
     fold: int | str
     train_case_ids: tuple[str, ...]
     validation_case_ids: tuple[str, ...]
@@ -134,14 +140,15 @@ class TrainingComponents:
     build_loss: Callable[..., Callable]
     make_training_loader: Callable[..., Iterator[dict]]
     make_validation_loader: Callable[..., Iterator[dict]]
-    deep_supervision_scales: Callable[[dict], list]
+    deep_supervision_scales: Callable[[Configuration], list]
+    # Supplied by the pipeline above training (``autoseg.pipeline.validation.training_components``): making a cascade
+    # stage's previous-stage inputs, and what runs after training (e.g. ``predict_validation``), need inference.
+    prepare_previous_stage: Callable[..., Path] | None = None
+    after_training_hooks: Mapping[str, AfterTrainingHook] = dataclasses.field(default_factory=dict)
 
 
 def default_components() -> TrainingComponents:
     """The networks, losses and loaders of ``autoseg.networks`` and ``autoseg.training``."""
-    from autoseg.networks import build_network, describe
-    from autoseg.training.data_loading import deep_supervision_scales, make_training_loader, make_validation_loader
-    from autoseg.training.losses import build_loss
 
     return TrainingComponents(
         build_network=build_network,
@@ -196,7 +203,7 @@ def number_of_input_channels(job: TrainingJob) -> int:
     cascade, whose input also holds the previous stage's one-hot segmentation."""
     first_case = job.preprocessed_folder / f"{job.train_case_ids[0]}.npy"
     channels = int(np.load(first_case, mmap_mode="r").shape[0])
-    if job.configuration.get("previous_stage"):
+    if job.configuration.previous_stage:
         channels += len(job.dataset.foreground_labels)
     return channels
 
@@ -249,7 +256,7 @@ def _checkpoint_content(state: TrainingState, job: TrainingJob, settings: Traini
         "best_ema_pseudo_dice": state.best_ema_pseudo_dice,
         "random_states": checkpoint_files.capture_random_states(),
         "configuration_name": job.configuration_name,
-        "configuration": job.configuration,
+        "configuration": job.configuration.to_json(),
         "fold": str(job.fold),
         "in_channels": channels["in"],
         "out_channels": channels["out"],
@@ -288,7 +295,6 @@ def distributed_deep_supervision_weights(number_of_outputs: int) -> list[float]:
     their gradients, or needs the slower ``find_unused_parameters``); a weight of 1e-6 keeps the coarsest head in
     the graph without changing what is learned.
     """
-    from autoseg.training.losses import deep_supervision_weights
 
     weights = list(deep_supervision_weights(number_of_outputs))
     if len(weights) > 1 and weights[-1] == 0:
@@ -308,7 +314,7 @@ def default_number_of_workers(context: DistributedContext) -> int:
 CPU_VOXELS_PER_STEP = 1_200_000
 
 
-def training_batch_size(configuration: dict[str, Any], requested: int | None, device: torch.device) -> int:
+def training_batch_size(configuration: Configuration, requested: int | None, device: torch.device) -> int:
     """``requested``, else the plan's batch size; on CPU at most ``CPU_VOXELS_PER_STEP`` voxels but never below 2.
 
     Hippocampus 3d_fullres (7 x 40x56x40, 0.63 M voxels) keeps its plan; HC18 2d (6 x 640x896) trains with 2.
@@ -317,10 +323,10 @@ def training_batch_size(configuration: dict[str, Any], requested: int | None, de
         if requested < 1:
             raise ValueError(f"batch size must be at least 1, got {requested}")
         return int(requested)
-    planned = int(configuration["batch_size"])
+    planned = configuration.batch_size
     if device.type != "cpu":
         return planned
-    patch_voxels = math.prod(int(size) for size in configuration["patch_size"])
+    patch_voxels = math.prod(configuration.patch_size)
     return min(planned, max(2, CPU_VOXELS_PER_STEP // patch_voxels))
 
 
@@ -350,7 +356,7 @@ def train_fold(
     start_process_group(context, device)
     try:
         if job.previous_stage_folder is not None:
-            _prepare_previous_stage(job, settings, context, device, log_message)
+            _prepare_previous_stage(job, settings, components, context, device, log_message)
         with fold_tracker(job, settings, context, device, say=log_message) as tracker:
             callbacks = [tracker.log_latest_epoch, *epoch_end_callbacks]  # tracked before a callback can stop the run
             result = _train(job, settings, components, context, device, callbacks, log_message)
@@ -406,25 +412,29 @@ def _train(
             shutdown = getattr(loader, "shutdown", None)
             if callable(shutdown):
                 shutdown()
-    return _finish(job, settings, state, checkpoints, plot, resumed_from_epoch, device, say)
+    return _finish(job, settings, components, state, checkpoints, plot, resumed_from_epoch, device, say)
 
 
 def _prepare_previous_stage(
     job: TrainingJob,
     settings: TrainingSettings,
+    components: TrainingComponents,
     context: DistributedContext,
     device: torch.device,
     log_message: Callable[[str], None],
 ) -> None:
     """Rank 0 makes the cascade's previous-stage maps (once; they are reused while the previous stage is unchanged);
     the other ranks wait for them."""
-    from autoseg.training.cascade import prepare_previous_stage_maps
-
+    if components.prepare_previous_stage is None:
+        raise UserError(
+            f"{job.configuration_name} is a cascade stage: train it with `autoseg train` or `autoseg run`, which "
+            "make the previous stage's segmentations it learns from."
+        )
     if context.is_main_process:
-        prepare_previous_stage_maps(
-            dataset_work_folder=job.dataset_work_folder,
+        components.prepare_previous_stage(
+            work_folder=job.work_folder,
             configuration_name=job.configuration_name,
-            previous_stage=str(job.configuration["previous_stage"]),
+            previous_stage=str(job.configuration.previous_stage),
             splits=job.splits,
             target_folder=job.preprocessed_folder,
             device=str(device),
@@ -461,7 +471,7 @@ def _prepare_state(
         job.configuration, in_channels=channels["in"], out_channels=channels["out"], deep_supervision=True
     ).to(device)
     say(f"network: {components.describe_network(network)}")
-    planned_batch = int(job.configuration["batch_size"])
+    planned_batch = job.configuration.batch_size
     say(f"device: {device}, {settings.precision} arithmetic, batch {settings.batch_size}"
         + (f" (plan: {planned_batch}; smaller on CPU, see --batch-size)" if settings.batch_size < planned_batch else "")
         + (f", {context.world_size} processes" if context.enabled else ""))
@@ -513,7 +523,7 @@ def _build_loss(
         num_classes=out_channels,
         regions=regions,
         ignore_label=job.dataset.ignore_label,
-        batch_dice=bool(job.configuration.get("batch_dice", False)),
+        batch_dice=job.configuration.batch_dice,
         use_regions=regions is not None,
         deep_supervision_weights=distributed_deep_supervision_weights(number_of_outputs) if context.enabled else None,
     )
@@ -750,6 +760,7 @@ def _write_epoch_outputs(
 def _finish(
     job: TrainingJob,
     settings: TrainingSettings,
+    components: TrainingComponents,
     state: TrainingState,
     checkpoints: _CheckpointPolicy,
     plot: _ProgressPlot,
@@ -774,7 +785,8 @@ def _finish(
             after = after_training(
                 job.fold_folder,
                 hooks=settings.after_training_hooks,
-                dataset_work_folder=job.dataset_work_folder,
+                available=components.after_training_hooks,
+                work_folder=job.work_folder,
                 configuration_name=job.configuration_name,
                 fold=job.fold,
                 validation_case_ids=job.validation_case_ids,

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from autoseg.training.checkpoints import load_checkpoint, network_weights_of
+from autoseg.records.checkpoint import load_checkpoint, network_weights_of
 
 
 @dataclasses.dataclass(frozen=True)

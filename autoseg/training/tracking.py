@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoseg.errors import UserError
+from autoseg.records import checkpoint as checkpoint_files
+from autoseg.records.inference_recipe import InferenceRecipe
+from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.files import read_json, write_json
 
 if TYPE_CHECKING:
@@ -112,19 +115,19 @@ def training_parameters(
     import autoseg
 
     configuration = job.configuration
-    plans_file = job.dataset_work_folder / "plans.json"
+    plans_file = job.work_folder.plans
     parameters: dict[str, Any] = {
-        "dataset": job.dataset_work_folder.name,
+        "dataset": job.work_folder.root.name,
         "plans_name": read_json(plans_file).get("plans_name") if plans_file.is_file() else None,
         "configuration": job.configuration_name,
         "fold": str(job.fold),
         "training_cases": len(job.train_case_ids),
         "validation_cases": len(job.validation_case_ids),
-        "patch_size": configuration.get("patch_size"),
-        "spacing": configuration.get("spacing"),
-        "planned_batch_size": configuration.get("batch_size"),
-        "architecture": (configuration.get("network") or {}).get("architecture"),
-        "previous_stage": configuration.get("previous_stage"),
+        "patch_size": list(configuration.patch_size),
+        "spacing": list(configuration.spacing),
+        "planned_batch_size": configuration.batch_size,
+        "architecture": configuration.network.get("architecture"),
+        "previous_stage": configuration.previous_stage,
         "device": str(device),
         "processes": world_size,
         "autoseg_version": autoseg.__version__,
@@ -151,15 +154,15 @@ def fold_result_metrics(result: TrainingResult) -> dict[str, float]:
     }})
 
 
-def cross_validation_metrics(recipe: Mapping[str, Any]) -> dict[str, float]:
+def cross_validation_metrics(recipe: InferenceRecipe) -> dict[str, float]:
     """From model selection's ``inference.json``: the selected candidate's mean foreground Dice (before and after
     post-processing), its Dice per class, and every candidate's mean foreground Dice."""
-    selected = next(candidate for candidate in recipe["candidates"] if candidate["name"] == recipe["selected"])
+    selected = next(candidate for candidate in recipe.candidates if candidate["name"] == recipe.selected)
     return numeric_fields({
-        "cross_validation_dice": recipe.get("cross_validation_dice"),
-        "cross_validation_dice_after_postprocessing": recipe.get("cross_validation_dice_after_postprocessing"),
+        "cross_validation_dice": recipe.cross_validation_dice,
+        "cross_validation_dice_after_postprocessing": recipe.cross_validation_dice_after_postprocessing,
         "dice": selected.get("dice_per_class") or {},
-        "candidates": {candidate["name"]: candidate.get("foreground_dice") for candidate in recipe["candidates"]},
+        "candidates": {candidate["name"]: candidate.get("foreground_dice") for candidate in recipe.candidates},
     })
 
 
@@ -210,9 +213,9 @@ def _mlflow_name(name: str) -> str:
     return re.sub(r"[^\w\-. /:]", "_", name)
 
 
-def default_mlflow_uri(dataset_work_folder: Path) -> str:
+def default_mlflow_uri(work_folder: WorkFolder) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else a ``file:`` store in ``WORK/<dataset>/mlruns``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or (dataset_work_folder / MLFLOW_FOLDER).resolve().as_uri()
+    return os.environ.get("MLFLOW_TRACKING_URI") or (work_folder.root / MLFLOW_FOLDER).resolve().as_uri()
 
 
 class _MlflowRun:
@@ -362,14 +365,14 @@ class Tracker:
         self.runs = []
 
 
-def _runs(loggers: Sequence[str], *, tensorboard_folder: Path, dataset_work_folder: Path, run_name: str,
+def _runs(loggers: Sequence[str], *, tensorboard_folder: Path, work_folder: WorkFolder, run_name: str,
           tags: Mapping[str, str], mlflow_run_file: Path | None, resume: bool) -> list:
     runs: list[_TensorBoardRun | _MlflowRun] = []
     if "tensorboard" in loggers:
         runs.append(_TensorBoardRun(tensorboard_folder))
     if "mlflow" in loggers:
         runs.append(_MlflowRun(
-            tracking_uri=default_mlflow_uri(dataset_work_folder), experiment=dataset_work_folder.name,
+            tracking_uri=default_mlflow_uri(work_folder), experiment=work_folder.root.name,
             run_name=run_name, tags=tags, run_file=mlflow_run_file, resume=resume,
         ))
     return runs
@@ -385,15 +388,13 @@ def fold_tracker(
     """
     if not settings.loggers or not context.is_main_process:
         return Tracker()
-    from autoseg.training import checkpoints as checkpoint_files
-
     loggers = requested_loggers(settings.loggers)
     resumable = any((job.fold_folder / name).is_file()
                     for name in (checkpoint_files.LATEST_CHECKPOINT, checkpoint_files.FINAL_CHECKPOINT))
     tracker = Tracker(_runs(
         loggers,
         tensorboard_folder=job.fold_folder / TENSORBOARD_FOLDER,
-        dataset_work_folder=job.dataset_work_folder,
+        work_folder=job.work_folder,
         run_name=f"{job.configuration_name} fold {job.fold}",
         tags={"autoseg.kind": "fold", "autoseg.configuration": job.configuration_name, "autoseg.fold": str(job.fold)},
         mlflow_run_file=job.fold_folder / MLFLOW_RUN_FILE,
@@ -403,26 +404,26 @@ def fold_tracker(
     return tracker
 
 
-def log_cross_validation(dataset_work_folder: Path, recipe: Mapping[str, Any], loggers: Sequence[str]) -> None:
+def log_cross_validation(work_folder: WorkFolder, recipe: InferenceRecipe, loggers: Sequence[str]) -> None:
     """``autoseg run``'s final numbers (see :func:`cross_validation_metrics`) as a run of their own: an MLflow run
     named ``cross_validation`` in the dataset's experiment, TensorBoard scalars in ``WORK/<dataset>/tensorboard/``."""
     if not loggers:
         return
-    folds = sorted({fold for model in recipe["models"] for fold in model["folds"]})
+    folds = recipe.all_folds
     with Tracker(_runs(
         requested_loggers(loggers),
-        tensorboard_folder=dataset_work_folder / TENSORBOARD_FOLDER / CROSS_VALIDATION_RUN,
-        dataset_work_folder=dataset_work_folder,
+        tensorboard_folder=work_folder.root / TENSORBOARD_FOLDER / CROSS_VALIDATION_RUN,
+        work_folder=work_folder,
         run_name=CROSS_VALIDATION_RUN,
         tags={"autoseg.kind": CROSS_VALIDATION_RUN},
         mlflow_run_file=None,
         resume=False,
     )) as tracker:
         tracker.start({
-            "selected": recipe["selected"],
-            "ensemble": bool(recipe.get("ensemble")),
+            "selected": recipe.selected,
+            "ensemble": recipe.ensemble,
             "folds": _parameter_text(folds),
-            "candidates": _parameter_text([candidate["name"] for candidate in recipe["candidates"]]),
+            "candidates": _parameter_text([candidate["name"] for candidate in recipe.candidates]),
         })
         tracker.log_final(cross_validation_metrics(recipe))
 

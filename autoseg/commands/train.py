@@ -9,26 +9,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 from pathlib import Path
 
-from autoseg.data.case_signatures import require_unchanged_since_planning
-from autoseg.data.dataset import RawDataset, load_raw_dataset
+from autoseg.commands.arguments import add_work_dir_argument
 from autoseg.errors import UserError
-from autoseg.paths import add_work_dir_argument, dataset_work_dir
-from autoseg.planning.plans import load_plans, resolve_configuration
-from autoseg.preprocessing.preprocess_dataset import data_configuration_name
-from autoseg.training.cascade import previous_stage_folder
+from autoseg.pipeline.validation import training_components
+from autoseg.records.work_folder import WorkFolder
 from autoseg.training.distributed import DistributedContext, detect_distributed_context
+from autoseg.training.job import build_job
 from autoseg.training.loop import TrainingJob, TrainingSettings, train_fold
 from autoseg.training.schedule import epoch_seconds_for_budget, parse_time_budget
-from autoseg.training.splits import CASE_GROUPERS, DEFAULT_SPLIT_SEED, cases_for_fold, load_or_create_splits
+from autoseg.training.splits import CASE_GROUPERS
 from autoseg.training.tracking import add_logger_argument, requested_loggers
-from autoseg.utils.files import read_json, remove_stale_temporaries
+from autoseg.utils.files import remove_stale_temporaries
 from autoseg.utils.locking import folder_lock
 from autoseg.utils.precision import add_precision_argument
-
-FOLD_CHOICES = ("0", "1", "2", "3", "4", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,78 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_logger_argument(parser)
 
 
-def build_job(
-    *,
-    dataset: str,
-    configuration_name: str,
-    fold: str,
-    work_dir: str | os.PathLike[str] | None,
-    splits_file: str | None = None,
-    group_cases: str = "none",
-    write_splits: bool = True,
-) -> TrainingJob:
-    """Locate everything ``train`` needs and check it exists, naming the command that makes what is missing."""
-    if fold not in FOLD_CHOICES and not (splits_file and fold.isdigit()):
-        raise UserError(f"fold {fold!r} is not one of {', '.join(FOLD_CHOICES)}.")
-    work_folder = dataset_work_dir(work_dir, dataset)
-    dataset_json = work_folder / "dataset.json"
-    plans_json = work_folder / "plans.json"
-    if not dataset_json.is_file() or not plans_json.is_file():
-        missing = dataset_json if not dataset_json.is_file() else plans_json
-        raise UserError(
-            f"{missing} does not exist; run `autoseg plan {dataset}` and `autoseg preprocess {dataset}` "
-            "(with the same --work-dir) first."
-        )
-    raw_dataset = RawDataset.from_dict(read_json(dataset_json))
-    if (Path(dataset) / "dataset.json").is_file() and Path(dataset).resolve() != work_folder.resolve():
-        require_unchanged_since_planning(
-            work_folder, load_raw_dataset(dataset),
-            how_to_proceed=f"run `autoseg plan {dataset}` and `autoseg preprocess {dataset}` again first.",
-        )
-    plans = load_plans(plans_json)
-    configuration = resolve_configuration(plans, configuration_name)
-    # A cascade stage trains on its parent's preprocessed data (plus the previous stage's predictions).
-    preprocessed_folder = work_folder / "preprocessed" / data_configuration_name(plans, configuration_name)
-    preprocessed_ids = sorted(path.stem for path in preprocessed_folder.glob("*.json"))
-    if not preprocessed_ids:
-        raise UserError(
-            f"{preprocessed_folder} holds no preprocessed cases; run `autoseg preprocess {dataset} "
-            f"-c {configuration_name}` (with the same --work-dir) first."
-        )
-    case_ids = sorted(case.identifier for case in raw_dataset.training_cases) or preprocessed_ids
-    splits = load_or_create_splits(
-        work_folder / "splits.json",
-        case_ids,
-        user_splits_file=splits_file,
-        seed=DEFAULT_SPLIT_SEED,
-        grouper=CASE_GROUPERS[group_cases],
-        write=write_splits,
-    )
-    train_ids, validation_ids = cases_for_fold(splits, fold, case_ids)
-    missing_cases = sorted(set(train_ids + validation_ids) - set(preprocessed_ids))
-    if missing_cases:
-        raise UserError(
-            f"{preprocessed_folder} lacks {len(missing_cases)} case(s) of fold {fold} (e.g. {missing_cases[0]}); "
-            f"run `autoseg preprocess {dataset} -c {configuration_name}` again to complete it."
-        )
-    return TrainingJob(
-        dataset=raw_dataset,
-        dataset_work_folder=work_folder,
-        configuration_name=configuration_name,
-        configuration=configuration,
-        fold=fold if fold == "all" else int(fold),
-        train_case_ids=tuple(train_ids),
-        validation_case_ids=tuple(validation_ids),
-        preprocessed_folder=preprocessed_folder,
-        fold_folder=work_folder / "models" / configuration_name / f"fold_{fold}",
-        previous_stage_folder=(
-            previous_stage_folder(work_folder, str(configuration["previous_stage"]), configuration_name)
-            if configuration.get("previous_stage") else None
-        ),
-        splits=tuple(splits),
-    )
-
-
 def settings_from_arguments(args: argparse.Namespace) -> TrainingSettings:
     for name in ("epochs", "iterations_per_epoch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -190,12 +113,13 @@ def run(args: argparse.Namespace) -> int:
     # Folds of one dataset may train at once (one per GPU), so the working folder is locked shared and only the
     # fold folder exclusively. Every torchrun rank shares the working folder; only rank 0 writes the fold folder,
     # so only rank 0 locks it (the other ranks would otherwise be refused by rank 0's lock).
-    with folder_lock(dataset_work_dir(args.work_dir, args.dataset), shared=True, create=False):
+    work_folder = WorkFolder.for_dataset(args.work_dir, args.dataset)
+    with folder_lock(work_folder, shared=True, create=False):
         job = build_job(
-            dataset=args.dataset,
-            configuration_name=args.configuration,
-            fold=args.fold,
-            work_dir=args.work_dir,
+            work_folder,
+            args.configuration,
+            args.fold,
+            dataset_root=args.dataset,
             splits_file=args.splits,
             group_cases=args.group_cases,
             write_splits=context.is_main_process,
@@ -212,7 +136,7 @@ def _train(job: TrainingJob, settings: TrainingSettings, context: DistributedCon
             f"training {job.configuration_name} fold {job.fold}: {len(job.train_case_ids)} training and "
             f"{len(job.validation_case_ids)} validation cases -> {job.fold_folder}"
         )
-    result = train_fold(job, settings)
+    result = train_fold(job, settings, components=training_components())
     if context.is_main_process:
         best = "-" if result.best_ema_pseudo_dice is None else f"{result.best_ema_pseudo_dice:.4f}"
         print(f"done: {result.epochs_completed} epochs, best EMA pseudo-Dice {best}, checkpoints in {job.fold_folder}")

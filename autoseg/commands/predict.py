@@ -7,14 +7,17 @@ import os
 import time
 from pathlib import Path
 
-from autoseg.data.dataset import Case, Problem, _discover_cases
 from autoseg.errors import UserError
+from autoseg.inference.ensemble import ModelEnsemble
+from autoseg.inference.onnx_engine import is_onnx_model_folder, load_onnx_ensemble
 from autoseg.io.images import file_ending, read_image_header
+from autoseg.records.dataset import Case, Problem, discover_cases
+from autoseg.sharing.submission import write_submission
 from autoseg.utils.files import remove_stale_temporaries
 from autoseg.utils.locking import folder_lock
 from autoseg.utils.memory import describe_largest_case
 from autoseg.utils.precision import add_precision_argument, resolve_precision
-from autoseg.utils.threads import available_cpus
+from autoseg.utils.threads import available_cpus, set_torch_threads
 
 # Label-map file types `--format` offers; each keeps the input's exact geometry.
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "seg.nrrd")
@@ -105,7 +108,7 @@ def discover_input_cases(folder: Path, *, num_channels: int) -> list[Case]:
     if len(endings) > 1:
         raise UserError(f"{folder}: mixes file endings ({', '.join(sorted(endings))}); keep one kind per folder.")
     problems: list[Problem] = []
-    cases = _discover_cases(folder, endings.pop(), num_channels, problems, None)
+    cases = discover_cases(folder, endings.pop(), num_channels, problems, None)
     errors = [problem for problem in problems if problem.severity == "error"]
     if errors:
         listed = "; ".join(str(problem) for problem in errors[:5])
@@ -121,8 +124,6 @@ def shard(cases: list[Case], *, part_id: int, num_parts: int) -> list[Case]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoseg.inference.ensemble import ModelEnsemble
-    from autoseg.utils.threads import set_torch_threads
 
     threads = set_torch_threads(args.threads or idle_cpu_count())
     if not 0 < args.step_size <= 1:
@@ -130,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "onnx":
         models = _load_onnx_models(args, threads=threads)
     else:
-        from autoseg.inference.onnx_engine import is_onnx_model_folder
 
         if is_onnx_model_folder(args.model):
             raise UserError(f"{args.model}: holds ONNX networks (from `autoseg export-onnx`); add --engine onnx.")
@@ -189,7 +189,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _load_onnx_models(args: argparse.Namespace, *, threads: int):
     """The ensemble of an ``export-onnx`` folder; options that only make sense for torch are refused, not ignored."""
-    from autoseg.inference.onnx_engine import load_onnx_ensemble
 
     if args.device not in ("auto", "cpu"):
         raise UserError(f"--engine onnx runs on the CPU; drop --device {args.device} or use --engine torch.")
@@ -205,7 +204,6 @@ def _load_onnx_models(args: argparse.Namespace, *, threads: int):
 
 
 def _write_submission(folder: Path, models, args: argparse.Namespace, predictions: list[Path]) -> None:
-    from autoseg.sharing.submission import write_submission
 
     checkpoints = sorted({path for member in models.members for path in member.checkpoint_paths_used})
     description = {

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from autoseg.data.case_signatures import require_unchanged_since_planning
-from autoseg.data.dataset import load_raw_dataset
-from autoseg.paths import add_work_dir_argument, dataset_work_dir
-from autoseg.planning.plans import load_plans
+from autoseg.commands.arguments import add_work_dir_argument
 from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
+from autoseg.records.case_signatures import require_unchanged_since_planning
+from autoseg.records.dataset import load_raw_dataset
+from autoseg.records.plans import load_plans
+from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.locking import folder_lock
 from autoseg.utils.threads import available_cpus
 
@@ -29,21 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     dataset = load_raw_dataset(args.dataset)
-    work_folder = dataset_work_dir(args.work_dir, dataset.root)
+    work_folder = WorkFolder.for_dataset(args.work_dir, dataset.root)
     with folder_lock(work_folder, create=False):
-        plans = load_plans(work_folder)
+        plans = load_plans(work_folder.plans)
         require_unchanged_since_planning(
             work_folder, dataset, how_to_proceed=f"run `autoseg plan {args.dataset}` again first (same --work-dir)."
         )
         summary = preprocess_dataset(
             dataset,
             plans=plans,
-            dataset_work_folder=work_folder,
+            work_folder=work_folder,
             configuration_names=args.configurations,
             workers=max(1, args.workers),
             overwrite=args.overwrite,
         )
-    for name, counts in summary["configurations"].items():
+    for name, counts in summary.get("configurations", {}).items():
         print(f"{name}: {counts['preprocessed']} case(s) preprocessed, {counts['skipped']} already done "
-              f"-> {work_folder / 'preprocessed' / name}")
+              f"-> {work_folder.preprocessed(name)}")
     return 0

@@ -1,11 +1,6 @@
-"""Choose keep-largest-component post-processing on cross-validation predictions, store it as JSON, and apply it.
+"""Choose keep-largest-component post-processing on cross-validation predictions (a ``PostprocessingDecision``).
 
-The decision is data, never code::
-
-    {"keep_largest_foreground": true, "keep_largest_per_class": [2, [1, 2]], "connectivity": "full", "evidence": {...}}
-
-Each ``keep_largest_per_class`` item is a label value or, for a region, a list of label values. How it is chosen
-(mirroring the reference pipeline's rule):
+How it is chosen (mirroring the reference pipeline's rule):
 
 1. Keep the largest component of the whole foreground. Adopted only if it raises the mean foreground Dice (mean over
    classes of the mean over cases) and lowers no class's mean Dice.
@@ -16,13 +11,13 @@ Each ``keep_largest_per_class`` item is a label value or, for a region, a list o
 Example (``prediction_folder`` holds the reference label maps of three cases, each with a false 2x2x2 block of
 class 1 in a corner):
     >>> decision = determine_postprocessing(prediction_folder, reference_folder, output_file="postprocessing.json")
-    >>> decision["keep_largest_foreground"], decision["keep_largest_per_class"]
-    (True, [])
-    >>> read_postprocessing("postprocessing.json") == decision
+    >>> decision.keep_largest_foreground, decision.keep_largest_per_class
+    (True, ())
+    >>> PostprocessingDecision.read("postprocessing.json") == decision
     True
     >>> from autoseg.io.images import read_image
     >>> label_map = read_image(prediction_folder / "hippocampus_001.nii.gz").array
-    >>> cleaned = apply_postprocessing(label_map, decision)
+    >>> cleaned = decision.apply(label_map)
     >>> int((label_map != cleaned).sum())  # the false block is gone
     8
 """
@@ -46,77 +41,11 @@ from autoseg.evaluation.folders import (
 from autoseg.evaluation.metrics import overlap_metrics
 from autoseg.evaluation.targets import EvaluationTarget, describe_targets, targets_from_label_values
 from autoseg.io.images import read_image, write_image
-from autoseg.postprocessing.keep_largest import keep_largest_of_values
-from autoseg.utils.files import read_json, write_json
+from autoseg.records.postprocessing import PostprocessingDecision
+from autoseg.utils.components import keep_largest_of_values
 
-POSTPROCESSING_FILE_NAME = "postprocessing.json"
 # Dice differences below this are floating-point noise, not an improvement or a loss.
 _DICE_TOLERANCE = 1e-9
-
-
-def no_postprocessing() -> dict[str, Any]:
-    """The decision that changes nothing."""
-    return {"keep_largest_foreground": False, "keep_largest_per_class": [], "connectivity": "full"}
-
-
-def _class_values(item: int | Sequence[int]) -> tuple[int, ...]:
-    return tuple(int(v) for v in item) if isinstance(item, (list, tuple)) else (int(item),)
-
-
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_label_item(item: Any) -> bool:
-    """A label value, or a non-empty list of label values (a region)."""
-    return _is_integer(item) or (isinstance(item, list) and bool(item) and all(_is_integer(v) for v in item))
-
-
-def validate_decision(decision: Any, *, source: str = "post-processing decision") -> dict[str, Any]:
-    """Check the shape of a decision read from JSON.
-
-    Raises:
-        UserError: a key is missing or has the wrong type (``source`` names the file).
-    """
-    if not isinstance(decision, dict):
-        raise UserError(f"{source}: must be a JSON object with 'keep_largest_foreground' and 'keep_largest_per_class'.")
-    foreground = decision.get("keep_largest_foreground")
-    per_class = decision.get("keep_largest_per_class")
-    if not isinstance(foreground, bool):
-        raise UserError(f"{source}: 'keep_largest_foreground' must be true or false.")
-    if not isinstance(per_class, list) or not all(_is_label_item(item) for item in per_class):
-        raise UserError(f"{source}: 'keep_largest_per_class' must be a list of label values or lists of label values.")
-    if decision.get("connectivity", "full") != "full":
-        raise UserError(f"{source}: only 'full' connectivity is supported.")
-    return decision
-
-
-def apply_postprocessing(label_map: np.ndarray, decision: dict[str, Any]) -> np.ndarray:
-    """Apply a decision to one label map (any shape); returns a new array of the same dtype.
-
-    The foreground is every non-zero value (a prediction never contains the ignore label).
-    """
-    validate_decision(decision)
-    result = np.asarray(label_map)
-    if decision["keep_largest_foreground"]:
-        foreground_values = [int(v) for v in np.unique(result) if v != 0]
-        if foreground_values:
-            result = keep_largest_of_values(result, foreground_values)
-    for item in decision["keep_largest_per_class"]:
-        result = keep_largest_of_values(result, _class_values(item))
-    return result if result is not label_map else result.copy()
-
-
-def read_postprocessing(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a ``postprocessing.json``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: post-processing file not found.")
-    try:
-        data = read_json(path)
-    except ValueError as error:
-        raise UserError(f"{path}: is not valid JSON ({error}).") from None
-    return validate_decision(data, source=str(path))
 
 
 def _dice_per_target(
@@ -185,7 +114,7 @@ def determine_postprocessing(
     cases: Sequence[str] | None = None,
     workers: int = 1,
     output_file: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
+) -> PostprocessingDecision:
     """Decide which keep-largest-component steps to adopt on cross-validation predictions (see module docstring).
 
     Args:
@@ -231,13 +160,12 @@ def determine_postprocessing(
         if _is_better(candidate, current):
             adopted_classes.append(target)
             after[target.key] = candidate[target.key]
-    decision = {
-        "keep_largest_foreground": adopt_foreground,
-        "keep_largest_per_class": [
-            target.values[0] if len(target.values) == 1 else list(target.values) for target in adopted_classes
-        ],
-        "connectivity": "full",
-        "evidence": {
+    decision = PostprocessingDecision(
+        keep_largest_foreground=adopt_foreground,
+        keep_largest_per_class=tuple(
+            target.values[0] if len(target.values) == 1 else tuple(target.values) for target in adopted_classes
+        ),
+        evidence={
             "cases": len(per_case),
             "targets": describe_targets(targets),
             "dice_before": before,
@@ -246,26 +174,25 @@ def determine_postprocessing(
             "foreground_dice_before": _foreground_mean(before),
             "foreground_dice_after": _foreground_mean(after),
         },
-    }
+    )
     if output_file is not None:
-        write_json(output_file, decision)
+        decision.write(output_file)
     return decision
 
 
-def _postprocess_file(source: Path, destination: Path, decision: dict[str, Any]) -> None:
+def _postprocess_file(source: Path, destination: Path, decision: PostprocessingDecision) -> None:
     image = read_image(source)
-    write_image(apply_postprocessing(image.array, decision), image.geometry, destination)
+    write_image(decision.apply(image.array), image.geometry, destination)
 
 
 def apply_postprocessing_to_folder(
     input_folder: str | os.PathLike[str],
     output_folder: str | os.PathLike[str],
-    decision: dict[str, Any],
+    decision: PostprocessingDecision,
     *,
     workers: int = 1,
 ) -> list[Path]:
     """Post-process every label map in ``input_folder`` into ``output_folder`` (same names, same geometry)."""
-    validate_decision(decision)
     files = label_files_by_case(input_folder)
     output_folder = Path(output_folder)
     destinations = [output_folder / path.name for path in files.values()]

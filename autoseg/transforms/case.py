@@ -9,16 +9,17 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import UserError
-from autoseg.fingerprint.nonzero_crop import bounding_box, nonzero_mask
 from autoseg.io.images import file_ending, read_image
-from autoseg.preprocessing.class_locations import sample_class_locations
-from autoseg.preprocessing.normalization import normalize_channels
-from autoseg.preprocessing.resampling import (
+from autoseg.records.plans import Configuration
+from autoseg.transforms.class_locations import sample_class_locations
+from autoseg.transforms.normalization import normalize_channels
+from autoseg.transforms.resampling import (
     axis_orders_for,
     resample_channels,
     resample_segmentation,
     resampled_shape,
 )
+from autoseg.utils.nonzero_crop import bounding_box, nonzero_mask
 
 INT8_RANGE = (-128, 127)
 
@@ -36,24 +37,26 @@ def identifier_from_image_path(path: str | os.PathLike[str]) -> str:
 
 
 def target_spacing_for(
-    configuration: dict, spacing_after_crop: Sequence[float]
+    configuration: Configuration, spacing_after_crop: Sequence[float]
 ) -> tuple[float, float, float]:
     """The spacing a case is resampled to; 2D configurations keep each case's own slice spacing (axis 0)."""
-    target = [float(v) for v in configuration["spacing"]]
-    if int(configuration["dimension"]) == 2:
+    target = [float(v) for v in configuration.spacing]
+    if configuration.dimension == 2:
         target[0] = float(spacing_after_crop[0])
     return (target[0], target[1], target[2])
 
 
-def resampling_axis_orders(configuration: dict, *, order_key: str) -> tuple[int | None, int | None, int | None]:
+def resampling_axis_orders(
+    configuration: Configuration, *, order_key: str
+) -> tuple[int | None, int | None, int | None]:
     """Per-axis interpolation orders for images (``order_key="image_order"``) or labels (``"label_order"``).
 
     The coarse axis of an anisotropic configuration is axis 0: the plan's transposition puts it first.
     """
-    resampling = configuration.get("resampling", {})
+    resampling = configuration.resampling
     default_order = 3 if order_key == "image_order" else 1
     return axis_orders_for(
-        dimension=int(configuration["dimension"]),
+        dimension=configuration.dimension,
         order=int(resampling.get(order_key, default_order)),
         anisotropic=bool(resampling.get("anisotropic", False)),
         coarse_axis=0,
@@ -84,15 +87,14 @@ def preprocess_case(
     image_paths: Sequence[str | os.PathLike[str]],
     label_path: str | os.PathLike[str] | None,
     *,
-    plans: dict,
-    configuration: dict,
+    configuration: Configuration,
     identifier: str | None = None,
     classes: Iterable[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Turn one raw case into training/inference input for ``configuration``.
 
     Steps: read every channel as float32; crop to the bounding box of the non-zero region (channels OR'ed, holes
-    filled; original axes); transpose with ``plans["transpose_forward"]``; normalise each channel with its plan
+    filled; original axes); transpose with ``configuration.transpose_forward``; normalise each channel with its plan
     scheme (before resampling, so statistics come from the original voxels); resample images (cubic spline) and
     labels (linear on one-hot) to the target spacing, in-plane only for 2D configurations and nearest neighbour
     along the coarse axis of anisotropic ones; sample up to 10k locations per class for foreground oversampling.
@@ -100,14 +102,13 @@ def preprocess_case(
     Args:
         image_paths: one file per channel, in channel order.
         label_path: the label map, or None at inference.
-        plans: the whole ``plans.json`` (for ``transpose_forward``).
         configuration: one resolved configuration of the plan.
         identifier: case name (default: from the first image's file name); seeds the location sample.
         classes: label values to sample locations for (default: every non-zero value present).
 
     Returns:
         ``data`` float32 ``(C, z, y, x)``, ``seg`` int8 ``(1, z, y, x)`` or None, and the properties recorded in
-        ``CASE.json`` (see docs/design.md), which ``autoseg.preprocessing.export`` needs to undo every step.
+        ``CASE.json`` (see docs/design.md), which ``autoseg.transforms.export`` needs to undo every step.
 
     Raises:
         CasePreprocessingError / ImageReadError: unreadable files, channels or label of different shapes, labels
@@ -134,7 +135,7 @@ def preprocess_case(
     if segmentation is not None:
         segmentation = segmentation[crop]
 
-    transpose = [int(axis) for axis in plans.get("transpose_forward", [0, 1, 2])]
+    transpose = list(configuration.transpose_forward)
     data = np.ascontiguousarray(data.transpose([0, *(axis + 1 for axis in transpose)]))
     mask = np.ascontiguousarray(mask.transpose(transpose))
     if segmentation is not None:
@@ -142,12 +143,12 @@ def preprocess_case(
     spacing_after_crop = tuple(float(geometry.spacing[axis]) for axis in transpose)
     shape_after_crop = tuple(int(size) for size in data.shape[1:])
 
-    data = normalize_channels(data, schemes=list(configuration["normalization"]), nonzero_mask=mask)
+    data = normalize_channels(data, schemes=list(configuration.normalization), nonzero_mask=mask)
     del mask
 
     target_spacing = target_spacing_for(configuration, spacing_after_crop)
     new_shape = resampled_shape(shape_after_crop, spacing_after_crop, target_spacing)
-    if int(configuration["dimension"]) == 2:
+    if configuration.dimension == 2:
         new_shape = (shape_after_crop[0], *new_shape[1:])
     data = resample_channels(
         data, new_shape, axis_orders=resampling_axis_orders(configuration, order_key="image_order")

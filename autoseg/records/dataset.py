@@ -193,7 +193,7 @@ def _parse_labels(raw: object, problems: list[Problem], json_path: str) -> tuple
     return labels, ignore
 
 
-def _discover_cases(
+def discover_cases(
     folder: Path, ending: str, num_channels: int, problems: list[Problem], with_labels: Path | None
 ) -> list[Case]:
     """Group ``CASE_XXXX.ending`` files into cases; report files that do not fit."""
@@ -319,7 +319,7 @@ def scan_raw_dataset(root: str | os.PathLike[str]) -> tuple[RawDataset | None, l
             problems.append(Problem("error", "labelsTr folder is missing", path=str(labels_folder)))
             training = []
         else:
-            training = _discover_cases(images_folder, ending, len(channel_names), problems, labels_folder)
+            training = discover_cases(images_folder, ending, len(channel_names), problems, labels_folder)
             known = {case.identifier for case in training}
             image_ids = {
                 m.group("case")
@@ -342,7 +342,7 @@ def scan_raw_dataset(root: str | os.PathLike[str]) -> tuple[RawDataset | None, l
                                             path=str(entry)))
     test_folder = root / "imagesTs"
     test_cases = (
-        _discover_cases(test_folder, ending, len(channel_names), problems, None) if test_folder.is_dir() else []
+        discover_cases(test_folder, ending, len(channel_names), problems, None) if test_folder.is_dir() else []
     )
 
     num_training = meta.get("numTraining")

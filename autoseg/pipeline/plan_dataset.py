@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoseg.data.dataset import RawDataset
-from autoseg.planning.plans import PLANS_FILE_NAME, load_plans
+from autoseg.data.check import require_valid_dataset
+from autoseg.fingerprint import compute_fingerprint
+from autoseg.planning.planner import plan_experiment
+from autoseg.records.case_signatures import require_unchanged_since_planning
+from autoseg.records.dataset import RawDataset
+from autoseg.records.plans import Plans, load_plans
+from autoseg.records.work_folder import WorkFolder
+from autoseg.utils.files import write_json
 
 
 def plan_dataset(
     dataset_root: str | Path,
-    work: Path,
+    work: WorkFolder,
     *,
     preset: str = "default",
     gpu_memory_gb: float | None = None,
@@ -18,7 +24,7 @@ def plan_dataset(
     recompute_fingerprint: bool = False,
     keep_existing_plans: bool = False,
     progress: bool = True,
-) -> tuple[RawDataset, dict, bool]:
+) -> tuple[RawDataset, Plans, bool]:
     """Write ``dataset.json``, ``fingerprint.json`` and ``plans.json`` into ``work`` (the dataset's working folder).
 
     With ``keep_existing_plans`` an existing ``plans.json`` (possibly hand-edited) is loaded instead of replaced.
@@ -27,25 +33,18 @@ def plan_dataset(
     Raises:
         DatasetError: the raw dataset fails its check (every problem is listed).
     """
-    from autoseg.data.case_signatures import require_unchanged_since_planning
-    from autoseg.data.check import require_valid_dataset
-    from autoseg.fingerprint import compute_fingerprint
-    from autoseg.planning.planner import plan_experiment
-    from autoseg.utils.files import write_json
-
     dataset = require_valid_dataset(dataset_root, workers=workers, progress=progress)
-    plans_path = work / PLANS_FILE_NAME
-    keep = keep_existing_plans and plans_path.is_file()
+    keep = keep_existing_plans and work.plans.is_file()
     if keep:
         # Kept plans (and what was trained from them) describe the cases fingerprinted with them: refuse to mix.
         require_unchanged_since_planning(
             work, dataset, how_to_proceed="add --replan to plan, preprocess and train again on the new cases, "
             "or restore the old files.",
         )
-    write_json(work / "dataset.json", dataset.to_dict())
+    write_json(work.dataset_json, dataset.to_dict())
     fingerprint = compute_fingerprint(dataset, work, workers=workers, force=recompute_fingerprint, progress=progress)
     if keep:
-        return dataset, load_plans(plans_path), True
+        return dataset, load_plans(work.plans), True
     plans = plan_experiment(fingerprint, dataset, preset=preset, gpu_memory_gb=gpu_memory_gb)
-    write_json(plans_path, plans)
+    write_json(work.plans, plans.to_json())
     return dataset, plans, False

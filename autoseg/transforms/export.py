@@ -1,16 +1,16 @@
 """Undo preprocessing for a prediction: resample back, transpose back, uncrop, and write with the input's geometry.
 
-The inverse of ``autoseg.preprocessing.case.preprocess_case``: class probabilities in the preprocessed grid are
+The inverse of ``autoseg.transforms.case.preprocess_case``: class probabilities in the preprocessed grid are
 resampled (linearly, so they stay convex combinations: non-negative, summing to 1; nearest along the coarse axis of
 anisotropic configurations; in-plane only for 2D ones) to the exact cropped shape, transposed back to the file's axis
 order, and placed into the original grid, where everything outside the crop box is background.
 
 Example:
     >>> from autoseg.io.images import read_image
-    >>> from autoseg.preprocessing.case import preprocess_case
-    >>> data, _, properties = preprocess_case([image_path], None, plans=plans, configuration=configuration)
+    >>> from autoseg.transforms.case import preprocess_case
+    >>> data, _, properties = preprocess_case([image_path], None, configuration=configuration)
     >>> logits = np.zeros((3, *data.shape[1:]), np.float32); logits[2] = 5.0  # (K, z, y, x): class 2 everywhere
-    >>> label_map = export_prediction(logits, properties, plans=plans, configuration=configuration,
+    >>> label_map = export_prediction(logits, properties, configuration=configuration,
     ...                               output_path="case.nii.gz")
     >>> np.unique(label_map).tolist()
     [2]
@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.io.images import Geometry, file_ending, write_image
-from autoseg.preprocessing.case import resampling_axis_orders
-from autoseg.preprocessing.resampling import resample_channels
+from autoseg.records.plans import Configuration
+from autoseg.transforms.case import resampling_axis_orders
+from autoseg.transforms.resampling import resample_channels
 from autoseg.utils.files import atomic_path
 
 # Probabilities are resampled linearly (order 1): a cubic spline would overshoot below 0 and above 1.
@@ -43,13 +44,7 @@ def _as_float_array(values: object) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def _transpose_backward(plans: dict) -> list[int]:
-    if "transpose_backward" in plans:
-        return [int(axis) for axis in plans["transpose_backward"]]
-    return [int(axis) for axis in np.argsort(plans.get("transpose_forward", [0, 1, 2]))]
-
-
-def _probability_axis_orders(configuration: dict) -> tuple[int | None, ...]:
+def _probability_axis_orders(configuration: Configuration) -> tuple[int | None, ...]:
     orders = resampling_axis_orders(configuration, order_key="image_order")
     return tuple(None if order is None else min(order, PROBABILITY_ORDER) for order in orders)
 
@@ -59,18 +54,18 @@ def _crop_slices(properties: dict) -> tuple[slice, ...]:
 
 
 def _back_to_cropped_file_axes(
-    channels: np.ndarray, properties: dict, *, plans: dict, configuration: dict
+    channels: np.ndarray, properties: dict, *, configuration: Configuration
 ) -> np.ndarray:
     """``(K, preprocessed grid)`` -> ``(K, crop box in the file's axis order)``."""
     resampled = resample_channels(
         channels, properties["shape_after_crop"], axis_orders=_probability_axis_orders(configuration)
     )
-    backward = _transpose_backward(plans)
+    backward = list(configuration.transpose_backward)
     return np.ascontiguousarray(resampled.transpose([0, *(axis + 1 for axis in backward)]))
 
 
 def probabilities_to_original_geometry(
-    probabilities: np.ndarray, properties: dict, *, plans: dict, configuration: dict
+    probabilities: np.ndarray, properties: dict, *, configuration: Configuration
 ) -> np.ndarray:
     """Class probabilities ``(K, z, y, x)`` in the preprocessed grid -> ``(K, *original shape)`` float32.
 
@@ -78,7 +73,7 @@ def probabilities_to_original_geometry(
     TODO(regions): region-based (sigmoid) outputs need 0 in every channel outside the box.
     """
     probabilities = _as_float_array(probabilities)
-    cropped = _back_to_cropped_file_axes(probabilities, properties, plans=plans, configuration=configuration)
+    cropped = _back_to_cropped_file_axes(probabilities, properties, configuration=configuration)
     full = np.zeros((probabilities.shape[0], *properties["shape_before_crop"]), dtype=np.float32)
     full[0] = 1
     full[(slice(None), *_crop_slices(properties))] = cropped
@@ -89,8 +84,7 @@ def probabilities_to_label_map(
     probabilities: np.ndarray,
     properties: dict,
     *,
-    plans: dict,
-    configuration: dict,
+    configuration: Configuration,
     label_values: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Argmax label map in the original grid, computed one class at a time (memory: a few volumes, not K).
@@ -103,7 +97,7 @@ def probabilities_to_label_map(
     best_channel: np.ndarray | None = None
     for channel in range(probabilities.shape[0]):
         resampled = _back_to_cropped_file_axes(
-            probabilities[channel : channel + 1], properties, plans=plans, configuration=configuration
+            probabilities[channel : channel + 1], properties, configuration=configuration
         )[0]
         if best_probability is None:
             best_probability, best_channel = resampled, np.zeros(resampled.shape, dtype=np.int16)
@@ -151,8 +145,7 @@ def export_prediction(
     logits_or_probabilities: np.ndarray,
     properties: dict,
     *,
-    plans: dict,
-    configuration: dict,
+    configuration: Configuration,
     output_path: str | os.PathLike[str],
     save_probabilities: bool = False,
     label_values: Sequence[int] | None = None,
@@ -169,7 +162,7 @@ def export_prediction(
     values = _as_float_array(logits_or_probabilities)
     probabilities = values if is_probability_array(values) else softmax(values)
     if save_probabilities:
-        full = probabilities_to_original_geometry(probabilities, properties, plans=plans, configuration=configuration)
+        full = probabilities_to_original_geometry(probabilities, properties, configuration=configuration)
         indices = np.argmax(full, axis=0)
         lookup = np.asarray(label_values if label_values is not None else range(full.shape[0]), dtype=np.int16)
         label_map = lookup[indices]
@@ -177,7 +170,7 @@ def export_prediction(
             np.savez_compressed(temporary, probabilities=full)
     else:
         label_map = probabilities_to_label_map(
-            probabilities, properties, plans=plans, configuration=configuration, label_values=label_values
+            probabilities, properties, configuration=configuration, label_values=label_values
         )
     write_segmentation(label_map, properties, output_path)
     return label_map

@@ -11,9 +11,10 @@ import hashlib
 import os
 from pathlib import Path
 
-from autoseg.data.dataset import Case, RawDataset
 from autoseg.errors import UserError
-from autoseg.utils.files import read_json
+from autoseg.records.dataset import Case, RawDataset
+from autoseg.records.fingerprint import load_fingerprint
+from autoseg.records.work_folder import WorkFolder
 
 CASE_SIGNATURE_LENGTH = 16
 
@@ -81,24 +82,20 @@ def compare_case_signatures(recorded: dict[str, str | None], current: dict[str, 
     )
 
 
-def changes_since_planning(work_folder: Path, dataset: RawDataset) -> DatasetChanges:
+def changes_since_planning(work_folder: WorkFolder, dataset: RawDataset) -> DatasetChanges:
     """How the dataset's cases differ from those its ``fingerprint.json`` (and so its plans) was made from.
 
     A fingerprint of an older autoseg without per-case signatures can only tell added and removed cases.
     Nothing is reported when there is no fingerprint yet.
     """
-    path = Path(work_folder) / "fingerprint.json"
-    if not path.is_file():
+    if not work_folder.fingerprint.is_file():
         return DatasetChanges()
-    try:
-        fingerprint = read_json(path)
-    except ValueError:
-        raise UserError(f"{path}: is not valid JSON; delete it and run `autoseg plan DATASET` again.") from None
+    fingerprint = load_fingerprint(work_folder.fingerprint)
     recorded = fingerprint.get("case_signatures") or dict.fromkeys(fingerprint.get("cases", {}))
     return compare_case_signatures(recorded, case_signatures(dataset))
 
 
-def require_unchanged_since_planning(work_folder: Path, dataset: RawDataset, *, how_to_proceed: str) -> None:
+def require_unchanged_since_planning(work_folder: WorkFolder, dataset: RawDataset, *, how_to_proceed: str) -> None:
     """Raise ``UserError`` naming the cases that changed since planning, and ``how_to_proceed``."""
     changes = changes_since_planning(work_folder, dataset)
     if changes:

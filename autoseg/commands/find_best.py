@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from autoseg.paths import add_work_dir_argument, dataset_work_dir
+from autoseg.commands.arguments import add_work_dir_argument
+from autoseg.pipeline.selection import find_best, format_candidates
+from autoseg.records.work_folder import WorkFolder
+from autoseg.utils.locking import folder_lock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,12 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoseg.pipeline.selection import find_best, format_candidates
-    from autoseg.utils.locking import folder_lock
-
-    work = dataset_work_dir(args.work_dir, args.dataset)
+    work = WorkFolder.for_dataset(args.work_dir, args.dataset)
     with folder_lock(work, create=False):
         recipe = find_best(work, args.configs, args.folds, workers=args.workers)
     print(format_candidates(recipe))
-    print(f"wrote {work / 'inference.json'} and {work / 'postprocessing.json'}")
+    print(f"wrote {work.inference_recipe} and {work.postprocessing}")
     return 0

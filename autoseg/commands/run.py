@@ -1,0 +1,60 @@
+"""``autoseg run``: the whole pipeline in one command (see ``autoseg.pipeline.run``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from autoseg.commands.arguments import add_work_dir_argument
+from autoseg.errors import UserError
+from autoseg.pipeline.run import DEFAULT_FOLDS, RunOptions, run_pipeline
+from autoseg.training.tracking import add_logger_argument, requested_loggers
+from autoseg.utils.precision import add_precision_argument
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="raw dataset folder")
+    add_work_dir_argument(parser)
+    parser.add_argument("--configs", nargs="+", default=None, metavar="CONFIG",
+                        help="configurations to train (default: every planned one; the cascade only with all five "
+                             "folds)")
+    parser.add_argument("--folds", nargs="+", type=int, default=list(DEFAULT_FOLDS), metavar="K",
+                        help="cross-validation folds to train (default: 0 1 2 3 4)")
+    parser.add_argument("--time-budget", default=None, help="wall-clock budget per fold, e.g. 10m, 2h")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per fold (ignored with --time-budget)")
+    parser.add_argument("--iterations-per-epoch", type=int, default=None)
+    parser.add_argument("--validation-iterations", type=int, default=None,
+                        help="validation batches per epoch (default 50, scaled down in time-sliced epochs)")
+    parser.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="planning budget (default 8)")
+    parser.add_argument("--preset", default="default", help="default | resenc-m | resenc-l | resenc-xl")
+    parser.add_argument("--workers", type=int, default=2, help="processes for data work (default 2)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    add_precision_argument(parser)
+    parser.add_argument("--group-cases", default="none", choices=("none", "leading-number"),
+                        help="keep related cases in one fold ('leading-number': NNN_* ids, e.g. HC18)")
+    parser.add_argument("--replan", action="store_true", help="plan again even if plans.json exists")
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    add_logger_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if any(fold not in DEFAULT_FOLDS for fold in args.folds):
+        raise UserError(f"--folds take values 0-4, got {args.folds}.")
+    options = RunOptions(
+        configurations=tuple(args.configs) if args.configs else None,
+        folds=tuple(dict.fromkeys(args.folds)),
+        time_budget=args.time_budget,
+        epochs=args.epochs,
+        iterations_per_epoch=args.iterations_per_epoch,
+        validation_iterations=args.validation_iterations,
+        gpu_memory_gb=args.gpu_memory,
+        preset=args.preset,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        group_cases=args.group_cases,
+        replan=args.replan,
+        progress=not args.no_progress,
+        loggers=requested_loggers(args.logger),
+    )
+    run_pipeline(args.dataset, args.work_dir, options)
+    return 0

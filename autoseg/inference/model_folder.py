@@ -84,37 +84,14 @@ def locate_trained_model(
             f"{model_folder}: is not a model folder (no plans.json); pass WORK/<dataset> or an imported model."
         )
     available = trained_configurations(model_folder, checkpoint=checkpoint)
-    recipe = read_inference_recipe(model_folder)
-    recommended_folds = None
-    if configuration is None:
-        if recipe is not None:
-            entry = recipe["models"][0]
-            configuration = str(entry["configuration"])
-            recommended_folds = entry.get("folds")
-        elif len(available) == 1:
-            configuration = available[0]
-        elif not available:
-            raise UserError(f"{model_folder}: has no trained model with checkpoint_{checkpoint}.pt under models/.")
-        else:
-            raise UserError(
-                f"{model_folder}: holds several trained configurations ({', '.join(available)}); choose one with -c."
-            )
-    elif recipe is not None:
-        recommended_folds = next(
-            (entry.get("folds") for entry in recipe["models"] if entry.get("configuration") == configuration), None
-        )
+    configuration, recommended_folds = _configuration_and_recommended_folds(
+        model_folder, configuration, available=available, checkpoint=checkpoint
+    )
     configuration_folder = model_folder / "models" / configuration
     if folds is None:
         folds = recommended_folds
     if folds is None:
-        found = configuration_folder.glob(f"fold_*/checkpoint_{checkpoint}.pt")
-        fold_names = sorted(
-            (path.parent.name[len("fold_") :] for path in found),
-            key=lambda name: (name == "all", int(name) if name.isdigit() else 0),
-        )
-        # A model trained on all cases and the cross-validation folds are alternatives, not an ensemble.
-        if any(name.isdigit() for name in fold_names):
-            fold_names = [name for name in fold_names if name != "all"]
+        fold_names = _trained_fold_names(configuration_folder, checkpoint=checkpoint)
     else:
         fold_names = [_fold_name(fold) for fold in ([folds] if isinstance(folds, (str, int)) else folds)]
     if not fold_names:
@@ -127,3 +104,43 @@ def locate_trained_model(
     if missing:
         raise UserError(f"{missing[0]}: checkpoint not found (train that fold or choose other folds with -f).")
     return TrainedModel(model_folder, configuration, tuple(fold_names), paths)
+
+
+def _configuration_and_recommended_folds(
+    model_folder: Path, configuration: str | None, *, available: list[str], checkpoint: str
+) -> tuple[str, list | None]:
+    """The configuration to use, and the folds ``inference.json`` recommends for it (None when it names none).
+
+    The configuration is the one asked for, else the one ``inference.json`` recommends, else the only trained one.
+    """
+    recipe = read_inference_recipe(model_folder)
+    if configuration is not None:
+        if recipe is None:
+            return configuration, None
+        recommended_folds = next(
+            (entry.get("folds") for entry in recipe["models"] if entry.get("configuration") == configuration), None
+        )
+        return configuration, recommended_folds
+    if recipe is not None:
+        entry = recipe["models"][0]
+        return str(entry["configuration"]), entry.get("folds")
+    if len(available) == 1:
+        return available[0], None
+    if not available:
+        raise UserError(f"{model_folder}: has no trained model with checkpoint_{checkpoint}.pt under models/.")
+    raise UserError(
+        f"{model_folder}: holds several trained configurations ({', '.join(available)}); choose one with -c."
+    )
+
+
+def _trained_fold_names(configuration_folder: Path, *, checkpoint: str) -> list[str]:
+    """Every fold holding the checkpoint, numbered folds first; ``all`` only when there is no numbered fold."""
+    found = configuration_folder.glob(f"fold_*/checkpoint_{checkpoint}.pt")
+    fold_names = sorted(
+        (path.parent.name[len("fold_") :] for path in found),
+        key=lambda name: (name == "all", int(name) if name.isdigit() else 0),
+    )
+    # A model trained on all cases and the cross-validation folds are alternatives, not an ensemble.
+    if any(name.isdigit() for name in fold_names):
+        fold_names = [name for name in fold_names if name != "all"]
+    return fold_names

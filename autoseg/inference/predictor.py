@@ -85,6 +85,57 @@ def preprocess_for_prediction(
     return PreprocessedCase(np.ascontiguousarray(data, dtype=np.float32), properties, previous_data)
 
 
+def _read_plans_and_dataset(folder: Path) -> tuple[dict, RawDataset]:
+    """The model folder's ``plans.json`` and ``dataset.json``."""
+    from autoseg.planning.plans import load_plans
+
+    plans = load_plans(folder / "plans.json")
+    if not (folder / "dataset.json").is_file():
+        raise UserError(f"{folder}: is not a model folder (no dataset.json).")
+    return plans, RawDataset.from_dict(read_json(folder / "dataset.json"))
+
+
+def _load_fold_networks(
+    trained: TrainedModel, plan_configuration: dict, *, in_channels: int, out_channels: int, device: torch.device
+) -> tuple[list[torch.nn.Module], dict]:
+    """Every fold's network (on ``device``, in eval mode) and the configuration they were all trained with."""
+    from autoseg.training.checkpoints import load_checkpoint
+
+    networks = []
+    configuration_used = None
+    for path in trained.checkpoint_paths:
+        content = load_checkpoint(path)
+        # The checkpoint records the configuration it was trained with; it wins over a later-edited plan.
+        fold_configuration = content.get("configuration") or plan_configuration
+        if configuration_used is not None and fold_configuration != configuration_used:
+            raise UserError(
+                f"{path}: was trained with a different configuration than {trained.checkpoint_paths[0]}; "
+                "folds of one ensemble must share their plan."
+            )
+        configuration_used = fold_configuration
+        network = _network_with_weights(
+            configuration_used, content, path, in_channels=in_channels, out_channels=out_channels
+        )
+        networks.append(network.to(device).eval())
+    return networks, configuration_used
+
+
+def _network_with_weights(
+    configuration: dict, checkpoint_content: dict, path: Path, *, in_channels: int, out_channels: int
+) -> torch.nn.Module:
+    """The configuration's network holding the checkpoint's weights; a mismatch names the checkpoint."""
+    from autoseg.networks import build_network
+    from autoseg.training.checkpoints import network_weights_of
+
+    network = build_network(configuration, in_channels=in_channels, out_channels=out_channels, deep_supervision=True)
+    try:
+        network.load_state_dict(network_weights_of(checkpoint_content))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise UserError(f"{path}: does not fit the network of plans.json ({first_line}).") from None
+    return network
+
+
 class Predictor:
     """Segments images with an ensemble of trained folds of one configuration.
 
@@ -156,17 +207,11 @@ class Predictor:
         Raises:
             UserError: the folder, configuration, a fold or a checkpoint is missing or does not fit the plan.
         """
-        from autoseg.networks import build_network
-        from autoseg.planning.plans import load_plans, resolve_configuration
-        from autoseg.training.checkpoints import load_checkpoint, network_weights_of
+        from autoseg.planning.plans import resolve_configuration
         from autoseg.training.devices import choose_device
 
         trained = locate_trained_model(model_folder, configuration=configuration, folds=folds, checkpoint=checkpoint)
-        folder = trained.model_folder
-        plans = load_plans(folder / "plans.json")
-        if not (folder / "dataset.json").is_file():
-            raise UserError(f"{folder}: is not a model folder (no dataset.json).")
-        dataset = RawDataset.from_dict(read_json(folder / "dataset.json"))
+        plans, dataset = _read_plans_and_dataset(trained.model_folder)
         device = choose_device(None if str(device) == "auto" else str(device))
 
         previous_stage = None
@@ -174,35 +219,16 @@ class Predictor:
         extra_channels = 0
         if plan_configuration.get("previous_stage"):
             previous_stage = cls.from_model_folder(
-                folder, configuration=plan_configuration["previous_stage"], folds=folds, checkpoint=checkpoint,
-                device=device, tta=tta, step_size=step_size, batch_size=batch_size, precision=precision,
+                trained.model_folder, configuration=plan_configuration["previous_stage"], folds=folds,
+                checkpoint=checkpoint, device=device, tta=tta, step_size=step_size, batch_size=batch_size,
+                precision=precision,
             )
             extra_channels = len(dataset.foreground_labels)
 
-        networks = []
-        configuration_used = None
-        for path in trained.checkpoint_paths:
-            content = load_checkpoint(path)
-            # The checkpoint records the configuration it was trained with; it wins over a later-edited plan.
-            fold_configuration = content.get("configuration") or plan_configuration
-            if configuration_used is not None and fold_configuration != configuration_used:
-                raise UserError(
-                    f"{path}: was trained with a different configuration than {trained.checkpoint_paths[0]}; "
-                    "folds of one ensemble must share their plan."
-                )
-            configuration_used = fold_configuration
-            network = build_network(
-                configuration_used,
-                in_channels=dataset.num_channels + extra_channels,
-                out_channels=dataset.num_output_channels,
-                deep_supervision=True,
-            )
-            try:
-                network.load_state_dict(network_weights_of(content))
-            except RuntimeError as error:
-                first_line = str(error).strip().splitlines()[0]
-                raise UserError(f"{path}: does not fit the network of plans.json ({first_line}).") from None
-            networks.append(network.to(device).eval())
+        networks, configuration_used = _load_fold_networks(
+            trained, plan_configuration, in_channels=dataset.num_channels + extra_channels,
+            out_channels=dataset.num_output_channels, device=device,
+        )
         return cls(
             plans=plans, configuration_name=trained.configuration_name, configuration=configuration_used,
             dataset=dataset, networks=networks, device=device, tta=tta, step_size=step_size, batch_size=batch_size,

@@ -262,13 +262,8 @@ def _cases_from_mapping(root: Path, mapping: object, problems: list[Problem], js
     return cases
 
 
-def scan_raw_dataset(root: str | os.PathLike[str]) -> tuple[RawDataset | None, list[Problem]]:
-    """Read the structure of a raw dataset folder without opening any image.
-
-    Returns the description (None if ``dataset.json`` itself is unusable) and every structural problem found.
-    """
-    root = Path(root).resolve()
-    problems: list[Problem] = []
+def _read_dataset_json(root: Path) -> tuple[dict | None, list[Problem]]:
+    """``dataset.json`` with its required keys, or None and the problems that make it unusable."""
     json_path = root / "dataset.json"
     if not root.is_dir():
         return None, [Problem("error", "dataset folder does not exist", path=str(root))]
@@ -285,75 +280,96 @@ def scan_raw_dataset(root: str | os.PathLike[str]) -> tuple[RawDataset | None, l
         return None, [Problem("error", "this looks like a Medical Segmentation Decathlon dataset.json ('modality', "
                                        "'training'); convert it first with `autoseg convert-msd SRC DST`",
                               path=str(json_path))]
-    for key in ("channel_names", "labels", "file_ending"):
-        if key not in meta:
-            problems.append(Problem("error", f"dataset.json lacks the required key {key!r}", path=str(json_path)))
-    if problems:
-        return None, problems
+    problems = [
+        Problem("error", f"dataset.json lacks the required key {key!r}", path=str(json_path))
+        for key in ("channel_names", "labels", "file_ending")
+        if key not in meta
+    ]
+    return (None, problems) if problems else (meta, [])
 
+
+def _training_cases_from_folders(root: Path, ending: str, num_channels: int, problems: list[Problem]) -> list[Case]:
+    """The cases of ``imagesTr``/``labelsTr``; also reports label files without a matching image."""
+    images_folder = root / "imagesTr"
+    labels_folder = root / "labelsTr"
+    if not images_folder.is_dir():
+        problems.append(Problem("error", "imagesTr folder is missing", path=str(images_folder)))
+        return []
+    if not labels_folder.is_dir():
+        problems.append(Problem("error", "labelsTr folder is missing", path=str(labels_folder)))
+        return []
+    training = _discover_cases(images_folder, ending, num_channels, problems, labels_folder)
+    known = {case.identifier for case in training}
+    image_ids = {
+        m.group("case")
+        for p in images_folder.iterdir()
+        if p.name.endswith(ending) and (m := CHANNEL_FILE_PATTERN.match(p.name[: -len(ending)]))
+    }
+    for entry in sorted(labels_folder.iterdir()):
+        if entry.name.startswith(".") or entry.is_dir():
+            continue
+        if not entry.name.endswith(ending):
+            found = file_ending(entry)
+            reason = f"unexpected file ending (dataset.json says {ending!r})" if found else "unknown file ending"
+            problems.append(Problem("error", reason, path=str(entry)))
+            continue
+        identifier = entry.name[: -len(ending)]
+        if identifier not in known and identifier not in image_ids:
+            problems.append(Problem("error", "label file has no matching image", case=identifier, path=str(entry)))
+    return training
+
+
+def _checked_num_training(
+    meta: dict, training: list[Case], problems: list[Problem], *, root: Path, json_path: str
+) -> int:
+    """``numTraining``, reported when missing or when it disagrees with the cases found (then the count found)."""
+    num_training = meta.get("numTraining")
+    if not isinstance(num_training, int) or isinstance(num_training, bool):
+        problems.append(Problem("error", "dataset.json lacks an integer 'numTraining'", path=json_path))
+        num_training = len(training)
+    elif num_training != len(training) and not any(p.severity == "error" and p.case for p in problems):
+        problems.append(Problem("error", f"numTraining is {num_training} but {len(training)} training cases were found",
+                                path=json_path))
+    if not training and not any(p.severity == "error" for p in problems):
+        problems.append(Problem("error", "no training cases found", path=str(root / "imagesTr")))
+    return num_training
+
+
+def scan_raw_dataset(root: str | os.PathLike[str]) -> tuple[RawDataset | None, list[Problem]]:
+    """Read the structure of a raw dataset folder without opening any image.
+
+    Returns the description (None if ``dataset.json`` itself is unusable) and every structural problem found.
+    """
+    root = Path(root).resolve()
+    meta, problems = _read_dataset_json(root)
+    if meta is None:
+        return None, problems
+    json_path = str(root / "dataset.json")
     channel_raw = meta["channel_names"]
     try:
         channel_names = tuple(channel_raw[str(i)] for i in range(len(channel_raw)))
     except (KeyError, TypeError):
-        return None, [Problem("error", "'channel_names' must map '0', '1', ... to names", path=str(json_path))]
+        return None, [Problem("error", "'channel_names' must map '0', '1', ... to names", path=json_path)]
     ending = meta["file_ending"]
     if ending not in IMAGE_ENDINGS:
         problems.append(Problem("error", f"file_ending {ending!r} is not supported ({', '.join(IMAGE_ENDINGS)})",
-                                path=str(json_path)))
-    labels, ignore = _parse_labels(meta["labels"], problems, str(json_path))
+                                path=json_path))
+    labels, ignore = _parse_labels(meta["labels"], problems, json_path)
     regions_order = meta.get("regions_class_order")
     has_regions = any(isinstance(v, tuple) for k, v in labels.items() if k != "background")
     if has_regions and not regions_order:
         problems.append(Problem("error", "labels declare regions, so dataset.json needs 'regions_class_order'",
-                                path=str(json_path)))
+                                path=json_path))
 
     if "dataset" in meta:
-        training = _cases_from_mapping(root, meta["dataset"], problems, str(json_path))
+        training = _cases_from_mapping(root, meta["dataset"], problems, json_path)
     else:
-        images_folder = root / "imagesTr"
-        labels_folder = root / "labelsTr"
-        if not images_folder.is_dir():
-            problems.append(Problem("error", "imagesTr folder is missing", path=str(images_folder)))
-            training = []
-        elif not labels_folder.is_dir():
-            problems.append(Problem("error", "labelsTr folder is missing", path=str(labels_folder)))
-            training = []
-        else:
-            training = _discover_cases(images_folder, ending, len(channel_names), problems, labels_folder)
-            known = {case.identifier for case in training}
-            image_ids = {
-                m.group("case")
-                for p in images_folder.iterdir()
-                if p.name.endswith(ending) and (m := CHANNEL_FILE_PATTERN.match(p.name[: -len(ending)]))
-            }
-            for entry in sorted(labels_folder.iterdir()):
-                if entry.name.startswith(".") or entry.is_dir():
-                    continue
-                if not entry.name.endswith(ending):
-                    found = file_ending(entry)
-                    reason = (
-                        f"unexpected file ending (dataset.json says {ending!r})" if found else "unknown file ending"
-                    )
-                    problems.append(Problem("error", reason, path=str(entry)))
-                    continue
-                identifier = entry.name[: -len(ending)]
-                if identifier not in known and identifier not in image_ids:
-                    problems.append(Problem("error", "label file has no matching image", case=identifier,
-                                            path=str(entry)))
+        training = _training_cases_from_folders(root, ending, len(channel_names), problems)
     test_folder = root / "imagesTs"
     test_cases = (
         _discover_cases(test_folder, ending, len(channel_names), problems, None) if test_folder.is_dir() else []
     )
-
-    num_training = meta.get("numTraining")
-    if not isinstance(num_training, int) or isinstance(num_training, bool):
-        problems.append(Problem("error", "dataset.json lacks an integer 'numTraining'", path=str(json_path)))
-        num_training = len(training)
-    elif num_training != len(training) and not any(p.severity == "error" and p.case for p in problems):
-        problems.append(Problem("error", f"numTraining is {num_training} but {len(training)} training cases were found",
-                                path=str(json_path)))
-    if not training and not any(p.severity == "error" for p in problems):
-        problems.append(Problem("error", "no training cases found", path=str(root / "imagesTr")))
+    num_training = _checked_num_training(meta, training, problems, root=root, json_path=json_path)
 
     dataset = RawDataset(
         root=str(root),

@@ -20,17 +20,63 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from autoseg.errors import UserError
 from autoseg.utils.files import atomic_path, read_json, sha256_file, write_json
 
+if TYPE_CHECKING:
+    from autoseg.inference.predictor import Predictor
+
 NEXT_STAGE_FOLDER = "next_stage"
 
 
 def previous_stage_folder(dataset_work_folder: Path, previous_stage: str, configuration_name: str) -> Path:
     return dataset_work_folder / "models" / previous_stage / NEXT_STAGE_FOLDER / configuration_name
+
+
+def _previous_stage_checkpoints(
+    dataset_work_folder: Path, previous_stage: str, configuration_name: str, num_folds: int
+) -> list[Path]:
+    """The final checkpoint of every fold of the previous stage; refused, naming what to train, if one is missing."""
+    checkpoints = []
+    for fold in range(num_folds):
+        checkpoint = dataset_work_folder / "models" / previous_stage / f"fold_{fold}" / "checkpoint_final.pt"
+        if not checkpoint.is_file():
+            raise UserError(
+                f"{checkpoint} is missing: {configuration_name} trains on out-of-fold segmentations of "
+                f"{previous_stage}, so train {previous_stage} on all {num_folds} folds first."
+            )
+        checkpoints.append(checkpoint)
+    return checkpoints
+
+
+def _write_previous_stage_maps(
+    predictor: Predictor,
+    cases: list[str],
+    *,
+    previous_data: Path,
+    target_folder: Path,
+    output: Path,
+    previous_stage: str,
+    configuration_name: str,
+) -> None:
+    """Segment each case's previous-stage data with ``predictor`` and store the label map on the target's grid."""
+    from autoseg.inference.label_maps import previous_stage_label_map
+
+    for identifier in cases:
+        source = previous_data / f"{identifier}.npy"
+        target = target_folder / f"{identifier}.npy"
+        for path in (source, target):
+            if not path.is_file():
+                raise UserError(f"{path} is missing: preprocess {previous_stage} and {configuration_name} first.")
+        target_shape = tuple(np.load(target, mmap_mode="r").shape[1:])
+        probabilities = predictor.predict_preprocessed(np.load(source))
+        label_map = previous_stage_label_map(probabilities, target_shape, dataset=predictor.dataset)
+        with atomic_path(output / f"{identifier}.npy", durable=False) as temporary, open(temporary, "wb") as file:
+            np.save(file, label_map[None])
 
 
 def prepare_previous_stage_maps(
@@ -49,7 +95,6 @@ def prepare_previous_stage_maps(
     ``target_folder`` holds this stage's preprocessed ``CASE.npy``; the previous stage's preprocessed data and the
     final checkpoint of every one of its folds must exist, otherwise a ``UserError`` says what to run.
     """
-    from autoseg.inference.label_maps import previous_stage_label_map
     from autoseg.inference.predictor import Predictor
     from autoseg.planning.plans import load_plans
     from autoseg.preprocessing.preprocess_dataset import PREPROCESSED_FOLDER, data_configuration_name
@@ -58,15 +103,7 @@ def prepare_previous_stage_maps(
     previous_data = dataset_work_folder / PREPROCESSED_FOLDER / data_configuration_name(plans, previous_stage)
     output = previous_stage_folder(dataset_work_folder, previous_stage, configuration_name)
     output.mkdir(parents=True, exist_ok=True)
-    checkpoints = []
-    for fold in range(len(splits)):
-        checkpoint = dataset_work_folder / "models" / previous_stage / f"fold_{fold}" / "checkpoint_final.pt"
-        if not checkpoint.is_file():
-            raise UserError(
-                f"{checkpoint} is missing: {configuration_name} trains on out-of-fold segmentations of "
-                f"{previous_stage}, so train {previous_stage} on all {len(splits)} folds first."
-            )
-        checkpoints.append(checkpoint)
+    checkpoints = _previous_stage_checkpoints(dataset_work_folder, previous_stage, configuration_name, len(splits))
     for fold, (fold_split, checkpoint) in enumerate(zip(splits, checkpoints, strict=True)):
         record_path = output / f"fold_{fold}.json"
         checkpoint_hash = sha256_file(checkpoint)
@@ -81,17 +118,10 @@ def prepare_previous_stage_maps(
             dataset_work_folder, configuration=previous_stage, folds=[fold], checkpoint="final",
             device=device or "auto", precision=precision,
         )
-        for identifier in cases:
-            source = previous_data / f"{identifier}.npy"
-            target = target_folder / f"{identifier}.npy"
-            for path in (source, target):
-                if not path.is_file():
-                    raise UserError(f"{path} is missing: preprocess {previous_stage} and {configuration_name} first.")
-            target_shape = tuple(np.load(target, mmap_mode="r").shape[1:])
-            probabilities = predictor.predict_preprocessed(np.load(source))
-            label_map = previous_stage_label_map(probabilities, target_shape, dataset=predictor.dataset)
-            with atomic_path(output / f"{identifier}.npy", durable=False) as temporary, open(temporary, "wb") as file:
-                np.save(file, label_map[None])
+        _write_previous_stage_maps(
+            predictor, cases, previous_data=previous_data, target_folder=target_folder, output=output,
+            previous_stage=previous_stage, configuration_name=configuration_name,
+        )
         write_json(record_path, {"fold": fold, "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_hash,
                                  "cases": cases})
     return output

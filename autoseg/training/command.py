@@ -80,20 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_logger_argument(parser)
 
 
-def build_job(
-    *,
-    dataset: str,
-    configuration_name: str,
-    fold: str,
-    work_dir: str | os.PathLike[str] | None,
-    splits_file: str | None = None,
-    group_cases: str = "none",
-    write_splits: bool = True,
-) -> TrainingJob:
-    """Locate everything ``train`` needs and check it exists, naming the command that makes what is missing."""
-    if fold not in FOLD_CHOICES and not (splits_file and fold.isdigit()):
-        raise UserError(f"fold {fold!r} is not one of {', '.join(FOLD_CHOICES)}.")
-    work_folder = dataset_work_dir(work_dir, dataset)
+def _read_work_records(work_folder: Path, dataset: str) -> tuple[RawDataset, dict]:
+    """The working folder's ``dataset.json`` and ``plans.json``, refused when missing or older than the raw data."""
     dataset_json = work_folder / "dataset.json"
     plans_json = work_folder / "plans.json"
     if not dataset_json.is_file() or not plans_json.is_file():
@@ -108,24 +96,45 @@ def build_job(
             work_folder, load_raw_dataset(dataset),
             how_to_proceed=f"run `autoseg plan {dataset}` and `autoseg preprocess {dataset}` again first.",
         )
-    plans = load_plans(plans_json)
-    configuration = resolve_configuration(plans, configuration_name)
-    # A cascade stage trains on its parent's preprocessed data (plus the previous stage's predictions).
-    preprocessed_folder = work_folder / "preprocessed" / data_configuration_name(plans, configuration_name)
+    return raw_dataset, load_plans(plans_json)
+
+
+def _preprocessed_case_ids(preprocessed_folder: Path, *, dataset: str, configuration_name: str) -> list[str]:
+    """Identifiers of the cases preprocessed in ``preprocessed_folder``; refused when there is none."""
     preprocessed_ids = sorted(path.stem for path in preprocessed_folder.glob("*.json"))
     if not preprocessed_ids:
         raise UserError(
             f"{preprocessed_folder} holds no preprocessed cases; run `autoseg preprocess {dataset} "
             f"-c {configuration_name}` (with the same --work-dir) first."
         )
+    return preprocessed_ids
+
+
+def build_job(
+    *,
+    dataset: str,
+    configuration_name: str,
+    fold: str,
+    work_dir: str | os.PathLike[str] | None,
+    splits_file: str | None = None,
+    group_cases: str = "none",
+    write_splits: bool = True,
+) -> TrainingJob:
+    """Locate everything ``train`` needs and check it exists, naming the command that makes what is missing."""
+    if fold not in FOLD_CHOICES and not (splits_file and fold.isdigit()):
+        raise UserError(f"fold {fold!r} is not one of {', '.join(FOLD_CHOICES)}.")
+    work_folder = dataset_work_dir(work_dir, dataset)
+    raw_dataset, plans = _read_work_records(work_folder, dataset)
+    configuration = resolve_configuration(plans, configuration_name)
+    # A cascade stage trains on its parent's preprocessed data (plus the previous stage's predictions).
+    preprocessed_folder = work_folder / "preprocessed" / data_configuration_name(plans, configuration_name)
+    preprocessed_ids = _preprocessed_case_ids(
+        preprocessed_folder, dataset=dataset, configuration_name=configuration_name
+    )
     case_ids = sorted(case.identifier for case in raw_dataset.training_cases) or preprocessed_ids
     splits = load_or_create_splits(
-        work_folder / "splits.json",
-        case_ids,
-        user_splits_file=splits_file,
-        seed=DEFAULT_SPLIT_SEED,
-        grouper=CASE_GROUPERS[group_cases],
-        write=write_splits,
+        work_folder / "splits.json", case_ids, user_splits_file=splits_file, seed=DEFAULT_SPLIT_SEED,
+        grouper=CASE_GROUPERS[group_cases], write=write_splits,
     )
     train_ids, validation_ids = cases_for_fold(splits, fold, case_ids)
     missing_cases = sorted(set(train_ids + validation_ids) - set(preprocessed_ids))

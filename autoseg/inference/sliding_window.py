@@ -140,6 +140,13 @@ def _batches(items: list, batch_size: int) -> Iterator[list]:
         yield items[first : first + batch_size]
 
 
+def _as_image(data: torch.Tensor | np.ndarray) -> torch.Tensor:
+    data = torch.as_tensor(data)
+    if data.ndim != 4:
+        raise ValueError(f"data must be (C, z, y, x), got shape {tuple(data.shape)}")
+    return data
+
+
 def _volume_patch(patch_size: tuple[int, ...]) -> tuple[int, ...]:
     """The patch in volume axes: a 2D network's patch is one slice along axis 0 (squeezed away before the network)."""
     if len(patch_size) == 2:
@@ -215,6 +222,11 @@ class _WeightedSums:
         for tile, tile_prediction in zip(batch_tiles, prediction.to(logits.device), strict=True):
             logits[(slice(None), *tile)].addcmul_(tile_prediction, importance)
             weight_sum[tile] += importance
+
+    def blended(self) -> torch.Tensor:
+        """``logits / weight_sum``, computed in place: the sums are not needed afterwards."""
+        self.logits /= self.weight_sum
+        return self.logits
 
 
 def _accumulate_tile_predictions(
@@ -296,9 +308,7 @@ def predict_sliding_window(
     Images smaller than the patch along an axis are padded with zeros (centred) and the result is cropped back.
     """
     device = torch.device(device)
-    data = torch.as_tensor(data)
-    if data.ndim != 4:
-        raise ValueError(f"data must be (C, z, y, x), got shape {tuple(data.shape)}")
+    data = _as_image(data)
     patch_size = tuple(int(p) for p in patch_size)
     volume_patch = _volume_patch(patch_size)
     image_size = tuple(data.shape[1:])
@@ -308,10 +318,9 @@ def predict_sliding_window(
     sums = _WeightedSums.zeros(
         num_classes, padded_size, volume_patch, use_gaussian=use_gaussian, device=device, accumulate_on=accumulate_on
     )
-    flips = _checked_flips(mirror_axes, len(patch_size))
     _accumulate_tile_predictions(
-        network, data, tiles, sums, flips=flips, is_2d_network=len(patch_size) == 2, device=device,
-        batch_size=batch_size, precision=precision, progress=progress,
+        network, data, tiles, sums, flips=_checked_flips(mirror_axes, len(patch_size)),
+        is_2d_network=len(patch_size) == 2, device=device, batch_size=batch_size, precision=precision,
+        progress=progress,
     )
-    sums.logits /= sums.weight_sum
-    return _crop_padding(sums.logits, image_size, padding_before)
+    return _crop_padding(sums.blended(), image_size, padding_before)

@@ -89,9 +89,9 @@ def doctest_resources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
         sys.path.insert(0, str(REPOSITORY / "tests"))
     from model_helpers import make_model_folder, tiny_configuration
 
+    from autoseg.data.raw_folder import load_raw_dataset
     from autoseg.io.images import read_image
     from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
-    from autoseg.records.dataset import load_raw_dataset
     from autoseg.records.plans import load_plans
     from autoseg.records.work_folder import WorkFolder
     from autoseg.utils.files import read_json, write_json

@@ -55,8 +55,8 @@ def _real_dataset(folder: str) -> tuple[dict, object] | None:
     root = SHARED_DATASETS / folder
     if not root.is_dir():
         return None
+    from autoseg.data.raw_folder import load_raw_dataset
     from autoseg.fingerprint import compute_fingerprint
-    from autoseg.records.dataset import load_raw_dataset
 
     dataset = load_raw_dataset(root)
     work = Path(tempfile.gettempdir()) / "autoseg_memory_benchmark"

@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.evaluation.metrics import overlap_metrics
 from autoseg.inference.ensemble import ModelEnsemble
 from autoseg.inference.onnx_engine import is_onnx_model_folder, load_onnx_ensemble
 from autoseg.inference.onnx_export import export_onnx_model
 from autoseg.io.images import file_ending, read_image
-from autoseg.records.dataset import load_raw_dataset
 from autoseg.utils.precision import resolve_precision
 from autoseg.utils.threads import set_torch_threads
 

@@ -88,9 +88,9 @@ def build_autoseg_model(*, scratch: Path) -> tuple[Path, int]:
     """Plan with ``autoseg plan``, then write a random-weight fold 0 checkpoint; return the model folder and size."""
     import torch
 
+    from autoseg.data.raw_folder import load_raw_dataset
     from autoseg.networks import build_network
     from autoseg.records.checkpoint import save_checkpoint
-    from autoseg.records.dataset import load_raw_dataset
     from autoseg.records.plans import load_plans
     from autoseg.utils.files import write_json
 

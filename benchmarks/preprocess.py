@@ -168,8 +168,8 @@ def autoseg_plans_from_nnunet(nnunet_plans: dict, fingerprint: dict, configurati
 def prepare_autoseg(dataset: str, *, scratch: Path, nnunet_plans: dict, configuration: str, workers: int) -> Path:
     """Fingerprint with autoseg (not timed) and write the nnU-Net-equivalent plans.json; return the work folder."""
     sys.path.insert(0, str(REPOSITORY))
+    from autoseg.data.raw_folder import load_raw_dataset
     from autoseg.fingerprint.compute import compute_fingerprint
-    from autoseg.records.dataset import load_raw_dataset
     from autoseg.records.work_folder import WorkFolder
     from autoseg.utils.files import write_json
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.networks import build_network
 from autoseg.records.checkpoint import save_checkpoint
-from autoseg.records.dataset import load_raw_dataset
 from autoseg.records.plans import Configuration, Plans
 from autoseg.utils.files import write_json
 

@@ -61,7 +61,7 @@ def save_random_lowres_fold(folder: Path, fold: int, *, seed: int) -> Path:
 
 def cascade_job(work_dir: Path, fold: str = "0"):
     return build_job(
-        WorkFolder.for_dataset(work_dir, TINY_DATASET), "3d_cascade_fullres", fold, dataset_root=TINY_DATASET
+        WorkFolder.for_dataset(work_dir, TINY_DATASET), "3d_cascade_fullres", fold
     )
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from autoseg.data.raw_folder import load_raw_dataset, scan_raw_dataset
 from autoseg.errors import DatasetError
-from autoseg.records.dataset import RawDataset, load_raw_dataset, scan_raw_dataset
+from autoseg.records.dataset import RawDataset
 from autoseg.utils.files import read_json, write_json
 
 

@@ -8,9 +8,9 @@ import pytest
 from autoseg.cli import main
 from autoseg.data.check import check_dataset
 from autoseg.data.demo_data import generate_demo_dataset
+from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.errors import UserError
 from autoseg.io.images import read_image
-from autoseg.records.dataset import load_raw_dataset
 
 
 def _cases(root):

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from autoseg.cli import main
-from autoseg.records.dataset import load_raw_dataset
+from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.training.splits import DEFAULT_SPLIT_SEED, load_or_create_splits
 
 

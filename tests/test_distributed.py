@@ -62,7 +62,7 @@ def _worker(rank: int, port: int, work_dir: str, result_dir: str) -> None:
         final_weights.update({k: v.detach().clone() for k, v in unwrap_model(state.network).state_dict().items()})
 
     job = build_job(
-        WorkFolder.for_dataset(work_dir, TINY_DATASET), "3d_fullres", "0", dataset_root=TINY_DATASET,
+        WorkFolder.for_dataset(work_dir, TINY_DATASET), "3d_fullres", "0",
         write_splits=False,
     )
     settings = TrainingSettings(

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.fingerprint import compute_fingerprint
 from autoseg.fingerprint.intensity_statistics import sample_foreground, summarise_intensities
-from autoseg.records.dataset import load_raw_dataset
 from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.nonzero_crop import nonzero_bounding_box, nonzero_mask
 

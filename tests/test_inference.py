@@ -20,6 +20,7 @@ from model_helpers import (
 )
 
 from autoseg.cli import main
+from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.errors import UserError
 from autoseg.inference.label_maps import label_map_from_probabilities, previous_stage_channels
 from autoseg.inference.predictor import Predictor
@@ -30,7 +31,7 @@ from autoseg.inference.sliding_window import (
     tile_starts,
 )
 from autoseg.io.images import Geometry, read_image, read_image_header, write_image
-from autoseg.records.dataset import RawDataset, load_raw_dataset
+from autoseg.records.dataset import RawDataset
 from autoseg.records.postprocessing import PostprocessingDecision
 from autoseg.utils.files import write_json
 

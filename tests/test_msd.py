@@ -11,9 +11,9 @@ import SimpleITK as sitk
 
 from autoseg.cli import main
 from autoseg.data.check import check_dataset
+from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.errors import DatasetError
 from autoseg.io.images import read_image
-from autoseg.records.dataset import load_raw_dataset
 from autoseg.utils.files import sha256_file
 
 CASES = ("hippocampus_001", "hippocampus_004", "hippocampus_006")

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from model_helpers import as_configuration, tiny_configuration
 
 from autoseg.cli import main
+from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.errors import UserError
 from autoseg.fingerprint import compute_fingerprint
 from autoseg.fingerprint.synthetic import synthetic_fingerprint
@@ -20,7 +21,6 @@ from autoseg.planning import plan_experiment
 from autoseg.planning.memory_model import estimate_training_memory, parameter_count
 from autoseg.planning.table import configuration_rows
 from autoseg.planning.target_spacing import target_spacing
-from autoseg.records.dataset import load_raw_dataset
 from autoseg.records.plans import Plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.files import dumps_json, read_json

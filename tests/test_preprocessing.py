@@ -15,10 +15,10 @@ import pytest
 import SimpleITK as sitk
 from model_helpers import as_configuration
 
+from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.io.images import read_image
 from autoseg.preprocessing.preprocess_dataset import CHUNK_VOXEL_BUDGET, CaseTask, chunk_tasks, preprocess_dataset
 from autoseg.preprocessing.storage import is_case_complete, load_preprocessed_case, write_preprocessed_case
-from autoseg.records.dataset import load_raw_dataset
 from autoseg.records.plans import Configuration, Plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.transforms.case import preprocess_case

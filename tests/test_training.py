@@ -99,7 +99,7 @@ def write_tiny_work_folder(work_dir: Path, *, number_of_cases: int = 10, seed: i
 
 
 def tiny_job(work_dir: Path, fold: str = "0"):
-    return build_job(WorkFolder.for_dataset(work_dir, TINY_DATASET), "3d_fullres", fold, dataset_root=TINY_DATASET)
+    return build_job(WorkFolder.for_dataset(work_dir, TINY_DATASET), "3d_fullres", fold)
 
 
 def tiny_settings(**overrides) -> TrainingSettings:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from autoseg.data.check import check_dataset
-from autoseg.records.dataset import scan_raw_dataset
+from autoseg.data.raw_folder import scan_raw_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

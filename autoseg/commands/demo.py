@@ -16,9 +16,10 @@ from pathlib import Path
 from autoseg.commands.arguments import add_work_dir_argument
 from autoseg.data.check import check_dataset, format_problems
 from autoseg.data.demo_data import DEMO_KINDS, demo_settings, existing_demo_settings, generate_demo_dataset
+from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.errors import DatasetError
 from autoseg.pipeline.run import RunOptions, run_pipeline
-from autoseg.records.dataset import RawDataset, load_raw_dataset
+from autoseg.records.dataset import RawDataset
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.work_folder import WorkFolder, resolve_work_dir
 

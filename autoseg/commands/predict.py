@@ -7,11 +7,12 @@ import os
 import time
 from pathlib import Path
 
+from autoseg.data.raw_folder import discover_cases
 from autoseg.errors import UserError
 from autoseg.inference.ensemble import ModelEnsemble
 from autoseg.inference.onnx_engine import is_onnx_model_folder, load_onnx_ensemble
 from autoseg.io.images import file_ending, read_image_header
-from autoseg.records.dataset import Case, Problem, discover_cases
+from autoseg.records.dataset import Case, Problem
 from autoseg.sharing.submission import write_submission
 from autoseg.utils.files import remove_stale_temporaries
 from autoseg.utils.locking import folder_lock
@@ -128,17 +129,7 @@ def run(args: argparse.Namespace) -> int:
     threads = set_torch_threads(args.threads or idle_cpu_count())
     if not 0 < args.step_size <= 1:
         raise UserError(f"--step-size must be in (0, 1], got {args.step_size}.")
-    if args.engine == "onnx":
-        models = _load_onnx_models(args, threads=threads)
-    else:
-
-        if is_onnx_model_folder(args.model):
-            raise UserError(f"{args.model}: holds ONNX networks (from `autoseg export-onnx`); add --engine onnx.")
-        models = ModelEnsemble.from_model_folder(
-            args.model, configuration=args.configuration, folds=args.folds, checkpoint=args.checkpoint,
-            device=args.device, tta=not args.no_tta, step_size=args.step_size, batch_size=args.batch_size,
-            precision=args.precision, use_postprocessing=not args.no_postprocessing,
-        )
+    models = _load_models(args, threads=threads)
     first = models.members[0]
     input_folder = Path(args.input).expanduser().resolve()
     output_folder = Path(args.output).expanduser().resolve()
@@ -146,29 +137,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{output_folder}: the output folder must differ from the input folder.")
     cases = shard(discover_input_cases(input_folder, num_channels=first.dataset.num_channels),
                   part_id=args.part_id, num_parts=args.num_parts)
-    if args.submission:
-        if args.num_parts != 1:
-            raise UserError("--submission needs every case in one run; drop --part-id/--num-parts.")
-        if "/" in args.submission or args.submission in ("", ".", ".."):
-            raise UserError(f"--submission {args.submission!r} must be a plain folder name.")
-        output_folder = output_folder / args.submission
-    output_folder.mkdir(parents=True, exist_ok=True)
+    output_folder = _prepare_output_folder(output_folder, args)
     chosen_ending = f".{args.format}" if args.format else None
     items = [
         (case.images, output_folder / (case.identifier + (chosen_ending or file_ending(case.images[0]))))
         for case in cases
     ]
-    print(
-        f"autoseg predict: {len(items)} case(s) with {models.description}, checkpoint {args.checkpoint}, "
-        f"{'with' if first.tta else 'without'} mirroring, on {first.device}"
-        f"{' with onnxruntime' if args.engine == 'onnx' else ''} in {resolve_precision(first.precision, first.device)}"
-    )
-    memory = describe_largest_case(
-        {case.identifier: read_image_header(case.images[0]).shape for case in cases},
-        channels=first.dataset.num_channels, classes=first.dataset.num_output_channels, workers=max(1, args.workers),
-    )
-    if memory:
-        print(f"autoseg predict: {memory}")
+    _announce(args, models, cases)
     # The parts of one sharded prediction (--part-id/--num-parts) write one folder together; any other is refused.
     # A submission folder holds exactly its label maps and manifest: its lock file lives in the -o folder above it.
     with folder_lock(output_folder.parent if args.submission else output_folder, shared=args.num_parts > 1):
@@ -185,6 +160,49 @@ def run(args: argparse.Namespace) -> int:
         if args.submission:
             _write_submission(output_folder, models, args, [output for _, output in items])
     return 0
+
+
+def _load_models(args: argparse.Namespace, *, threads: int):
+    """The ensemble to run: checkpoints with torch, or an ``export-onnx`` folder with onnxruntime (``--engine``)."""
+
+    if args.engine == "onnx":
+        return _load_onnx_models(args, threads=threads)
+
+    if is_onnx_model_folder(args.model):
+        raise UserError(f"{args.model}: holds ONNX networks (from `autoseg export-onnx`); add --engine onnx.")
+    return ModelEnsemble.from_model_folder(
+        args.model, configuration=args.configuration, folds=args.folds, checkpoint=args.checkpoint,
+        device=args.device, tta=not args.no_tta, step_size=args.step_size, batch_size=args.batch_size,
+        precision=args.precision, use_postprocessing=not args.no_postprocessing,
+    )
+
+
+def _prepare_output_folder(output_folder: Path, args: argparse.Namespace) -> Path:
+    """The folder the label maps go to (``OUTPUT/NAME`` for ``--submission NAME``), created."""
+    if args.submission:
+        if args.num_parts != 1:
+            raise UserError("--submission needs every case in one run; drop --part-id/--num-parts.")
+        if "/" in args.submission or args.submission in ("", ".", ".."):
+            raise UserError(f"--submission {args.submission!r} must be a plain folder name.")
+        output_folder = output_folder / args.submission
+    output_folder.mkdir(parents=True, exist_ok=True)
+    return output_folder
+
+
+def _announce(args: argparse.Namespace, models, cases: list[Case]) -> None:
+    """Say what will run, and how much memory the largest case needs."""
+    first = models.members[0]
+    print(
+        f"autoseg predict: {len(cases)} case(s) with {models.description}, checkpoint {args.checkpoint}, "
+        f"{'with' if first.tta else 'without'} mirroring, on {first.device}"
+        f"{' with onnxruntime' if args.engine == 'onnx' else ''} in {resolve_precision(first.precision, first.device)}"
+    )
+    memory = describe_largest_case(
+        {case.identifier: read_image_header(case.images[0]).shape for case in cases},
+        channels=first.dataset.num_channels, classes=first.dataset.num_output_channels, workers=max(1, args.workers),
+    )
+    if memory:
+        print(f"autoseg predict: {memory}")
 
 
 def _load_onnx_models(args: argparse.Namespace, *, threads: int):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from autoseg.commands.arguments import add_work_dir_argument
+from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
 from autoseg.records.case_signatures import require_unchanged_since_planning
-from autoseg.records.dataset import load_raw_dataset
 from autoseg.records.plans import load_plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.locking import folder_lock

@@ -12,8 +12,10 @@ import contextlib
 from pathlib import Path
 
 from autoseg.commands.arguments import add_work_dir_argument
+from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.errors import UserError
 from autoseg.pipeline.validation import training_components
+from autoseg.records.dataset import RawDataset
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.distributed import DistributedContext, detect_distributed_context
 from autoseg.training.job import build_job
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             work_folder,
             args.configuration,
             args.fold,
-            dataset_root=args.dataset,
+            raw_dataset=_raw_dataset_if_given(args.dataset, work_folder),
             splits_file=args.splits,
             group_cases=args.group_cases,
             write_splits=context.is_main_process,
@@ -128,6 +130,14 @@ def run(args: argparse.Namespace) -> int:
             if context.is_main_process:  # the fold is ours alone: what a killed run was writing is garbage
                 remove_stale_temporaries(job.fold_folder, recursive=True)
             return _train(job, settings, context)
+
+
+def _raw_dataset_if_given(dataset: str, work_folder: WorkFolder) -> RawDataset | None:
+    """The raw dataset folder as it is now, when the argument names one (it may also name the working folder)."""
+    folder = Path(dataset)
+    if (folder / "dataset.json").is_file() and folder.resolve() != work_folder.root.resolve():
+        return load_raw_dataset(folder)
+    return None
 
 
 def _train(job: TrainingJob, settings: TrainingSettings, context: DistributedContext) -> int:

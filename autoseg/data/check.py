@@ -34,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.data.raw_folder import scan_raw_dataset
 from autoseg.errors import DatasetError, UserError
 from autoseg.io.images import Geometry, count_non_finite_nifti_voxels, read_image
-from autoseg.records.dataset import Case, Problem, RawDataset, scan_raw_dataset
+from autoseg.records.dataset import Case, Problem, RawDataset
 from autoseg.utils.parallel import parallel_map
 
 # Tolerances for comparing headers of files that belong to one case. Spacing is stored as float32 in NIfTI, so

@@ -118,6 +118,43 @@ def _prepare_destination(destination: Path) -> None:
         raise UserError(f"{destination}: the destination exists and is not empty; choose a new folder.")
 
 
+def _channel_names_and_labels(meta: dict, json_path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """``channel_names`` and ``labels`` of the raw convention, from the MSD ``modality`` and ``labels``."""
+    modalities = meta["modality"]
+    try:
+        channel_names = {str(i): str(modalities[str(i)]) for i in range(len(modalities))}
+        labels = {str(name): int(value) for value, name in sorted(meta["labels"].items(), key=lambda i: int(i[0]))}
+    except (KeyError, ValueError, AttributeError):
+        raise DatasetError(f"{json_path}: 'modality' and 'labels' must map '0', '1', ... to names.") from None
+    if "background" not in labels and labels:
+        # MSD names class 0 differently in some tasks; the raw convention requires the name "background".
+        first = next(iter(labels))
+        labels = {"background" if name == first else name: value for name, value in labels.items()}
+    return channel_names, labels
+
+
+def _copy_labels_and_list_images(
+    meta: dict, source: Path, staging: Path, *, num_modalities: int
+) -> list[tuple[str, str, str, int]]:
+    """Copy every training label into ``staging`` and return the ``split_channels`` task of every image."""
+    json_path = source / "dataset.json"
+    for folder in ("imagesTr", "labelsTr"):
+        (staging / folder).mkdir()
+    tasks = []
+    for entry in meta["training"]:
+        identifier = _identifier(entry["image"], json_path)
+        _copy_file(source / entry["label"], staging / "labelsTr" / f"{identifier}{MSD_FILE_ENDING}")
+        tasks.append((str(source / entry["image"]), str(staging / "imagesTr"), identifier, num_modalities))
+    test_images = meta.get("test") or []
+    if test_images:
+        (staging / "imagesTs").mkdir()
+    for relative in test_images:
+        relative = relative["image"] if isinstance(relative, dict) else relative
+        identifier = _identifier(relative, json_path)
+        tasks.append((str(source / relative), str(staging / "imagesTs"), identifier, num_modalities))
+    return tasks
+
+
 def convert_msd(
     source: str | Path, destination: str | Path, *, workers: int = 2, progress: bool = True
 ) -> Path:
@@ -130,36 +167,12 @@ def convert_msd(
     source, destination = Path(source).resolve(), Path(destination).resolve()
     _prepare_destination(destination)
     meta = _read_msd_json(source)
-    json_path = source / "dataset.json"
-    modalities = meta["modality"]
-    num_modalities = len(modalities)
-    try:
-        channel_names = {str(i): str(modalities[str(i)]) for i in range(num_modalities)}
-        labels = {str(name): int(value) for value, name in sorted(meta["labels"].items(), key=lambda i: int(i[0]))}
-    except (KeyError, ValueError, AttributeError):
-        raise DatasetError(f"{json_path}: 'modality' and 'labels' must map '0', '1', ... to names.") from None
-    if "background" not in labels and labels:
-        # MSD names class 0 differently in some tasks; the raw convention requires the name "background".
-        first = next(iter(labels))
-        labels = {"background" if name == first else name: value for name, value in labels.items()}
+    channel_names, labels = _channel_names_and_labels(meta, source / "dataset.json")
 
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial", dir=destination.parent))
     try:
-        for folder in ("imagesTr", "labelsTr"):
-            (staging / folder).mkdir()
-        tasks = []
-        for entry in meta["training"]:
-            identifier = _identifier(entry["image"], json_path)
-            _copy_file(source / entry["label"], staging / "labelsTr" / f"{identifier}{MSD_FILE_ENDING}")
-            tasks.append((str(source / entry["image"]), str(staging / "imagesTr"), identifier, num_modalities))
-        test_images = meta.get("test") or []
-        if test_images:
-            (staging / "imagesTs").mkdir()
-        for relative in test_images:
-            relative = relative["image"] if isinstance(relative, dict) else relative
-            identifier = _identifier(relative, json_path)
-            tasks.append((str(source / relative), str(staging / "imagesTs"), identifier, num_modalities))
+        tasks = _copy_labels_and_list_images(meta, source, staging, num_modalities=len(channel_names))
         for _ in parallel_map(split_channels, tasks, workers=workers, progress=progress, description="converting"):
             pass
         raw_meta = {

@@ -181,6 +181,49 @@ def _evaluate_case_star(
     return evaluate_case(case, prediction_path, reference_path, **options)
 
 
+def _cases_to_evaluate(
+    prediction_folder: str | os.PathLike[str],
+    reference_folder: str | os.PathLike[str],
+    cases: Sequence[str] | None,
+    *,
+    prediction_files: dict[str, Path],
+    reference_files: dict[str, Path],
+) -> list[str]:
+    """``cases`` (default: every reference), refused when one lacks its reference or its prediction."""
+    chosen = sorted(reference_files) if cases is None else list(dict.fromkeys(cases))
+    if not chosen:
+        raise UserError(f"{reference_folder}: no reference label files to evaluate.")
+    missing_references = [case for case in chosen if case not in reference_files]
+    if missing_references:
+        raise UserError(
+            f"{reference_folder}: no reference for {len(missing_references)} case(s): "
+            f"{', '.join(missing_references[:10])}{' ...' if len(missing_references) > 10 else ''}."
+        )
+    missing_predictions = [case for case in chosen if case not in prediction_files]
+    if missing_predictions:
+        raise UserError(
+            f"{prediction_folder}: {len(missing_predictions)} prediction(s) missing: "
+            f"{', '.join(missing_predictions[:10])}{' ...' if len(missing_predictions) > 10 else ''}."
+        )
+    return chosen
+
+
+def _targets_found_in_references(
+    reference_folder: str | os.PathLike[str], reference_paths: list[Path], *, ignore_label: int | None, workers: int
+) -> tuple[EvaluationTarget, ...]:
+    """One target per non-zero label value present in the references (the ignore label aside)."""
+    value_lists = run_over_cases(
+        _label_values_in_file, [(path,) for path in reference_paths], workers=workers, description="labels"
+    )
+    found = {value for values in value_lists for value in values}
+    targets = targets_from_label_values(found - ({ignore_label} if ignore_label is not None else set()))
+    if not targets:
+        raise UserError(
+            f"{reference_folder}: the references contain no foreground label; pass the labels to evaluate."
+        )
+    return tuple(targets)
+
+
 def evaluate_folders(
     prediction_folder: str | os.PathLike[str],
     reference_folder: str | os.PathLike[str],
@@ -209,43 +252,21 @@ def evaluate_folders(
     """
     prediction_files = label_files_by_case(prediction_folder)
     reference_files = label_files_by_case(reference_folder)
-    chosen = sorted(reference_files) if cases is None else list(dict.fromkeys(cases))
-    if not chosen:
-        raise UserError(f"{reference_folder}: no reference label files to evaluate.")
-    missing_references = [case for case in chosen if case not in reference_files]
-    if missing_references:
-        raise UserError(
-            f"{reference_folder}: no reference for {len(missing_references)} case(s): "
-            f"{', '.join(missing_references[:10])}{' ...' if len(missing_references) > 10 else ''}."
-        )
-    missing_predictions = [case for case in chosen if case not in prediction_files]
-    if missing_predictions:
-        raise UserError(
-            f"{prediction_folder}: {len(missing_predictions)} prediction(s) missing: "
-            f"{', '.join(missing_predictions[:10])}{' ...' if len(missing_predictions) > 10 else ''}."
-        )
+    chosen = _cases_to_evaluate(
+        prediction_folder, reference_folder, cases, prediction_files=prediction_files, reference_files=reference_files
+    )
     if targets is None:
-        value_lists = run_over_cases(
-            _label_values_in_file, [(reference_files[c],) for c in chosen], workers=workers, description="labels"
+        targets = _targets_found_in_references(
+            reference_folder, [reference_files[c] for c in chosen], ignore_label=ignore_label, workers=workers
         )
-        found = {value for values in value_lists for value in values}
-        targets = targets_from_label_values(found - ({ignore_label} if ignore_label is not None else set()))
-        if not targets:
-            raise UserError(
-                f"{reference_folder}: the references contain no foreground label; pass the labels to evaluate."
-            )
     targets = tuple(targets)
     options = {
-        "targets": targets,
-        "ignore_label": ignore_label,
-        "tolerance_mm": tolerance_mm,
+        "targets": targets, "ignore_label": ignore_label, "tolerance_mm": tolerance_mm,
         "with_surface_metrics": with_surface_metrics,
     }
     per_case = run_over_cases(
-        _evaluate_case_star,
-        [(case, prediction_files[case], reference_files[case], options) for case in chosen],
-        workers=workers,
-        description="evaluate",
+        _evaluate_case_star, [(case, prediction_files[case], reference_files[case], options) for case in chosen],
+        workers=workers, description="evaluate",
     )
     summary = {
         "prediction_folder": str(Path(prediction_folder).resolve()),
@@ -257,9 +278,8 @@ def evaluate_folders(
         "per_case": per_case,
     }
     if output_folder is not None:
-        output_folder = Path(output_folder)
-        write_metrics_csv(output_folder / METRICS_CSV_FILE_NAME, per_case, targets)
-        write_json(output_folder / SUMMARY_FILE_NAME, summary)
+        write_metrics_csv(Path(output_folder) / METRICS_CSV_FILE_NAME, per_case, targets)
+        write_json(Path(output_folder) / SUMMARY_FILE_NAME, summary)
     return summary
 
 

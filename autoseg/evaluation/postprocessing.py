@@ -105,6 +105,69 @@ def _is_better(candidate: dict[str, float | None], current: dict[str, float | No
     return True
 
 
+def _paired_cases(
+    prediction_folder: str | os.PathLike[str],
+    reference_folder: str | os.PathLike[str],
+    cases: Sequence[str] | None,
+    *,
+    prediction_files: dict[str, Path],
+    reference_files: dict[str, Path],
+) -> list[str]:
+    """``cases`` (default: every predicted case), refused unless each has a prediction and a reference."""
+    chosen = sorted(prediction_files) if cases is None else list(dict.fromkeys(cases))
+    if not chosen:
+        raise UserError(f"{prediction_folder}: no predicted label files to choose post-processing on.")
+    missing = [case for case in chosen if case not in reference_files or case not in prediction_files]
+    if missing:
+        raise UserError(
+            f"{reference_folder}: no prediction/reference pair for {len(missing)} case(s): {', '.join(missing[:10])}."
+        )
+    return chosen
+
+
+def _targets_in_references(reference_paths: list[Path], ignore_label: int | None) -> list[EvaluationTarget]:
+    """One target per non-zero label value present in the references (the ignore label aside)."""
+    found: set[int] = set()
+    for path in reference_paths:
+        found.update(int(v) for v in np.unique(read_image(path).array))
+    return targets_from_label_values(found - ({ignore_label} if ignore_label is not None else set()))
+
+
+def _decide(per_case: Sequence[dict], targets: tuple[EvaluationTarget, ...]) -> PostprocessingDecision:
+    """The decision for these per-case Dice values, with the mean Dice that justified it as evidence.
+
+    Step 1 (the foreground's largest component), then each class's step on top of its outcome, each adopted only
+    when ``_is_better``.
+    """
+    before = _means(per_case, "none", targets)
+    foreground_step = _means(per_case, "foreground", targets)
+    adopt_foreground = _is_better(foreground_step, before)
+    state_name = "foreground" if adopt_foreground else "none"
+    current = foreground_step if adopt_foreground else before
+    adopted_classes: list[EvaluationTarget] = []
+    after = dict(current)
+    for target in targets:
+        candidate = _means(per_case, f"{state_name}+{target.key}", targets)
+        if _is_better(candidate, current):
+            adopted_classes.append(target)
+            after[target.key] = candidate[target.key]
+    return PostprocessingDecision(
+        keep_largest_foreground=adopt_foreground,
+        keep_largest_per_class=tuple(
+            target.values[0] if len(target.values) == 1 else tuple(target.values) for target in adopted_classes
+        ),
+        evidence={
+            "cases": len(per_case),
+            "targets": describe_targets(targets),
+            "dice_before": before,
+            "dice_with_foreground_step": foreground_step,
+            "dice_after": after,
+            "foreground_dice_before": _foreground_mean(before),
+            "foreground_dice_after": _foreground_mean(after),
+        },
+    )
+
+
 def determine_postprocessing(
     prediction_folder: str | os.PathLike[str],
     reference_folder: str | os.PathLike[str],
@@ -128,19 +191,11 @@ def determine_postprocessing(
     """
     prediction_files = label_files_by_case(prediction_folder)
     reference_files = label_files_by_case(reference_folder)
-    chosen = sorted(prediction_files) if cases is None else list(dict.fromkeys(cases))
-    if not chosen:
-        raise UserError(f"{prediction_folder}: no predicted label files to choose post-processing on.")
-    missing = [case for case in chosen if case not in reference_files or case not in prediction_files]
-    if missing:
-        raise UserError(
-            f"{reference_folder}: no prediction/reference pair for {len(missing)} case(s): {', '.join(missing[:10])}."
-        )
+    chosen = _paired_cases(
+        prediction_folder, reference_folder, cases, prediction_files=prediction_files, reference_files=reference_files
+    )
     if targets is None:
-        found: set[int] = set()
-        for case in chosen:
-            found.update(int(v) for v in np.unique(read_image(reference_files[case]).array))
-        targets = targets_from_label_values(found - ({ignore_label} if ignore_label is not None else set()))
+        targets = _targets_in_references([reference_files[case] for case in chosen], ignore_label)
     targets = tuple(targets)
     per_case = run_over_cases(
         _candidate_dice_for_case,
@@ -148,33 +203,7 @@ def determine_postprocessing(
         workers=workers,
         description="post-processing",
     )
-    before = _means(per_case, "none", targets)
-    foreground_step = _means(per_case, "foreground", targets)
-    adopt_foreground = _is_better(foreground_step, before)
-    state_name = "foreground" if adopt_foreground else "none"
-    current = foreground_step if adopt_foreground else before
-    adopted_classes: list[EvaluationTarget] = []
-    after = dict(current)
-    for target in targets:
-        candidate = _means(per_case, f"{state_name}+{target.key}", targets)
-        if _is_better(candidate, current):
-            adopted_classes.append(target)
-            after[target.key] = candidate[target.key]
-    decision = PostprocessingDecision(
-        keep_largest_foreground=adopt_foreground,
-        keep_largest_per_class=tuple(
-            target.values[0] if len(target.values) == 1 else tuple(target.values) for target in adopted_classes
-        ),
-        evidence={
-            "cases": len(per_case),
-            "targets": describe_targets(targets),
-            "dice_before": before,
-            "dice_with_foreground_step": foreground_step,
-            "dice_after": after,
-            "foreground_dice_before": _foreground_mean(before),
-            "foreground_dice_after": _foreground_mean(after),
-        },
-    )
+    decision = _decide(per_case, targets)
     if output_file is not None:
         decision.write(output_file)
     return decision

@@ -74,36 +74,14 @@ def locate_trained_model(
             f"{model_folder}: is not a model folder (no plans.json); pass WORK/<dataset> or an imported model."
         )
     available = trained_configurations(model_folder, checkpoint=checkpoint)
-    recipe = InferenceRecipe.read(work_folder.inference_recipe)
-    recommended_folds = None
-    if configuration is None:
-        if recipe is not None:
-            configuration = recipe.models[0].configuration
-            recommended_folds = recipe.models[0].folds
-        elif len(available) == 1:
-            configuration = available[0]
-        elif not available:
-            raise UserError(
-                f"{model_folder}: has no trained model with checkpoint_{checkpoint}.pt under {work_folder.models}."
-            )
-        else:
-            raise UserError(
-                f"{model_folder}: holds several trained configurations ({', '.join(available)}); choose one with -c."
-            )
-    elif recipe is not None:
-        recommended_folds = recipe.folds_of(configuration)
+    configuration, recommended_folds = _configuration_and_recommended_folds(
+        work_folder, configuration, available=available, checkpoint=checkpoint
+    )
     configuration_folder = work_folder.configuration_models(configuration)
     if folds is None:
         folds = recommended_folds
     if folds is None:
-        found = configuration_folder.glob(f"fold_*/checkpoint_{checkpoint}.pt")
-        fold_names = sorted(
-            (path.parent.name[len("fold_") :] for path in found),
-            key=lambda name: (name == "all", int(name) if name.isdigit() else 0),
-        )
-        # A model trained on all cases and the cross-validation folds are alternatives, not an ensemble.
-        if any(name.isdigit() for name in fold_names):
-            fold_names = [name for name in fold_names if name != "all"]
+        fold_names = _trained_fold_names(configuration_folder, checkpoint=checkpoint)
     else:
         fold_names = [_fold_name(fold) for fold in ([folds] if isinstance(folds, (str, int)) else folds)]
     if not fold_names:
@@ -116,3 +94,39 @@ def locate_trained_model(
     if missing:
         raise UserError(f"{missing[0]}: checkpoint not found (train that fold or choose other folds with -f).")
     return TrainedModel(model_folder, configuration, tuple(fold_names), paths)
+
+
+def _configuration_and_recommended_folds(
+    work_folder: WorkFolder, configuration: str | None, *, available: list[str], checkpoint: str
+) -> tuple[str, tuple[int | str, ...] | None]:
+    """The configuration to use, and the folds ``inference.json`` recommends for it (None when it names none).
+
+    The configuration is the one asked for, else the one ``inference.json`` recommends, else the only trained one.
+    """
+    recipe = InferenceRecipe.read(work_folder.inference_recipe)
+    if configuration is not None:
+        return configuration, recipe.folds_of(configuration) if recipe is not None else None
+    if recipe is not None:
+        return recipe.models[0].configuration, recipe.models[0].folds
+    if len(available) == 1:
+        return available[0], None
+    if not available:
+        raise UserError(
+            f"{work_folder}: has no trained model with checkpoint_{checkpoint}.pt under {work_folder.models}."
+        )
+    raise UserError(
+        f"{work_folder}: holds several trained configurations ({', '.join(available)}); choose one with -c."
+    )
+
+
+def _trained_fold_names(configuration_folder: Path, *, checkpoint: str) -> list[str]:
+    """Every fold holding the checkpoint, numbered folds first; ``all`` only when there is no numbered fold."""
+    found = configuration_folder.glob(f"fold_*/checkpoint_{checkpoint}.pt")
+    fold_names = sorted(
+        (path.parent.name[len("fold_") :] for path in found),
+        key=lambda name: (name == "all", int(name) if name.isdigit() else 0),
+    )
+    # A model trained on all cases and the cross-validation folds are alternatives, not an ensemble.
+    if any(name.isdigit() for name in fold_names):
+        fold_names = [name for name in fold_names if name != "all"]
+    return fold_names

@@ -26,6 +26,7 @@ import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -43,6 +44,9 @@ from autoseg.inference.predictor import Predictor
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.work_folder import DATASET_FILE, INFERENCE_RECIPE_FILE, PLANS_FILE, WorkFolder
 from autoseg.utils.files import sha256_file, write_json
+
+if TYPE_CHECKING:
+    from autoseg.inference.ensemble import ModelEnsemble
 
 ONNX_OPSET = 18
 INPUT_NAME = "image"
@@ -157,6 +161,61 @@ def _export_configuration(predictor: Predictor, staging: Path, *, opset: int, ex
         }
 
 
+def _empty_destination(output_folder: str | os.PathLike[str]) -> Path:
+    """``output_folder`` resolved, refused unless it is new or an empty folder."""
+    destination = Path(output_folder).expanduser().resolve()
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise UserError(f"{destination}: already exists and is not empty; choose a new output folder or remove it.")
+    return destination
+
+
+def _fresh_staging_folder(destination: Path) -> Path:
+    """``DESTINATION.partial``, created empty: the export is built there and renamed only when complete."""
+    staging = destination.with_name(destination.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)  # left by an interrupted export: never trusted, rebuilt from scratch
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _copy_records(source: Path, staging: Path, *, has_postprocessing: bool) -> str | None:
+    """Copy the model folder's records prediction needs; returns the post-processing file's name (None if none)."""
+    for name in COPIED_RECORDS:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, staging / name)
+    if not has_postprocessing:
+        return None
+    # ModelEnsemble read it from the file inference.json names; copy that same file.
+    postprocessing_name = read_recipe_postprocessing(source)
+    shutil.copyfile(source / postprocessing_name, staging / postprocessing_name)
+    return postprocessing_name
+
+
+def _onnx_recipe(
+    models: ModelEnsemble, *, source: Path, checkpoint: str, opset: int, postprocessing_name: str | None,
+    exported: dict,
+) -> dict:
+    """The content of ``onnx_recipe.json``: how the graphs were made and what the sliding window needs."""
+    return {
+        "format": ONNX_RECIPE_FORMAT,
+        "autoseg_version": __version__,
+        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+        "opset": opset,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_layout": "float32 (batch, channels, *patch_size); the batch axis is dynamic",
+        "output_layout": "float32 (batch, num_classes, *patch_size) logits at full resolution",
+        "source_model_folder": str(source),
+        "checkpoint": checkpoint,
+        "models": [
+            {"configuration": member.configuration_name, "folds": list(member.trained_model.folds)}
+            for member in models.members
+        ],
+        "postprocessing": postprocessing_name,
+        "configurations": exported,
+    }
+
+
 def export_onnx_model(
     model_folder: str | os.PathLike[str],
     output_folder: str | os.PathLike[str],
@@ -179,9 +238,7 @@ def export_onnx_model(
     """
     if opset < ONNX_OPSET:
         raise UserError(f"--opset {opset} is too old; torch's exporter builds graphs of opset {ONNX_OPSET} or newer.")
-    destination = Path(output_folder).expanduser().resolve()
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise UserError(f"{destination}: already exists and is not empty; choose a new output folder or remove it.")
+    destination = _empty_destination(output_folder)
     _require_export_libraries()
     models = ModelEnsemble.from_model_folder(
         model_folder, configuration=configuration, folds=folds, checkpoint=checkpoint, device="cpu",
@@ -190,40 +247,16 @@ def export_onnx_model(
     source = models.members[0].trained_model.model_folder
     if destination == source or source in destination.parents:
         raise UserError(f"{destination}: must lie outside the model folder {source}.")
-    staging = destination.with_name(destination.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)  # left by an interrupted export: never trusted, rebuilt from scratch
-    staging.mkdir(parents=True)
+    staging = _fresh_staging_folder(destination)
     try:
         exported: dict = {}
         for member in models.members:
             _export_configuration(member, staging, opset=opset, exported=exported)
-        for name in COPIED_RECORDS:
-            if (source / name).is_file():
-                shutil.copyfile(source / name, staging / name)
-        postprocessing_name = None
-        if models.postprocessing is not None:
-            # ModelEnsemble read it from the file inference.json names; copy that same file.
-            postprocessing_name = read_recipe_postprocessing(source)
-            shutil.copyfile(source / postprocessing_name, staging / postprocessing_name)
-        recipe = {
-            "format": ONNX_RECIPE_FORMAT,
-            "autoseg_version": __version__,
-            "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-            "opset": opset,
-            "input_name": INPUT_NAME,
-            "output_name": OUTPUT_NAME,
-            "input_layout": "float32 (batch, channels, *patch_size); the batch axis is dynamic",
-            "output_layout": "float32 (batch, num_classes, *patch_size) logits at full resolution",
-            "source_model_folder": str(source),
-            "checkpoint": checkpoint,
-            "models": [
-                {"configuration": member.configuration_name, "folds": list(member.trained_model.folds)}
-                for member in models.members
-            ],
-            "postprocessing": postprocessing_name,
-            "configurations": exported,
-        }
+        postprocessing_name = _copy_records(source, staging, has_postprocessing=models.postprocessing is not None)
+        recipe = _onnx_recipe(
+            models, source=source, checkpoint=checkpoint, opset=opset, postprocessing_name=postprocessing_name,
+            exported=exported,
+        )
         write_json(staging / ONNX_RECIPE, recipe)
         if destination.exists():
             destination.rmdir()  # empty (checked above); os.replace cannot replace a directory on every platform

@@ -16,6 +16,7 @@ import concurrent.futures
 import multiprocessing
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,131 @@ def _pending_work(
     return work
 
 
+def _check_channel_counts(work: list[tuple[list[str], Path]], num_channels: int) -> None:
+    for image_paths, _ in work:
+        if len(image_paths) != num_channels:
+            raise UserError(
+                f"{image_paths[0]}: the model expects {num_channels} channel file(s) per case, "
+                f"got {len(image_paths)}."
+            )
+
+
+@dataclass
+class _CaseSteps:
+    """What every case goes through: preprocessing per member (a worker job), the members' networks, export."""
+
+    members: list[Predictor]
+    member_options: list[dict]  # arguments of preprocess_for_prediction, one per member (sent to workers)
+    export_options: dict  # arguments of export_members besides the outputs (sent to workers)
+
+    @classmethod
+    def for_members(
+        cls, members: list[Predictor], *, save_probabilities: bool, postprocessing: PostprocessingDecision | None
+    ) -> _CaseSteps:
+        member_options = [
+            {"configuration": member.configuration,
+             "previous_configuration": member.previous_configuration}
+            for member in members
+        ]
+        export_options = {
+            "dataset": members[0].dataset, "save_probabilities": save_probabilities, "postprocessing": postprocessing
+        }
+        return cls(members, member_options, export_options)
+
+    def predict(self, cases: list[PreprocessedCase]) -> list[tuple]:
+        return [
+            (member.predict_case(case), case.properties, member.configuration)
+            for member, case in zip(self.members, cases, strict=True)
+        ]
+
+
+def _run_in_order(work: list[tuple[list[str], Path]], steps: _CaseSteps, bar: tqdm) -> list[Path]:
+    """Every step of every case in this process, one case after the other."""
+    written: list[Path] = []
+    for image_paths, output_path in work:
+        outputs = steps.predict(preprocess_for_members(image_paths, steps.member_options))
+        export_members(outputs, output_path=output_path, **steps.export_options)
+        written.append(output_path)
+        bar.update()
+    bar.close()
+    return written
+
+
+class _OverlappedRun:
+    """Workers preprocess up to ``lookahead`` cases ahead of the network and export up to ``lookahead`` behind it."""
+
+    def __init__(
+        self,
+        work: list[tuple[list[str], Path]],
+        steps: _CaseSteps,
+        bar: tqdm,
+        executor: concurrent.futures.Executor,
+        *,
+        lookahead: int,
+    ) -> None:
+        self.steps = steps
+        self.bar = bar
+        self.executor = executor
+        self.lookahead = lookahead
+        self.upcoming = iter(work)
+        self.queued_preprocessing: collections.deque = collections.deque()
+        self.queued_exports: collections.deque = collections.deque()
+        self.written: list[Path] = []
+
+    def run(self) -> list[Path]:
+        self._fill_preprocessing_queue()
+        while self.queued_preprocessing:
+            output_path, future = self.queued_preprocessing.popleft()
+            cases = future.result()
+            self._fill_preprocessing_queue()
+            outputs = self.steps.predict(cases)
+            del cases
+            while len(self.queued_exports) >= self.lookahead:
+                self._finish_oldest_export()
+            self.queued_exports.append(
+                (output_path,
+                 self.executor.submit(export_members, outputs, output_path=output_path, **self.steps.export_options))
+            )
+            del outputs
+        while self.queued_exports:
+            self._finish_oldest_export()
+        return self.written
+
+    def _fill_preprocessing_queue(self) -> None:
+        while len(self.queued_preprocessing) < self.lookahead:
+            item = next(self.upcoming, None)
+            if item is None:
+                return
+            image_paths, output_path = item
+            self.queued_preprocessing.append(
+                (output_path, self.executor.submit(preprocess_for_members, image_paths, self.steps.member_options))
+            )
+
+    def _finish_oldest_export(self) -> None:
+        output_path, future = self.queued_exports.popleft()
+        future.result()
+        self.written.append(output_path)
+        self.bar.update()
+
+
+def _run_overlapped(work: list[tuple[list[str], Path]], steps: _CaseSteps, bar: tqdm, *, workers: int) -> list[Path]:
+    """Preprocessing and export in ``workers`` worker processes, overlapping the network in this one."""
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and can deadlock
+    executor = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_limit_worker_threads
+    )
+    try:
+        # ``workers`` cases preprocessed ahead, and predictions waiting for export
+        written = _OverlappedRun(work, steps, bar, executor, lookahead=workers).run()
+    except BaseException:
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+    executor.shutdown(wait=True)
+    return written
+
+
 def run_prediction_pipeline(
     members: Sequence[Predictor],
     items: Sequence[tuple[Sequence[str | os.PathLike[str]], str | os.PathLike[str]]],
@@ -76,83 +202,10 @@ def run_prediction_pipeline(
     so a rerun with ``skip_existing`` continues where it stopped.
     """
     members = list(members)
-    dataset = members[0].dataset
     work = _pending_work(items, skip_existing=skip_existing)
-    for image_paths, _ in work:
-        if len(image_paths) != dataset.num_channels:
-            raise UserError(
-                f"{image_paths[0]}: the model expects {dataset.num_channels} channel file(s) per case, "
-                f"got {len(image_paths)}."
-            )
-    member_options = [
-        {"configuration": member.configuration,
-         "previous_configuration": member.previous_configuration}
-        for member in members
-    ]
-    export_options = {"dataset": dataset, "save_probabilities": save_probabilities, "postprocessing": postprocessing}
-
-    def predict(cases: list[PreprocessedCase]) -> list[tuple]:
-        return [
-            (member.predict_case(case), case.properties, member.configuration)
-            for member, case in zip(members, cases, strict=True)
-        ]
-
+    _check_channel_counts(work, members[0].dataset.num_channels)
+    steps = _CaseSteps.for_members(members, save_probabilities=save_probabilities, postprocessing=postprocessing)
     bar = tqdm(total=len(work), desc="predict", unit="case", disable=not progress)
-    written: list[Path] = []
     if workers <= 0:
-        for image_paths, output_path in work:
-            outputs = predict(preprocess_for_members(image_paths, member_options))
-            export_members(outputs, output_path=output_path, **export_options)
-            written.append(output_path)
-            bar.update()
-        bar.close()
-        return written
-
-    lookahead = workers  # cases preprocessed ahead, and predictions waiting for export
-    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and can deadlock
-    executor = concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_limit_worker_threads
-    )
-    try:
-        queued_preprocessing: collections.deque = collections.deque()
-        queued_exports: collections.deque = collections.deque()
-        upcoming = iter(work)
-
-        def fill_preprocessing_queue() -> None:
-            while len(queued_preprocessing) < lookahead:
-                item = next(upcoming, None)
-                if item is None:
-                    return
-                image_paths, output_path = item
-                queued_preprocessing.append(
-                    (output_path, executor.submit(preprocess_for_members, image_paths, member_options))
-                )
-
-        def finish_oldest_export() -> None:
-            output_path, future = queued_exports.popleft()
-            future.result()
-            written.append(output_path)
-            bar.update()
-
-        fill_preprocessing_queue()
-        while queued_preprocessing:
-            output_path, future = queued_preprocessing.popleft()
-            cases = future.result()
-            fill_preprocessing_queue()
-            outputs = predict(cases)
-            del cases
-            while len(queued_exports) >= lookahead:
-                finish_oldest_export()
-            queued_exports.append(
-                (output_path, executor.submit(export_members, outputs, output_path=output_path, **export_options))
-            )
-            del outputs
-        while queued_exports:
-            finish_oldest_export()
-    except BaseException:
-        executor.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        bar.close()
-    executor.shutdown(wait=True)
-    return written
+        return _run_in_order(work, steps, bar)
+    return _run_overlapped(work, steps, bar, workers=workers)

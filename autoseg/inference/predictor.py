@@ -45,7 +45,7 @@ from autoseg.io.images import Geometry, write_image
 from autoseg.networks import build_network
 from autoseg.records.checkpoint import load_checkpoint, network_weights_of
 from autoseg.records.dataset import RawDataset
-from autoseg.records.plans import Configuration, load_plans
+from autoseg.records.plans import Configuration, Plans, load_plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.devices import choose_device
 from autoseg.utils.files import read_json
@@ -80,6 +80,50 @@ def _configuration_trained(path: Path, content: dict, planned: Configuration) ->
             "restore the plans it was trained with, or train it again."
         )
     return trained
+
+
+def _read_plans_and_dataset(folder: WorkFolder) -> tuple[Plans, RawDataset]:
+    """The model folder's ``plans.json`` and ``dataset.json``."""
+    plans = load_plans(folder.plans)
+    if not folder.dataset_json.is_file():
+        raise UserError(f"{folder}: is not a model folder (no dataset.json).")
+    return plans, RawDataset.from_dict(read_json(folder.dataset_json))
+
+
+def _load_fold_networks(
+    trained: TrainedModel, plan_configuration: Configuration, *, in_channels: int, out_channels: int,
+    device: torch.device,
+) -> tuple[list[torch.nn.Module], Configuration]:
+    """Every fold's network (on ``device``, in eval mode) and the configuration they were all trained with."""
+    networks = []
+    configuration_used = None
+    for path in trained.checkpoint_paths:
+        content = load_checkpoint(path)
+        fold_configuration = _configuration_trained(path, content, plan_configuration)
+        if configuration_used is not None and fold_configuration != configuration_used:
+            raise UserError(
+                f"{path}: was trained with a different configuration than {trained.checkpoint_paths[0]}; "
+                "folds of one ensemble must share their plan."
+            )
+        configuration_used = fold_configuration
+        network = _network_with_weights(
+            configuration_used, content, path, in_channels=in_channels, out_channels=out_channels
+        )
+        networks.append(network.to(device).eval())
+    return networks, configuration_used
+
+
+def _network_with_weights(
+    configuration: Configuration, checkpoint_content: dict, path: Path, *, in_channels: int, out_channels: int
+) -> torch.nn.Module:
+    """The configuration's network holding the checkpoint's weights; a mismatch names the checkpoint."""
+    network = build_network(configuration, in_channels=in_channels, out_channels=out_channels, deep_supervision=True)
+    try:
+        network.load_state_dict(network_weights_of(checkpoint_content))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise UserError(f"{path}: does not fit the network of plans.json ({first_line}).") from None
+    return network
 
 
 class Predictor:
@@ -153,10 +197,7 @@ class Predictor:
         """
         trained = locate_trained_model(model_folder, configuration=configuration, folds=folds, checkpoint=checkpoint)
         folder = WorkFolder.at(trained.model_folder)
-        plans = load_plans(folder.plans)
-        if not folder.dataset_json.is_file():
-            raise UserError(f"{folder}: is not a model folder (no dataset.json).")
-        dataset = RawDataset.from_dict(read_json(folder.dataset_json))
+        plans, dataset = _read_plans_and_dataset(folder)
         device = choose_device(None if str(device) == "auto" else str(device))
 
         previous_stage = None
@@ -169,29 +210,10 @@ class Predictor:
             )
             extra_channels = len(dataset.foreground_labels)
 
-        networks = []
-        configuration_used = None
-        for path in trained.checkpoint_paths:
-            content = load_checkpoint(path)
-            fold_configuration = _configuration_trained(path, content, plan_configuration)
-            if configuration_used is not None and fold_configuration != configuration_used:
-                raise UserError(
-                    f"{path}: was trained with a different configuration than {trained.checkpoint_paths[0]}; "
-                    "folds of one ensemble must share their plan."
-                )
-            configuration_used = fold_configuration
-            network = build_network(
-                configuration_used,
-                in_channels=dataset.num_channels + extra_channels,
-                out_channels=dataset.num_output_channels,
-                deep_supervision=True,
-            )
-            try:
-                network.load_state_dict(network_weights_of(content))
-            except RuntimeError as error:
-                first_line = str(error).strip().splitlines()[0]
-                raise UserError(f"{path}: does not fit the network of plans.json ({first_line}).") from None
-            networks.append(network.to(device).eval())
+        networks, configuration_used = _load_fold_networks(
+            trained, plan_configuration, in_channels=dataset.num_channels + extra_channels,
+            out_channels=dataset.num_output_channels, device=device,
+        )
         return cls(
             configuration_name=trained.configuration_name, configuration=configuration_used,
             dataset=dataset, networks=networks, device=device, tta=tta, step_size=step_size, batch_size=batch_size,

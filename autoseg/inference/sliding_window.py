@@ -27,6 +27,7 @@ import functools
 import itertools
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -139,6 +140,134 @@ def _batches(items: list, batch_size: int) -> Iterator[list]:
         yield items[first : first + batch_size]
 
 
+def _as_image(data: torch.Tensor | np.ndarray) -> torch.Tensor:
+    data = torch.as_tensor(data)
+    if data.ndim != 4:
+        raise ValueError(f"data must be (C, z, y, x), got shape {tuple(data.shape)}")
+    return data
+
+
+def _volume_patch(patch_size: tuple[int, ...]) -> tuple[int, ...]:
+    """The patch in volume axes: a 2D network's patch is one slice along axis 0 (squeezed away before the network)."""
+    if len(patch_size) == 2:
+        return (1, *patch_size)
+    if len(patch_size) == 3:
+        return patch_size
+    raise ValueError(f"patch_size must have 2 or 3 values, got {patch_size}")
+
+
+def _pad_to_patch(data: torch.Tensor, volume_patch: tuple[int, ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``data`` zero-padded (centred) to at least the patch along every axis, and the padding before each axis."""
+    image_size = tuple(data.shape[1:])
+    padded_size = tuple(max(size, patch) for size, patch in zip(image_size, volume_patch, strict=True))
+    padding_before = tuple((padded - size) // 2 for padded, size in zip(padded_size, image_size, strict=True))
+    if padded_size != image_size:
+        pad_arguments: list[int] = []
+        for before, padded, size in reversed(list(zip(padding_before, padded_size, image_size, strict=True))):
+            pad_arguments += [before, padded - size - before]
+        data = torch.nn.functional.pad(data, pad_arguments)
+    return data, padding_before
+
+
+def _tiles(padded_size: tuple[int, ...], volume_patch: tuple[int, ...], step_size: float) -> list[tuple[slice, ...]]:
+    """The spatial slices of every tile covering ``padded_size``."""
+    starts_per_axis = tile_starts(padded_size, volume_patch, step_size=step_size)
+    return [
+        tuple(slice(start, start + patch) for start, patch in zip(starts, volume_patch, strict=True))
+        for starts in itertools.product(*starts_per_axis)
+    ]
+
+
+def _checked_flips(mirror_axes: Sequence[int] | None, network_dimensions: int) -> list[tuple[int, ...]]:
+    """``mirror_combinations(mirror_axes)``, refusing an axis the network does not have."""
+    flips = mirror_combinations(mirror_axes)
+    for axis in (axis for flip in flips for axis in flip):
+        if not 0 <= axis < network_dimensions:
+            raise ValueError(f"mirror axis {axis} is not a spatial axis of a {network_dimensions}D network")
+    return flips
+
+
+@dataclass
+class _WeightedSums:
+    """The blending sums over the padded image: ``logits = sum_t w_t * f(patch_t)`` and ``weight_sum = sum_t w_t``."""
+
+    logits: torch.Tensor
+    weight_sum: torch.Tensor
+    importance: torch.Tensor
+
+    @classmethod
+    def zeros(
+        cls,
+        num_classes: int,
+        padded_size: tuple[int, ...],
+        volume_patch: tuple[int, ...],
+        *,
+        use_gaussian: bool,
+        device: torch.device,
+        accumulate_on: str | torch.device | None,
+    ) -> _WeightedSums:
+        """Empty sums on the accumulation device (see ``_accumulation_device``) with the tiles' importance map."""
+        device = _accumulation_device(device, accumulate_on, num_values=(num_classes + 1) * math.prod(padded_size))
+        if use_gaussian:
+            importance = gaussian_importance_map(volume_patch, device=device)
+        else:
+            importance = torch.ones(volume_patch, dtype=torch.float32, device=device)
+        logits = torch.zeros((num_classes, *padded_size), dtype=torch.float32, device=device)
+        weight_sum = torch.zeros(padded_size, dtype=torch.float32, device=device)
+        return cls(logits, weight_sum, importance)
+
+    def add(self, batch_tiles: list[tuple[slice, ...]], prediction: torch.Tensor) -> None:
+        """Add each tile's prediction ``(num_classes, *tile)``, weighted by the importance map, at its place."""
+        logits, weight_sum, importance = self.logits, self.weight_sum, self.importance
+        for tile, tile_prediction in zip(batch_tiles, prediction.to(logits.device), strict=True):
+            logits[(slice(None), *tile)].addcmul_(tile_prediction, importance)
+            weight_sum[tile] += importance
+
+    def blended(self) -> torch.Tensor:
+        """``logits / weight_sum``, computed in place: the sums are not needed afterwards."""
+        self.logits /= self.weight_sum
+        return self.logits
+
+
+def _accumulate_tile_predictions(
+    network: torch.nn.Module,
+    data: torch.Tensor,
+    tiles: list[tuple[slice, ...]],
+    sums: _WeightedSums,
+    *,
+    flips: list[tuple[int, ...]],
+    is_2d_network: bool,
+    device: torch.device,
+    batch_size: int,
+    precision: str,
+    progress: bool | None,
+) -> None:
+    """Predict the tiles of ``data`` batch by batch on ``device`` and add every prediction into ``sums``."""
+    num_classes = sums.logits.shape[0]
+    autocast = autocast_for(device, precision)
+    with torch.inference_mode(), autocast:
+        batches = list(_batches(tiles, batch_size))
+        show_progress = progress if progress is not None else len(batches) >= PROGRESS_MINIMUM_BATCHES
+        for batch_tiles in tqdm(batches, desc="sliding window", unit="batch", disable=not show_progress, leave=False):
+            batch = torch.stack([data[(slice(None), *tile)] for tile in batch_tiles]).to(device, non_blocking=True)
+            if is_2d_network:
+                batch = batch[:, :, 0]
+            prediction = _predict_batch_with_mirroring(network, batch, flips)
+            if is_2d_network:
+                prediction = prediction[:, :, None]
+            if prediction.shape[1] != num_classes:
+                raise ValueError(f"network returned {prediction.shape[1]} channels, expected num_classes={num_classes}")
+            sums.add(batch_tiles, prediction)
+
+
+def _crop_padding(logits: torch.Tensor, image_size: tuple[int, ...], padding_before: tuple[int, ...]) -> torch.Tensor:
+    """``logits`` without the padding ``_pad_to_patch`` added (a copy, so the padded sums can be freed)."""
+    if tuple(logits.shape[1:]) == image_size:
+        return logits
+    crop = tuple(slice(before, before + size) for before, size in zip(padding_before, image_size, strict=True))
+    return logits[(slice(None), *crop)].clone()
+
+
 def predict_sliding_window(
     network: torch.nn.Module,
     data: torch.Tensor | np.ndarray,
@@ -179,66 +308,19 @@ def predict_sliding_window(
     Images smaller than the patch along an axis are padded with zeros (centred) and the result is cropped back.
     """
     device = torch.device(device)
-    data = torch.as_tensor(data)
-    if data.ndim != 4:
-        raise ValueError(f"data must be (C, z, y, x), got shape {tuple(data.shape)}")
+    data = _as_image(data)
     patch_size = tuple(int(p) for p in patch_size)
-    if len(patch_size) == 2:
-        # 2D network: a patch of one slice along axis 0, squeezed away before the network.
-        volume_patch = (1, *patch_size)
-    elif len(patch_size) == 3:
-        volume_patch = patch_size
-    else:
-        raise ValueError(f"patch_size must have 2 or 3 values, got {patch_size}")
-    is_2d_network = len(patch_size) == 2
-
+    volume_patch = _volume_patch(patch_size)
     image_size = tuple(data.shape[1:])
-    padded_size = tuple(max(size, patch) for size, patch in zip(image_size, volume_patch, strict=True))
-    padding_before = tuple((padded - size) // 2 for padded, size in zip(padded_size, image_size, strict=True))
-    if padded_size != image_size:
-        pad_arguments: list[int] = []
-        for before, padded, size in reversed(list(zip(padding_before, padded_size, image_size, strict=True))):
-            pad_arguments += [before, padded - size - before]
-        data = torch.nn.functional.pad(data, pad_arguments)
-
-    starts_per_axis = tile_starts(padded_size, volume_patch, step_size=step_size)
-    tiles = [
-        tuple(slice(start, start + patch) for start, patch in zip(starts, volume_patch, strict=True))
-        for starts in itertools.product(*starts_per_axis)
-    ]
-    accumulation_device = _accumulation_device(
-        device, accumulate_on, num_values=(num_classes + 1) * math.prod(padded_size)
+    data, padding_before = _pad_to_patch(data, volume_patch)
+    padded_size = tuple(data.shape[1:])
+    tiles = _tiles(padded_size, volume_patch, step_size)
+    sums = _WeightedSums.zeros(
+        num_classes, padded_size, volume_patch, use_gaussian=use_gaussian, device=device, accumulate_on=accumulate_on
     )
-    if use_gaussian:
-        importance = gaussian_importance_map(volume_patch, device=accumulation_device)
-    else:
-        importance = torch.ones(volume_patch, dtype=torch.float32, device=accumulation_device)
-    flips = mirror_combinations(mirror_axes)
-    for axis in (axis for flip in flips for axis in flip):
-        if not 0 <= axis < len(patch_size):
-            raise ValueError(f"mirror axis {axis} is not a spatial axis of a {len(patch_size)}D network")
-
-    logits = torch.zeros((num_classes, *padded_size), dtype=torch.float32, device=accumulation_device)
-    weight_sum = torch.zeros(padded_size, dtype=torch.float32, device=accumulation_device)
-    autocast = autocast_for(device, precision)
-    with torch.inference_mode(), autocast:
-        batches = list(_batches(tiles, batch_size))
-        show_progress = progress if progress is not None else len(batches) >= PROGRESS_MINIMUM_BATCHES
-        for batch_tiles in tqdm(batches, desc="sliding window", unit="batch", disable=not show_progress, leave=False):
-            batch = torch.stack([data[(slice(None), *tile)] for tile in batch_tiles]).to(device, non_blocking=True)
-            if is_2d_network:
-                batch = batch[:, :, 0]
-            prediction = _predict_batch_with_mirroring(network, batch, flips)
-            if is_2d_network:
-                prediction = prediction[:, :, None]
-            if prediction.shape[1] != num_classes:
-                raise ValueError(f"network returned {prediction.shape[1]} channels, expected num_classes={num_classes}")
-            prediction = prediction.to(accumulation_device)
-            for tile, tile_prediction in zip(batch_tiles, prediction, strict=True):
-                logits[(slice(None), *tile)].addcmul_(tile_prediction, importance)
-                weight_sum[tile] += importance
-    logits /= weight_sum
-    if padded_size != image_size:
-        crop = tuple(slice(before, before + size) for before, size in zip(padding_before, image_size, strict=True))
-        logits = logits[(slice(None), *crop)].clone()
-    return logits
+    _accumulate_tile_predictions(
+        network, data, tiles, sums, flips=_checked_flips(mirror_axes, len(patch_size)),
+        is_2d_network=len(patch_size) == 2, device=device, batch_size=batch_size, precision=precision,
+        progress=progress,
+    )
+    return _crop_padding(sums.blended(), image_size, padding_before)

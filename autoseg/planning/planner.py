@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +62,121 @@ def _grow_lowres_spacing(spacing: list[float]) -> list[float]:
     return [min(value * LOWRES_SPACING_STEP, coarsest) if value < coarsest else value for value in spacing]
 
 
+@dataclass(frozen=True)
+class _PlanningGeometry:
+    """The training cases' sizes as the plans describe them, resampled to the full-resolution spacing.
+
+    Names ending in ``_t`` are in transposed axis order (the coarsest axis first), as every configuration is.
+    """
+
+    forward: list[int]  # transpose_forward
+    backward: list[int]  # transpose_backward
+    spacing_t: list[float]  # full-resolution target spacing
+    median_t: list[float]  # median shape at that spacing
+    original_spacing_t: list[float]  # median spacing of the raw images
+    original_median_shape_t: list[float]  # median shape of the raw images (after cropping)
+    dataset_voxels: float  # voxels of all cases at the target spacing
+    is_2d: bool
+
+
+def _planning_geometry(fingerprint: dict, cases: list[dict]) -> _PlanningGeometry:
+    is_2d = bool(fingerprint["is_2d"])
+    spacings = np.array([case["spacing"] for case in cases], dtype=np.float64)
+    shapes = np.array([case["shape_after_crop"] for case in cases], dtype=np.float64)
+    fullres_spacing = target_spacing(spacings, shapes, is_2d=is_2d)
+    forward, backward = transpose_for_spacing(fullres_spacing, is_2d=is_2d)
+    resampled = shapes * spacings / np.asarray(fullres_spacing)
+    if is_2d:
+        resampled[:, 0] = shapes[:, 0]
+    resampled = resampled[:, forward]
+    return _PlanningGeometry(
+        forward=forward,
+        backward=backward,
+        spacing_t=[fullres_spacing[axis] for axis in forward],
+        median_t=[float(v) for v in np.median(resampled, axis=0)],
+        original_spacing_t=[float(v) for v in np.median(spacings, axis=0)[forward]],
+        original_median_shape_t=[float(v) for v in np.median(shapes, axis=0)[forward]],
+        dataset_voxels=float(np.prod(resampled, axis=1).sum()),
+        is_2d=is_2d,
+    )
+
+
+def _memory_budget(preset: str, gpu_memory_gb: float | None, training_precision: str) -> float:
+    """The training-memory budget in GB, after refusing an unknown preset or precision."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    if training_precision not in PRECISIONS:
+        raise UserError(f"unknown training precision {training_precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    budget = float(gpu_memory_gb if gpu_memory_gb is not None else PRESETS[preset].gpu_memory_gb)
+    if budget <= 0:
+        raise UserError(f"--gpu-memory must be positive, got {budget}.")
+    return budget
+
+
+def _plan_configurations(
+    fit: Callable[[list[float], list[float]], FittedPatch], geometry: _PlanningGeometry, normalization: list[dict]
+) -> dict[str, dict]:
+    """Every configuration in full: ``2d``, and for 3D data ``3d_fullres`` plus, when worth it, the cascade."""
+    spacing_t, median_t, original_spacing_t = geometry.spacing_t, geometry.median_t, geometry.original_spacing_t
+    full: dict[str, dict] = {}
+    full["2d"] = _configuration(
+        fit(spacing_t[1:], median_t[1:]),
+        dimension=2,
+        spacing=spacing_t,
+        median_shape=median_t,
+        normalization=normalization,
+        # The 2d configuration of 3D data resamples whole volumes, exactly like 3d_fullres.
+        resampling=plan_resampling(original_spacing_t, spacing_t, is_2d=geometry.is_2d),
+        batch_dice=True,
+    )
+    if geometry.is_2d:
+        return full
+    fullres = fit(spacing_t, median_t)
+    full["3d_fullres"] = _configuration(
+        fullres,
+        dimension=3,
+        spacing=spacing_t,
+        median_shape=median_t,
+        normalization=normalization,
+        resampling=plan_resampling(original_spacing_t, spacing_t, is_2d=False),
+        batch_dice=False,
+    )
+    if math.prod(fullres.patch_size) / math.prod(median_t) < LOWRES_COVERAGE_THRESHOLD:
+        lowres = _lowres_configuration(fit, geometry, normalization)
+        if lowres is not None:
+            full["3d_lowres"] = lowres
+            full["3d_cascade_fullres"] = {**full["3d_fullres"], "batch_dice": True, "previous_stage": "3d_lowres"}
+    return full
+
+
+def _lowres_configuration(
+    fit: Callable[[list[float], list[float]], FittedPatch], geometry: _PlanningGeometry, normalization: list[dict]
+) -> dict | None:
+    """The ``3d_lowres`` stage at the finest spacing whose patch covers enough of the median image.
+
+    None when that spacing shrinks the median image too little to be worth a cascade.
+    """
+    spacing_t, median_t = geometry.spacing_t, geometry.median_t
+    lowres_spacing = list(spacing_t)
+    for _ in range(1000):
+        lowres_spacing = _grow_lowres_spacing(lowres_spacing)
+        lowres_median = [m * s / ls for m, s, ls in zip(median_t, spacing_t, lowres_spacing, strict=True)]
+        lowres = fit(lowres_spacing, lowres_median)
+        if math.prod(lowres.patch_size) / math.prod(lowres_median) >= LOWRES_COVERAGE_THRESHOLD:
+            break
+    if math.prod(median_t) / math.prod(lowres_median) < LOWRES_MINIMUM_REDUCTION:
+        return None
+    return _configuration(
+        lowres,
+        dimension=3,
+        spacing=lowres_spacing,
+        median_shape=lowres_median,
+        normalization=normalization,
+        resampling=plan_resampling(geometry.original_spacing_t, lowres_spacing, is_2d=False),
+        batch_dice=False,
+    )
+
+
 def plan_experiment(
     fingerprint: dict,
     dataset: RawDataset,
@@ -76,91 +194,22 @@ def plan_experiment(
         gpu_memory_gb: training-memory budget per GPU; None takes the preset's (8 GB for the default).
         training_precision: ``mixed`` (CUDA training) or ``float32``: which memory coefficients to plan with.
     """
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    if training_precision not in PRECISIONS:
-        raise UserError(f"unknown training precision {training_precision!r}; choose one of {', '.join(PRECISIONS)}.")
-    chosen = PRESETS[preset]
-    budget = float(gpu_memory_gb if gpu_memory_gb is not None else chosen.gpu_memory_gb)
-    if budget <= 0:
-        raise UserError(f"--gpu-memory must be positive, got {budget}.")
+    budget = _memory_budget(preset, gpu_memory_gb, training_precision)
     cases = list(fingerprint["cases"].values())
     if not cases:
         raise UserError(f"{dataset.root}: the fingerprint lists no training case.")
-    is_2d = bool(fingerprint["is_2d"])
-    spacings = np.array([case["spacing"] for case in cases], dtype=np.float64)
-    shapes = np.array([case["shape_after_crop"] for case in cases], dtype=np.float64)
-
-    fullres_spacing = target_spacing(spacings, shapes, is_2d=is_2d)
-    forward, backward = transpose_for_spacing(fullres_spacing, is_2d=is_2d)
-    resampled = shapes * spacings / np.asarray(fullres_spacing)
-    if is_2d:
-        resampled[:, 0] = shapes[:, 0]
-    resampled = resampled[:, forward]
-    spacing_t = [fullres_spacing[axis] for axis in forward]
-    median_t = [float(v) for v in np.median(resampled, axis=0)]
-    dataset_voxels = float(np.prod(resampled, axis=1).sum())
-    original_spacing_t = [float(v) for v in np.median(spacings, axis=0)[forward]]
-
-    in_channels = dataset.num_channels
-    out_channels = dataset.num_output_channels
+    geometry = _planning_geometry(fingerprint, cases)
     normalization = plan_normalization(fingerprint)
-
-    def fit(spacing: list[float], median_shape: list[float]) -> FittedPatch:
-        return fit_patch_and_batch(
-            spacing,
-            median_shape,
-            preset=chosen,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            budget_gb=budget,
-            dataset_voxels=dataset_voxels,
-            precision=training_precision,
-        )
-
-    full: dict[str, dict] = {}
-    full["2d"] = _configuration(
-        fit(spacing_t[1:], median_t[1:]),
-        dimension=2,
-        spacing=spacing_t,
-        median_shape=median_t,
-        normalization=normalization,
-        # The 2d configuration of 3D data resamples whole volumes, exactly like 3d_fullres.
-        resampling=plan_resampling(original_spacing_t, spacing_t, is_2d=is_2d),
-        batch_dice=True,
+    fit = functools.partial(
+        fit_patch_and_batch,
+        preset=PRESETS[preset],
+        in_channels=dataset.num_channels,
+        out_channels=dataset.num_output_channels,
+        budget_gb=budget,
+        dataset_voxels=geometry.dataset_voxels,
+        precision=training_precision,
     )
-    if not is_2d:
-        fullres = fit(spacing_t, median_t)
-        fullres_resampling = plan_resampling(original_spacing_t, spacing_t, is_2d=False)
-        full["3d_fullres"] = _configuration(
-            fullres,
-            dimension=3,
-            spacing=spacing_t,
-            median_shape=median_t,
-            normalization=normalization,
-            resampling=fullres_resampling,
-            batch_dice=False,
-        )
-        if math.prod(fullres.patch_size) / math.prod(median_t) < LOWRES_COVERAGE_THRESHOLD:
-            lowres_spacing = list(spacing_t)
-            for _ in range(1000):
-                lowres_spacing = _grow_lowres_spacing(lowres_spacing)
-                lowres_median = [m * s / ls for m, s, ls in zip(median_t, spacing_t, lowres_spacing, strict=True)]
-                lowres = fit(lowres_spacing, lowres_median)
-                if math.prod(lowres.patch_size) / math.prod(lowres_median) >= LOWRES_COVERAGE_THRESHOLD:
-                    break
-            if math.prod(median_t) / math.prod(lowres_median) >= LOWRES_MINIMUM_REDUCTION:
-                full["3d_lowres"] = _configuration(
-                    lowres,
-                    dimension=3,
-                    spacing=lowres_spacing,
-                    median_shape=lowres_median,
-                    normalization=normalization,
-                    resampling=plan_resampling(original_spacing_t, lowres_spacing, is_2d=False),
-                    batch_dice=False,
-                )
-                full["3d_cascade_fullres"] = {**full["3d_fullres"], "batch_dice": True, "previous_stage": "3d_lowres"}
-
+    full = _plan_configurations(fit, geometry, normalization)
     return Plans.from_json({
         "autoseg_version": __version__,
         "plans_name": f"autoseg_{preset}",
@@ -169,9 +218,9 @@ def plan_experiment(
         "gpu_memory_gb": budget,
         "training_precision": training_precision,
         "fingerprint_signature": fingerprint["inputs_signature"],
-        "transpose_forward": forward,
-        "transpose_backward": backward,
-        "original_median_spacing": original_spacing_t,
-        "original_median_shape": [float(v) for v in np.median(shapes, axis=0)[forward]],
+        "transpose_forward": geometry.forward,
+        "transpose_backward": geometry.backward,
+        "original_median_spacing": geometry.original_spacing_t,
+        "original_median_shape": geometry.original_median_shape_t,
         "configurations": compact_configurations(full, PARENTS),
     })

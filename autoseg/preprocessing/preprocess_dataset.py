@@ -228,6 +228,54 @@ def _run_chunks(
         return outcomes, background_result.result()
 
 
+def _tasks_to_run(
+    dataset: RawDataset, plans: Plans, work_folder: WorkFolder, data_names: list[str], *, overwrite: bool
+) -> tuple[list[CaseTask], dict[str, dict[str, int]]]:
+    """The case tasks still to run for each configuration, and ``{CONFIG: {"preprocessed": 0, "skipped": m}}``."""
+    classes = tuple(dataset.foreground_labels)
+    counts: dict[str, dict[str, int]] = {}
+    tasks: list[CaseTask] = []
+    inputs = case_signatures(dataset)
+    for name in data_names:
+        configuration = plans.configuration(name)
+        output_folder = work_folder.preprocessed(name)
+        output_folder.mkdir(parents=True, exist_ok=True)
+        remove_partial_files(output_folder)
+        signature = preprocessing_signature(configuration)
+        skipped = 0
+        for case in dataset.training_cases:
+            # A case whose raw files changed since it was stored is redone, even under unchanged settings.
+            task = CaseTask(case.identifier, tuple(case.images), case.label, str(output_folder),
+                            configuration, classes, f"{signature}-{inputs[case.identifier]}")
+            if not overwrite and _case_is_done(task, dataset.num_channels):
+                skipped += 1
+                continue
+            tasks.append(task)
+        counts[name] = {"preprocessed": 0, "skipped": skipped}
+    return tasks, counts
+
+
+def _raise_for_failures(outcomes: list[CaseOutcome], dataset: RawDataset) -> None:
+    """Raise one error naming the failed cases, if any.
+
+    A full disk or read-only folder is said once; otherwise up to 20 cases are listed, as a ``PreprocessingError``
+    when every failure is the input's fault and as a ``RuntimeError`` when one of them is a bug.
+    """
+    failures = [outcome for outcome in outcomes if outcome.error]
+    if not failures:
+        return
+    failures.sort(key=lambda outcome: outcome.identifier)
+    file_system = next((outcome.error for outcome in failures if outcome.is_file_system_error), None)
+    if file_system is not None:
+        raise PreprocessingError(f"{file_system.rstrip('.')}; {len(failures)} case(s) were not stored.")
+    listed = "\n".join(f"  {outcome.error}" for outcome in failures[:20])
+    more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+    message = f"{len(failures)} case(s) of {dataset.root} failed (the others are stored):\n{listed}{more}"
+    if all(outcome.is_user_error for outcome in failures):
+        raise PreprocessingError(message)
+    raise RuntimeError(message)
+
+
 def preprocess_dataset(
     dataset: RawDataset,
     *,
@@ -253,45 +301,14 @@ def preprocess_dataset(
     write_json(work_folder.dataset_json, dataset.to_dict())
     names = list(configuration_names) if configuration_names else plans.data_configurations()
     data_names = list(dict.fromkeys(plans.data_configuration(name) for name in names))
-    classes = tuple(dataset.foreground_labels)
-    per_configuration: dict[str, dict[str, int]] = {}
-    tasks: list[CaseTask] = []
-    inputs = case_signatures(dataset)
-    for name in data_names:
-        configuration = plans.configuration(name)
-        output_folder = work_folder.preprocessed(name)
-        output_folder.mkdir(parents=True, exist_ok=True)
-        remove_partial_files(output_folder)
-        signature = preprocessing_signature(configuration)
-        skipped = 0
-        for case in dataset.training_cases:
-            # A case whose raw files changed since it was stored is redone, even under unchanged settings.
-            task = CaseTask(case.identifier, tuple(case.images), case.label, str(output_folder),
-                            configuration, classes, f"{signature}-{inputs[case.identifier]}")
-            if not overwrite and _case_is_done(task, dataset.num_channels):
-                skipped += 1
-                continue
-            tasks.append(task)
-        per_configuration[name] = {"preprocessed": 0, "skipped": skipped}
+    tasks, per_configuration = _tasks_to_run(dataset, plans, work_folder, data_names, overwrite=overwrite)
     chunks = chunk_tasks(tasks, _case_voxels_from_fingerprint(work_folder, dataset.num_channels))
-
     outcomes, ground_truth_copied = _run_chunks(
         chunks, workers=workers, show_progress=show_progress,
         background_work=functools.partial(copy_ground_truth, dataset, work_folder),  # overlaps the workers
     )
-    failures = [outcome for outcome in outcomes if outcome.error]
     for outcome in outcomes:
         if not outcome.error:
             per_configuration[Path(outcome.output_folder).name]["preprocessed"] += 1
-    if failures:
-        failures.sort(key=lambda outcome: outcome.identifier)
-        file_system = next((outcome.error for outcome in failures if outcome.is_file_system_error), None)
-        if file_system is not None:
-            raise PreprocessingError(f"{file_system.rstrip('.')}; {len(failures)} case(s) were not stored.")
-        listed = "\n".join(f"  {outcome.error}" for outcome in failures[:20])
-        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
-        message = f"{len(failures)} case(s) of {dataset.root} failed (the others are stored):\n{listed}{more}"
-        if all(outcome.is_user_error for outcome in failures):
-            raise PreprocessingError(message)
-        raise RuntimeError(message)
+    _raise_for_failures(outcomes, dataset)
     return {"configurations": per_configuration, "ground_truth_copied": ground_truth_copied}

@@ -5,7 +5,7 @@ Every stage imports these (and ``io``, ``networks``, ``utils``), never another s
 
 from __future__ import annotations
 
-from autoseg.records.dataset import Case, Problem, RawDataset, load_raw_dataset
+from autoseg.records.dataset import Case, Problem, RawDataset
 from autoseg.records.fingerprint import FINGERPRINT_VERSION, load_fingerprint
 from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
 from autoseg.records.plans import Configuration, Plans, load_plans
@@ -25,5 +25,4 @@ __all__ = [
     "WorkFolder",
     "load_fingerprint",
     "load_plans",
-    "load_raw_dataset",
 ]

@@ -5,8 +5,8 @@ The decision is data, never code::
     {"keep_largest_foreground": true, "keep_largest_per_class": [2, [1, 2]], "connectivity": "full", "evidence": {...}}
 
 Each ``keep_largest_per_class`` item is a label value or, for a region, a list of label values. How a decision is
-chosen on the cross-validation lives in ``autoseg.postprocessing``; applying it is here, so that every stage that
-writes label maps applies it the same way.
+chosen on the cross-validation lives in ``autoseg.evaluation.postprocessing``; applying it is here, so that every
+stage that writes label maps applies it the same way.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from autoseg.errors import UserError
 from autoseg.records.case_signatures import require_unchanged_since_planning
-from autoseg.records.dataset import RawDataset, load_raw_dataset
+from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import load_plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.loop import TrainingJob
@@ -21,7 +21,7 @@ def build_job(
     configuration_name: str,
     fold: int | str,
     *,
-    dataset_root: str | Path | None = None,
+    raw_dataset: RawDataset | None = None,
     dataset: RawDataset | None = None,
     splits_file: str | None = None,
     group_cases: str = "none",
@@ -29,17 +29,17 @@ def build_job(
 ) -> TrainingJob:
     """Locate everything training needs and check it exists, naming the command that makes what is missing.
 
-    ``dataset_root``, when it is the raw dataset folder, is compared with what was planned (changed cases are an
-    error); ``dataset`` saves re-reading ``dataset.json`` when the caller holds it already.
+    ``raw_dataset``, the raw folder as it is now, is compared with what was planned (changed cases are an error);
+    ``dataset`` saves re-reading the working folder's ``dataset.json`` when the caller holds it already.
     """
     fold = str(fold)
     if fold not in FOLD_CHOICES and not (splits_file and fold.isdigit()):
         raise UserError(f"fold {fold!r} is not one of {', '.join(FOLD_CHOICES)}.")
-    name = str(dataset_root or work_folder.root.name)
+    name = raw_dataset.root if raw_dataset is not None else work_folder.root.name
     dataset = dataset or _planned_dataset(work_folder, name)
-    if dataset_root is not None and _is_raw_dataset_folder(Path(dataset_root), work_folder):
+    if raw_dataset is not None:
         require_unchanged_since_planning(
-            work_folder, load_raw_dataset(dataset_root),
+            work_folder, raw_dataset,
             how_to_proceed=f"run `autoseg plan {name}` and `autoseg preprocess {name}` again first.",
         )
     plans = load_plans(work_folder.plans)
@@ -74,10 +74,6 @@ def _planned_dataset(work_folder: WorkFolder, name: str) -> RawDataset:
                 "(with the same --work-dir) first."
             )
     return RawDataset.from_dict(read_json(work_folder.dataset_json))
-
-
-def _is_raw_dataset_folder(folder: Path, work_folder: WorkFolder) -> bool:
-    return (folder / "dataset.json").is_file() and folder.resolve() != work_folder.root.resolve()
 
 
 def _case_ids_in(preprocessed_folder: Path) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import UserError
-from autoseg.io.images import file_ending, read_image
+from autoseg.io.images import Geometry, file_ending, read_image
 from autoseg.records.plans import Configuration
 from autoseg.transforms.class_locations import sample_class_locations
 from autoseg.transforms.normalization import normalize_channels
@@ -83,6 +83,96 @@ def _read_label(path: str | os.PathLike[str], shape: tuple[int, ...]) -> np.ndar
     return array.astype(np.int8)
 
 
+def _read_cropped_and_transposed(
+    image_paths: Sequence[str | os.PathLike[str]], label_path: str | os.PathLike[str] | None, transpose: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Geometry, list[tuple[int, int]]]:
+    """Read the case and crop it to the non-zero region, then transpose.
+
+    Returns the channels ``(C, z, y, x)`` float32, the non-zero mask, the int8 label (or None), all cropped and
+    transposed, and the first channel's geometry and the crop's bounding box (both in the original axes).
+    """
+    images = [read_image(path) for path in image_paths]
+    geometry = images[0].geometry
+    for path, image in zip(image_paths[1:], images[1:], strict=True):
+        if tuple(image.geometry.shape) != tuple(geometry.shape):
+            raise CasePreprocessingError(
+                f"{path}: shape {image.geometry.shape} differs from the first channel's {geometry.shape} (z, y, x)."
+            )
+    segmentation = _read_label(label_path, tuple(geometry.shape)) if label_path is not None else None
+
+    mask = nonzero_mask([image.array for image in images])
+    bbox = bounding_box(mask)
+    crop = tuple(slice(start, stop) for start, stop in bbox)
+    data = np.stack([np.asarray(image.array[crop], dtype=np.float32) for image in images])
+    del images
+    mask = mask[crop]
+    if segmentation is not None:
+        segmentation = segmentation[crop]
+
+    data = np.ascontiguousarray(data.transpose([0, *(axis + 1 for axis in transpose)]))
+    mask = np.ascontiguousarray(mask.transpose(transpose))
+    if segmentation is not None:
+        segmentation = np.ascontiguousarray(segmentation.transpose(transpose))
+    return data, mask, segmentation, geometry, bbox
+
+
+def _resample_images(
+    data: np.ndarray,
+    configuration: Configuration,
+    shape_after_crop: tuple[int, ...],
+    spacing_after_crop: tuple[float, ...],
+) -> tuple[np.ndarray, tuple[int, ...], tuple[float, float, float]]:
+    """The channels resampled to the configuration's spacing, their new shape, and that spacing."""
+    target_spacing = target_spacing_for(configuration, spacing_after_crop)
+    new_shape = resampled_shape(shape_after_crop, spacing_after_crop, target_spacing)
+    if configuration.dimension == 2:
+        new_shape = (shape_after_crop[0], *new_shape[1:])
+    data = resample_channels(
+        data, new_shape, axis_orders=resampling_axis_orders(configuration, order_key="image_order")
+    )
+    return data, new_shape, target_spacing
+
+
+def _case_properties(
+    identifier: str,
+    geometry: Geometry,
+    bbox: list[tuple[int, int]],
+    *,
+    shape_after_crop: tuple[int, ...],
+    spacing_after_crop: tuple[float, ...],
+    new_shape: tuple[int, ...],
+    target_spacing: tuple[float, float, float],
+) -> dict:
+    """What ``CASE.json`` records, class locations aside, so that export can undo every step."""
+    return {
+        "identifier": identifier,
+        "geometry": geometry.to_dict(),
+        "shape_before_crop": [int(size) for size in geometry.shape],
+        "crop_bbox": [[int(start), int(stop)] for start, stop in bbox],
+        "shape_after_crop": list(shape_after_crop),
+        "spacing_after_crop": list(spacing_after_crop),
+        "shape_after_resampling": [int(size) for size in new_shape],
+        "spacing_after_resampling": list(target_spacing),
+    }
+
+
+def _resample_label_and_sample_locations(
+    segmentation: np.ndarray,
+    new_shape: tuple[int, ...],
+    configuration: Configuration,
+    *,
+    classes: Iterable[int] | None,
+    identifier: str,
+) -> tuple[np.ndarray, dict]:
+    """The label resampled to ``new_shape`` and the locations sampled per class for foreground oversampling."""
+    segmentation = resample_segmentation(
+        segmentation, new_shape, axis_orders=resampling_axis_orders(configuration, order_key="label_order")
+    )
+    if classes is None:
+        classes = [int(value) for value in np.unique(segmentation) if value > 0]
+    return segmentation, sample_class_locations(segmentation, classes=classes, identifier=identifier)
+
+
 def preprocess_case(
     image_paths: Sequence[str | os.PathLike[str]],
     label_path: str | os.PathLike[str] | None,
@@ -117,60 +207,21 @@ def preprocess_case(
     if not image_paths:
         raise CasePreprocessingError("a case needs at least one image file.")
     identifier = identifier or identifier_from_image_path(image_paths[0])
-    images = [read_image(path) for path in image_paths]
-    geometry = images[0].geometry
-    for path, image in zip(image_paths[1:], images[1:], strict=True):
-        if tuple(image.geometry.shape) != tuple(geometry.shape):
-            raise CasePreprocessingError(
-                f"{path}: shape {image.geometry.shape} differs from the first channel's {geometry.shape} (z, y, x)."
-            )
-    segmentation = _read_label(label_path, tuple(geometry.shape)) if label_path is not None else None
-
-    mask = nonzero_mask([image.array for image in images])
-    bbox = bounding_box(mask)
-    crop = tuple(slice(start, stop) for start, stop in bbox)
-    data = np.stack([np.asarray(image.array[crop], dtype=np.float32) for image in images])
-    del images
-    mask = mask[crop]
-    if segmentation is not None:
-        segmentation = segmentation[crop]
-
     transpose = list(configuration.transpose_forward)
-    data = np.ascontiguousarray(data.transpose([0, *(axis + 1 for axis in transpose)]))
-    mask = np.ascontiguousarray(mask.transpose(transpose))
-    if segmentation is not None:
-        segmentation = np.ascontiguousarray(segmentation.transpose(transpose))
+    data, mask, segmentation, geometry, bbox = _read_cropped_and_transposed(image_paths, label_path, transpose)
     spacing_after_crop = tuple(float(geometry.spacing[axis]) for axis in transpose)
     shape_after_crop = tuple(int(size) for size in data.shape[1:])
-
     data = normalize_channels(data, schemes=list(configuration.normalization), nonzero_mask=mask)
     del mask
-
-    target_spacing = target_spacing_for(configuration, spacing_after_crop)
-    new_shape = resampled_shape(shape_after_crop, spacing_after_crop, target_spacing)
-    if configuration.dimension == 2:
-        new_shape = (shape_after_crop[0], *new_shape[1:])
-    data = resample_channels(
-        data, new_shape, axis_orders=resampling_axis_orders(configuration, order_key="image_order")
+    data, new_shape, target_spacing = _resample_images(data, configuration, shape_after_crop, spacing_after_crop)
+    properties = _case_properties(
+        identifier, geometry, bbox, shape_after_crop=shape_after_crop, spacing_after_crop=spacing_after_crop,
+        new_shape=new_shape, target_spacing=target_spacing,
     )
-    properties: dict = {
-        "identifier": identifier,
-        "geometry": geometry.to_dict(),
-        "shape_before_crop": [int(size) for size in geometry.shape],
-        "crop_bbox": [[int(start), int(stop)] for start, stop in bbox],
-        "shape_after_crop": list(shape_after_crop),
-        "spacing_after_crop": list(spacing_after_crop),
-        "shape_after_resampling": [int(size) for size in new_shape],
-        "spacing_after_resampling": list(target_spacing),
-    }
     if segmentation is None:
         properties["class_locations"] = {}
         return data, None, properties
-
-    segmentation = resample_segmentation(
-        segmentation, new_shape, axis_orders=resampling_axis_orders(configuration, order_key="label_order")
+    segmentation, properties["class_locations"] = _resample_label_and_sample_locations(
+        segmentation, new_shape, configuration, classes=classes, identifier=identifier
     )
-    if classes is None:
-        classes = [int(value) for value in np.unique(segmentation) if value > 0]
-    properties["class_locations"] = sample_class_locations(segmentation, classes=classes, identifier=identifier)
     return data, segmentation[None], properties

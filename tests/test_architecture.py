@@ -38,3 +38,13 @@ def _function_local_autoseg_imports() -> list[str]:
 def test_no_function_hides_an_autoseg_import():
     """Imports between autoseg modules sit at the top of each module, where import-linter and readers see them."""
     assert _function_local_autoseg_imports() == []
+def test_no_function_is_longer_than_sixty_lines_and_no_record_function_longer_than_forty():
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        limit = 40 if path.parent.name == "records" else 60
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    too_long.append(f"{path.relative_to(REPOSITORY)}:{node.lineno} {node.name} ({length} lines)")
+    assert too_long == []

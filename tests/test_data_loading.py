@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +15,6 @@ from autoseg.errors import UserError
 from autoseg.io.images import read_image
 from autoseg.records.plans import Configuration
 from autoseg.training.augmentation import (
-    AffineSpatialTransform,
     AugmentationSettings,
     is_anisotropic_patch,
     sampled_patch_size,
@@ -145,15 +143,12 @@ def test_images_smaller_than_the_patch_are_padded(tmp_path: Path) -> None:
     assert ((foreground_voxels > 0) & (foreground_voxels < 8 * 16 * 16)).all()
 
 
-@pytest.mark.parametrize("implementation", ["affine", "batchgenerators"])
-def test_anisotropic_patches_are_augmented_in_plane_only(tmp_path: Path, implementation: str) -> None:
+def test_anisotropic_patches_are_augmented_in_plane_only(tmp_path: Path) -> None:
     # Label = slice index (1..3 repeating): out-of-plane rotation would mix labels within a slice.
     depth = 12
     segmentation = np.broadcast_to((np.arange(depth) % 3 + 1)[:, None, None], (depth, 96, 96))[None]
     write_preprocessed_case(tmp_path, "slices", np.zeros((1, depth, 96, 96)), np.ascontiguousarray(segmentation))
-    always = replace(
-        AugmentationSettings(), rotation_probability=1.0, scaling_probability=1.0, spatial_implementation=implementation
-    ).only_spatial()
+    always = replace(AugmentationSettings(), rotation_probability=1.0, scaling_probability=1.0).only_spatial()
 
     def slice_label_sets(patch_size: list[int]) -> list[set[int]]:
         config = configuration(3, patch_size, [[1, 1, 1], [1, 2, 2]])
@@ -202,23 +197,6 @@ def test_rotation_and_scaling_never_reach_past_the_sampled_region(tmp_path: Path
         batch = next(loader)
     assert (batch["target"] == 1).all()
     assert torch.allclose(batch["data"], torch.ones_like(batch["data"]), atol=1e-3)
-
-
-def test_affine_transform_geometry_matches_exact_crops_and_quarter_turns() -> None:
-    transform = AffineSpatialTransform(
-        [6, 6],
-        rotation_probability=1,
-        rotation_radians=math.pi,
-        scaling_probability=0,
-        scaling_range=(1, 1),
-        data_order=3,
-    )
-    image = np.random.default_rng(0).random((10, 12)).astype(np.float32)
-    centre_crop = image[2:8, 3:9]
-    assert np.allclose(transform._warp(image, np.eye(2), [6, 6], 3), centre_crop, atol=1e-5)
-    quarter_turn = np.array([[0.0, -1.0], [1.0, 0.0]])
-    assert np.allclose(transform._warp(image, quarter_turn, [6, 6], 3), np.rot90(centre_crop, 3), atol=1e-5)
-    assert np.array_equal(transform._warp(image, quarter_turn, [6, 6], 0), np.rot90(centre_crop, 3))
 
 
 def test_2d_configuration_samples_slices_of_1xhxw_cases(tmp_path: Path) -> None:

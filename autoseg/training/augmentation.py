@@ -28,8 +28,6 @@ class AugmentationSettings:
     Angles are in degrees. ``rotation_degrees_2d`` applies to 2D configurations; ``rotation_degrees_3d`` to 3D
     ones, per axis, and in-plane for anisotropic ("dummy 2D") patches. ``data_interpolation_order`` is the spline
     order used to resample images when a sample is rotated or scaled (labels always use nearest neighbour).
-    ``spatial_implementation`` names an entry of ``SPATIAL_TRANSFORMS``: ``"affine"`` (ours, same sampling of
-    angles and scales, several times faster on few cores) or ``"batchgenerators"`` (its ``SpatialTransform``).
     """
 
     rotation_probability: float = 0.2
@@ -52,7 +50,6 @@ class AugmentationSettings:
     gamma_range: tuple[float, float] = (0.7, 1.5)
     mirror: bool = True
     data_interpolation_order: int = 3
-    spatial_implementation: str = "affine"
 
     def only_spatial(self) -> AugmentationSettings:
         """The same spatial settings with every intensity augmentation and mirroring off (for tests and debugging)."""
@@ -163,8 +160,14 @@ class InPlaneSpatialTransform(AbstractTransform):
         return data_dict
 
 
-def batchgenerators_spatial_transform(patch_size: Sequence[int], settings: AugmentationSettings) -> AbstractTransform:
-    """batchgenerators' ``SpatialTransform`` (centre crop of the sampled region), in-plane for anisotropic patches."""
+def spatial_transform(patch_size: Sequence[int], settings: AugmentationSettings) -> AbstractTransform:
+    """batchgenerators' ``SpatialTransform`` (centre crop of the sampled region), in-plane for anisotropic patches.
+
+    With probability ``rotation_probability`` every axis' angle is uniform in ``[-max, max]`` (one in-plane angle in
+    2D and for anisotropic patches); with probability ``scaling_probability`` the sampling grid is scaled by one
+    factor for all axes. Images are resampled with ``data_interpolation_order`` splines, labels by nearest neighbour;
+    both are 0 outside the sampled region (which ``sampled_patch_size`` makes large enough never to be reached).
+    """
     in_plane_only = is_anisotropic_patch(patch_size)
     spatial_patch = list(patch_size[1:]) if in_plane_only else list(patch_size)
     angle = math.radians(rotation_degrees(patch_size, settings))
@@ -195,142 +198,6 @@ def batchgenerators_spatial_transform(patch_size: Sequence[int], settings: Augme
     return InPlaneSpatialTransform(transform) if in_plane_only else transform
 
 
-class AffineSpatialTransform(AbstractTransform):
-    """Rotation and scaling about the centre of the sampled region, then the final patch; one affine map per sample.
-
-    Sampling follows batchgenerators' ``SpatialTransform``: with probability ``rotation_probability`` every axis'
-    angle is uniform in ``[-max, max]`` (one in-plane angle in 2D / dummy 2D); with probability
-    ``scaling_probability`` the sampling grid is scaled by ``s``, drawn uniformly below or above 1 with equal odds.
-    Output voxel ``o`` reads input position ``M (o - (p - 1) / 2) + (E - 1) / 2`` with ``M = R s``, ``p`` the patch
-    and ``E`` the sampled region. ``scipy.ndimage.affine_transform`` evaluates this without building coordinate
-    arrays, and only the part of the region the map reaches (plus a margin for the spline prefilter) is
-    filtered, which is what makes it faster than batchgenerators' coordinate-grid implementation. Samples that draw
-    neither rotation nor scaling are an exact centre crop. Images use ``data_order`` splines (constant 0 outside),
-    labels nearest neighbour (0 outside).
-    """
-
-    PREFILTER_MARGIN = 8  # the cubic B-spline prefilter's influence decays as 0.27^k: 8 voxels -> < 3e-5
-
-    def __init__(
-        self,
-        patch_size: Sequence[int],
-        *,
-        rotation_probability: float,
-        rotation_radians: float,
-        scaling_probability: float,
-        scaling_range: tuple[float, float],
-        data_order: int,
-    ) -> None:
-        self.patch_size = [int(value) for value in patch_size]
-        self.in_plane_only = is_anisotropic_patch(self.patch_size)
-        self.rotation_probability = rotation_probability
-        self.rotation_radians = rotation_radians
-        self.scaling_probability = scaling_probability
-        self.scaling_range = scaling_range
-        self.data_order = data_order
-
-    def draw_matrix(self, dimension: int) -> np.ndarray | None:
-        """A random ``R s`` for one sample, or None when the sample is neither rotated nor scaled."""
-        matrix = None
-        if np.random.uniform() < self.rotation_probability:
-            angles = np.random.uniform(-self.rotation_radians, self.rotation_radians, size=1 if dimension == 2 else 3)
-            if dimension == 2:
-                cosine, sine = math.cos(angles[0]), math.sin(angles[0])
-                matrix = np.array([[cosine, -sine], [sine, cosine]])
-            else:
-                matrix = _rotation_matrix_3d(*angles)
-        if np.random.uniform() < self.scaling_probability:
-            low, high = self.scaling_range
-            scale = (
-                np.random.uniform(low, 1)
-                if np.random.uniform() < 0.5 and low < 1
-                else np.random.uniform(max(low, 1), high)
-            )
-            matrix = (np.eye(dimension) if matrix is None else matrix) * scale
-        return matrix
-
-    def _warp(self, image: np.ndarray, matrix: np.ndarray, output_shape: Sequence[int], order: int) -> np.ndarray:
-        from scipy.ndimage import affine_transform
-
-        extent = np.asarray(image.shape, dtype=float)
-        half_output = (np.asarray(output_shape, dtype=float) - 1) / 2
-        offset = (extent - 1) / 2 - matrix @ half_output
-        corners = np.array(list(itertools.product(*[(0.0, size - 1.0) for size in output_shape])))
-        reached = corners @ matrix.T + offset
-        margin = self.PREFILTER_MARGIN if order > 1 else 1
-        lower = np.clip(np.floor(reached.min(axis=0)).astype(int) - margin, 0, image.shape)
-        upper = np.clip(np.ceil(reached.max(axis=0)).astype(int) + margin + 1, 0, image.shape)
-        if np.any(upper <= lower):
-            return np.zeros(output_shape, dtype=image.dtype)
-        region = image[tuple(slice(low, high) for low, high in zip(lower, upper, strict=True))]
-        return affine_transform(
-            region.astype(np.float32, copy=False),
-            matrix,
-            offset=offset - lower,
-            output_shape=tuple(output_shape),
-            order=order,
-            mode="constant",
-            cval=0.0,
-            prefilter=order > 1,
-        )
-
-    def _centre_crop(self, array: np.ndarray) -> np.ndarray:
-        start = [
-            (size - patch) // 2
-            for size, patch in zip(array.shape[-len(self.patch_size) :], self.patch_size, strict=True)
-        ]
-        index = (..., *[slice(low, low + patch) for low, patch in zip(start, self.patch_size, strict=True)])
-        return array[index]
-
-    def __call__(self, **data_dict):
-        data, seg = data_dict["data"], data_dict.get("seg")
-        batch = data.shape[0]
-        data_out = np.empty((batch, data.shape[1], *self.patch_size), dtype=np.float32)
-        seg_out = None if seg is None else np.empty((batch, seg.shape[1], *self.patch_size), dtype=np.float32)
-        plane_dimension = 2 if self.in_plane_only else len(self.patch_size)
-        for sample in range(batch):
-            matrix = self.draw_matrix(plane_dimension)
-            if matrix is None:
-                data_out[sample] = self._centre_crop(data[sample])
-                if seg is not None:
-                    seg_out[sample] = self._centre_crop(seg[sample])
-                continue
-            for source, target, order in ((data, data_out, self.data_order), (seg, seg_out, 0)):
-                if source is None:
-                    continue
-                for channel in range(source.shape[1]):
-                    if self.in_plane_only:
-                        depth_start = (source.shape[2] - self.patch_size[0]) // 2
-                        for depth in range(self.patch_size[0]):
-                            target[sample, channel, depth] = self._warp(
-                                source[sample, channel, depth_start + depth], matrix, self.patch_size[1:], order
-                            )
-                    else:
-                        target[sample, channel] = self._warp(source[sample, channel], matrix, self.patch_size, order)
-        data_dict["data"] = data_out
-        if seg is not None:
-            data_dict["seg"] = seg_out
-        return data_dict
-
-
-def affine_spatial_transform(patch_size: Sequence[int], settings: AugmentationSettings) -> AbstractTransform:
-    """Our ``AffineSpatialTransform`` with the settings' probabilities and ranges."""
-    return AffineSpatialTransform(
-        patch_size,
-        rotation_probability=settings.rotation_probability,
-        rotation_radians=math.radians(rotation_degrees(patch_size, settings)),
-        scaling_probability=settings.scaling_probability,
-        scaling_range=settings.scaling_range,
-        data_order=settings.data_interpolation_order,
-    )
-
-
-SPATIAL_TRANSFORMS = {
-    "affine": affine_spatial_transform,
-    "batchgenerators": batchgenerators_spatial_transform,
-}
-
-
 def build_training_transforms(patch_size: Sequence[int], settings: AugmentationSettings) -> list[AbstractTransform]:
     """The augmentation pipeline, in the reference's order, for batches cut at ``sampled_patch_size``.
 
@@ -339,13 +206,19 @@ def build_training_transforms(patch_size: Sequence[int], settings: AugmentationS
     Intensity transforms act per sample with the listed probabilities; low-resolution simulation skips the coarse axis
     of anisotropic patches.
     """
-    dimension = len(patch_size)
-    in_plane_only = is_anisotropic_patch(patch_size)
-    if settings.spatial_implementation not in SPATIAL_TRANSFORMS:
-        raise ValueError(
-            f"unknown spatial augmentation {settings.spatial_implementation!r}; known: {', '.join(SPATIAL_TRANSFORMS)}"
-        )
-    transforms = [SPATIAL_TRANSFORMS[settings.spatial_implementation](patch_size, settings)]
+    transforms = [spatial_transform(patch_size, settings)]
+    transforms += _noise_transforms(settings)
+    transforms += _brightness_and_contrast_transforms(settings)
+    transforms += _low_resolution_transforms(settings, in_plane_only=is_anisotropic_patch(patch_size))
+    transforms += _gamma_transforms(settings)
+    if settings.mirror:
+        transforms.append(MirrorTransform(tuple(range(len(patch_size)))))
+    return transforms
+
+
+def _noise_transforms(settings: AugmentationSettings) -> list[AbstractTransform]:
+    """Gaussian noise, then Gaussian blur (a random half of the channels, each with its own sigma)."""
+    transforms: list[AbstractTransform] = []
     if settings.noise_probability > 0:
         transforms.append(
             GaussianNoiseTransform(noise_variance=settings.noise_variance, p_per_sample=settings.noise_probability)
@@ -359,6 +232,12 @@ def build_training_transforms(patch_size: Sequence[int], settings: AugmentationS
                 p_per_channel=0.5,
             )
         )
+    return transforms
+
+
+def _brightness_and_contrast_transforms(settings: AugmentationSettings) -> list[AbstractTransform]:
+    """Multiplicative brightness, then contrast (values spread about their mean)."""
+    transforms: list[AbstractTransform] = []
     if settings.brightness_probability > 0:
         transforms.append(
             BrightnessMultiplicativeTransform(
@@ -371,49 +250,49 @@ def build_training_transforms(patch_size: Sequence[int], settings: AugmentationS
                 contrast_range=settings.contrast_range, p_per_sample=settings.contrast_probability
             )
         )
-    if settings.low_resolution_probability > 0:
-        transforms.append(
-            SimulateLowResolutionTransform(
-                zoom_range=settings.low_resolution_zoom,
-                per_channel=True,
-                p_per_channel=0.5,
-                order_downsample=0,
-                order_upsample=3,
-                p_per_sample=settings.low_resolution_probability,
-                ignore_axes=(0,) if in_plane_only else None,
-            )
+    return transforms
+
+
+def _low_resolution_transforms(settings: AugmentationSettings, *, in_plane_only: bool) -> list[AbstractTransform]:
+    """Simulated low resolution (down nearest, up cubic), never along the coarse axis of an anisotropic patch, which is
+    coarse already."""
+    if settings.low_resolution_probability <= 0:
+        return []
+    return [
+        SimulateLowResolutionTransform(
+            zoom_range=settings.low_resolution_zoom,
+            per_channel=True,
+            p_per_channel=0.5,
+            order_downsample=0,
+            order_upsample=3,
+            p_per_sample=settings.low_resolution_probability,
+            ignore_axes=(0,) if in_plane_only else None,
         )
-    if settings.inverted_gamma_probability > 0:
-        transforms.append(
-            GammaTransform(
-                settings.gamma_range,
-                invert_image=True,
-                per_channel=True,
-                retain_stats=True,
-                p_per_sample=settings.inverted_gamma_probability,
+    ]
+
+
+def _gamma_transforms(settings: AugmentationSettings) -> list[AbstractTransform]:
+    """Gamma on the inverted image, then on the image itself; both keep each channel's mean and standard deviation."""
+    transforms: list[AbstractTransform] = []
+    for invert_image, probability in ((True, settings.inverted_gamma_probability), (False, settings.gamma_probability)):
+        if probability > 0:
+            transforms.append(
+                GammaTransform(
+                    settings.gamma_range,
+                    invert_image=invert_image,
+                    per_channel=True,
+                    retain_stats=True,
+                    p_per_sample=probability,
+                )
             )
-        )
-    if settings.gamma_probability > 0:
-        transforms.append(
-            GammaTransform(
-                settings.gamma_range,
-                invert_image=False,
-                per_channel=True,
-                retain_stats=True,
-                p_per_sample=settings.gamma_probability,
-            )
-        )
-    if settings.mirror:
-        transforms.append(MirrorTransform(tuple(range(dimension))))
     return transforms
 
 
 class DeepSupervisionTargets(AbstractTransform):
     """Replace ``seg`` (B, 1, *patch) by a list with one nearest-neighbour downsampled copy per output scale.
 
-    Scales are ``1 / prod(strides)`` per axis; the network's outputs have exactly ``patch * scale`` voxels, so an
-    integer step slice (``seg[..., ::2, ::2]``) is nearest-neighbour downsampling that matches them. Non-integer
-    inverse scales fall back to nearest-neighbour index rounding.
+    Scales are ``1 / prod(strides)`` per axis, and strides are whole numbers: an integer step slice
+    (``seg[..., ::2, ::2]``) is nearest-neighbour downsampling whose size matches the network's outputs.
     """
 
     def __init__(self, scales: Sequence[Sequence[float]]) -> None:
@@ -426,26 +305,17 @@ class DeepSupervisionTargets(AbstractTransform):
 
 
 def downsample_nearest(seg: np.ndarray, scale: Sequence[float]) -> np.ndarray:
-    """Nearest-neighbour downsampling of the spatial axes of a (B, C, *spatial) array by ``scale`` per axis."""
-    if all(value == 1 for value in scale):
+    """Every ``1 / scale``-th voxel of each spatial axis of a (B, C, *spatial) array, starting at the first.
+
+    That keeps ``ceil(size * scale)`` voxels per axis, as many as a convolution of that stride (odd kernel, "same"
+    padding) outputs. A scale that is not 1 / a whole number is a ``ValueError``: no network stride makes one.
+    """
+    steps = [round(1 / value) for value in scale]
+    if any(abs(step - 1 / value) > 1e-6 for step, value in zip(steps, scale, strict=True)):
+        raise ValueError(f"deep-supervision scale {list(scale)} is not 1 / a whole number per axis")
+    if all(step == 1 for step in steps):
         return seg
-    index: list[slice | np.ndarray] = [slice(None), slice(None)]
-    for axis, value in enumerate(scale):
-        step = 1 / value
-        if abs(step - round(step)) < 1e-6:
-            index.append(slice(None, None, round(step)))
-        else:
-            size = seg.shape[axis + 2]
-            target = max(1, round(size * value))
-            index.append(np.minimum((np.arange(target) + 0.5) * size / target, size - 1).astype(int))
-    if any(isinstance(item, np.ndarray) for item in index):
-        result = seg
-        for axis, item in enumerate(index[2:]):
-            result = np.take(
-                result, item if isinstance(item, np.ndarray) else np.arange(seg.shape[axis + 2])[item], axis=axis + 2
-            )
-        return np.ascontiguousarray(result)
-    return np.ascontiguousarray(seg[tuple(index)])
+    return np.ascontiguousarray(seg[(slice(None), slice(None), *(slice(None, None, step) for step in steps))])
 
 
 def compose(transforms: Sequence[AbstractTransform]) -> Compose:

@@ -3,7 +3,8 @@
 ``make_training_loader`` and ``make_validation_loader`` return an endless iterator of
 ``{"data": float32 (B, C, *patch), "target": [int64 (B, 1, *patch * scale), ...] or one tensor, "keys": [...]}``.
 Patches are read from memory-mapped ``CASE.npy``/``CASE_seg.npy`` (docs/design.md), so only the voxels of a patch
-are touched. ``backend`` picks the worker machinery (see ``BACKENDS``); ``num_workers=0`` runs in the calling thread.
+are touched. ``num_workers=0`` runs in the calling thread; otherwise batchgenerators' worker processes make the
+batches and hand them over in a fixed round-robin order, so a seed reproduces the stream either way.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import os
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ class PatchSampler:
 
     Random numbers come from numpy's global generator so that batchgenerators workers (which seed it per worker)
     make every stream reproducible. It implements the batchgenerators data-loader protocol (``__next__``,
-    ``set_thread_id``).
+    ``set_thread_id``; sampling does not depend on the worker, only on the seed each worker is given).
     """
 
     def __init__(
@@ -167,12 +168,11 @@ class PatchSampler:
         self.dimension = int(dimension)
         self.forced_per_batch = min(self.batch_size, math.ceil(self.batch_size * oversample_foreground - 1e-9))
         self.ignore_label = ignore_label
-        self.thread_id = 0
         # Memory maps hold a file descriptor each: keep only the most recently used ones open.
         self._open: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = OrderedDict()
 
     def set_thread_id(self, thread_id: int) -> None:
-        self.thread_id = thread_id
+        """Called by batchgenerators in each worker; nothing to do (see the class docstring)."""
 
     def __iter__(self) -> PatchSampler:
         return self
@@ -269,9 +269,6 @@ class BatchPipeline:
     def __init__(self, sampler: PatchSampler, transforms: Callable[..., dict[str, Any]]) -> None:
         self.sampler = sampler
         self.transforms = transforms
-
-    def set_thread_id(self, thread_id: int) -> None:
-        self.sampler.set_thread_id(thread_id)
 
     def __iter__(self) -> BatchPipeline:
         return self
@@ -400,87 +397,15 @@ class MultiProcessBatchgenerators:
         self.augmenter._finish()  # the public way (del) depends on garbage collection
 
 
-class NonDeterministicBatchgenerators(MultiProcessBatchgenerators):
-    """batchgenerators ``NonDetMultiThreadedAugmenter``: shared queue, first come, first served (not reproducible)."""
-
-    def __init__(self, pipeline: BatchPipeline, seed: int, number_of_workers: int, *, pin_memory: bool) -> None:
-        from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-
-        self.augmenter = NonDetMultiThreadedAugmenter(
-            pipeline.sampler,
-            pipeline.transforms,
-            number_of_workers,
-            num_cached=2 * number_of_workers,
-            seeds=worker_seeds(seed, number_of_workers),
-            pin_memory=pin_memory,
-        )
-
-
-class _WorkerStream(torch.utils.data.IterableDataset):
-    def __init__(self, pipeline: BatchPipeline, seeds: list[int]) -> None:
-        self.pipeline = pipeline
-        self.seeds = seeds
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = torch.utils.data.get_worker_info()
-        worker = 0 if info is None else info.id
-        torch.set_num_threads(1)
-        np.random.seed(self.seeds[worker])
-        self.pipeline.set_thread_id(worker)
-        while True:
-            yield next(self.pipeline)
-
-
-class TorchDataLoaderWorkers:
-    """torch ``DataLoader`` worker processes over an endless stream; round-robin over workers, so reproducible."""
-
-    def __init__(self, pipeline: BatchPipeline, seed: int, number_of_workers: int, *, pin_memory: bool) -> None:
-        self.loader = torch.utils.data.DataLoader(
-            _WorkerStream(pipeline, worker_seeds(seed, number_of_workers)),
-            batch_size=None,
-            num_workers=number_of_workers,
-            pin_memory=pin_memory,
-            prefetch_factor=2,
-            persistent_workers=False,
-        )
-        self.iterator = iter(self.loader)
-
-    def __iter__(self) -> TorchDataLoaderWorkers:
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        return next(self.iterator)
-
-    def shutdown(self) -> None:
-        shutdown_workers = getattr(self.iterator, "_shutdown_workers", None)
-        if shutdown_workers is not None:
-            shutdown_workers()
-
-
-BACKENDS: dict[str, Callable[..., Any]] = {
-    "batchgenerators": MultiProcessBatchgenerators,
-    "batchgenerators_nondeterministic": NonDeterministicBatchgenerators,
-    "torch": TorchDataLoaderWorkers,
-}
-DEFAULT_BACKEND = "batchgenerators"
-
-
 class PatchLoader:
     """Endless iterator of torch batches; a context manager whose exit (or ``shutdown()``) stops the workers."""
 
-    def __init__(self, pipeline: BatchPipeline, *, seed: int, num_workers: int, backend: str, pin_memory: bool) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown loader backend {backend!r}; known: {', '.join(BACKENDS)}")
-        self.pipeline = pipeline
-        self.num_workers = int(num_workers)
-        if self.num_workers <= 0:
-            self.source: Any = InProcessBatches(pipeline, seed)
-        else:
-            self.source = BACKENDS[backend](pipeline, seed, self.num_workers, pin_memory=pin_memory)
-
-    @property
-    def patch_size(self) -> list[int]:
-        return self.pipeline.sampler.patch_size
+    def __init__(self, pipeline: BatchPipeline, *, seed: int, num_workers: int, pin_memory: bool) -> None:
+        self.source: InProcessBatches | MultiProcessBatchgenerators | None = (
+            InProcessBatches(pipeline, seed)
+            if num_workers <= 0
+            else MultiProcessBatchgenerators(pipeline, seed, int(num_workers), pin_memory=pin_memory)
+        )
 
     def __iter__(self) -> PatchLoader:
         return self
@@ -512,7 +437,6 @@ def _build_loader(
     oversample_foreground: float,
     deep_supervision_scales: Sequence[Sequence[float]] | None,
     augmentation: AugmentationSettings | None,
-    backend: str,
     ignore_label: int | None,
     pin_memory: bool | None,
     previous_stage_folder: str | os.PathLike[str] | None = None,
@@ -545,7 +469,6 @@ def _build_loader(
         BatchPipeline(sampler, compose(transforms)),
         seed=seed,
         num_workers=num_workers,
-        backend=backend,
         pin_memory=pin_memory,
     )
 
@@ -561,7 +484,6 @@ def make_training_loader(
     oversample_foreground: float = 0.33,
     deep_supervision_scales: Sequence[Sequence[float]] | None = None,
     augmentation: AugmentationSettings | None = None,
-    backend: str = DEFAULT_BACKEND,
     ignore_label: int | None = None,
     pin_memory: bool | None = None,
     previous_stage_folder: str | os.PathLike[str] | None = None,
@@ -595,7 +517,6 @@ def make_training_loader(
         oversample_foreground=oversample_foreground,
         deep_supervision_scales=deep_supervision_scales,
         augmentation=augmentation if augmentation is not None else AugmentationSettings(),
-        backend=backend,
         ignore_label=ignore_label,
         pin_memory=pin_memory,
         previous_stage_folder=previous_stage_folder,
@@ -613,7 +534,6 @@ def make_validation_loader(
     seed: int,
     oversample_foreground: float = 0.33,
     deep_supervision_scales: Sequence[Sequence[float]] | None = None,
-    backend: str = DEFAULT_BACKEND,
     ignore_label: int | None = None,
     pin_memory: bool | None = None,
     previous_stage_folder: str | os.PathLike[str] | None = None,
@@ -630,7 +550,6 @@ def make_validation_loader(
         oversample_foreground=oversample_foreground,
         deep_supervision_scales=deep_supervision_scales,
         augmentation=None,
-        backend=backend,
         ignore_label=ignore_label,
         pin_memory=pin_memory,
         previous_stage_folder=previous_stage_folder,

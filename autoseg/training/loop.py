@@ -600,34 +600,14 @@ def _train_one_epoch(
         state.progress.epoch_started_seconds = state.progress.elapsed_seconds
     learning_rate = poly_learning_rate(settings.initial_learning_rate, state.progress.fraction_done)
     state.network.train()
-    bar = tqdm(
-        total=None if settings.epoch_seconds else settings.iterations_per_epoch,
-        initial=state.progress.iteration_in_epoch,
-        desc=f"epoch {state.progress.epoch}",
-        disable=not (state.context.is_main_process and settings.show_progress_bar),
-        leave=False,
-        dynamic_ncols=True,
-    )
-    while state.progress.iteration_in_epoch < settings.iterations_per_epoch:
-        if settings.time_budget_seconds is not None and state.progress.finished:
-            break
-        if steps and state.progress.epoch_time_over:
-            break
+    bar = _epoch_progress_bar(state, settings)
+    while not _epoch_is_over(state, settings, steps):
         learning_rate = poly_learning_rate(settings.initial_learning_rate, state.progress.fraction_done)
         set_learning_rate(state.optimizer, learning_rate)
         waiting_since = time.perf_counter()
         batch = next(loader)
         data_wait += time.perf_counter() - waiting_since
-        data, target = to_device(batch["data"], device), to_device(batch["target"], device)
-        state.optimizer.zero_grad(set_to_none=True)
-        with autocast_for(device, settings.precision):
-            loss = loss_function(state.network(data), target)
-        state.gradient_scaler.scale(loss).backward()
-        state.gradient_scaler.unscale_(state.optimizer)
-        torch.nn.utils.clip_grad_norm_(state.network.parameters(), settings.gradient_clip_norm)
-        state.gradient_scaler.step(state.optimizer)
-        state.gradient_scaler.update()
-        loss_value = float(loss.detach())
+        loss_value = _optimiser_step(state, batch, loss_function, settings, device)
         loss_sum, steps = loss_sum + loss_value, steps + 1
         state.progress.iterations_done += 1
         state.progress.iteration_in_epoch += 1
@@ -641,6 +621,44 @@ def _train_one_epoch(
     seconds = time.perf_counter() - started
     return {"loss_sum": loss_sum, "steps": steps, "learning_rate": learning_rate, "seconds": seconds,
             "data_wait_seconds": data_wait}
+
+
+def _epoch_is_over(state: TrainingState, settings: TrainingSettings, steps: int) -> bool:
+    """All of the epoch's iterations are done, the time budget is spent, or (after at least one step, so that every
+    epoch makes progress) the time slice of a time-sliced epoch is over."""
+    if state.progress.iteration_in_epoch >= settings.iterations_per_epoch:
+        return True
+    if settings.time_budget_seconds is not None and state.progress.finished:
+        return True
+    return bool(steps) and state.progress.epoch_time_over
+
+
+def _epoch_progress_bar(state: TrainingState, settings: TrainingSettings) -> tqdm:
+    """The per-epoch bar (rank 0 only, unless switched off); open-ended for time-sliced epochs."""
+    return tqdm(
+        total=None if settings.epoch_seconds else settings.iterations_per_epoch,
+        initial=state.progress.iteration_in_epoch,
+        desc=f"epoch {state.progress.epoch}",
+        disable=not (state.context.is_main_process and settings.show_progress_bar),
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _optimiser_step(
+    state: TrainingState, batch: dict, loss_function: Callable, settings: TrainingSettings, device: torch.device
+) -> float:
+    """One forward/backward pass in ``settings.precision`` with gradient scaling and clipping; returns the loss."""
+    data, target = to_device(batch["data"], device), to_device(batch["target"], device)
+    state.optimizer.zero_grad(set_to_none=True)
+    with autocast_for(device, settings.precision):
+        loss = loss_function(state.network(data), target)
+    state.gradient_scaler.scale(loss).backward()
+    state.gradient_scaler.unscale_(state.optimizer)
+    torch.nn.utils.clip_grad_norm_(state.network.parameters(), settings.gradient_clip_norm)
+    state.gradient_scaler.step(state.optimizer)
+    state.gradient_scaler.update()
+    return float(loss.detach())
 
 
 def _validation_batches(settings: TrainingSettings, training_steps: int) -> int:
@@ -757,6 +775,36 @@ def _write_epoch_outputs(
         checkpoints.save(state, checkpoint_files.BEST_CHECKPOINT)
 
 
+def _run_after_training_hooks(
+    job: TrainingJob,
+    settings: TrainingSettings,
+    components: TrainingComponents,
+    device: torch.device,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """The named after-training hooks (validation prediction), each outcome said in one line."""
+    if not settings.after_training_hooks:
+        return {}
+    after = after_training(
+        job.fold_folder,
+        hooks=settings.after_training_hooks,
+        available=components.after_training_hooks,
+        work_folder=job.work_folder,
+        configuration_name=job.configuration_name,
+        fold=job.fold,
+        validation_case_ids=job.validation_case_ids,
+        device=str(device),
+        precision=settings.precision,
+        progress=settings.show_progress_bar,
+    )
+    for name, outcome in after.items():
+        if isinstance(outcome, dict) and "failed" in outcome:
+            say(f"after training, {name} failed ({outcome['failed']}); the trained model is unaffected")
+        elif isinstance(outcome, dict) and outcome.get("mean_dice") is not None:
+            say(f"validation cases ({name}): mean Dice {outcome['mean_dice']:.4f}")
+    return after
+
+
 def _finish(
     job: TrainingJob,
     settings: TrainingSettings,
@@ -781,24 +829,7 @@ def _finish(
         checkpoints.save(state, checkpoint_files.FINAL_CHECKPOINT)
         plot.draw(state.log, force=True)
         say(f"training finished after {state.progress.epoch} epochs, {state.progress.elapsed_seconds:.0f} s")
-        if settings.after_training_hooks:
-            after = after_training(
-                job.fold_folder,
-                hooks=settings.after_training_hooks,
-                available=components.after_training_hooks,
-                work_folder=job.work_folder,
-                configuration_name=job.configuration_name,
-                fold=job.fold,
-                validation_case_ids=job.validation_case_ids,
-                device=str(device),
-                precision=settings.precision,
-                progress=settings.show_progress_bar,
-            )
-            for name, outcome in after.items():
-                if isinstance(outcome, dict) and "failed" in outcome:
-                    say(f"after training, {name} failed ({outcome['failed']}); the trained model is unaffected")
-                elif isinstance(outcome, dict) and outcome.get("mean_dice") is not None:
-                    say(f"validation cases ({name}): mean Dice {outcome['mean_dice']:.4f}")
+        after = _run_after_training_hooks(job, settings, components, device, say)
     last = state.log[-1] if state.log else {}
     result = TrainingResult(
         fold_folder=str(job.fold_folder),

@@ -43,7 +43,7 @@ def test_the_workers_option_reaches_the_training_loader_and_validation_adds_no_p
 
 
 def test_run_passes_workers_and_no_progress_to_every_fold() -> None:
-    settings = training_settings(RunOptions(workers=3, progress=False, time_budget="2m"))
+    settings = training_settings(RunOptions(workers=3, progress=False, time_per_fold="2m"))
     assert settings.num_workers == 3 and settings.show_progress_bar is False and settings.resume
     assert training_settings(RunOptions()).show_progress_bar is True
 

@@ -15,7 +15,7 @@ from autoseg.data.demo_data import generate_demo_dataset
 from autoseg.io.images import read_image_header
 from autoseg.utils.files import read_json
 
-RUN_OPTIONS = ["--folds", "0", "1", "--time-budget", "6s", "--iterations-per-epoch", "2", "--validation-iterations",
+RUN_OPTIONS = ["--folds", "0", "1", "--time-per-fold", "6s", "--iterations-per-epoch", "2", "--validation-iterations",
                "4", "--workers", "1"]
 
 

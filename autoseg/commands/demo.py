@@ -76,7 +76,8 @@ def stage_pipeline(run: DemoRun) -> str:
     """``autoseg run`` on the demo data: plan, preprocess, train each configuration on the demo folds, select,
     post-process and report, with a short time budget per fold so the whole demo takes minutes on a laptop CPU."""
     # Short epochs so the demo's training curves have points; few validation batches so they do not eat the budget.
-    options = RunOptions(folds=run.folds, time_budget=run.time_budget, workers=run.workers, iterations_per_epoch=10,
+    options = RunOptions(folds=run.folds, folds_named=True, time_per_fold=run.time_budget, workers=run.workers,
+                         iterations_per_epoch=10,
                          validation_iterations=4, progress=run.progress)
     report = run_pipeline(str(run.dataset_root), str(run.work_dir), options)
     recipe = InferenceRecipe.read(WorkFolder(report.parent).inference_recipe)

@@ -17,10 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", nargs="+", default=None, metavar="CONFIG",
                         help="configurations to train (default: every planned one; the cascade only with all five "
                              "folds)")
-    parser.add_argument("--folds", nargs="+", type=int, default=list(DEFAULT_FOLDS), metavar="K",
-                        help="cross-validation folds to train (default: 0 1 2 3 4)")
-    parser.add_argument("--time-budget", default=None, help="wall-clock budget per fold, e.g. 10m, 2h")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per fold (ignored with --time-budget)")
+    parser.add_argument("--folds", nargs="+", type=int, default=None, metavar="K",
+                        help="cross-validation folds to train (default: 0 1 2 3 4, fewer when a budget cannot pay "
+                             "for all)")
+    parser.add_argument("--time-budget", default=None,
+                        help="wall-clock budget of the whole run, planning to report, e.g. 1h, 90m (default on a "
+                             "machine without a GPU: 1h); see docs/planning.md")
+    parser.add_argument("--time-per-fold", default=None, help="train each fold for this long instead, e.g. 10m")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per fold (ignored with a time budget)")
     parser.add_argument("--iterations-per-epoch", type=int, default=None)
     parser.add_argument("--validation-iterations", type=int, default=None,
                         help="validation batches per epoch (default 50, scaled down in time-sliced epochs)")
@@ -37,12 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if any(fold not in DEFAULT_FOLDS for fold in args.folds):
-        raise UserError(f"--folds take values 0-4, got {args.folds}.")
+    folds = args.folds if args.folds is not None else list(DEFAULT_FOLDS)
+    if any(fold not in DEFAULT_FOLDS for fold in folds):
+        raise UserError(f"--folds take values 0-4, got {folds}.")
+    if args.time_budget and args.time_per_fold:
+        raise UserError("give either --time-budget (the whole run) or --time-per-fold, not both.")
     options = RunOptions(
         configurations=tuple(args.configs) if args.configs else None,
-        folds=tuple(dict.fromkeys(args.folds)),
+        folds=tuple(dict.fromkeys(folds)),
+        folds_named=args.folds is not None,
         time_budget=args.time_budget,
+        time_per_fold=args.time_per_fold,
         epochs=args.epochs,
         iterations_per_epoch=args.iterations_per_epoch,
         validation_iterations=args.validation_iterations,

@@ -17,7 +17,17 @@ from autoseg.errors import UserError
 from autoseg.evaluation.folders import SUMMARY_FILE_NAME
 from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.pipeline.report import build_report
+from autoseg.pipeline.schedule import (
+    DEFAULT_CPU_BUDGET_SECONDS,
+    RunSchedule,
+    SecondsPerIteration,
+    clock_time_in,
+    describe_duration,
+    full_schedule_seconds,
+    plan_run_schedule,
+)
 from autoseg.pipeline.selection import find_best, format_candidates
+from autoseg.pipeline.throughput import seconds_per_iteration_estimator
 from autoseg.pipeline.validation import training_components
 from autoseg.planning.table import format_plans_table
 from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
@@ -28,6 +38,7 @@ from autoseg.training.job import build_job
 from autoseg.training.loop import TrainingSettings, train_fold
 from autoseg.training.schedule import epoch_seconds_for_budget, parse_time_budget
 from autoseg.training.tracking import log_cross_validation
+from autoseg.utils.devices import choose_device
 from autoseg.utils.files import read_json, remove_stale_temporaries
 from autoseg.utils.locking import folder_lock
 from autoseg.utils.memory import describe_largest_case
@@ -41,7 +52,9 @@ class RunOptions:
 
     configurations: tuple[str, ...] | None = None
     folds: tuple[int, ...] = DEFAULT_FOLDS
-    time_budget: str | None = None
+    folds_named: bool = False  # the user chose the folds: a budget never drops one
+    time_budget: str | None = None  # the whole run, planning to report (see autoseg.pipeline.schedule)
+    time_per_fold: str | None = None  # each fold's training alone
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     validation_iterations: int | None = None
@@ -54,6 +67,78 @@ class RunOptions:
     replan: bool = False
     loggers: tuple[str, ...] = ()  # experiment tracking of every fold and of the final cross-validation
     progress: bool = True  # progress bars of every stage
+
+
+@dataclasses.dataclass
+class RunClock:
+    """The run's start and total budget (None: none), for the ETA after each fold and the final line."""
+
+    started: float
+    budget_seconds: float | None
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def progress_line(self, *, done: int, total: int) -> str:
+        """``fold 3/10 done after 14 min; ...`` with the expected finish from the mean pace so far."""
+        line = f"fold {done}/{total} done after {describe_duration(self.elapsed)}"
+        if self.budget_seconds is not None:
+            left = max(0.0, self.budget_seconds - self.elapsed)
+            return f"{line}; the budget ends at {clock_time_in(left)} ({describe_duration(left)} left)"
+        remaining = self.elapsed / done * (total - done)
+        return f"{line}; expected to finish training at about {clock_time_in(remaining)}"
+
+    def final_line(self) -> str:
+        used = f"finished in {describe_duration(self.elapsed)}"
+        if self.budget_seconds is None:
+            return f"{used} (no time budget)"
+        share = self.elapsed / self.budget_seconds
+        return f"{used} of the {describe_duration(self.budget_seconds)} budget ({share:.0%})"
+
+
+def schedule_stage(
+    plans: Plans, dataset: RawDataset, configurations: Sequence[str], options: RunOptions, clock: RunClock
+) -> RunSchedule:
+    """Say what the run will train and for how long; on a CPU without any limit, apply the default budget."""
+    _stage("schedule")
+    device = choose_device(options.device)
+    rate = seconds_per_iteration_estimator(plans, dataset, device, options.precision)
+    unlimited = not (options.time_budget or options.time_per_fold or options.epochs)
+    if unlimited:
+        full = full_schedule_seconds(configurations, len(options.folds), rate)
+        estimate = describe_duration(full) if full is not None else "unknown"
+        print(f"the full schedule (1000 epochs x 250 steps, {len(configurations)} configuration(s) x "
+              f"{len(options.folds)} fold(s)) would train for about {estimate} on {device}")
+    if unlimited and device.type == "cpu":
+        clock.budget_seconds = DEFAULT_CPU_BUDGET_SECONDS
+        print(f"no GPU and no time limit given: applying the default budget of "
+              f"{describe_duration(DEFAULT_CPU_BUDGET_SECONDS)} for the whole run (choose another with "
+              "--time-budget, e.g. --time-budget 8h, or train fixed epochs with --epochs N)")
+    schedule = plan_run_schedule(
+        plans, configurations, options.folds, budget_seconds=clock.budget_seconds, elapsed_seconds=clock.elapsed,
+        seconds_per_iteration=rate, configurations_named=bool(options.configurations), folds_named=options.folds_named,
+    )
+    print(describe_schedule(schedule, rate, clock))
+    return schedule
+
+
+def describe_schedule(schedule: RunSchedule, rate: SecondsPerIteration, clock: RunClock) -> str:
+    """What will train, how long each fold, how many steps that buys, and when the run should end."""
+    lines = [*schedule.reasons, f"training {', '.join(schedule.configurations)} x folds "
+             f"{', '.join(str(fold) for fold in schedule.folds)} ({schedule.pairs} fold(s))"]
+    if schedule.seconds_per_fold is not None:
+        lines.append(f"each fold trains for {describe_duration(schedule.seconds_per_fold)}")
+        for name in schedule.configurations:
+            seconds = rate(name)
+            if seconds is not None:
+                lines.append(f"  {name}: about {seconds:.2f} s per step, so about "
+                             f"{schedule.seconds_per_fold / seconds:.0f} steps per fold")
+    if clock.budget_seconds is not None:
+        left = clock.budget_seconds - clock.elapsed
+        lines.append(f"budget {describe_duration(clock.budget_seconds)} for the whole run: expected to end by "
+                     f"{clock_time_in(left)}")
+    return "\n".join(lines)
 
 
 def _stage(name: str) -> None:
@@ -116,17 +201,20 @@ def fold_is_complete(fold_folder: Path) -> bool:
     return (fold_folder / TRAINING_SUMMARY_FILE).is_file() and validated.is_file()
 
 
-def training_settings(options: RunOptions) -> TrainingSettings:
-    """The training settings of every fold of the run: resumable, validated, with the run's workers and budget."""
+def training_settings(options: RunOptions, fold_seconds: float | None = None) -> TrainingSettings:
+    """The training settings of every fold of the run: resumable, validated, with the run's workers and the time
+    each fold may train (``fold_seconds`` from the run's budget, else ``--time-per-fold``)."""
     base = TrainingSettings(
         resume=True, device=options.device, precision=options.precision, after_training_hooks=("predict_validation",),
         loggers=options.loggers, num_workers=options.workers, show_progress_bar=options.progress,
     )
     changes: dict = {}
-    if options.time_budget:
-        changes["time_budget_seconds"] = parse_time_budget(options.time_budget)
+    if fold_seconds is None and options.time_per_fold:
+        fold_seconds = parse_time_budget(options.time_per_fold)
+    if fold_seconds is not None:
+        changes["time_budget_seconds"] = fold_seconds
         if not options.iterations_per_epoch:
-            changes["epoch_seconds"] = epoch_seconds_for_budget(changes["time_budget_seconds"])
+            changes["epoch_seconds"] = epoch_seconds_for_budget(fold_seconds)
     if options.epochs:
         changes["epochs"] = options.epochs
     if options.iterations_per_epoch:
@@ -137,48 +225,52 @@ def training_settings(options: RunOptions) -> TrainingSettings:
 
 
 def train_stage(
-    dataset: RawDataset, work: WorkFolder, configurations: Sequence[str], options: RunOptions
+    dataset: RawDataset, work: WorkFolder, schedule: RunSchedule, options: RunOptions, clock: RunClock
 ) -> None:
-    settings = training_settings(options)
+    """Train (or resume) every scheduled fold, saying ``fold k/N`` and the run's expected finish after each."""
+    settings = training_settings(options, schedule.seconds_per_fold)
     components = training_components()
-    for configuration in configurations:
-        for fold in options.folds:
-            job = build_job(work, configuration, fold, dataset=dataset, group_cases=options.group_cases)
-            if fold_is_complete(job.fold_folder):
-                print(f"{configuration} fold {fold}: already trained and validated, skipping")
-                continue
-            _stage(f"train {configuration} fold {fold}")
-            remove_stale_temporaries(job.fold_folder, recursive=True)  # a killed run's; the working folder is ours
-            train_fold(job, settings, components=components)
+    pairs = [(configuration, fold) for configuration in schedule.configurations for fold in schedule.folds]
+    for number, (configuration, fold) in enumerate(pairs, start=1):
+        job = build_job(work, configuration, fold, dataset=dataset, group_cases=options.group_cases)
+        if fold_is_complete(job.fold_folder):
+            print(f"{configuration} fold {fold} ({number}/{len(pairs)}): already trained and validated, skipping")
+            continue
+        _stage(f"train {configuration} fold {fold} (fold {number}/{len(pairs)})")
+        remove_stale_temporaries(job.fold_folder, recursive=True)  # a killed run's; the working folder is ours
+        train_fold(job, settings, components=components)
+        print(clock.progress_line(done=number, total=len(pairs)), flush=True)
 
 
 def run_pipeline(dataset_root: str, work_dir: str | None, options: RunOptions) -> Path:
     """Run every stage; returns the report path. The working folder stays locked against other autoseg commands."""
-    started = time.monotonic()
+    clock = RunClock(time.monotonic(), parse_time_budget(options.time_budget) if options.time_budget else None)
     root = Path(dataset_root)
     if not root.is_dir():
         raise UserError(f"{dataset_root}: dataset folder not found.")
     work = WorkFolder.for_dataset(work_dir, root)
     with folder_lock(work):
-        return _run_stages(root, work, options, started)
+        return _run_stages(root, work, options, clock)
 
 
-def _run_stages(root: Path, work: WorkFolder, options: RunOptions, started: float) -> Path:
+def _run_stages(root: Path, work: WorkFolder, options: RunOptions, clock: RunClock) -> Path:
     dataset, plans = plan_stage(root, work, options)
     configurations = configurations_to_train(plans, options.configurations, options.folds)
+    schedule = schedule_stage(plans, dataset, configurations, options, clock)
+    configurations = list(schedule.configurations)
     _stage("preprocess")
     preprocess_dataset(
         dataset, plans=plans, work_folder=work, configuration_names=configurations, workers=options.workers,
         show_progress=options.progress,
     )
-    train_stage(dataset, work, configurations, options)
+    train_stage(dataset, work, schedule, options, clock)
     _stage("model selection + post-processing")
-    recipe = find_best(work, configurations, list(options.folds), workers=options.workers, progress=options.progress)
+    recipe = find_best(work, configurations, list(schedule.folds), workers=options.workers, progress=options.progress)
     print(format_candidates(recipe))
     log_cross_validation(work, recipe, options.loggers)
     _stage("report")
     report = build_report(work)
-    minutes = (time.monotonic() - started) / 60
-    print(f"\nfinished in {minutes:.1f} min. Report: {report}")
+    print(f"\nReport: {report}")
     print(f"predict new images with:\n  autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {work}")
+    print(clock.final_line(), flush=True)
     return report

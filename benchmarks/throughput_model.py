@@ -1,0 +1,245 @@
+"""Validate the throughput model: predicted against measured seconds per training iteration of real configurations.
+
+The model (``autoseg.planning.throughput``) is measured on this machine with its probe networks
+(``autoseg.pipeline.throughput.measure_throughput``). Then, for each configuration below (Hippocampus 3d_fullres and
+2d and HC18 2d as planned, and variants: other batch sizes, smaller and larger patches, the residual-encoder preset,
+5 instead of 4 stages), real training iterations run through ``autoseg.training.loop.train_fold``, the loop
+``autoseg train`` uses, with the configuration's real loader (background augmentation workers) on real preprocessed
+data: both shared datasets are planned in full and a subset of their cases is preprocessed into a scratch working
+folder. The first epoch warms up (workers starting, kernels chosen) and is not counted; the measured seconds per
+iteration are ``train_seconds / iterations`` of the other epochs of the fold's ``log.jsonl``.
+
+The table gives per configuration the batch actually trained (on CPU the loop caps the plan's batch), the FLOPs of a
+step, the predicted and measured seconds per iteration and their ratio, and the FLOP/s the real step achieved as a
+fraction of the dense-convolution rate measured with the probes. Exit status 1 when any prediction is off by more
+than 20 %. About 12 minutes on 2 CPU cores; run it on a quiet machine (the measurement and the training it is
+compared with must see the same CPUs). ``--quick`` trains 2 configurations for 2 iterations, to check the script.
+
+Usage::
+
+    python benchmarks/throughput_model.py [--quick] [--scratch /tmp/throughput_model] [--cached-model]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY))
+
+import torch  # noqa: E402
+
+from autoseg.data.raw_folder import load_raw_dataset  # noqa: E402
+from autoseg.pipeline.plan_dataset import plan_dataset  # noqa: E402
+from autoseg.pipeline.throughput import machine_throughput, measure_throughput  # noqa: E402
+from autoseg.planning.presets import PRESETS  # noqa: E402
+from autoseg.planning.throughput import ThroughputModel, step_work  # noqa: E402
+from autoseg.preprocessing.preprocess_dataset import preprocess_dataset  # noqa: E402
+from autoseg.records.dataset import RawDataset  # noqa: E402
+from autoseg.records.plans import Configuration, load_plans  # noqa: E402
+from autoseg.records.work_folder import WorkFolder  # noqa: E402
+from autoseg.training.loop import TrainingJob, TrainingSettings, train_fold, training_batch_size  # noqa: E402
+from autoseg.training.training_log import LOG_FILE  # noqa: E402
+from autoseg.utils.devices import choose_device  # noqa: E402
+from autoseg.utils.precision import resolve_precision  # noqa: E402
+from autoseg.utils.threads import available_cpus  # noqa: E402
+
+SHARED_DATASETS = REPOSITORY.parent / "shared" / "datasets"
+HIPPOCAMPUS, HC18 = "Dataset004_Hippocampus", "Dataset018_HC18"
+TOLERANCE = 0.20
+TIMED_SECONDS = 25.0  # per configuration, predicted; at least MINIMUM_ITERATIONS timed iterations
+EPOCH_SECONDS = 8.0  # iterations per epoch: as many as fit in this (predicted), so per-epoch pauses stay rare
+MINIMUM_ITERATIONS, MAXIMUM_ITERATIONS = 2, 12
+
+
+def residual_encoder(configuration: Configuration) -> Configuration:
+    """The same stages with the resenc-m preset's residual blocks (1, 3, 4, 6...) and one decoder convolution."""
+    preset = PRESETS["resenc-m"]
+    stages = len(configuration.network["features_per_stage"])
+    network = {**configuration.network, "architecture": preset.architecture,
+               "blocks_per_stage_encoder": preset.encoder_blocks(stages),
+               "convs_per_stage_decoder": [preset.decoder_convolutions_per_stage] * (stages - 1)}
+    return configuration.replace(network=network)
+
+
+def stages(count: int, patch_size: tuple[int, ...]) -> Callable[[Configuration], Configuration]:
+    """The plan's network cut or extended to ``count`` stages (32 features doubling, capped as the planner caps)."""
+
+    def change(configuration: Configuration) -> Configuration:
+        dimension = configuration.dimension
+        cap = 320 if dimension == 3 else 512
+        network = {
+            **configuration.network,
+            "features_per_stage": [min(cap, 32 * 2**stage) for stage in range(count)],
+            "kernel_sizes": [[3] * dimension for _ in range(count)],
+            "strides": [[1] * dimension] + [[2] * dimension for _ in range(count - 1)],
+            "blocks_per_stage_encoder": [2] * count,
+            "convs_per_stage_decoder": [2] * (count - 1),
+        }
+        return configuration.replace(network=network, patch_size=patch_size)
+
+    return change
+
+
+def patch(patch_size: tuple[int, ...]) -> Callable[[Configuration], Configuration]:
+    return lambda configuration: configuration.replace(patch_size=patch_size)
+
+
+def as_planned(configuration: Configuration) -> Configuration:
+    return configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    dataset: str
+    configuration: str
+    change: Callable[[Configuration], Configuration] = as_planned
+    batch_size: int | None = None  # None: what `autoseg train` trains (the plan's batch, capped on CPU)
+
+
+VARIANTS = (
+    Variant("Hippocampus 3d_fullres (plan)", HIPPOCAMPUS, "3d_fullres"),
+    Variant("Hippocampus 3d_fullres batch 2", HIPPOCAMPUS, "3d_fullres", batch_size=2),
+    Variant("Hippocampus 3d_fullres 32^3 batch 4", HIPPOCAMPUS, "3d_fullres", patch((32, 32, 32)), 4),
+    Variant("Hippocampus 3d_fullres 56x64x56 batch 2", HIPPOCAMPUS, "3d_fullres", patch((56, 64, 56)), 2),
+    Variant("Hippocampus 3d_fullres resenc-m", HIPPOCAMPUS, "3d_fullres", residual_encoder),
+    Variant("Hippocampus 3d_fullres 5 stages 48x64x48 batch 2", HIPPOCAMPUS, "3d_fullres",
+            stages(5, (48, 64, 48)), 2),
+    Variant("Hippocampus 2d (plan)", HIPPOCAMPUS, "2d"),
+    Variant("Hippocampus 2d batch 64", HIPPOCAMPUS, "2d", batch_size=64),
+    Variant("Hippocampus 2d resenc-m batch 128", HIPPOCAMPUS, "2d", residual_encoder, 128),
+    Variant("HC18 2d (plan)", HC18, "2d"),
+    Variant("HC18 2d 384x512 batch 2", HC18, "2d", patch((384, 512)), 2),
+    Variant("HC18 2d 5 stages 256x256 batch 8", HC18, "2d", stages(5, (256, 256)), 8),
+)
+QUICK_VARIANTS = ("Hippocampus 3d_fullres batch 2", "Hippocampus 2d batch 64")
+
+
+def prepare(dataset_name: str, scratch: Path, cases: int, configurations: list[str]) -> tuple[RawDataset, WorkFolder]:
+    """Plan the whole dataset (plans as `autoseg plan` makes them) and preprocess the first ``cases`` cases."""
+    root = SHARED_DATASETS / dataset_name
+    work = WorkFolder.for_dataset(scratch / "work", root)
+    if not work.plans.is_file():
+        print(f"planning {dataset_name} ...", flush=True)
+        plan_dataset(root, work, workers=available_cpus(), progress=False)
+    dataset = load_raw_dataset(root)
+    subset = dataclasses.replace(dataset, training_cases=dataset.training_cases[:cases], num_training=cases)
+    print(f"preprocessing {cases} cases of {dataset_name} for {', '.join(configurations)} ...", flush=True)
+    preprocess_dataset(subset, plans=load_plans(work.plans), work_folder=work, configuration_names=configurations,
+                       workers=available_cpus(), show_progress=False)
+    return subset, work
+
+
+def iterations_for(predicted_seconds: float, quick: bool) -> tuple[int, int]:
+    """(timed iterations, iterations per epoch) for a configuration predicted to take ``predicted_seconds``."""
+    if quick:
+        return MINIMUM_ITERATIONS, MINIMUM_ITERATIONS
+    timed = min(MAXIMUM_ITERATIONS, max(MINIMUM_ITERATIONS, round(TIMED_SECONDS / predicted_seconds)))
+    per_epoch = max(1, min(timed, round(EPOCH_SECONDS / predicted_seconds)))
+    return timed, per_epoch
+
+
+def measure_variant(
+    variant: Variant, dataset: RawDataset, work: WorkFolder, model: ThroughputModel, device: torch.device,
+    precision: str, scratch: Path, quick: bool,
+) -> dict:
+    """Predict, then train the variant for a warm-up epoch and enough timed iterations, and read the log."""
+    configuration = variant.change(load_plans(work.plans).configuration(variant.configuration))
+    batch = training_batch_size(configuration, variant.batch_size, device)
+    work_done = step_work(configuration, batch_size=batch, in_channels=dataset.num_channels,
+                          out_channels=dataset.num_output_channels)
+    predicted = model.seconds_per_iteration(work_done)
+    timed, per_epoch = iterations_for(predicted, quick)
+    case_ids = tuple(case.identifier for case in dataset.training_cases)
+    fold_folder = scratch / "models" / variant.name.replace(" ", "_").replace("^", "")
+    shutil.rmtree(fold_folder, ignore_errors=True)
+    job = TrainingJob(
+        dataset=dataset, work_folder=work, configuration_name=variant.configuration, configuration=configuration,
+        fold=0, train_case_ids=case_ids[2:], validation_case_ids=case_ids[:2],
+        preprocessed_folder=work.preprocessed(variant.configuration), fold_folder=fold_folder,
+    )
+    settings = TrainingSettings(
+        epochs=1 + math.ceil(timed / per_epoch), iterations_per_epoch=per_epoch, validation_iterations=0,
+        device=str(device), precision=precision, batch_size=batch, after_training_hooks=(),
+        show_progress_bar=False, checkpoint_every_epochs=1000, checkpoint_every_seconds=1e9,
+    )
+    print(f"{variant.name}: batch {batch}, {work_done.gflop:.0f} GFLOP/step, predicted {predicted:.2f} s/it; "
+          f"training 1 + {settings.epochs - 1} epochs of {per_epoch} iterations ...", flush=True)
+    train_fold(job, settings, log_message=lambda _message: None)
+    records = [json.loads(line) for line in (fold_folder / LOG_FILE).read_text().splitlines() if line.strip()][1:]
+    iterations = sum(record["iterations"] for record in records)
+    measured = sum(record["train_seconds"] for record in records) / iterations
+    data_wait = sum(record["data_wait_seconds"] for record in records) / iterations
+    peak = model.peak_conv_flops_per_second[str(configuration.dimension)]
+    return {"name": variant.name, "batch": batch, "gflop": work_done.gflop, "predicted": predicted,
+            "measured": measured, "data_wait": data_wait, "ratio": predicted / measured,
+            "achieved_gflops": work_done.flops / measured / 1e9, "fraction_of_peak": work_done.flops / measured / peak}
+
+
+def print_model(model: ThroughputModel) -> None:
+    print(f"\nthroughput model ({model.measurement_seconds:.0f} s to measure), key {json.dumps(model.key)}")
+    for dimension, coefficients in model.step_coefficients.items():
+        data = model.data_coefficients[dimension]
+        print(f"  {dimension}D step: " + ", ".join(f"{term} {value:.4g}" for term, value in coefficients.items())
+              + "; data: " + ", ".join(f"{term} {value:.4g}" for term, value in data.items())
+              + f"; dense convolution {model.peak_conv_flops_per_second[dimension] / 1e9:.0f} GFLOP/s")
+    for probe in model.probes:
+        fitted = model.step_seconds(probe.work)
+        print(f"  probe {probe.name:<30} {probe.work.gflop:6.0f} GFLOP  step {probe.step_seconds:6.3f} s "
+              f"(fit {fitted:6.3f}, {fitted / probe.step_seconds:4.2f})  data {probe.data_seconds:6.3f} s")
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'configuration':<50} {'batch':>5} {'GFLOP':>7} {'pred s/it':>9} {'meas s/it':>9} {'ratio':>6} "
+          f"{'data wait':>9} {'GFLOP/s':>8} {'of peak':>7}")
+    for row in rows:
+        print(f"{row['name']:<50} {row['batch']:>5} {row['gflop']:>7.0f} {row['predicted']:>9.2f} "
+              f"{row['measured']:>9.2f} {row['ratio']:>6.2f} {row['data_wait']:>9.3f} {row['achieved_gflops']:>8.0f} "
+              f"{row['fraction_of_peak']:>7.0%}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"only {' and '.join(QUICK_VARIANTS)}, 2 iterations")
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/throughput_model"),
+                        help="working folder for plans, preprocessed subsets and training runs (kept for reruns)")
+    parser.add_argument("--cases", type=int, default=None, help="cases preprocessed per dataset (default 24; 8 quick)")
+    parser.add_argument("--device", default=None, help="cpu, cuda... (default: the best available)")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--cached-model", action="store_true",
+                        help="reuse this machine's cached model (~/.cache/autoseg/throughput) instead of measuring")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    device = choose_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    variants = [variant for variant in VARIANTS if not args.quick or variant.name in QUICK_VARIANTS]
+    cases = args.cases or (8 if args.quick else 24)
+    scratch = args.scratch.resolve()
+    prepared = {}
+    for dataset_name in dict.fromkeys(variant.dataset for variant in variants):
+        configurations = sorted({variant.configuration for variant in variants if variant.dataset == dataset_name})
+        prepared[dataset_name] = prepare(dataset_name, scratch, cases, configurations)
+    model = (machine_throughput if args.cached_model else measure_throughput)(device, precision)
+    print_model(model)
+    rows = []
+    for variant in variants:
+        dataset, work = prepared[variant.dataset]
+        rows.append(measure_variant(variant, dataset, work, model, device, precision, scratch, args.quick))
+    print_table(rows)
+    worst = max(abs(row["ratio"] - 1) for row in rows)
+    print(f"\nworst prediction off by {worst:.0%} (tolerance {TOLERANCE:.0%}); {time.perf_counter() - started:.0f} s "
+          f"in all; device {device}, {precision}")
+    return 1 if worst > TOLERANCE else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -50,6 +50,7 @@ def test_a_tight_budget_keeps_the_primary_configuration_then_fewer_folds_and_say
     assert any("3 of 5 folds" in reason for reason in chosen.reasons)
     starved = schedule(600)
     assert starved.folds == (0,) and starved.configurations == ("3d_fullres",)  # never fewer than one fold
+    assert any("even one fold gets fewer than" in reason for reason in starved.reasons)
 
 
 def test_what_the_user_named_is_never_dropped():

@@ -69,8 +69,10 @@ def plan_run_schedule(
     if not folds_named and len(chosen_folds) > 1:
         affordable = _affordable_folds(chosen, len(chosen_folds), training_seconds, seconds_per_iteration)
         if affordable < len(chosen_folds):
-            reasons.append(f"training {affordable} of {len(chosen_folds)} folds: each gets at least "
-                           f"{MINIMUM_USEFUL_ITERATIONS} steps that way")
+            enough = not _too_few_steps(chosen, affordable, training_seconds, seconds_per_iteration)
+            why = (f"each gets at least {MINIMUM_USEFUL_ITERATIONS} steps that way" if enough else
+                   f"even one fold gets fewer than {MINIMUM_USEFUL_ITERATIONS} steps; a larger --time-budget buys more")
+            reasons.append(f"training {affordable} of {len(chosen_folds)} folds: {why}")
             chosen_folds = chosen_folds[:affordable]
     per_fold = training_seconds / (len(chosen) * len(chosen_folds))
     return RunSchedule(tuple(chosen), tuple(chosen_folds), per_fold, budget_seconds, tuple(reasons))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from autoseg.errors import DatasetError
@@ -82,19 +83,25 @@ def _parse_labels(raw: object, problems: list[Problem], json_path: str) -> tuple
     return labels, ignore
 
 
+def _files_with_ending(folder: Path, ending: str, problems: list[Problem]) -> Iterator[Path]:
+    """The visible files of ``folder`` in name order that end in ``ending``; any other file is reported."""
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.is_dir():
+            continue
+        if entry.name.endswith(ending):
+            yield entry
+            continue
+        found = file_ending(entry)
+        reason = f"unexpected file ending (dataset.json says {ending!r})" if found else "unknown file ending"
+        problems.append(Problem("error", reason, path=str(entry)))
+
+
 def discover_cases(
     folder: Path, ending: str, num_channels: int, problems: list[Problem], with_labels: Path | None
 ) -> list[Case]:
     """Group ``CASE_XXXX.ending`` files into cases; report files that do not fit."""
     channels_by_case: dict[str, dict[int, str]] = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or entry.is_dir():
-            continue
-        if not entry.name.endswith(ending):
-            found = file_ending(entry)
-            reason = f"unexpected file ending (dataset.json says {ending!r})" if found else "unknown file ending"
-            problems.append(Problem("error", reason, path=str(entry)))
-            continue
+    for entry in _files_with_ending(folder, ending, problems):
         match = CHANNEL_FILE_PATTERN.match(entry.name[: -len(ending)])
         if not match:
             problems.append(
@@ -194,14 +201,7 @@ def _training_cases_from_folders(root: Path, ending: str, num_channels: int, pro
         for p in images_folder.iterdir()
         if p.name.endswith(ending) and (m := CHANNEL_FILE_PATTERN.match(p.name[: -len(ending)]))
     }
-    for entry in sorted(labels_folder.iterdir()):
-        if entry.name.startswith(".") or entry.is_dir():
-            continue
-        if not entry.name.endswith(ending):
-            found = file_ending(entry)
-            reason = f"unexpected file ending (dataset.json says {ending!r})" if found else "unknown file ending"
-            problems.append(Problem("error", reason, path=str(entry)))
-            continue
+    for entry in _files_with_ending(labels_folder, ending, problems):
         identifier = entry.name[: -len(ending)]
         if identifier not in known and identifier not in image_ids:
             problems.append(Problem("error", "label file has no matching image", case=identifier, path=str(entry)))

@@ -91,7 +91,10 @@ def test_run_on_a_cpu_without_limits_prints_the_full_estimate_and_applies_the_de
 
 
 def test_run_with_epochs_or_a_per_fold_time_keeps_every_fold_and_no_budget(monkeypatch, capsys):
-    monkeypatch.setattr(pipeline_run, "seconds_per_iteration_estimator", lambda *args, **kwargs: RATES.get)
+    def must_not_measure(*args, **kwargs):
+        raise AssertionError("fixed epochs or a time per fold need no throughput measurement")
+
+    monkeypatch.setattr(pipeline_run, "seconds_per_iteration_estimator", must_not_measure)
     for options in (RunOptions(device="cpu", epochs=3), RunOptions(device="cpu", time_per_fold="1m")):
         clock = RunClock(started=pipeline_run.time.monotonic(), budget_seconds=None)
         chosen = schedule_stage(PLANS, DATASET, ["2d", "3d_fullres"], options, clock)

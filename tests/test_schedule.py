@@ -100,3 +100,17 @@ def test_run_with_epochs_or_a_per_fold_time_keeps_every_fold_and_no_budget(monke
         chosen = schedule_stage(PLANS, DATASET, ["2d", "3d_fullres"], options, clock)
         assert clock.budget_seconds is None and chosen.pairs == 10 and chosen.seconds_per_fold is None
     assert "default budget" not in capsys.readouterr().out
+
+
+def test_plans_fitted_to_the_budget_decide_what_the_run_trains_unless_the_user_named_it(monkeypatch, capsys):
+    monkeypatch.setattr(pipeline_run, "seconds_per_iteration_estimator", lambda *args, **kwargs: RATES.get)
+    compute = {"configurations": ["2d"], "folds": [0], "reasons": ["training 2d alone: it degrades least"]}
+    fitted = Plans.from_json({"compute": compute, "configurations": {"2d": TINY_2D, "3d_fullres": TINY_3D}})
+    clock = RunClock(started=pipeline_run.time.monotonic(), budget_seconds=3600.0)
+    chosen = schedule_stage(fitted, DATASET, ["2d", "3d_fullres"], RunOptions(device="cpu", time_budget="1h"), clock)
+    assert chosen.configurations == ("2d",) and chosen.folds == (0,)
+    assert 0.8 * 3600 < chosen.seconds_per_fold < 3600  # what is left after preprocessing and the final share
+    assert "it degrades least" in capsys.readouterr().out
+    named = RunOptions(device="cpu", time_budget="1h", folds=(0, 1), folds_named=True)
+    chosen = schedule_stage(fitted, DATASET, ["2d", "3d_fullres"], named, clock)
+    assert chosen.folds == (0, 1)  # the user's folds are never replaced by the plan's

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from autoseg.commands.arguments import add_work_dir_argument
 from autoseg.errors import UserError
+from autoseg.pipeline.budget import compute_budget_for
 from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.planning.presets import PRESETS
 from autoseg.planning.table import format_plans_table
 from autoseg.records.plans import load_plans
 from autoseg.records.work_folder import WorkFolder
+from autoseg.training.schedule import parse_time_budget
+from autoseg.utils.devices import choose_device
 from autoseg.utils.locking import folder_lock
+from autoseg.utils.precision import add_precision_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="network family: plain U-Net or residual-encoder U-Net M/L/XL (budgets 8/24/40 GB)",
     )
     parser.add_argument("--workers", type=int, default=2, help="processes reading cases in parallel (default: 2)")
+    parser.add_argument(
+        "--time-budget", default=None,
+        help="fit the plans to a whole run of this wall-clock time on this machine (e.g. 45m, 2h): coarser spacing, "
+             "smaller batch or network, fewer configurations and folds when the time cannot pay for the full plan; "
+             "the reasoning goes into plans.json and is printed. Without it plans are fitted to memory alone",
+    )
+    parser.add_argument("--device", default=None, help="device the budget is planned for (default: best available)")
+    add_precision_argument(parser)
     parser.add_argument("--show", action="store_true", help="print the existing plans.json as a table and stop")
     parser.add_argument("--recompute-fingerprint", action="store_true",
                         help="recompute fingerprint.json even if the inputs did not change")
@@ -41,10 +54,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be at least 1, got {args.workers}.")
     if not Path(args.dataset).is_dir():
         raise UserError(f"{args.dataset}: dataset folder not found.")
+    compute_for = None
+    if args.time_budget:
+        budget = parse_time_budget(args.time_budget)
+        compute_for = compute_budget_for(choose_device(args.device), args.precision, budget_seconds=budget,
+                                         deadline=time.monotonic() + budget)
     with folder_lock(work):
         _, plans, _ = plan_dataset(
             args.dataset, work, preset=args.preset, gpu_memory_gb=args.gpu_memory, workers=args.workers,
-            recompute_fingerprint=args.recompute_fingerprint,
+            recompute_fingerprint=args.recompute_fingerprint, compute_for=compute_for,
         )
     print(format_plans_table(plans), end="")
     print(f"\nwrote {work.fingerprint} and {work.plans}")

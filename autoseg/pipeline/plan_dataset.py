@@ -6,6 +6,7 @@ from pathlib import Path
 
 from autoseg.data.check import require_valid_dataset
 from autoseg.fingerprint import compute_fingerprint
+from autoseg.pipeline.budget import ComputeFor
 from autoseg.planning.planner import plan_experiment
 from autoseg.records.case_signatures import require_unchanged_since_planning
 from autoseg.records.dataset import RawDataset
@@ -24,10 +25,12 @@ def plan_dataset(
     recompute_fingerprint: bool = False,
     keep_existing_plans: bool = False,
     progress: bool = True,
+    compute_for: ComputeFor | None = None,
 ) -> tuple[RawDataset, Plans, bool]:
     """Write ``dataset.json``, ``fingerprint.json`` and ``plans.json`` into ``work`` (the dataset's working folder).
 
     With ``keep_existing_plans`` an existing ``plans.json`` (possibly hand-edited) is loaded instead of replaced.
+    With ``compute_for`` the plans are fitted to a time budget on a measured machine (``autoseg.pipeline.budget``).
     Returns the dataset, the plans, and whether the plans were kept.
 
     Raises:
@@ -45,6 +48,7 @@ def plan_dataset(
     fingerprint = compute_fingerprint(dataset, work, workers=workers, force=recompute_fingerprint, progress=progress)
     if keep:
         return dataset, load_plans(work.plans), True
-    plans = plan_experiment(fingerprint, dataset, preset=preset, gpu_memory_gb=gpu_memory_gb)
+    compute = compute_for(dataset, fingerprint) if compute_for is not None else None
+    plans = plan_experiment(fingerprint, dataset, preset=preset, gpu_memory_gb=gpu_memory_gb, compute=compute)
     write_json(work.plans, plans.to_json())
     return dataset, plans, False

@@ -13,11 +13,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from autoseg.errors import UserError
 from autoseg.evaluation.folders import SUMMARY_FILE_NAME
+from autoseg.pipeline.budget import PREPROCESSING_SHARE, ComputeFor, compute_budget_for
 from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.pipeline.report import build_report
 from autoseg.pipeline.schedule import (
+    AFTER_TRAINING_SHARE,
     DEFAULT_CPU_BUDGET_SECONDS,
     RunSchedule,
     SecondsPerIteration,
@@ -97,13 +101,31 @@ class RunClock:
         return f"{used} of the {describe_duration(self.budget_seconds)} budget ({share:.0%})"
 
 
+def _unlimited(options: RunOptions) -> bool:
+    return not (options.time_budget or options.time_per_fold or options.epochs)
+
+
+def apply_default_budget(options: RunOptions, clock: RunClock, device: torch.device) -> None:
+    """On a CPU without any limit, give the run the default total budget and say how to choose another."""
+    if clock.budget_seconds is not None or not _unlimited(options) or device.type != "cpu":
+        return
+    clock.budget_seconds = DEFAULT_CPU_BUDGET_SECONDS
+    print(f"no GPU and no time limit given: applying the default budget of "
+          f"{describe_duration(DEFAULT_CPU_BUDGET_SECONDS)} for the whole run (choose another with "
+          "--time-budget, e.g. --time-budget 8h, or train fixed epochs with --epochs N)")
+
+
 def schedule_stage(
     plans: Plans, dataset: RawDataset, configurations: Sequence[str], options: RunOptions, clock: RunClock
 ) -> RunSchedule:
-    """Say what the run will train and for how long; on a CPU without any limit, apply the default budget."""
+    """Say what the run will train and for how long; on a CPU without any limit, apply the default budget.
+
+    Plans fitted to the budget (a ``compute`` record, see ``autoseg.planning.compute``) already chose the
+    configurations and folds; otherwise ``plan_run_schedule`` fits the planned ones into the budget.
+    """
     _stage("schedule")
     device = choose_device(options.device)
-    unlimited = not (options.time_budget or options.time_per_fold or options.epochs)
+    unlimited = _unlimited(options)
     # Only a budget or an unlimited run needs the throughput model (measured once per machine, about a minute on
     # 2 CPU cores); fixed epochs or a time per fold train every fold as asked.
     rate: SecondsPerIteration = (
@@ -115,17 +137,27 @@ def schedule_stage(
         estimate = describe_duration(full) if full is not None else "unknown"
         print(f"the full schedule (1000 epochs x 250 steps, {len(configurations)} configuration(s) x "
               f"{len(options.folds)} fold(s)) would train for about {estimate} on {device}")
-    if unlimited and device.type == "cpu":
-        clock.budget_seconds = DEFAULT_CPU_BUDGET_SECONDS
-        print(f"no GPU and no time limit given: applying the default budget of "
-              f"{describe_duration(DEFAULT_CPU_BUDGET_SECONDS)} for the whole run (choose another with "
-              "--time-budget, e.g. --time-budget 8h, or train fixed epochs with --epochs N)")
-    schedule = plan_run_schedule(
-        plans, configurations, options.folds, budget_seconds=clock.budget_seconds, elapsed_seconds=clock.elapsed,
-        seconds_per_iteration=rate, configurations_named=bool(options.configurations), folds_named=options.folds_named,
-    )
+    apply_default_budget(options, clock, device)
+    compute = plans.get("compute")
+    if clock.budget_seconds is not None and compute and not options.configurations and not options.folds_named:
+        schedule = schedule_from_plans(compute, configurations, clock)
+    else:
+        schedule = plan_run_schedule(
+            plans, configurations, options.folds, budget_seconds=clock.budget_seconds, elapsed_seconds=clock.elapsed,
+            seconds_per_iteration=rate, configurations_named=bool(options.configurations),
+            folds_named=options.folds_named,
+        )
     print(describe_schedule(schedule, rate, clock))
     return schedule
+
+
+def schedule_from_plans(compute: dict, configurations: Sequence[str], clock: RunClock) -> RunSchedule:
+    """The configurations and folds the budget-fitted plans chose, with the seconds per fold left now."""
+    chosen = tuple(name for name in configurations if name in compute["configurations"]) or tuple(configurations)
+    folds = tuple(int(fold) for fold in compute["folds"])
+    budget = float(clock.budget_seconds or 0.0)
+    training = max(0.0, budget - clock.elapsed) * (1 - AFTER_TRAINING_SHARE - PREPROCESSING_SHARE)
+    return RunSchedule(chosen, folds, training / (len(chosen) * len(folds)), budget, tuple(compute["reasons"]))
 
 
 def _unknown_rate(_configuration: str) -> float | None:
@@ -154,11 +186,12 @@ def _stage(name: str) -> None:
     print(f"\n== {name} ==", flush=True)
 
 
-def plan_stage(dataset_root: Path, work: WorkFolder, options: RunOptions) -> tuple[RawDataset, Plans]:
+def plan_stage(dataset_root: Path, work: WorkFolder, options: RunOptions,
+               compute_for: ComputeFor | None = None) -> tuple[RawDataset, Plans]:
     _stage("check + fingerprint + plan")
     dataset, plans, kept = plan_dataset(
         dataset_root, work, preset=options.preset, gpu_memory_gb=options.gpu_memory_gb, workers=options.workers,
-        keep_existing_plans=not options.replan, progress=options.progress,
+        keep_existing_plans=not options.replan, progress=options.progress, compute_for=compute_for,
     )
     print(f"{dataset.name}: {len(dataset.training_cases)} training cases, no errors")
     if kept:
@@ -237,17 +270,24 @@ def train_stage(
     dataset: RawDataset, work: WorkFolder, schedule: RunSchedule, options: RunOptions, clock: RunClock
 ) -> None:
     """Train (or resume) every scheduled fold, saying ``fold k/N`` and the run's expected finish after each."""
-    settings = training_settings(options, schedule.seconds_per_fold)
     components = training_components()
     pairs = [(configuration, fold) for configuration in schedule.configurations for fold in schedule.folds]
-    for number, (configuration, fold) in enumerate(pairs, start=1):
-        job = build_job(work, configuration, fold, dataset=dataset, group_cases=options.group_cases)
-        if fold_is_complete(job.fold_folder):
+    jobs = [build_job(work, configuration, fold, dataset=dataset, group_cases=options.group_cases)
+            for configuration, fold in pairs]
+    to_train = [job.fold_folder for job in jobs if not fold_is_complete(job.fold_folder)]
+    reserve = AFTER_TRAINING_SHARE * max(0.0, (clock.budget_seconds or 0.0) - clock.elapsed)
+    for number, ((configuration, fold), job) in enumerate(zip(pairs, jobs, strict=True), start=1):
+        if job.fold_folder not in to_train:
             print(f"{configuration} fold {fold} ({number}/{len(pairs)}): already trained and validated, skipping")
             continue
         _stage(f"train {configuration} fold {fold} (fold {number}/{len(pairs)})")
+        fold_seconds = schedule.seconds_per_fold
+        if clock.budget_seconds is not None:  # what is left now, shared by the folds still to train
+            fold_seconds = max(0.0, clock.budget_seconds - clock.elapsed - reserve) / len(to_train)
+            print(f"this fold trains for {describe_duration(fold_seconds)}")
+        to_train.remove(job.fold_folder)
         remove_stale_temporaries(job.fold_folder, recursive=True)  # a killed run's; the working folder is ours
-        train_fold(job, settings, components=components)
+        train_fold(job, training_settings(options, fold_seconds), components=components)
         print(clock.progress_line(done=number, total=len(pairs)), flush=True)
 
 
@@ -263,7 +303,13 @@ def run_pipeline(dataset_root: str, work_dir: str | None, options: RunOptions) -
 
 
 def _run_stages(root: Path, work: WorkFolder, options: RunOptions, clock: RunClock) -> Path:
-    dataset, plans = plan_stage(root, work, options)
+    device = choose_device(options.device)
+    apply_default_budget(options, clock, device)
+    compute_for = None
+    if clock.budget_seconds is not None:  # the plans are fitted to what is left of the budget on this machine
+        compute_for = compute_budget_for(device, options.precision, budget_seconds=clock.budget_seconds,
+                                         deadline=clock.started + clock.budget_seconds)
+    dataset, plans = plan_stage(root, work, options, compute_for)
     configurations = configurations_to_train(plans, options.configurations, options.folds)
     schedule = schedule_stage(plans, dataset, configurations, options, clock)
     configurations = list(schedule.configurations)

@@ -12,6 +12,15 @@ import numpy as np
 
 from autoseg import __version__
 from autoseg.errors import UserError
+from autoseg.planning.compute import (
+    CASCADE_CONFIGURATIONS,
+    COARSENING_FACTORS,
+    ComputeBudget,
+    choose_layout,
+    choose_variant,
+    compute_record,
+    ladder,
+)
 from autoseg.planning.memory_model import PRECISIONS
 from autoseg.planning.normalization import plan_normalization
 from autoseg.planning.patch_and_batch import FittedPatch, fit_patch_and_batch
@@ -177,6 +186,37 @@ def _lowres_configuration(
     )
 
 
+def _fit_to_compute(
+    full: dict[str, dict], fit: Callable[[list[float], list[float]], FittedPatch], geometry: _PlanningGeometry,
+    normalization: list[dict], budget: ComputeBudget,
+) -> tuple[dict[str, dict], dict]:
+    """The configurations refitted to the time budget (see ``autoseg.planning.compute``) and the ``compute`` record.
+
+    Configurations the layout does not train are fitted to the same seconds per fold, so training them later by
+    hand stays affordable. The cascade is kept only while ``3d_fullres``, which it inherits, keeps its plan.
+    """
+
+    def refit(name: str, spacing: list[float]) -> dict:
+        dimension = full[name]["dimension"]
+        median = [m * s / n for m, s, n in zip(geometry.median_t, geometry.spacing_t, spacing, strict=True)]
+        resampling = plan_resampling(geometry.original_spacing_t, spacing, is_2d=geometry.is_2d)
+        return _configuration(fit(spacing[-dimension:], median[-dimension:]), dimension=dimension, spacing=spacing,
+                              median_shape=median, normalization=normalization, resampling=resampling,
+                              batch_dice=full[name]["batch_dice"])
+
+    fullres_spacing = [geometry.spacing_t[axis] for axis in geometry.backward]
+    resolution_dice = budget.label_round_trip(fullres_spacing, COARSENING_FACTORS)
+    ladders = {name: ladder(name, configuration, refit, budget, resolution_dice)
+               for name, configuration in full.items() if name not in CASCADE_CONFIGURATIONS}
+    layout = choose_layout(ladders, budget, primary="3d_fullres" if "3d_fullres" in full else "2d")
+    fitted = dict(full)
+    for name, variants in ladders.items():
+        fitted[name] = layout.chosen.get(name, choose_variant(variants, layout.seconds_per_fold)).configuration
+    if "3d_fullres" in fitted and fitted["3d_fullres"] != full["3d_fullres"]:
+        fitted = {name: value for name, value in fitted.items() if name not in CASCADE_CONFIGURATIONS}
+    return fitted, compute_record(layout, budget, resolution_dice)
+
+
 def plan_experiment(
     fingerprint: dict,
     dataset: RawDataset,
@@ -184,6 +224,7 @@ def plan_experiment(
     preset: str = "default",
     gpu_memory_gb: float | None = None,
     training_precision: str = "mixed",
+    compute: ComputeBudget | None = None,
 ) -> Plans:
     """Plans (see docs/design.md and docs/planning.md) for ``dataset`` described by ``fingerprint``.
 
@@ -193,6 +234,7 @@ def plan_experiment(
         preset: one of ``PRESETS`` (network family and default budget).
         gpu_memory_gb: training-memory budget per GPU; None takes the preset's (8 GB for the default).
         training_precision: ``mixed`` (CUDA training) or ``float32``: which memory coefficients to plan with.
+        compute: a time budget and the machine's throughput; None plans for memory alone (the reference's plans).
     """
     budget = _memory_budget(preset, gpu_memory_gb, training_precision)
     cases = list(fingerprint["cases"].values())
@@ -210,6 +252,9 @@ def plan_experiment(
         precision=training_precision,
     )
     full = _plan_configurations(fit, geometry, normalization)
+    extra = {}
+    if compute is not None:
+        full, extra["compute"] = _fit_to_compute(full, fit, geometry, normalization, compute)
     return Plans.from_json({
         "autoseg_version": __version__,
         "plans_name": f"autoseg_{preset}",
@@ -222,5 +267,6 @@ def plan_experiment(
         "transpose_backward": geometry.backward,
         "original_median_spacing": geometry.original_spacing_t,
         "original_median_shape": geometry.original_median_shape_t,
+        **extra,
         "configurations": compact_configurations(full, PARENTS),
     })

@@ -47,6 +47,17 @@ def resampled_shape(
 CUBIC_EDGE_PADDING = 12
 
 
+def coarsened_spacing(spacing: Sequence[float], factor: float, *, keep_first: bool) -> list[float]:
+    """``factor`` times coarser, finest axes first: each axis becomes at least ``factor`` x the finest spacing.
+
+    ``3 x 0.8 x 0.8`` mm by 2 gives ``3 x 1.6 x 1.6``: the fine axes catch up with the coarse one before it grows.
+    With ``keep_first`` axis 0 (the slice axis of a 2D configuration) is left as it is.
+    """
+    first = 1 if keep_first else 0
+    finest = min(spacing[first:])
+    return [float(value) if axis < first else float(max(value, finest * factor)) for axis, value in enumerate(spacing)]
+
+
 def new_sample_positions(old_size: int, new_size: int) -> np.ndarray:
     """Continuous old index of every new sample, voxel centres aligned: ``(i + 0.5) * old / new - 0.5``."""
     return (np.arange(new_size, dtype=np.float64) + 0.5) * (old_size / new_size) - 0.5

@@ -1,0 +1,209 @@
+"""Fit the plans to a time budget: the most accurate model the user's machine can train in the user's time.
+
+Memory alone (``patch_and_batch``) decides what *can* run; a time budget decides what is *worth* running. Given the
+seconds available for training and a throughput model (``autoseg.planning.throughput``, measured on the machine),
+each configuration walks down a ladder of cheaper variants and keeps the first that the budget can train for
+``TARGET_ITERATIONS`` steps. The rungs, most faithful to the reference plan first:
+
+0. the memory-fitted plan itself (what a GPU without a budget trains);
+1. a coarser target spacing, finest first, but only spacings at which the training labels survive a round trip to
+   the coarser grid with Dice >= ``RESOLUTION_DICE_FLOOR`` for every class (``autoseg.fingerprint.resolution``),
+   and whose median image keeps ``MINIMUM_MEDIAN_VOXELS`` per axis. Predictions are still written on the input's
+   grid; only the network sees the coarser one;
+2. a network half as wide (16 features in the first stage instead of 32: about a quarter of the arithmetic) at the
+   coarsest allowed spacing; a narrower network loses less than a smaller batch, which sees fewer examples per step;
+3. that network with smaller batches (halving, down to ``MINIMUM_BATCH_SIZE``).
+
+When no rung reaches the target the cheapest variant is kept and the reasons say so. The run's layout (which
+configurations and how many folds) is chosen first: every configuration on every fold when each can still train
+at rung 0 or 1, else the configuration whose fit is least degraded on one fold (ties: ``3d_fullres``), on as many
+folds as leave that variant unchanged and still reaching the target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+from autoseg.planning.topology import features_per_stage
+from autoseg.transforms.resampling import coarsened_spacing
+
+TARGET_ITERATIONS = 2000  # steps a fold should get: below this a 2-core CPU run is far from what its plan can reach
+RESOLUTION_DICE_FLOOR = 0.995  # at most half a Dice point may be lost to a coarser grid
+COARSENING_FACTORS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+MINIMUM_MEDIAN_VOXELS = {2: 48, 3: 24}
+MINIMUM_BATCH_SIZE = 2
+NARROW_BASE_FEATURES = 16
+FULL_QUALITY_RUNG = 1  # rungs 0 and 1 train the plan's network as planned (at most half a Dice point of grid loss)
+CASCADE_CONFIGURATIONS = ("3d_lowres", "3d_cascade_fullres")
+
+SecondsPerIteration = Callable[[str, dict], float]  # (configuration name, full configuration dict) -> seconds
+Refit = Callable[[str, list[float]], dict]  # (configuration name, spacing) -> the memory-fitted configuration dict
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeBudget:
+    """What the planner needs to know about the user's time and machine."""
+
+    training_seconds: float  # for all training of the run, every configuration and fold together
+    seconds_per_iteration: SecondsPerIteration
+    device: str
+    # (full-resolution spacing in the images' axis order, factors) -> factor: the worst class's round-trip Dice
+    label_round_trip: Callable[[list[float], Sequence[float]], dict[float, float]]
+    max_voxels_per_step: int | None = None  # CPU training caps a step's batch at this many voxels
+    folds: int = 5
+    budget_seconds: float | None = None  # the whole run's, for the record
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One candidate of a configuration, its predicted cost and how far it is from the reference plan."""
+
+    configuration: dict
+    rung: int
+    seconds_per_iteration: float
+    choices: tuple[str, ...]
+
+    def iterations(self, seconds: float) -> int:
+        return int(seconds / self.seconds_per_iteration)
+
+
+def allowed_factors(resolution_dice: dict[float, float], median_shape: Sequence[float], dimension: int) -> list[float]:
+    """Coarsening factors whose label round trip keeps ``RESOLUTION_DICE_FLOOR`` and whose image stays large."""
+    allowed = []
+    for factor in COARSENING_FACTORS:
+        if resolution_dice.get(factor, 0.0) < RESOLUTION_DICE_FLOOR:
+            break
+        if min(median_shape[-dimension:]) / factor < MINIMUM_MEDIAN_VOXELS[dimension]:
+            break
+        allowed.append(factor)
+    return allowed
+
+
+def ladder(
+    name: str, reference: dict, refit: Refit, budget: ComputeBudget, resolution_dice: dict[float, float]
+) -> list[Variant]:
+    """Every variant of one configuration, in order of preference (see the module docstring)."""
+    dimension = reference["dimension"]
+    rate = budget.seconds_per_iteration
+    reference = _capped(reference, budget)
+    variants = [Variant(reference, 0, rate(name, reference), ("the memory-fitted plan",))]
+    coarsest, coarse_choice = reference, ()
+    for factor in allowed_factors(resolution_dice, reference["median_shape"], dimension):
+        spacing = coarsened_spacing(reference["spacing"], factor, keep_first=dimension == 2)
+        coarsest = _capped(refit(name, spacing), budget)
+        dice = resolution_dice[factor]
+        coarse_choice = (f"spacing {_mm(spacing[-dimension:])} ({factor:g}x the median): the labels keep Dice "
+                         f"{dice:.3f} on that grid",)
+        variants.append(Variant(coarsest, 1, rate(name, coarsest), coarse_choice))
+    narrow = _narrow(coarsest)
+    narrow_choice = (*coarse_choice, f"{NARROW_BASE_FEATURES} features in the first stage")
+    variants.append(Variant(narrow, 2, rate(name, narrow), narrow_choice))
+    for batch in _smaller_batches(coarsest["batch_size"]):
+        candidate = {**narrow, "batch_size": batch}
+        variants.append(Variant(candidate, 3, rate(name, candidate), (*narrow_choice, f"batch {batch}")))
+    return variants
+
+
+def choose_variant(variants: Sequence[Variant], seconds: float) -> Variant:
+    """The first variant that gets ``TARGET_ITERATIONS`` steps in ``seconds``, else the cheapest."""
+    for variant in variants:
+        if variant.iterations(seconds) >= TARGET_ITERATIONS:
+            return variant
+    return min(variants, key=lambda variant: variant.seconds_per_iteration)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Which configurations train on how many folds, with the variant each gets and why."""
+
+    configurations: tuple[str, ...]
+    folds: int
+    seconds_per_fold: float
+    chosen: dict[str, Variant]
+    reasons: tuple[str, ...]
+
+
+def choose_layout(ladders: dict[str, list[Variant]], budget: ComputeBudget, primary: str) -> Layout:
+    """Every configuration on as many folds as keep each at full quality; else the least degraded one alone."""
+    names = list(ladders)
+    for folds in range(budget.folds, 0, -1):
+        seconds = budget.training_seconds / (len(names) * folds)
+        chosen = {name: choose_variant(ladders[name], seconds) for name in names}
+        if _full_quality(chosen.values(), seconds):
+            why = f"every configuration trains its plan for {TARGET_ITERATIONS}+ steps on {folds} fold(s)"
+            return Layout(tuple(names), folds, seconds, chosen, (why,))
+    alone = {name: choose_variant(ladders[name], budget.training_seconds) for name in names}
+    best = min(names, key=lambda name: (_degradation(alone[name], budget.training_seconds), name != primary))
+    for folds in range(budget.folds, 0, -1):  # more folds only while they cost the model nothing
+        seconds = budget.training_seconds / folds
+        variant = choose_variant(ladders[best], seconds)
+        if variant == alone[best] and variant.iterations(seconds) >= min(TARGET_ITERATIONS,
+                                                                          alone[best].iterations(budget.training_seconds)):
+            break
+    reasons = [f"the budget cannot train every configuration on every fold as planned; training {best} alone "
+               f"(the configuration it degrades least) on {folds} fold(s)"]
+    if _degradation(variant, seconds)[1]:
+        reasons.append(f"even the cheapest {best} variant gets fewer than {TARGET_ITERATIONS} steps; a larger "
+                       "--time-budget buys a better model")
+    return Layout((best,), folds, seconds, {best: variant}, tuple(reasons))
+
+
+def compute_record(layout: Layout, budget: ComputeBudget, resolution_dice: dict[float, float]) -> dict:
+    """The ``compute`` entry of plans.json: the budget, the layout and, per configuration, the reasoning."""
+    return {
+        "device": budget.device,
+        "budget_seconds": budget.budget_seconds,
+        "training_seconds": round(budget.training_seconds, 1),
+        "target_iterations": TARGET_ITERATIONS,
+        "label_dice_at_coarser_spacing": {f"{factor:g}": round(dice, 4) for factor, dice in resolution_dice.items()},
+        "configurations": list(layout.configurations),
+        "folds": list(range(layout.folds)),
+        "seconds_per_fold": round(layout.seconds_per_fold, 1),
+        "reasons": list(layout.reasons),
+        "per_configuration": {
+            name: {
+                "expected_seconds_per_iteration": round(variant.seconds_per_iteration, 4),
+                "expected_iterations": variant.iterations(layout.seconds_per_fold),
+                "rung": variant.rung,
+                "choices": list(variant.choices),
+            }
+            for name, variant in layout.chosen.items()
+        },
+    }
+
+
+def _degradation(variant: Variant, seconds: float) -> tuple[int, bool]:
+    return variant.rung, variant.iterations(seconds) < TARGET_ITERATIONS
+
+
+def _full_quality(variants, seconds: float) -> bool:
+    return all(_degradation(variant, seconds) <= (FULL_QUALITY_RUNG, False) for variant in variants)
+
+
+def _capped(configuration: dict, budget: ComputeBudget) -> dict:
+    """The configuration with the batch the training loop will really use on the budget's device."""
+    if budget.max_voxels_per_step is None:
+        return configuration
+    cap = max(MINIMUM_BATCH_SIZE, budget.max_voxels_per_step // math.prod(configuration["patch_size"]))
+    return {**configuration, "batch_size": min(configuration["batch_size"], cap)}
+
+
+def _smaller_batches(batch: int) -> list[int]:
+    smaller = []
+    while batch > MINIMUM_BATCH_SIZE:
+        batch = max(MINIMUM_BATCH_SIZE, batch // 2)
+        smaller.append(batch)
+    return smaller
+
+
+def _narrow(configuration: dict) -> dict:
+    network = configuration["network"]
+    features = features_per_stage(len(network["features_per_stage"]), dimension=configuration["dimension"],
+                                  base_features=NARROW_BASE_FEATURES)
+    return {**configuration, "network": {**network, "features_per_stage": features}}
+
+
+def _mm(spacing: Sequence[float]) -> str:
+    return " x ".join(f"{value:.3g}" for value in spacing) + " mm"

@@ -1,0 +1,155 @@
+"""Compute-aware planning: what a time budget changes in the plans, and what it must never change."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from autoseg.cli import main
+from autoseg.fingerprint.resolution import round_trip_dice
+from autoseg.fingerprint.synthetic import synthetic_fingerprint
+from autoseg.planning import plan_experiment
+from autoseg.planning.compute import (
+    RESOLUTION_DICE_FLOOR,
+    TARGET_ITERATIONS,
+    ComputeBudget,
+    choose_variant,
+    ladder,
+)
+from autoseg.records.dataset import Case, RawDataset
+from autoseg.records.plans import load_plans
+from autoseg.records.work_folder import WorkFolder
+
+SECONDS_PER_GIGAVOXEL_FEATURE = 2e-3  # a made-up machine: cost grows with batch, voxels and first-stage width
+
+
+def rate(_name: str, configuration: dict) -> float:
+    voxels = configuration["batch_size"] * math.prod(configuration["patch_size"])
+    width = configuration["network"]["features_per_stage"][0] / 32
+    return 0.05 + SECONDS_PER_GIGAVOXEL_FEATURE * voxels / 1e3 * width**2
+
+
+def survives_up_to(largest: float):
+    """A label round trip that keeps Dice 0.999 up to ``largest`` x coarser and collapses beyond."""
+    return lambda _spacing, factors: {factor: 0.999 if factor <= largest else 0.9 for factor in factors}
+
+
+def compute(seconds: float, *, survives: float = 1.0, device: str = "cpu", cap: int | None = None) -> ComputeBudget:
+    return ComputeBudget(training_seconds=seconds, seconds_per_iteration=rate, device=device,
+                         label_round_trip=survives_up_to(survives), max_voxels_per_step=cap, budget_seconds=seconds)
+
+
+def plan(compute_budget: ComputeBudget | None, *, spacing=(1.0, 0.13, 0.13), shape=(1, 540, 800), **options):
+    fingerprint, dataset = synthetic_fingerprint(name="synthetic", spacing=spacing, shape=shape, **options)
+    return plan_experiment(fingerprint, dataset, compute=compute_budget)
+
+
+def test_a_budget_that_pays_for_every_fold_keeps_the_memory_fitted_plans_unchanged() -> None:
+    spacing, shape = (1.0, 1.0, 1.0), (140, 160, 140)  # large enough for a cascade
+    reference = plan(None, spacing=spacing, shape=shape)
+    generous = plan(compute(1e9, device="cuda"), spacing=spacing, shape=shape)
+    assert generous.to_json()["configurations"] == reference.to_json()["configurations"]
+    record = generous.get("compute")
+    assert record["folds"] == [0, 1, 2, 3, 4] and set(record["configurations"]) == {"2d", "3d_fullres"}
+    assert all(entry["rung"] == 0 and entry["expected_iterations"] >= TARGET_ITERATIONS
+               for entry in record["per_configuration"].values())
+
+
+def test_a_tight_budget_coarsens_a_2d_plan_as_far_as_the_labels_survive_and_no_further() -> None:
+    reference = plan(None).configuration("2d")
+    for survives in (2.0, 4.0):
+        fitted = plan(compute(5.0, survives=survives)).configuration("2d")  # no variant reaches the target
+        assert fitted.spacing[1] == pytest.approx(survives * reference.spacing[1])  # e.g. 0.13 -> 0.52 mm, no more
+        assert fitted.spacing[0] == reference.spacing[0]  # the slice axis is never resampled
+        assert math.prod(fitted.patch_size) < math.prod(reference.patch_size)
+
+
+def test_a_moderate_budget_coarsens_only_as_much_as_the_target_steps_need() -> None:
+    reference = plan(None).configuration("2d")
+    moderate = plan(compute(2000, survives=8.0))
+    fitted = moderate.configuration("2d")
+    entry = moderate.get("compute")["per_configuration"]["2d"]
+    factor = fitted.spacing[1] / reference.spacing[1]
+    assert 1.0 < factor < 8.0 and entry["rung"] == 1 and entry["expected_iterations"] >= TARGET_ITERATIONS
+    assert f"{factor:.3g}x the median" in " ".join(entry["choices"])
+    assert entry["expected_seconds_per_iteration"] == pytest.approx(rate("2d", fitted.to_json()), rel=1e-3)
+
+
+def test_labels_that_do_not_survive_a_coarser_grid_keep_the_full_resolution() -> None:
+    fitted = plan(compute(600, survives=1.0)).configuration("2d")
+    assert fitted.spacing == plan(None).configuration("2d").spacing
+    assert fitted.network["features_per_stage"][0] == 16  # the budget is met by a narrower network instead
+
+
+def test_a_narrower_network_comes_before_a_smaller_batch_and_the_batch_is_what_the_cpu_runs() -> None:
+    spacing, shape = (1.0, 1.0, 1.0), (36, 50, 35)
+    reference = plan(None, spacing=spacing, shape=shape, num_cases=260).configuration("3d_fullres").to_json()
+    assert reference["batch_size"] > 4
+    cap = 4 * math.prod(reference["patch_size"])
+    variants = ladder("3d_fullres", reference, refit=None, budget=compute(1.0, cap=cap), resolution_dice={})
+    assert [variant.rung for variant in variants] == [0, 2, 3]  # no coarser spacing allowed: plan, narrow, batch 2
+    assert variants[0].configuration["batch_size"] == 4  # never more than the CPU loop would really run
+    assert variants[1].configuration["network"]["features_per_stage"][0] == 16
+    assert variants[1].configuration["batch_size"] == 4 and variants[2].configuration["batch_size"] == 2
+    costs = [variant.seconds_per_iteration for variant in variants]
+    assert costs == sorted(costs, reverse=True)
+    assert choose_variant(variants, TARGET_ITERATIONS * costs[1] * 1.01) == variants[1]
+
+
+def test_a_budget_too_small_for_anything_takes_the_cheapest_variant_and_says_so() -> None:
+    record = plan(compute(5.0, survives=4.0)).get("compute")
+    assert record["folds"] == [0] and record["configurations"] == ["2d"]
+    assert any("fewer than" in reason and "--time-budget" in reason for reason in record["reasons"])
+    entry = record["per_configuration"]["2d"]
+    assert entry["rung"] == 3 and entry["expected_iterations"] < TARGET_ITERATIONS
+
+
+def _label_case(folder, identifier: str, label: np.ndarray, spacing) -> Case:
+    path = folder / f"{identifier}.nii.gz"
+    image = sitk.GetImageFromArray(label.astype(np.uint8))
+    image.SetSpacing(tuple(float(value) for value in reversed(spacing)))
+    sitk.WriteImage(image, str(path))
+    return Case(identifier, (str(path),), str(path))
+
+
+def test_a_large_structure_survives_a_coarser_grid_and_a_small_one_does_not(tmp_path) -> None:
+    _, y, x = np.mgrid[:1, :300, :300]
+    disc = ((y - 150) ** 2 + (x - 150) ** 2 < 140**2).astype(np.uint8)
+    disc[0, 2:5, 2:5] = 2  # a second class of 3 x 3 pixels
+    case = _label_case(tmp_path, "case_000", disc, (1.0, 0.2, 0.2))
+    dataset = RawDataset(root=str(tmp_path), name="Discs", channel_names=("US",),
+                         labels={"background": 0, "head": 1, "dot": 2}, file_ending=".nii.gz", num_training=1,
+                         training_cases=(case,))
+    dice = round_trip_dice(dataset, [1.0, 0.2, 0.2], [2.0, 4.0], is_2d=True)
+    assert dice[2.0] < RESOLUTION_DICE_FLOOR  # the worst class decides: the dot is smeared at 0.4 mm
+    disc[disc == 2] = 0
+    _label_case(tmp_path, "case_000", disc, (1.0, 0.2, 0.2))
+    dice = round_trip_dice(dataset, [1.0, 0.2, 0.2], [2.0, 4.0], is_2d=True)
+    assert dice[2.0] >= RESOLUTION_DICE_FLOOR and dice[4.0] < dice[2.0]
+
+
+def test_plan_with_a_time_budget_writes_and_shows_its_reasoning(monkeypatch, tmp_path, copy_cases, hc18_root,
+                                                                capsys) -> None:
+    def fitted_budget(device, precision, *, budget_seconds, deadline, say=print):
+        return lambda dataset, fingerprint: ComputeBudget(
+            training_seconds=budget_seconds * 0.8, seconds_per_iteration=rate, device="cpu",
+            label_round_trip=functools.partial(round_trip_dice, dataset, is_2d=True),
+            budget_seconds=budget_seconds)
+
+    monkeypatch.setattr("autoseg.commands.plan.compute_budget_for", fitted_budget)
+    root = copy_cases(hc18_root, 6)
+    work = tmp_path / "work"
+    assert main(["plan", str(root), "--work-dir", str(work), "--time-budget", "10m", "--workers", "1"]) == 0
+    plans = load_plans(WorkFolder.for_dataset(str(work), root).plans)
+    record = plans.get("compute")
+    assert record["budget_seconds"] == 600 and record["configurations"] == ["2d"]
+    assert float(record["label_dice_at_coarser_spacing"]["2"]) > 0.99  # real fetal-head outlines
+    assert plans.configuration("2d").spacing[1] > 0.2  # coarser than HC18's ~0.13 mm
+    capsys.readouterr()
+    assert main(["plan", str(root), "--work-dir", str(work), "--show"]) == 0
+    shown = capsys.readouterr().out
+    assert "fitted to a time budget of 10 min on cpu" in shown and "steps" in shown and "spacing" in shown

@@ -17,6 +17,8 @@ from autoseg.planning.compute import (
     RESOLUTION_DICE_FLOOR,
     TARGET_ITERATIONS,
     ComputeBudget,
+    Variant,
+    choose_layout,
     choose_variant,
     ladder,
 )
@@ -153,3 +155,14 @@ def test_plan_with_a_time_budget_writes_and_shows_its_reasoning(monkeypatch, tmp
     assert main(["plan", str(root), "--work-dir", str(work), "--show"]) == 0
     shown = capsys.readouterr().out
     assert "fitted to a time budget of 10 min on cpu" in shown and "steps" in shown and "spacing" in shown
+
+
+def test_a_configuration_that_reaches_the_target_steps_wins_over_one_that_keeps_its_plan_but_cannot() -> None:
+    slow = [Variant({"name": "3d"}, 0, 3.0, ("plan",)), Variant({"name": "3d narrow"}, 2, 1.0, ("narrow",))]
+    fast = [Variant({"name": "2d"}, 0, 1.0, ("plan",)), Variant({"name": "2d small"}, 3, 0.1, ("batch 2",))]
+    seconds = 300.0  # 2d at batch 2 gets 3000 steps; 3d gets at most 300
+    layout = choose_layout({"2d": fast, "3d_fullres": slow}, compute(seconds), primary="3d_fullres")
+    assert layout.configurations == ("2d",) and layout.chosen["2d"] == fast[1]
+    assert not any("fewer than" in reason for reason in layout.reasons)
+    tie = choose_layout({"2d": slow, "3d_fullres": slow}, compute(seconds), primary="3d_fullres")
+    assert tie.configurations == ("3d_fullres",)  # equally degraded: the primary configuration

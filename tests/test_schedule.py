@@ -113,4 +113,7 @@ def test_plans_fitted_to_the_budget_decide_what_the_run_trains_unless_the_user_n
     assert "it degrades least" in capsys.readouterr().out
     named = RunOptions(device="cpu", time_budget="1h", folds=(0, 1), folds_named=True)
     chosen = schedule_stage(fitted, DATASET, ["2d", "3d_fullres"], named, clock)
-    assert chosen.folds == (0, 1)  # the user's folds are never replaced by the plan's
+    assert chosen.folds == (0, 1) and chosen.configurations == ("2d",)  # the user's folds, the plan's configuration
+    named = RunOptions(device="cpu", time_budget="1h", configurations=("3d_fullres",))
+    chosen = schedule_stage(fitted, DATASET, ["3d_fullres"], named, clock)
+    assert chosen.configurations == ("3d_fullres",) and chosen.folds == (0,)

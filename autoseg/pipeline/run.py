@@ -139,8 +139,8 @@ def schedule_stage(
               f"{len(options.folds)} fold(s)) would train for about {estimate} on {device}")
     apply_default_budget(options, clock, device)
     compute = plans.get("compute")
-    if clock.budget_seconds is not None and compute and not options.configurations and not options.folds_named:
-        schedule = schedule_from_plans(compute, configurations, clock)
+    if clock.budget_seconds is not None and compute:
+        schedule = schedule_from_plans(compute, configurations, options, clock)
     else:
         schedule = plan_run_schedule(
             plans, configurations, options.folds, budget_seconds=clock.budget_seconds, elapsed_seconds=clock.elapsed,
@@ -151,10 +151,15 @@ def schedule_stage(
     return schedule
 
 
-def schedule_from_plans(compute: dict, configurations: Sequence[str], clock: RunClock) -> RunSchedule:
-    """The configurations and folds the budget-fitted plans chose, with the seconds per fold left now."""
-    chosen = tuple(name for name in configurations if name in compute["configurations"]) or tuple(configurations)
-    folds = tuple(int(fold) for fold in compute["folds"])
+def schedule_from_plans(
+    compute: dict, configurations: Sequence[str], options: RunOptions, clock: RunClock
+) -> RunSchedule:
+    """The configurations and folds the budget-fitted plans chose (what the user named wins), with the seconds per
+    fold left now."""
+    chosen = tuple(configurations)
+    if not options.configurations:
+        chosen = tuple(name for name in configurations if name in compute["configurations"]) or chosen
+    folds = tuple(options.folds) if options.folds_named else tuple(int(fold) for fold in compute["folds"])
     budget = float(clock.budget_seconds or 0.0)
     training = max(0.0, budget - clock.elapsed) * (1 - AFTER_TRAINING_SHARE - PREPROCESSING_SHARE)
     return RunSchedule(chosen, folds, training / (len(chosen) * len(folds)), budget, tuple(compute["reasons"]))

@@ -158,12 +158,52 @@ def test_anisotropic_patches_are_augmented_in_plane_only(tmp_path: Path) -> None
             target = next(loader)["target"].numpy()
         return [set(np.unique(sample[0, index])) - {0} for sample in target for index in range(patch_size[0])]
 
-    assert is_anisotropic_patch([3, 32, 32])
+    assert is_anisotropic_patch([3, 32, 32]) and is_anisotropic_patch([10, 32, 40])
+    # The reference's test: the longest edge against axis 0 (the thick-slice axis), more than 3x.
+    assert not is_anisotropic_patch([12, 32, 36]) and not is_anisotropic_patch([32, 8, 32])
     assert sampled_patch_size([3, 32, 32], always)[0] == 3  # the coarse axis is not enlarged
     assert all(len(labels) == 1 for labels in slice_label_sets([3, 32, 32]))
     # Control: an isotropic-enough patch is rotated in 3D, and then slices do mix.
     assert not is_anisotropic_patch([8, 16, 16])
     assert any(len(labels) > 1 for labels in slice_label_sets([8, 16, 16]))
+
+
+def _stripe_angles(target: np.ndarray) -> list[float]:
+    """Per sample, the angle (degrees, 0..90) between the stripes' normal and the x axis, from the structure tensor
+    of the first in-plane slice: 0 for unrotated vertical stripes, ``|theta| mod 180`` folded to 0..90 after a
+    rotation by theta."""
+    angles = []
+    for sample in target:
+        plane = sample[0].reshape(-1, *sample.shape[-2:])[0].astype(float)
+        gradient_y, gradient_x = np.gradient(plane)
+        xx, yy, xy = (gradient_x**2).sum(), (gradient_y**2).sum(), (gradient_x * gradient_y).sum()
+        angle = abs(np.degrees(0.5 * np.arctan2(2 * xy, xx - yy)))
+        angles.append(min(angle, 180 - angle))
+    return angles
+
+
+@pytest.mark.parametrize(
+    ("patch_size", "measured_range"),
+    # Three +-30 deg rotations about the three axes compose to a slightly larger turn of the stripes in a slice.
+    [([4, 32, 32], (60, 90)), ([48, 48], (60, 90)), ([32, 64], (8, 18)), ([16, 16, 16], (15, 45))],
+    ids=["anisotropic-3d", "2d", "elongated-2d", "isotropic-3d"],
+)
+def test_rotation_range_applied_to_each_kind_of_patch(tmp_path: Path, patch_size, measured_range) -> None:
+    # Vertical stripes (labels 1 and 2, 4 voxels wide): a rotation by theta turns them by theta, which the
+    # structure tensor measures. The reference's ranges: 180 deg in-plane for anisotropic ("dummy 2D") 3D
+    # patches and square-ish 2D ones, 15 deg for 2D patches more than 1.5x longer than wide, 30 deg in 3D.
+    depth = 1 if len(patch_size) == 2 else 48
+    stripes = (np.arange(160) // 4) % 2 + 1
+    segmentation = np.ascontiguousarray(np.broadcast_to(stripes, (1, depth, 160, 160)))
+    write_preprocessed_case(tmp_path, "stripes", np.zeros(segmentation.shape), segmentation)
+    always = replace(AugmentationSettings(), rotation_probability=1.0, scaling_probability=0.0).only_spatial()
+    config = configuration(len(patch_size), patch_size, [[1] * len(patch_size), [2] * len(patch_size)])
+    with make_training_loader(
+        tmp_path, ["stripes"], configuration=config, batch_size=8, num_workers=0, seed=0, augmentation=always
+    ) as loader:
+        angles = [angle for _ in range(5) for angle in _stripe_angles(next(loader)["target"].numpy())]
+    # The largest of 40 measured turns: from +-180 deg, all 40 within 60 deg (mod 180) has probability (2/3)^40.
+    assert measured_range[0] < max(angles) <= measured_range[1]
 
 
 @pytest.mark.parametrize(

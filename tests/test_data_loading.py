@@ -21,6 +21,7 @@ from autoseg.training.augmentation import (
 )
 from autoseg.training.data_loading import (
     deep_supervision_scales,
+    forced_foreground_samples,
     make_training_loader,
     make_validation_loader,
 )
@@ -100,7 +101,7 @@ def test_at_least_a_third_of_every_batch_contains_foreground(sparse_foreground_f
         for _ in range(8):
             target = next(loader)["target"]
             samples_with_foreground = int((target.flatten(1) > 0).any(dim=1).sum())
-            assert samples_with_foreground >= 2  # ceil(5 / 3)
+            assert samples_with_foreground >= 2  # the last 5 - round(5 * 0.67) = 2 samples are forced
     # Without oversampling the tiny blobs are mostly missed: the guarantee above comes from the sampler.
     with make_validation_loader(
         sparse_foreground_folder,
@@ -113,6 +114,23 @@ def test_at_least_a_third_of_every_batch_contains_foreground(sparse_foreground_f
     ) as loader:
         hits = sum(int((next(loader)["target"].flatten(1) > 0).any(dim=1).sum()) for _ in range(8))
     assert hits < 8 * 5 / 3
+
+
+def test_foreground_is_forced_on_the_reference_number_of_samples_per_batch(tmp_path: Path) -> None:
+    # One foreground voxel in a large case: a random 8^3 patch misses it; a forced one is centred on it.
+    segmentation = np.zeros((1, 8, 300, 300))
+    segmentation[0, 4, 150, 150] = 1
+    write_preprocessed_case(tmp_path, "needle", np.zeros(segmentation.shape), segmentation)
+    config = configuration(3, [8, 8, 8], [[1, 1, 1], [2, 2, 2]])
+    # nnU-Net v2: the last B - round(B * 0.67) samples of a batch (Python rounding).
+    reference = {1: 0, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2, 7: 2, 8: 3, 9: 3, 10: 3, 11: 4, 12: 4}
+    for batch_size, expected in reference.items():
+        assert forced_foreground_samples(batch_size, 0.33) == expected
+        with make_validation_loader(
+            tmp_path, ["needle"], configuration=config, batch_size=batch_size, num_workers=0, seed=batch_size
+        ) as loader:
+            hits = [(next(loader)["target"].flatten(1) > 0).any(dim=1).tolist() for _ in range(3)]
+        assert all(batch == [False] * (batch_size - expected) + [True] * expected for batch in hits), batch_size
 
 
 def test_validation_patches_are_exact_unaugmented_crops(tmp_path: Path) -> None:

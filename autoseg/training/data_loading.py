@@ -9,7 +9,6 @@ batches and hand them over in a fixed round-robin order, so a seed reproduces th
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections import OrderedDict
@@ -44,6 +43,15 @@ def deep_supervision_scales(configuration: Configuration) -> list[list[float]]:
     strides = np.asarray(configuration.network["strides"], dtype=float)
     cumulative = np.cumprod(strides, axis=0)
     return [[float(1 / value) for value in row] for row in cumulative[:-1]]
+
+
+def forced_foreground_samples(batch_size: int, oversample_foreground: float) -> int:
+    """How many samples of a batch are forced onto foreground: the last ``B - round(B * (1 - fraction))``.
+
+    The reference's count (nnU-Net v2 ``_oversample_last_XX_percent``): with the default 0.33 that is 0 of 1, 1 of
+    2-4, 2 of 5-7, 3 of 8-10 and 4 of 11-13. Python's ``round`` (half to even) is part of the rule.
+    """
+    return int(batch_size) - round(int(batch_size) * (1 - oversample_foreground))
 
 
 @dataclass
@@ -133,7 +141,7 @@ def crop_with_padding(array: np.ndarray, lower: Sequence[int], size: Sequence[in
 class PatchSampler:
     """Endless source of raw (unaugmented) batches cut at ``sampled_size``, centred like the final patch would be.
 
-    Sample ``j`` of a batch is forced onto foreground when ``j >= batch_size - ceil(batch_size * oversample)``:
+    The last ``forced_foreground_samples(batch_size, oversample)`` samples of a batch are forced onto foreground:
     a class present in the case is drawn uniformly, then one of its stored locations, and the final patch is
     centred there (shifted only as far as needed to stay inside the image). Other samples draw the final patch's
     position uniformly such that it lies inside the image (or the image inside it, when the image is smaller).
@@ -166,7 +174,7 @@ class PatchSampler:
         self.sampled_size = [int(value) for value in sampled_size]
         self.batch_size = int(batch_size)
         self.dimension = int(dimension)
-        self.forced_per_batch = min(self.batch_size, math.ceil(self.batch_size * oversample_foreground - 1e-9))
+        self.forced_per_batch = forced_foreground_samples(self.batch_size, oversample_foreground)
         self.ignore_label = ignore_label
         # Memory maps hold a file descriptor each: keep only the most recently used ones open.
         self._open: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = OrderedDict()

@@ -45,6 +45,8 @@ def preprocessing_signature(configuration: Configuration) -> str:
         "spacing": list(configuration.spacing),
         "normalization": list(configuration.normalization),
         "resampling": configuration.resampling,
+        # Which axis is resampled on its own is decided per case since this rule (was: the plan's "anisotropic").
+        "separate_axis": "per case",
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 

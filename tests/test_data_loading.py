@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from autoseg.errors import UserError
 from autoseg.io.images import read_image
+from autoseg.preprocessing.storage import write_preprocessed_case as store_preprocessed_case
 from autoseg.records.plans import Configuration
 from autoseg.training.augmentation import (
     AugmentationSettings,
@@ -25,6 +27,7 @@ from autoseg.training.data_loading import (
     make_training_loader,
     make_validation_loader,
 )
+from autoseg.transforms.case import preprocess_case
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "Dataset004_Hippocampus"
 
@@ -131,6 +134,36 @@ def test_foreground_is_forced_on_the_reference_number_of_samples_per_batch(tmp_p
         ) as loader:
             hits = [(next(loader)["target"].flatten(1) > 0).any(dim=1).tolist() for _ in range(3)]
         assert all(batch == [False] * (batch_size - expected) + [True] * expected for batch in hits), batch_size
+
+
+def test_with_an_ignore_label_random_patches_are_centred_on_annotated_voxels(tmp_path: Path) -> None:
+    # Sparse annotation: everything is ignore (2) but a 12^3 corner of background with a 2^3 object (1). The case
+    # goes through real preprocessing, which samples the annotated voxels' locations.
+    label = np.full((16, 96, 96), 2, dtype=np.uint8)
+    label[:12, :12, :12] = 0
+    label[4:6, 4:6, 4:6] = 1
+    for array, name in ((np.random.default_rng(0).normal(size=label.shape), "sparse_0000"), (label, "sparse")):
+        image = sitk.GetImageFromArray(array.astype(np.float32 if array is not label else np.uint8))
+        sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
+    plan = Configuration(name="test", dimension=3, spacing=(1.0, 1.0, 1.0), patch_size=(16, 16, 16), batch_size=6,
+                         network={"strides": [[1, 1, 1], [2, 2, 2]]},
+                         normalization=({"scheme": "zscore", "use_mask": False},),
+                         resampling={"image_order": 3, "label_order": 1, "coarse_axis_order": 0})
+    data, segmentation, properties = preprocess_case(
+        [tmp_path / "sparse_0000.nii.gz"], tmp_path / "sparse.nii.gz", configuration=plan, classes=(1,),
+        ignore_label=2,
+    )
+    annotated = np.asarray(properties["class_locations"]["annotated"])
+    assert len(annotated) == 12**3 and (segmentation[0][tuple(annotated.T)] != 2).all()
+    store_preprocessed_case(tmp_path / "preprocessed", "sparse", data, segmentation, properties)
+
+    def samples_with_annotation(ignore_label: int | None) -> list[bool]:
+        with make_validation_loader(tmp_path / "preprocessed", ["sparse"], configuration=plan, batch_size=6,
+                                    num_workers=0, seed=0, ignore_label=ignore_label) as loader:
+            return [bool(has) for _ in range(5) for has in (next(loader)["target"] != 2).flatten(1).any(dim=1)]
+
+    assert all(samples_with_annotation(2))  # the reference's rule: 4 of 6 on annotated voxels, 2 on foreground
+    assert sum(samples_with_annotation(None)) < 20  # uniform positions (no ignore label): mostly ignored voxels
 
 
 def test_validation_patches_are_exact_unaugmented_crops(tmp_path: Path) -> None:

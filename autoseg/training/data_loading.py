@@ -30,6 +30,7 @@ from autoseg.training.augmentation import (
     sampled_patch_size,
 )
 from autoseg.training.cascade import PreviousStageToData
+from autoseg.transforms.class_locations import ANNOTATED
 from autoseg.utils.files import read_json
 from autoseg.utils.processes import die_with_parent
 
@@ -63,6 +64,7 @@ class PreprocessedCase:
     segmentation_path: Path
     class_locations: dict[int, np.ndarray]  # label -> (N, 3) voxel indices (z, y, x) in the stored arrays
     previous_stage_path: Path | None = None  # cascade: the previous stage's label map on this grid
+    annotated_locations: np.ndarray | None = None  # ignore label: (N, 3) indices of annotated voxels, if sampled
 
 
 def load_preprocessed_cases(
@@ -90,10 +92,12 @@ def load_preprocessed_cases(
             raise UserError(f"{previous_path} is missing: the previous stage's segmentations are incomplete")
         properties = _read_intact_case(properties_path, image_path, segmentation_path)
         locations = {
-            int(label): np.asarray(points, dtype=np.int64).reshape(-1, 3)
-            for label, points in properties.get("class_locations", {}).items()
+            key: np.asarray(points, dtype=np.int64).reshape(-1, 3)
+            for key, points in properties.get("class_locations", {}).items()
         }
-        cases.append(PreprocessedCase(identifier, image_path, segmentation_path, locations, previous_path))
+        annotated = locations.pop(ANNOTATED, None)
+        locations = {int(label): points for label, points in locations.items()}
+        cases.append(PreprocessedCase(identifier, image_path, segmentation_path, locations, previous_path, annotated))
     return cases
 
 
@@ -148,6 +152,11 @@ class PatchSampler:
     The cut-out region extends the final patch symmetrically to ``sampled_size``; everything outside the image is
     padded (image 0, label 0). For 2D configurations (``dimension == 2``) a slice of axis 0 is drawn first (the
     slice of the foreground location when forced).
+
+    With an ``ignore_label`` (sparse annotation) every sample that is not forced onto foreground (and a forced one
+    in a case without foreground) is centred on a random annotated voxel instead, as in the reference: a uniform
+    position would often show the network nothing but ignored voxels, which teach it nothing. Cases preprocessed
+    without the annotated voxels' locations fall back to uniform positions.
 
     Random numbers come from numpy's global generator so that batchgenerators workers (which seed it per worker)
     make every stream reproducible. It implements the batchgenerators data-loader protocol (``__next__``,
@@ -227,6 +236,15 @@ class PatchSampler:
         points = case.class_locations[label]
         return points[np.random.randint(len(points))]
 
+    def _centre(self, case: PreprocessedCase, forced: bool) -> np.ndarray | None:
+        """Where to centre the patch: a foreground voxel when forced; with an ignore label an annotated voxel when
+        not forced (or when the case has no foreground); None for a uniform position."""
+        location = self._foreground_location(case) if forced else None
+        annotated = case.annotated_locations
+        if location is None and self.ignore_label is not None and annotated is not None and len(annotated):
+            location = annotated[np.random.randint(len(annotated))]
+        return location
+
     def _final_patch_lower_bound(self, shape: Sequence[int], centre: Sequence[int] | None) -> list[int]:
         lower = []
         for axis, (extent, size) in enumerate(zip(shape, self.patch_size, strict=True)):
@@ -246,7 +264,7 @@ class PatchSampler:
             case = self.cases[np.random.randint(len(self.cases))]
             image, segmentation, previous = self._arrays(case)
             forced = index >= self.batch_size - self.forced_per_batch
-            location = self._foreground_location(case) if forced else None
+            location = self._centre(case, forced)
             if self.dimension == 2:
                 slice_index = int(location[0]) if location is not None else np.random.randint(image.shape[1])
                 image, segmentation = image[:, slice_index], segmentation[:, slice_index]

@@ -167,6 +167,7 @@ def _resample_label_and_sample_locations(
     *,
     classes: Iterable[int] | None,
     identifier: str,
+    ignore_label: int | None,
 ) -> tuple[np.ndarray, dict]:
     """The label resampled like the image (``properties``: its shapes and spacings) and the locations sampled per
     class for foreground oversampling."""
@@ -176,8 +177,9 @@ def _resample_label_and_sample_locations(
     )
     segmentation = resample_segmentation(segmentation, properties["shape_after_resampling"], axis_orders=orders)
     if classes is None:
-        classes = [int(value) for value in np.unique(segmentation) if value > 0]
-    return segmentation, sample_class_locations(segmentation, classes=classes, identifier=identifier)
+        classes = [int(value) for value in np.unique(segmentation) if value > 0 and value != ignore_label]
+    locations = sample_class_locations(segmentation, classes=classes, identifier=identifier, ignore_label=ignore_label)
+    return segmentation, locations
 
 
 def preprocess_case(
@@ -187,6 +189,7 @@ def preprocess_case(
     configuration: Configuration,
     identifier: str | None = None,
     classes: Iterable[int] | None = None,
+    ignore_label: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Turn one raw case into training/inference input for ``configuration``.
 
@@ -203,6 +206,7 @@ def preprocess_case(
         configuration: one resolved configuration of the plan.
         identifier: case name (default: from the first image's file name); seeds the location sample.
         classes: label values to sample locations for (default: every non-zero value present).
+        ignore_label: the dataset's ignore label, if any: the annotated voxels' locations are sampled too.
 
     Returns:
         ``data`` float32 ``(C, z, y, x)``, ``seg`` int8 ``(1, z, y, x)`` or None, and the properties recorded in
@@ -230,6 +234,6 @@ def preprocess_case(
         properties["class_locations"] = {}
         return data, None, properties
     segmentation, properties["class_locations"] = _resample_label_and_sample_locations(
-        segmentation, properties, configuration, classes=classes, identifier=identifier
+        segmentation, properties, configuration, classes=classes, identifier=identifier, ignore_label=ignore_label
     )
     return data, segmentation[None], properties

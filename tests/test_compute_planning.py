@@ -61,6 +61,14 @@ def test_a_budget_that_pays_for_every_fold_keeps_the_memory_fitted_plans_unchang
                for entry in record["per_configuration"].values())
 
 
+def test_a_budget_that_refits_3d_fullres_drops_the_cascade_and_with_it_batch_dice() -> None:
+    spacing, shape = (1.0, 0.8, 0.8), (300, 512, 512)  # the fullres patch covers < 25 %: a cascade is planned
+    assert plan(None, spacing=spacing, shape=shape).configuration("3d_fullres").batch_dice  # cascade: batch Dice
+    tight = plan(compute(600, survives=2.0), spacing=spacing, shape=shape)
+    assert "3d_cascade_fullres" not in tight.to_json()["configurations"]
+    assert tight.configuration("3d_fullres").batch_dice is False  # no cascade: per-sample Dice, as the reference
+
+
 def test_a_tight_budget_coarsens_a_2d_plan_as_far_as_the_labels_survive_and_no_further() -> None:
     reference = plan(None).configuration("2d")
     for survives in (2.0, 4.0):

@@ -1,8 +1,8 @@
 """The predictor: a trained model folder turned into a function from images (files or arrays) to label maps.
 
 For each case: preprocess exactly as in training (``autoseg.transforms.case.preprocess_case``), predict
-logits with the sliding window for every fold, convert them to probabilities (softmax, or sigmoid for regions),
-average the probabilities over folds, then resample back to the input's grid and take the label map
+logits with the sliding window for every fold, average the logits over folds (as the reference does), convert
+them to probabilities (softmax, or sigmoid for regions), then resample back to the input's grid and take the label map
 (``autoseg.inference.export``). A ``3d_cascade_fullres`` predictor first runs its ``3d_lowres`` predictor on the
 same case and feeds that segmentation as extra one-hot input channels.
 
@@ -246,7 +246,9 @@ class Predictor:
     def predict_preprocessed(
         self, data: np.ndarray | torch.Tensor, *, previous_stage_data: np.ndarray | torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Fold-averaged probabilities ``(K, z, y, x)`` (float32, CPU) for preprocessed ``data`` ``(C, z, y, x)``."""
+        """Probabilities ``(K, z, y, x)`` (float32, CPU) of the fold-averaged logits for preprocessed ``data``
+        ``(C, z, y, x)``: folds are averaged before the softmax, as the reference does (configurations, in an
+        ensemble, are averaged after it)."""
         data = torch.as_tensor(np.asarray(data, dtype=np.float32) if isinstance(data, np.ndarray) else data).float()
         if self.previous_stage is not None:
             if previous_stage_data is None:
@@ -262,13 +264,11 @@ class Predictor:
                 num_classes=self.dataset.num_output_channels, step_size=self.step_size, mirror_axes=self.mirror_axes,
                 device=self.device, batch_size=self.batch_size, precision=self.precision,
             )
-            probabilities = probabilities_from_logits(logits, uses_regions=uses_regions)
+            total = logits if total is None else total.add_(logits)
             del logits  # large images: keep at most two (K, z, y, x) volumes alive
-            total = probabilities if total is None else total.add_(probabilities)
-            del probabilities
         if len(self.networks) > 1:
             total /= len(self.networks)
-        return total.cpu()
+        return probabilities_from_logits(total, uses_regions=uses_regions).cpu()
 
     # -- whole cases --------------------------------------------------------------------------------------------
 

@@ -51,9 +51,10 @@ def plan(compute_budget: ComputeBudget | None, *, spacing=(1.0, 0.13, 0.13), sha
 
 
 def test_a_budget_that_pays_for_every_fold_keeps_the_memory_fitted_plans_unchanged() -> None:
-    spacing, shape = (1.0, 1.0, 1.0), (140, 160, 140)  # large enough for a cascade
+    spacing, shape = (1.0, 1.0, 1.0), (300, 300, 300)  # large enough for a cascade
     reference = plan(None, spacing=spacing, shape=shape)
     generous = plan(compute(1e9, device="cuda"), spacing=spacing, shape=shape)
+    assert "3d_cascade_fullres" in reference.names
     assert generous.to_json()["configurations"] == reference.to_json()["configurations"]
     record = generous.get("compute")
     assert record["folds"] == [0, 1, 2, 3, 4] and set(record["configurations"]) == {"2d", "3d_fullres"}

@@ -82,10 +82,24 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
+class BudgetPolyLR:
+    """Stands in for nnU-Net's PolyLRScheduler: the rate follows the share of the budget spent, not the epoch."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def step(self, epoch=None):
+        self.trainer.set_poly_learning_rate()
+
+
 class nnUNetTrainerEqualBudget(nnUNetTrainer):
     budget_kind = "seconds"  # or "iterations"
     budget_amount = 900.0
     poly_exponent = 0.9  # nnU-Net's PolyLRScheduler
+
+    def configure_optimizers(self):
+        optimizer, _ = super().configure_optimizers()
+        return optimizer, BudgetPolyLR(self)  # so that the rate nnU-Net logs at an epoch's start is the one in use
 
     def progress(self):
         if self.budget_kind == "seconds":
@@ -108,7 +122,7 @@ class nnUNetTrainerEqualBudget(nnUNetTrainer):
             for _ in range(self.num_iterations_per_epoch):
                 if self.progress() >= 1:
                     break
-                self.set_poly_learning_rate()
+                self.lr_scheduler.step()
                 train_outputs.append(self.train_step(next(self.dataloader_train)))
                 self.iterations_done += 1
             self.on_train_epoch_end(train_outputs)

@@ -4,12 +4,14 @@ Both tools train one fold of one dataset on this machine, one after the other (n
 ``splits_final.json``, which autoseg then receives with ``--splits``, so both hold out exactly the same cases).
 Two modes:
 
-- **equal wall-clock** (default, ``--minutes 15``): each tool trains as its recipe does for that long. autoseg runs
-  ``autoseg train --time-budget``; nnU-Net runs its own trainer with its own epochs (250 steps, then 50 validation
-  steps), but through a subclass, written by this script into the scratch folder and run in nnU-Net's virtual
-  environment, that sets the learning rate before every step to nnU-Net's poly rule stretched over the budget,
-  ``0.01 * (1 - elapsed / budget) ** 0.9``, and stops when the budget is spent. autoseg keeps its own precision
-  (``--precision``, default ``auto``) and batch (capped on CPU); nnU-Net computes in float32 on a CPU.
+- **equal wall-clock** (default, ``--minutes 15``): each tool trains as its recipe does for that long. autoseg plans
+  as ``autoseg run --time-budget`` would for that much training (``autoseg plan --time-budget``, its compute-aware
+  plan: spacing, width, batch fitted to the measured machine; ``--memory-plan`` keeps the memory-fitted plan
+  instead) and runs ``autoseg train --time-budget``; nnU-Net runs its own trainer with its own epochs (250 steps,
+  then 50 validation steps), but through a subclass, written by this script into the scratch folder and run in
+  nnU-Net's virtual environment, that sets the learning rate before every step to nnU-Net's poly rule stretched over
+  the budget, ``0.01 * (1 - elapsed / budget) ** 0.9``, and stops when the budget is spent. autoseg keeps its own
+  precision (``--precision``, default ``auto``) and batch (capped on CPU); nnU-Net computes in float32 on a CPU.
 - **equal iterations** (``--iterations N``): both take exactly N optimiser steps with the same poly rule over steps,
   both in float32, with nnU-Net's batch size (autoseg's ``--batch-size``) and the same patch size (checked: the
   benchmark stops if the two plans' patches differ), and no validation steps during training. This asks whether
@@ -57,6 +59,8 @@ from train_speed import CONFIGURATIONS, prepare_autoseg
 
 from autoseg.evaluation.folders import evaluate_folders
 from autoseg.evaluation.targets import targets_from_dataset_json
+from autoseg.pipeline.budget import PREPROCESSING_SHARE
+from autoseg.pipeline.schedule import AFTER_TRAINING_SHARE
 from autoseg.records.plans import load_plans
 from autoseg.utils.files import write_json
 
@@ -203,15 +207,34 @@ def autoseg_budget_arguments(budget: tuple[str, float], *, batch_size: int | Non
     return arguments + (["--batch-size", str(batch_size)] if batch_size is not None else [])
 
 
+def prepare_autoseg_for_budget(dataset: str, configuration: str, *, scratch: Path, training_seconds: float) -> Path:
+    """autoseg's compute-aware plan for ``training_seconds`` of training on this machine, preprocessed (once).
+
+    ``autoseg plan --time-budget T`` fits the plans to the training share of a whole run of T, so T is chosen to
+    leave exactly ``training_seconds`` to training."""
+    work = scratch / f"autoseg_work_budget_{training_seconds:g}s"
+    folder = work / dataset
+    if not (folder / "preprocessed" / configuration).is_dir():
+        whole_run = training_seconds / (1 - AFTER_TRAINING_SHARE - PREPROCESSING_SHARE)
+        for stage in (["plan", str(SHARED_DATASETS / dataset), "--time-budget", f"{whole_run:.0f}s", "--device", "cpu"],
+                      ["preprocess", str(SHARED_DATASETS / dataset), "-c", configuration]):
+            run_quietly([sys.executable, "-m", "autoseg", *stage, "--work-dir", str(work)],
+                        log=scratch / f"autoseg_{stage[0]}_budget_{dataset}.log")
+    return folder
+
+
 def train_autoseg(dataset: str, configuration: str, fold: int, *, budget: tuple[str, float], splits: Path,
-                  scratch: Path, batch_size: int | None, precision: str) -> dict:
+                  scratch: Path, batch_size: int | None, precision: str, memory_plan: bool = False) -> dict:
     """``autoseg train`` on the fold of ``splits`` from scratch, with its validation prediction."""
-    folder = prepare_autoseg(dataset, scratch=scratch)
+    if budget[0] == "seconds" and not memory_plan:
+        folder = prepare_autoseg_for_budget(dataset, configuration, scratch=scratch, training_seconds=budget[1])
+    else:
+        folder = prepare_autoseg(dataset, scratch=scratch)
     fold_folder = folder / "models" / configuration / f"fold_{fold}"
     shutil.rmtree(fold_folder, ignore_errors=True)  # a fresh run, not a resumed one
     log = scratch / f"autoseg_equal_budget_{dataset}.log"
     command = [sys.executable, "-m", "autoseg", "train", str(SHARED_DATASETS / dataset), configuration, str(fold),
-               "--work-dir", str(scratch / "autoseg_work"), "--splits", str(splits), "--device", "cpu",
+               "--work-dir", str(folder.parent), "--splits", str(splits), "--device", "cpu",
                *autoseg_budget_arguments(budget, batch_size=batch_size, precision=precision)]
     started = time.monotonic()
     run_quietly(command, log=log)
@@ -225,6 +248,8 @@ def train_autoseg(dataset: str, configuration: str, fold: int, *, budget: tuple[
         "epochs": summary["epochs_completed"],
         "batch_size": int(setup["batch"]) if setup else None,
         "patch_size": list(plan.patch_size),
+        "features": list(plan.network.get("features_per_stage", [])),
+        "spacing": list(plan.spacing),
         "precision": setup["precision"] if setup else None,
         "validation_folder": str(fold_folder / "validation"),
         "wall_seconds": wall_seconds,
@@ -274,6 +299,9 @@ def print_table(results: dict[str, dict], difference: dict) -> None:
               f"{result['batch_size'] or '-':>5} {result['precision'] or '-':>9}  "
               + " ".join(f"{number(result['dice'][name]):>10}" for name in names)
               + f" {number(result['mean_dice']):>8}")
+    if "features" in results["autoseg"]:
+        plan = results["autoseg"]
+        print(f"autoseg's plan: patch {plan['patch_size']}, spacing {plan['spacing']}, features {plan['features']}")
     print(f"{'difference':<10} {difference['iterations']:>+6} {difference['training_seconds']:>+8.0f} {'':>7} {'':>5} "
           f"{'':>9}  " + " ".join(f"{number(difference['dice'][name]):>10}" for name in names)
           + f" {number(difference['mean_dice']):>8}   (autoseg - nnU-Net)")
@@ -292,6 +320,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/equal_budget"),
                         help="preprocessed data, models and logs of both tools (kept: preprocessing is reused)")
     parser.add_argument("--nnunet-venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--memory-plan", action="store_true",
+                        help="equal wall-clock: train autoseg's memory-fitted plan, not its plan for the budget")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON result (default benchmarks/results/equal_budget_<dataset>_<mode>.json)")
     args = parser.parse_args()
@@ -321,7 +351,7 @@ def main() -> int:
     print(f"  autoseg training ... (load {load_average():.2f})", flush=True)
     autoseg = train_autoseg(args.dataset, args.configuration, args.fold, budget=budget,
                             splits=Path(nnunet["splits_file"]), scratch=scratch, batch_size=batch_size,
-                            precision=args.precision)
+                            precision=args.precision, memory_plan=args.memory_plan)
     results = {"autoseg": autoseg, "nnU-Net": nnunet}
     for result in results.values():
         result.update(validation_dice(args.dataset, result["validation_folder"], nnunet["validation_cases"]))

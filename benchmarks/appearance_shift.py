@@ -17,8 +17,8 @@ The shifts (``--severity`` scales all of them; every image draws its own values 
 
 *Ultrasound* (a 2D B-mode image with its probe at the top, rows = depth):
     resolution loss   Gaussian blur, wider laterally than axially (a lower-frequency probe, a wider beam):
-                      sigma = severity * (U(0.8, 1.2) axial, U(1.6, 2.4) lateral) pixels
-    speckle           multiplicative gamma-distributed speckle with U(1.5, 3) looks, correlated over ~1 pixel
+                      sigma = severity * (U(0.25, 0.4) mm axial, U(0.6, 0.9) mm lateral)
+    speckle           multiplicative gamma-distributed speckle with U(1.5, 3) looks and a grain of ~0.15 mm
                       (a scanner with less speckle reduction), raised to the power ``severity``
     gain and TGC      overall gain U(2, 5) dB and a time-gain compensation that falls by U(8, 14) dB from the top
                       to the bottom of the image, times ``severity`` (deep tissue darker, shallow tissue saturating)
@@ -64,16 +64,20 @@ def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def shift_ultrasound(image: np.ndarray, rng: np.random.Generator, *, severity: float) -> np.ndarray:
-    """A B-mode image ``(1, rows = depth, columns)`` as another scanner might show it (see the module docstring)."""
+def shift_ultrasound(
+    image: np.ndarray, rng: np.random.Generator, *, severity: float, spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
+) -> np.ndarray:
+    """A B-mode image ``(1, rows = depth, columns)`` with pixel ``spacing`` (mm, z y x) as another scanner might
+    show it (see the module docstring)."""
     scale = max(255.0, float(image.max()))
     envelope = image.astype(np.float64) / scale
+    axial_mm, lateral_mm = severity * rng.uniform(0.25, 0.4), severity * rng.uniform(0.6, 0.9)
     blurred = np.stack([
-        ndimage.gaussian_filter(plane, (severity * rng.uniform(0.8, 1.2), severity * rng.uniform(1.6, 2.4)))
-        for plane in envelope
+        ndimage.gaussian_filter(plane, (axial_mm / spacing[-2], lateral_mm / spacing[-1])) for plane in envelope
     ])
     looks = rng.uniform(1.5, 3.0)
-    speckle = ndimage.gaussian_filter(rng.gamma(looks, 1.0 / looks, size=blurred.shape), (0, 1.0, 1.0))
+    grain = (0, 0.15 / spacing[-2], 0.15 / spacing[-1])  # speckle grain of about 0.15 mm
+    speckle = ndimage.gaussian_filter(rng.gamma(looks, 1.0 / looks, size=blurred.shape), grain)
     speckled = blurred * (speckle / speckle.mean()) ** severity
     depth = np.linspace(0.0, 1.0, image.shape[-2])[:, None]
     gain_db = severity * (rng.uniform(2.0, 5.0) - rng.uniform(8.0, 14.0) * depth)
@@ -82,7 +86,9 @@ def shift_ultrasound(image: np.ndarray, rng: np.random.Generator, *, severity: f
     return (compressed * scale).astype(np.float32)
 
 
-def shift_mri(image: np.ndarray, rng: np.random.Generator, *, severity: float) -> np.ndarray:
+def shift_mri(
+    image: np.ndarray, rng: np.random.Generator, *, severity: float, spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
+) -> np.ndarray:
     """An MRI volume ``(z, y, x)`` as another scanner might show it (see the module docstring)."""
     low, high = np.percentile(image, [0.5, 99.5])
     unit = np.clip((image.astype(np.float64) - low) / max(high - low, 1e-6), 0.0, None)
@@ -109,7 +115,8 @@ def write_inputs(cases, out: Path, *, modality: str, seed: int, severity: float)
             image = read_image(path)
             name = f"{case.identifier}_{channel:04d}.nii.gz"
             write_image(image.array.astype(np.float32), image.geometry, folders["clean"] / name)
-            shifted = SHIFTS[modality](image.array, _rng(seed, f"{case.identifier}/{channel}"), severity=severity)
+            shifted = SHIFTS[modality](image.array, _rng(seed, f"{case.identifier}/{channel}"), severity=severity,
+                                       spacing=image.geometry.spacing)
             write_image(shifted, image.geometry, folders["shifted"] / name)
     return folders
 

@@ -26,7 +26,7 @@ from autoseg.inference.adaptation.small_networks import InputNormaliser, ShapeAu
 @dataclasses.dataclass(frozen=True)
 class NormaliserSettings:
     steps: int = 10
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-2
     consistency_weight: float = 1.0
     entropy_weight: float = 0.1
     windows_per_step: int = 2

@@ -14,6 +14,7 @@ from autoseg.cli import main
 from autoseg.inference.adaptation import adapter as adapter_module
 from autoseg.inference.adaptation.plausibility import PredictionSummary, SourceRanges
 from autoseg.inference.adaptation.small_networks import InputNormaliser
+from autoseg.inference.adaptation.standardise import SourceIntensities, intensity_landmarks, standardiser_for
 from autoseg.inference.predictor import Predictor
 from autoseg.io.images import read_image
 from autoseg.transforms.case import preprocess_case
@@ -135,3 +136,31 @@ def test_plausibility_accepts_predictions_like_the_training_ones_and_refuses_jum
     # Already outside and moving back towards the range is an improvement, not a jump.
     assert ranges.problems(PredictionSummary((0.5,), 0.03), PredictionSummary((0.8,), 0.03)) == []
     assert "entropy" in ranges.problems(PredictionSummary((0.2,), 0.2), typical)[0]
+
+
+
+def _standardised(image: np.ndarray, source: SourceIntensities) -> np.ndarray:
+    standardiser = standardiser_for(image, source)
+    if standardiser is None:
+        return image
+    return standardiser(torch.as_tensor(image, dtype=torch.float32)[None])[0].numpy()
+
+
+def test_intensity_standardisation_leaves_training_like_images_and_pulls_foreign_ones_back():
+    generator = np.random.default_rng(0)
+
+    def z_scored(image):
+        return (image - image.mean()) / image.std()
+
+    training = [z_scored(generator.normal(0.0, 1.0, (1, 60, 60))) for _ in range(30)]
+    source = SourceIntensities.of([intensity_landmarks(image) for image in training])
+    low, high = np.asarray(source.low)[0], np.asarray(source.high)[0]
+    training_like = z_scored(generator.normal(0.0, 1.0, (1, 60, 60)))
+    assert np.abs(_standardised(training_like, source) - training_like).max() < 0.1
+    foreign = z_scored(np.exp(1.5 * training[0]))  # another dynamic range: a skewed histogram after the z-score
+    assert np.any(intensity_landmarks(foreign)[0] > high + 0.3) or np.any(intensity_landmarks(foreign)[0] < low - 0.3)
+    mapped = _standardised(foreign, source)
+    landmarks = intensity_landmarks(mapped)[0]
+    assert np.all(landmarks >= low - 0.05) and np.all(landmarks <= high + 0.05)
+    order = np.argsort(foreign.ravel())
+    assert np.all(np.diff(mapped.ravel()[order]) >= -1e-5)  # monotone: the order of intensities is kept

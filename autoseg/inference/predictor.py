@@ -302,7 +302,7 @@ class Predictor:
             probabilities = self.network_probabilities(network, data)
             if self.adaptation is not None:
                 probabilities, report = self.adaptation.adapt(
-                    index, network, data, probabilities, lambda adapted: self.network_probabilities(adapted, data)
+                    index, network, data, probabilities, self.network_probabilities
                 )
                 fold_reports.append({"fold": self.trained_model.folds[index], **report})
             total = probabilities if total is None else total.add_(probabilities)

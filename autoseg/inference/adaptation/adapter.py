@@ -32,6 +32,7 @@ from autoseg.inference.adaptation.normaliser import NormaliserSettings, adapt_no
 from autoseg.inference.adaptation.plausibility import PredictionSummary, SourceRanges
 from autoseg.inference.adaptation.segmenter import Composed, FrozenSegmenter, ImageWindows, target_channels
 from autoseg.inference.adaptation.small_networks import ShapeAutoencoder
+from autoseg.inference.adaptation.standardise import SourceIntensities, intensity_landmarks, standardiser_for
 from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Configuration
 from autoseg.transforms.case import preprocess_case
@@ -58,11 +59,13 @@ class AdapterTrainingSettings:
 
 @dataclasses.dataclass
 class SourceWindows:
-    """Training windows ``(N, C, *patch)`` with their target channels ``(N, K, *patch)``, and per-case summaries."""
+    """Training windows ``(N, C, *patch)`` with their target channels ``(N, K, *patch)``, per-case summaries of the
+    predictions and the intensity landmarks of each case."""
 
     images: torch.Tensor
     targets: torch.Tensor
     summaries: list[PredictionSummary]
+    landmarks: list[np.ndarray] = dataclasses.field(default_factory=list)
 
 
 def _case_windows(
@@ -81,18 +84,19 @@ def collect_source_windows(
 ) -> SourceWindows:
     """Preprocess up to ``max_cases`` training cases ``(image paths, label path)``: their windows and summaries."""
     order = torch.randperm(len(cases), generator=generator)[: settings.max_cases].tolist()
-    images, targets, summaries = [], [], []
+    images, targets, summaries, landmarks = [], [], [], []
     for index in sorted(order):
         image_paths, label_path = cases[index]
         data, segmentation, _ = preprocess_case(list(image_paths), label_path, configuration=configuration)
         summaries.append(PredictionSummary.of(predict(data), uses_regions=dataset.has_regions))
+        landmarks.append(intensity_landmarks(data))
         case_images, case_targets = _case_windows(
             data, segmentation, configuration.patch_size, dataset=dataset, count=settings.windows_per_case,
             generator=generator,
         )
         images.append(case_images)
         targets.append(case_targets)
-    return SourceWindows(torch.cat(images), torch.cat(targets), summaries)
+    return SourceWindows(torch.cat(images), torch.cat(targets), summaries, landmarks)
 
 
 def train_fold_adapter(
@@ -131,6 +135,7 @@ def train_fold_adapter(
         "checkpoint_sha256": sha256_file(checkpoint_path),
         "seed": settings.seed, "training_windows": len(source.images),
         "source_ranges": SourceRanges.of(source.summaries).to_dict(),
+        "source_intensities": SourceIntensities.of(source.landmarks).to_dict() if source.landmarks else None,
         "source_summaries": [summary.to_dict() for summary in source.summaries], "methods": methods,
     }
     write_json(folder / ADAPTATION_FILE, record)
@@ -147,6 +152,7 @@ class FoldAdapter:
     adversarial: AdversarialParts | None
     bank: tuple[torch.Tensor, torch.Tensor] | None
     settings: NormaliserSettings | AdversarialSettings
+    intensities: SourceIntensities | None = None  # None: an adapter recorded without them (no standardisation)
 
     def to(self, device: torch.device) -> FoldAdapter:
         """The adapter's networks and bank on ``device`` (where the segmenter runs)."""
@@ -184,17 +190,20 @@ def load_fold_adapter(
     """The adapter of one fold for ``method``; one sentence when it is missing or made for another checkpoint."""
     record = _require_record(folder, checkpoint_path, method, model_folder)
     ranges = SourceRanges.from_dict(record["source_ranges"])
+    recorded_intensities = record.get("source_intensities")
+    intensities = SourceIntensities.from_dict(recorded_intensities) if recorded_intensities else None
     patch_size = tuple(configuration.patch_size)
     recorded_settings = record["methods"][method].get("settings", {})
     if method == "normaliser":
         prior = ShapeAutoencoder(classes, patch_size=patch_size)
         prior.load_state_dict(torch.load(folder / SHAPE_PRIOR_FILE, map_location="cpu", weights_only=True))
-        return FoldAdapter(folder, ranges, prior.eval(), None, None, NormaliserSettings(**recorded_settings))
+        return FoldAdapter(folder, ranges, prior.eval(), None, None, NormaliserSettings(**recorded_settings),
+                           intensities)
     state = torch.load(folder / ADVERSARIAL_FILE, map_location="cpu", weights_only=True)
     parts = AdversarialParts.new(channels=channels, classes=classes, dimension=len(patch_size))
     parts.load_state_dict(state)
     return FoldAdapter(folder, ranges, None, parts, (state["bank_images"], state["bank_targets"]),
-                       AdversarialSettings(**recorded_settings))
+                       AdversarialSettings(**recorded_settings), intensities)
 
 
 @dataclasses.dataclass
@@ -219,22 +228,32 @@ class CaseAdaptation:
 
     def adapt(
         self, fold_index: int, network: nn.Module, data: torch.Tensor, unadapted: torch.Tensor,
-        predict: Callable[[nn.Module], torch.Tensor],
+        predict: Callable[[nn.Module, torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, dict]:
-        """The probabilities to keep for one fold network (adapted, or ``unadapted`` on fallback) and the report."""
+        """The probabilities to keep for one fold network (adapted, or ``unadapted`` on fallback) and the report.
+
+        ``predict(network, image)`` is the sliding-window prediction; ``image`` is ``data`` after intensity
+        standardisation (``autoseg.inference.adaptation.standardise``) when the adapter recorded the training images'
+        intensities and the case's lie outside them."""
         started = time.perf_counter()
         adapter = self.adapters[fold_index]
         segmenter = FrozenSegmenter(network, uses_regions=self.uses_regions)
         device = next(network.parameters()).device
+        standardiser = standardiser_for(data, adapter.intensities)
+        if standardiser is not None:  # the learned front adapts the standardised image
+            standardiser.to(device)
+            with torch.no_grad():
+                data = standardiser(torch.as_tensor(data, device=device)[None])[0]
         windows = ImageWindows(data, self.configuration.patch_size, device=device)
         front, losses = self._front(adapter.to(device), segmenter, windows)
-        adapted = predict(Composed(front, network))
+        adapted = predict(Composed(front, network), data)
         before = PredictionSummary.of(unadapted, uses_regions=self.uses_regions)
         after = PredictionSummary.of(adapted, uses_regions=self.uses_regions)
         problems = adapter.ranges.problems(after, before)
         report = {
             "used": "unadapted" if problems else "adapted", "fallback_reasons": problems,
             "unadapted": before.to_dict(), "adapted": after.to_dict(),
+            "standardised": standardiser is not None,
             "losses": [round(loss, 6) for loss in losses], "seconds": round(time.perf_counter() - started, 3),
         }
         return (unadapted if problems else adapted), report

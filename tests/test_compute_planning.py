@@ -17,6 +17,8 @@ from autoseg.planning.compute import (
     RESOLUTION_DICE_FLOOR,
     TARGET_ITERATIONS,
     ComputeBudget,
+    Variant,
+    choose_layout,
     choose_variant,
     ladder,
 )
@@ -49,14 +51,23 @@ def plan(compute_budget: ComputeBudget | None, *, spacing=(1.0, 0.13, 0.13), sha
 
 
 def test_a_budget_that_pays_for_every_fold_keeps_the_memory_fitted_plans_unchanged() -> None:
-    spacing, shape = (1.0, 1.0, 1.0), (140, 160, 140)  # large enough for a cascade
+    spacing, shape = (1.0, 1.0, 1.0), (300, 300, 300)  # large enough for a cascade
     reference = plan(None, spacing=spacing, shape=shape)
     generous = plan(compute(1e9, device="cuda"), spacing=spacing, shape=shape)
+    assert "3d_cascade_fullres" in reference.names
     assert generous.to_json()["configurations"] == reference.to_json()["configurations"]
     record = generous.get("compute")
     assert record["folds"] == [0, 1, 2, 3, 4] and set(record["configurations"]) == {"2d", "3d_fullres"}
     assert all(entry["rung"] == 0 and entry["expected_iterations"] >= TARGET_ITERATIONS
                for entry in record["per_configuration"].values())
+
+
+def test_a_budget_that_refits_3d_fullres_drops_the_cascade_and_with_it_batch_dice() -> None:
+    spacing, shape = (1.0, 0.8, 0.8), (300, 512, 512)  # the fullres patch covers < 25 %: a cascade is planned
+    assert plan(None, spacing=spacing, shape=shape).configuration("3d_fullres").batch_dice  # cascade: batch Dice
+    tight = plan(compute(600, survives=2.0), spacing=spacing, shape=shape)
+    assert "3d_cascade_fullres" not in tight.to_json()["configurations"]
+    assert tight.configuration("3d_fullres").batch_dice is False  # no cascade: per-sample Dice, as the reference
 
 
 def test_a_tight_budget_coarsens_a_2d_plan_as_far_as_the_labels_survive_and_no_further() -> None:
@@ -153,3 +164,14 @@ def test_plan_with_a_time_budget_writes_and_shows_its_reasoning(monkeypatch, tmp
     assert main(["plan", str(root), "--work-dir", str(work), "--show"]) == 0
     shown = capsys.readouterr().out
     assert "fitted to a time budget of 10 min on cpu" in shown and "steps" in shown and "spacing" in shown
+
+
+def test_a_configuration_that_reaches_the_target_steps_wins_over_one_that_keeps_its_plan_but_cannot() -> None:
+    slow = [Variant({"name": "3d"}, 0, 3.0, ("plan",)), Variant({"name": "3d narrow"}, 2, 1.0, ("narrow",))]
+    fast = [Variant({"name": "2d"}, 0, 1.0, ("plan",)), Variant({"name": "2d small"}, 3, 0.1, ("batch 2",))]
+    seconds = 300.0  # 2d at batch 2 gets 3000 steps; 3d gets at most 300
+    layout = choose_layout({"2d": fast, "3d_fullres": slow}, compute(seconds), primary="3d_fullres")
+    assert layout.configurations == ("2d",) and layout.chosen["2d"] == fast[1]
+    assert not any("fewer than" in reason for reason in layout.reasons)
+    tie = choose_layout({"2d": slow, "3d_fullres": slow}, compute(seconds), primary="3d_fullres")
+    assert tie.configurations == ("3d_fullres",)  # equally degraded: the primary configuration

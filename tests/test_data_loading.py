@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from autoseg.errors import UserError
 from autoseg.io.images import read_image
+from autoseg.preprocessing.storage import write_preprocessed_case as store_preprocessed_case
 from autoseg.records.plans import Configuration
 from autoseg.training.augmentation import (
     AugmentationSettings,
@@ -21,9 +23,11 @@ from autoseg.training.augmentation import (
 )
 from autoseg.training.data_loading import (
     deep_supervision_scales,
+    forced_foreground_samples,
     make_training_loader,
     make_validation_loader,
 )
+from autoseg.transforms.case import preprocess_case
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "Dataset004_Hippocampus"
 
@@ -100,7 +104,7 @@ def test_at_least_a_third_of_every_batch_contains_foreground(sparse_foreground_f
         for _ in range(8):
             target = next(loader)["target"]
             samples_with_foreground = int((target.flatten(1) > 0).any(dim=1).sum())
-            assert samples_with_foreground >= 2  # ceil(5 / 3)
+            assert samples_with_foreground >= 2  # the last 5 - round(5 * 0.67) = 2 samples are forced
     # Without oversampling the tiny blobs are mostly missed: the guarantee above comes from the sampler.
     with make_validation_loader(
         sparse_foreground_folder,
@@ -113,6 +117,53 @@ def test_at_least_a_third_of_every_batch_contains_foreground(sparse_foreground_f
     ) as loader:
         hits = sum(int((next(loader)["target"].flatten(1) > 0).any(dim=1).sum()) for _ in range(8))
     assert hits < 8 * 5 / 3
+
+
+def test_foreground_is_forced_on_the_reference_number_of_samples_per_batch(tmp_path: Path) -> None:
+    # One foreground voxel in a large case: a random 8^3 patch misses it; a forced one is centred on it.
+    segmentation = np.zeros((1, 8, 300, 300))
+    segmentation[0, 4, 150, 150] = 1
+    write_preprocessed_case(tmp_path, "needle", np.zeros(segmentation.shape), segmentation)
+    config = configuration(3, [8, 8, 8], [[1, 1, 1], [2, 2, 2]])
+    # nnU-Net v2: the last B - round(B * 0.67) samples of a batch (Python rounding).
+    reference = {1: 0, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2, 7: 2, 8: 3, 9: 3, 10: 3, 11: 4, 12: 4}
+    for batch_size, expected in reference.items():
+        assert forced_foreground_samples(batch_size, 0.33) == expected
+        with make_validation_loader(
+            tmp_path, ["needle"], configuration=config, batch_size=batch_size, num_workers=0, seed=batch_size
+        ) as loader:
+            hits = [(next(loader)["target"].flatten(1) > 0).any(dim=1).tolist() for _ in range(3)]
+        assert all(batch == [False] * (batch_size - expected) + [True] * expected for batch in hits), batch_size
+
+
+def test_with_an_ignore_label_random_patches_are_centred_on_annotated_voxels(tmp_path: Path) -> None:
+    # Sparse annotation: everything is ignore (2) but a 12^3 corner of background with a 2^3 object (1). The case
+    # goes through real preprocessing, which samples the annotated voxels' locations.
+    label = np.full((16, 96, 96), 2, dtype=np.uint8)
+    label[:12, :12, :12] = 0
+    label[4:6, 4:6, 4:6] = 1
+    for array, name in ((np.random.default_rng(0).normal(size=label.shape), "sparse_0000"), (label, "sparse")):
+        image = sitk.GetImageFromArray(array.astype(np.float32 if array is not label else np.uint8))
+        sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
+    plan = Configuration(name="test", dimension=3, spacing=(1.0, 1.0, 1.0), patch_size=(16, 16, 16), batch_size=6,
+                         network={"strides": [[1, 1, 1], [2, 2, 2]]},
+                         normalization=({"scheme": "zscore", "use_mask": False},),
+                         resampling={"image_order": 3, "label_order": 1, "coarse_axis_order": 0})
+    data, segmentation, properties = preprocess_case(
+        [tmp_path / "sparse_0000.nii.gz"], tmp_path / "sparse.nii.gz", configuration=plan, classes=(1,),
+        ignore_label=2,
+    )
+    annotated = np.asarray(properties["class_locations"]["annotated"])
+    assert len(annotated) == 12**3 and (segmentation[0][tuple(annotated.T)] != 2).all()
+    store_preprocessed_case(tmp_path / "preprocessed", "sparse", data, segmentation, properties)
+
+    def samples_with_annotation(ignore_label: int | None) -> list[bool]:
+        with make_validation_loader(tmp_path / "preprocessed", ["sparse"], configuration=plan, batch_size=6,
+                                    num_workers=0, seed=0, ignore_label=ignore_label) as loader:
+            return [bool(has) for _ in range(5) for has in (next(loader)["target"] != 2).flatten(1).any(dim=1)]
+
+    assert all(samples_with_annotation(2))  # the reference's rule: 4 of 6 on annotated voxels, 2 on foreground
+    assert sum(samples_with_annotation(None)) < 20  # uniform positions (no ignore label): mostly ignored voxels
 
 
 def test_validation_patches_are_exact_unaugmented_crops(tmp_path: Path) -> None:
@@ -158,12 +209,52 @@ def test_anisotropic_patches_are_augmented_in_plane_only(tmp_path: Path) -> None
             target = next(loader)["target"].numpy()
         return [set(np.unique(sample[0, index])) - {0} for sample in target for index in range(patch_size[0])]
 
-    assert is_anisotropic_patch([3, 32, 32])
+    assert is_anisotropic_patch([3, 32, 32]) and is_anisotropic_patch([10, 32, 40])
+    # The reference's test: the longest edge against axis 0 (the thick-slice axis), more than 3x.
+    assert not is_anisotropic_patch([12, 32, 36]) and not is_anisotropic_patch([32, 8, 32])
     assert sampled_patch_size([3, 32, 32], always)[0] == 3  # the coarse axis is not enlarged
     assert all(len(labels) == 1 for labels in slice_label_sets([3, 32, 32]))
     # Control: an isotropic-enough patch is rotated in 3D, and then slices do mix.
     assert not is_anisotropic_patch([8, 16, 16])
     assert any(len(labels) > 1 for labels in slice_label_sets([8, 16, 16]))
+
+
+def _stripe_angles(target: np.ndarray) -> list[float]:
+    """Per sample, the angle (degrees, 0..90) between the stripes' normal and the x axis, from the structure tensor
+    of the first in-plane slice: 0 for unrotated vertical stripes, ``|theta| mod 180`` folded to 0..90 after a
+    rotation by theta."""
+    angles = []
+    for sample in target:
+        plane = sample[0].reshape(-1, *sample.shape[-2:])[0].astype(float)
+        gradient_y, gradient_x = np.gradient(plane)
+        xx, yy, xy = (gradient_x**2).sum(), (gradient_y**2).sum(), (gradient_x * gradient_y).sum()
+        angle = abs(np.degrees(0.5 * np.arctan2(2 * xy, xx - yy)))
+        angles.append(min(angle, 180 - angle))
+    return angles
+
+
+@pytest.mark.parametrize(
+    ("patch_size", "measured_range"),
+    # Three +-30 deg rotations about the three axes compose to a slightly larger turn of the stripes in a slice.
+    [([4, 32, 32], (60, 90)), ([48, 48], (60, 90)), ([32, 64], (8, 18)), ([16, 16, 16], (15, 45))],
+    ids=["anisotropic-3d", "2d", "elongated-2d", "isotropic-3d"],
+)
+def test_rotation_range_applied_to_each_kind_of_patch(tmp_path: Path, patch_size, measured_range) -> None:
+    # Vertical stripes (labels 1 and 2, 4 voxels wide): a rotation by theta turns them by theta, which the
+    # structure tensor measures. The reference's ranges: 180 deg in-plane for anisotropic ("dummy 2D") 3D
+    # patches and square-ish 2D ones, 15 deg for 2D patches more than 1.5x longer than wide, 30 deg in 3D.
+    depth = 1 if len(patch_size) == 2 else 48
+    stripes = (np.arange(160) // 4) % 2 + 1
+    segmentation = np.ascontiguousarray(np.broadcast_to(stripes, (1, depth, 160, 160)))
+    write_preprocessed_case(tmp_path, "stripes", np.zeros(segmentation.shape), segmentation)
+    always = replace(AugmentationSettings(), rotation_probability=1.0, scaling_probability=0.0).only_spatial()
+    config = configuration(len(patch_size), patch_size, [[1] * len(patch_size), [2] * len(patch_size)])
+    with make_training_loader(
+        tmp_path, ["stripes"], configuration=config, batch_size=8, num_workers=0, seed=0, augmentation=always
+    ) as loader:
+        angles = [angle for _ in range(5) for angle in _stripe_angles(next(loader)["target"].numpy())]
+    # The largest of 40 measured turns: from +-180 deg, all 40 within 60 deg (mod 180) has probability (2/3)^40.
+    assert measured_range[0] < max(angles) <= measured_range[1]
 
 
 @pytest.mark.parametrize(

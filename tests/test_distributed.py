@@ -19,9 +19,11 @@ import torch.multiprocessing
 
 from autoseg.errors import UserError
 from autoseg.records.work_folder import WorkFolder
+from autoseg.training.data_loading import forced_foreground_samples
 from autoseg.training.distributed import (
     DistributedContext,
     split_batch_size,
+    split_forced_samples,
     state_dict_fingerprint,
     unwrap_model,
 )
@@ -173,6 +175,23 @@ def test_two_torchrun_nodes_with_c10d_rendezvous_end_with_the_weights_rank_zero_
 
 def _tails(logs: list[Path]) -> str:
     return "\n".join(f"--- {log.name} ---\n" + log.read_text(errors="replace")[-3000:] for log in logs if log.exists())
+
+
+def test_forced_foreground_samples_are_split_across_ranks_as_in_one_process() -> None:
+    # The global batch keeps the single-process count, on its last samples (the reference's DDP rule).
+    for world_size in (1, 2, 3, 4):
+        for batch_size in range(world_size, 13):
+            forced = forced_foreground_samples(batch_size, 0.33)
+            contexts = [DistributedContext(world_size=world_size, rank=rank) for rank in range(world_size)]
+            per_rank = [split_forced_samples(batch_size, forced, context) for context in contexts]
+            shares = [split_batch_size(batch_size, context) for context in contexts]
+            flags = [flag for share, count in zip(shares, per_rank, strict=True)
+                     for flag in [False] * (share - count) + [True] * count]
+            assert flags == [False] * (batch_size - forced) + [True] * forced, (world_size, batch_size)
+            # What each rank's loader makes of the fraction it is given: the same count.
+            assert [forced_foreground_samples(share, count / share) for share, count in zip(shares, per_rank,
+                                                                                          strict=True)] == per_rank
+    assert [split_forced_samples(7, 2, DistributedContext(world_size=2, rank=rank)) for rank in (0, 1)] == [0, 2]
 
 
 def test_the_global_batch_is_split_across_ranks() -> None:

@@ -228,15 +228,20 @@ def test_continue_skips_cases_already_written(hippocampus_model, hippocampus_roo
     assert (tmp_path / "out" / f"{identifiers[1]}.nii.gz").is_file()
 
 
-def test_fold_ensemble_averages_the_probabilities_of_each_fold(hippocampus_model, hippocampus_root):
+def test_fold_ensemble_averages_the_logits_of_each_fold_as_the_reference(hippocampus_model, hippocampus_root):
     both = Predictor.from_model_folder(hippocampus_model, device="cpu", tta=False)
     assert both.trained_model.folds == ("0", "1")
     case = both.preprocess(load_raw_dataset(hippocampus_root).training_cases[0].images)
     singles = [Predictor.from_model_folder(hippocampus_model, folds=(fold,), device="cpu", tta=False)
                for fold in (0, 1)]
-    expected = (singles[0].predict_case(case) + singles[1].predict_case(case)) / 2
-    np.testing.assert_allclose(both.predict_case(case), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(expected.sum(0), 1.0, rtol=1e-5)
+    # log(softmax) is the logits up to a per-voxel constant, so softmax(mean(log p_fold)) = softmax(mean logits).
+    log_probabilities = [torch.log(torch.from_numpy(single.predict_case(case)).double()) for single in singles]
+    expected = torch.softmax((log_probabilities[0] + log_probabilities[1]) / 2, dim=0).float().numpy()
+    ensembled = both.predict_case(case)
+    np.testing.assert_allclose(ensembled, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ensembled.sum(0), 1.0, rtol=1e-5)
+    averaged_probabilities = (np.exp(log_probabilities[0].numpy()) + np.exp(log_probabilities[1].numpy())) / 2
+    assert np.abs(ensembled - averaged_probabilities).max() > 1e-3  # the two rules differ on this case
 
 
 def test_predict_array_equals_predicting_the_file(hippocampus_model, hippocampus_root, tmp_path):

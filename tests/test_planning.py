@@ -77,10 +77,12 @@ def test_large_images_get_a_lowres_cascade() -> None:
     lowres_entry = plans["configurations"]["3d_lowres"]
     cascade_entry = plans["configurations"]["3d_cascade_fullres"]
     assert lowres_entry["inherits_from"] == "3d_fullres"
-    assert cascade_entry == {"inherits_from": "3d_fullres", "batch_dice": True, "previous_stage": "3d_lowres"}
+    assert cascade_entry == {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
     fullres = resolve_configuration(plans, "3d_fullres")
     lowres = resolve_configuration(plans, "3d_lowres")
     cascade = resolve_configuration(plans, "3d_cascade_fullres")
+    # The reference's batch Dice: pooled over the batch in 3d_fullres and the cascade when a cascade exists.
+    assert (fullres["batch_dice"], lowres["batch_dice"], cascade["batch_dice"]) == (True, False, True)
     assert "inherits_from" not in cascade and cascade["patch_size"] == fullres["patch_size"]
     assert math.prod(fullres["patch_size"]) / math.prod(fullres["median_shape"]) < 0.25
     assert all(low > full for low, full in zip(lowres["spacing"], fullres["spacing"], strict=True))
@@ -89,7 +91,9 @@ def test_large_images_get_a_lowres_cascade() -> None:
 
 
 def test_small_images_get_no_cascade_and_2d_data_only_2d() -> None:
-    assert list(_plan([1.0, 1.0, 1.0], [40, 50, 40])["configurations"]) == ["2d", "3d_fullres"]
+    small = _plan([1.0, 1.0, 1.0], [40, 50, 40])
+    assert list(small["configurations"]) == ["2d", "3d_fullres"]
+    assert resolve_configuration(small, "3d_fullres")["batch_dice"] is False  # no cascade: per-sample Dice
     plans = _plan([1.0, 0.2, 0.2], [1, 500, 700])
     assert list(plans["configurations"]) == ["2d"]
     assert plans["transpose_forward"] == [0, 1, 2]

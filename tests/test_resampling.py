@@ -11,7 +11,7 @@ from autoseg.io.images import read_image
 from autoseg.records.plans import Configuration
 from autoseg.transforms.case import preprocess_case
 from autoseg.transforms.export import export_prediction, probabilities_to_original_geometry
-from autoseg.transforms.resampling import resample_channels, resample_segmentation, resampled_shape
+from autoseg.transforms.resampling import resample_channels, resample_segmentation, resampled_shape, separate_axis
 
 
 def configuration(spacing, *, dimension=3, anisotropic=False):
@@ -113,7 +113,7 @@ def test_probabilities_stay_probabilities_and_a_two_dimensional_plan_keeps_slice
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=0, keepdims=True)
     properties = {
         "shape_before_crop": [4, 40, 50], "crop_bbox": [[0, 4], [5, 37], [0, 45]], "shape_after_crop": [4, 32, 45],
-        "spacing_after_resampling": [3.0, 1.6, 1.5],
+        "spacing_after_resampling": [3.0, 1.6, 1.5], "spacing_after_crop": [3.0, 1.0, 1.0],
     }
     full = probabilities_to_original_geometry(
         probabilities, properties, configuration=configuration([3.0, 1.6, 1.5], dimension=2)
@@ -135,16 +135,35 @@ def test_anisotropic_configuration_uses_nearest_neighbour_across_slices():
         resample_channels(volume[None], (7, 16, 16), axis_orders=(None, 3, 3))
 
 
-def test_anisotropic_case_copies_thick_slices_instead_of_blending_them(tmp_path):
+@pytest.mark.parametrize(
+    ("from_spacing", "to_spacing", "axis"),
+    [
+        ((5.0, 0.8, 0.8), (2.5, 1.0, 1.0), 0),  # the case's thick slices
+        ((0.8, 0.8, 5.0), (1.0, 1.0, 1.0), 2),  # ... along the case's own coarsest axis, wherever it is
+        ((1.0, 1.0, 1.0), (4.0, 1.0, 1.0), 0),  # an isotropic case going to an anisotropic target
+        ((5.0, 0.8, 0.8), (0.8, 0.8, 4.0), 0),  # both anisotropic: the spacing it leaves decides
+        ((2.5, 1.0, 1.0), (1.0, 1.0, 1.0), None),  # 2.5x is not more than 3x
+        ((1.25, 1.25, 0.24), (1.25, 1.25, 0.24), None),  # two axes share the largest spacing: no single thick axis
+    ],
+)
+def test_the_separately_resampled_axis_is_decided_per_case_as_the_reference_does(from_spacing, to_spacing, axis):
+    # nnU-Net v2's determine_do_sep_z_and_axis(force_separate_z=None, ...) gives the same axes for these spacings.
+    assert separate_axis(from_spacing, to_spacing) == axis
+
+
+@pytest.mark.parametrize("plan_says_anisotropic", [True, False])
+def test_anisotropic_case_copies_thick_slices_instead_of_blending_them(tmp_path, plan_says_anisotropic):
+    # Also in a plan whose median case is isotropic (a dataset mixing thin- and thick-slice scans): the decision
+    # is this case's.
     slice_values = np.array([10, 40, 20, 70, 30, 60], dtype=np.float32)
     image = np.repeat(slice_values[:, None, None], 20, axis=1).repeat(20, axis=2)
     label = np.zeros((6, 20, 20), dtype=np.uint8)
     label[2:4, 5:15, 5:15] = 1
     write_nifti(image, tmp_path / "thick_0000.nii.gz", spacing_zyx=(5.0, 0.8, 0.8))
     write_nifti(label, tmp_path / "thick.nii.gz", spacing_zyx=(5.0, 0.8, 0.8))
+    plan = configuration([2.5, 1.0, 1.0], anisotropic=plan_says_anisotropic)
     data, segmentation, properties = preprocess_case(
-        [tmp_path / "thick_0000.nii.gz"], tmp_path / "thick.nii.gz",
-        configuration=configuration([2.5, 1.0, 1.0], anisotropic=True),
+        [tmp_path / "thick_0000.nii.gz"], tmp_path / "thick.nii.gz", configuration=plan,
     )
     assert properties["shape_after_resampling"] == [12, 16, 16]
     per_slice = data[0].reshape(12, -1)
@@ -152,3 +171,21 @@ def test_anisotropic_case_copies_thick_slices_instead_of_blending_them(tmp_path)
     normalised = (slice_values - image.mean()) / image.std()
     np.testing.assert_allclose(per_slice[:, 0], np.repeat(normalised, 2), atol=1e-4)  # each slice copied twice
     assert [int(segmentation[0, z].any()) for z in range(12)] == [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0]
+    # And back: each original slice takes the probabilities of one preprocessed slice, never a blend of two.
+    probabilities = np.stack([1 - np.linspace(0, 1, 12), np.linspace(0, 1, 12)])[:, :, None, None]
+    probabilities = np.broadcast_to(probabilities, (2, 12, 16, 16)).astype(np.float32)
+    back = probabilities_to_original_geometry(probabilities, properties, configuration=plan)
+    distance = np.abs(back[1, :, 10, 10][:, None] - np.linspace(0, 1, 12)[None]).min(axis=1)
+    assert distance.max() < 1e-5
+
+
+def test_isotropic_case_is_interpolated_across_slices_even_in_a_plan_flagged_anisotropic(tmp_path):
+    slice_values = np.array([10, 40, 20, 70, 30, 60], dtype=np.float32)
+    image = np.repeat(slice_values[:, None, None], 20, axis=1).repeat(20, axis=2)
+    write_nifti(image, tmp_path / "thin_0000.nii.gz", spacing_zyx=(1.0, 1.0, 1.0))
+    data, _, _ = preprocess_case(
+        [tmp_path / "thin_0000.nii.gz"], None, configuration=configuration([0.5, 1.0, 1.0], anisotropic=True)
+    )
+    normalised = (slice_values - image.mean()) / image.std()
+    # Cubic between 1 mm slices: new values appear between the old ones (nearest would only copy them).
+    assert np.abs(data[0, :, 10, 10][:, None] - normalised[None]).min(axis=1).max() > 0.05

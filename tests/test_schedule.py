@@ -8,13 +8,16 @@ from model_helpers import tiny_configuration
 from autoseg.pipeline import run as pipeline_run
 from autoseg.pipeline.run import RunClock, RunOptions, schedule_stage
 from autoseg.pipeline.schedule import (
+    AFTER_TRAINING_FIXED_SECONDS,
     AFTER_TRAINING_SHARE,
     DEFAULT_CPU_BUDGET_SECONDS,
     MINIMUM_USEFUL_ITERATIONS,
+    after_training_reserve,
     describe_duration,
     full_schedule_seconds,
     plan_run_schedule,
 )
+from autoseg.pipeline.throughput import tiles_per_case
 from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Plans
 
@@ -113,4 +116,21 @@ def test_plans_fitted_to_the_budget_decide_what_the_run_trains_unless_the_user_n
     assert "it degrades least" in capsys.readouterr().out
     named = RunOptions(device="cpu", time_budget="1h", folds=(0, 1), folds_named=True)
     chosen = schedule_stage(fitted, DATASET, ["2d", "3d_fullres"], named, clock)
-    assert chosen.folds == (0, 1)  # the user's folds are never replaced by the plan's
+    assert chosen.folds == (0, 1) and chosen.configurations == ("2d",)  # the user's folds, the plan's configuration
+    named = RunOptions(device="cpu", time_budget="1h", configurations=("3d_fullres",))
+    chosen = schedule_stage(fitted, DATASET, ["3d_fullres"], named, clock)
+    assert chosen.configurations == ("3d_fullres",) and chosen.folds == (0,)
+
+
+def test_training_leaves_what_validation_is_predicted_to_need_not_a_fixed_share():
+    # 40 validation cases at 2 s each: 1.5 x 80 s + 60 s, far below 12 % of an hour.
+    assert after_training_reserve(3600.0, [(40, 2.0)]) == pytest.approx(AFTER_TRAINING_FIXED_SECONDS + 1.5 * 80.0)
+    # Large cases (many configurations and folds) are capped at the share; an unknown rate falls back to it.
+    assert after_training_reserve(3600.0, [(40, 60.0)] * 10) == pytest.approx(AFTER_TRAINING_SHARE * 3600.0)
+    assert after_training_reserve(3600.0, [(40, 2.0), (40, None)]) == pytest.approx(AFTER_TRAINING_SHARE * 3600.0)
+
+
+def test_tiles_per_case_counts_half_overlapping_windows_and_slices():
+    assert tiles_per_case((35.5, 51.0, 35.0), (40, 56, 40)) == 1  # a case smaller than the patch: one padded tile
+    assert tiles_per_case((100.0, 100.0), (50, 50)) == 9  # starts 0, 25, 50 on each axis
+    assert tiles_per_case((36.0, 51.0, 35.0), (56, 40)) == 36  # a 2D network predicts each of the 36 slices

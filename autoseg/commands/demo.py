@@ -18,7 +18,7 @@ from autoseg.data.check import check_dataset, format_problems
 from autoseg.data.demo_data import DEMO_KINDS, demo_settings, existing_demo_settings, generate_demo_dataset
 from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.errors import DatasetError
-from autoseg.pipeline.run import RunOptions, run_pipeline
+from autoseg.pipeline.run import DEFAULT_FOLDS, RunOptions, run_pipeline
 from autoseg.records.dataset import RawDataset
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.work_folder import WorkFolder, resolve_work_dir
@@ -36,8 +36,8 @@ class DemoRun:
     seed: int
     workers: int
     progress: bool
-    folds: tuple[int, ...] = (0, 1)
-    time_budget: str = "75s"
+    folds: tuple[int, ...] | None = None  # None: the budget-fitted plans choose
+    time_budget: str = "6m"  # the whole pipeline stage, planning to report
     dataset: RawDataset | None = None
 
     @property
@@ -73,12 +73,12 @@ def stage_check(run: DemoRun) -> str:
 
 
 def stage_pipeline(run: DemoRun) -> str:
-    """``autoseg run`` on the demo data: plan, preprocess, train each configuration on the demo folds, select,
-    post-process and report, with a short time budget per fold so the whole demo takes minutes on a laptop CPU."""
-    # Short epochs so the demo's training curves have points; few validation batches so they do not eat the budget.
-    options = RunOptions(folds=run.folds, folds_named=True, time_per_fold=run.time_budget, workers=run.workers,
-                         iterations_per_epoch=10,
-                         validation_iterations=4, progress=run.progress)
+    """``autoseg run`` on the demo data with a short time budget for the whole run, so the demo takes minutes on a
+    laptop CPU: the plans are fitted to it (configurations, folds, network and batch; see docs/planning.md)."""
+    # Few validation batches per epoch, so they do not eat the budget.
+    options = RunOptions(folds=run.folds or DEFAULT_FOLDS, folds_named=run.folds is not None,
+                         time_budget=run.time_budget, workers=run.workers, validation_iterations=4,
+                         progress=run.progress)
     report = run_pipeline(str(run.dataset_root), str(run.work_dir), options)
     recipe = InferenceRecipe.read(WorkFolder(report.parent).inference_recipe)
     dice = recipe.cross_validation_dice_after_postprocessing
@@ -121,9 +121,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             f"{kind} {demo.default_num_cases}" for kind, demo in DEMO_KINDS.items()) + ")")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the generator (default: 0)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
-    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1], metavar="K",
-                        help="cross-validation folds to train (default: 0 1)")
-    parser.add_argument("--time-budget", default="75s", help="training time per configuration and fold (default 75s)")
+    parser.add_argument("--folds", nargs="+", type=int, default=None, metavar="K",
+                        help="cross-validation folds to train (default: as many as the time budget pays for)")
+    parser.add_argument("--time-budget", default="6m",
+                        help="wall-clock time of the whole pipeline run, planning to report (default 6m); the plans "
+                             "are fitted to it")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     parser.add_argument("--data-only", action="store_true",
                         help="only generate and check the demo data; skip planning, training and selection")
@@ -137,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
     for kind in kinds:
         num_cases = args.num_cases if args.num_cases is not None else DEMO_KINDS[kind].default_num_cases
         demo = DemoRun(work_dir=work_dir, kind=kind, num_cases=num_cases, seed=args.seed, workers=args.workers,
-                       progress=not args.no_progress, folds=tuple(args.folds), time_budget=args.time_budget)
+                       progress=not args.no_progress, folds=tuple(args.folds) if args.folds else None,
+                       time_budget=args.time_budget)
         ran = run_demo(demo, stages=stages)
     print(f"Stages run: {', '.join(ran)}.")
     if args.data_only:

@@ -1,8 +1,8 @@
 """The predictor: a trained model folder turned into a function from images (files or arrays) to label maps.
 
 For each case: preprocess exactly as in training (``autoseg.transforms.case.preprocess_case``), predict
-logits with the sliding window for every fold, convert them to probabilities (softmax, or sigmoid for regions),
-average the probabilities over folds, then resample back to the input's grid and take the label map
+logits with the sliding window for every fold, average the logits over folds (as the reference does), convert
+them to probabilities (softmax, or sigmoid for regions), then resample back to the input's grid and take the label map
 (``autoseg.inference.export``). A ``3d_cascade_fullres`` predictor first runs its ``3d_lowres`` predictor on the
 same case and feeds that segmentation as extra one-hot input channels.
 
@@ -274,17 +274,22 @@ class Predictor:
     def predict_preprocessed(
         self, data: np.ndarray | torch.Tensor, *, previous_stage_data: np.ndarray | torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Fold-averaged probabilities ``(K, z, y, x)`` (float32, CPU) for preprocessed ``data`` ``(C, z, y, x)``."""
+        """Probabilities ``(K, z, y, x)`` (float32, CPU) of the fold-averaged logits for preprocessed ``data``
+        ``(C, z, y, x)``: folds are averaged before the softmax, as the reference does (configurations, in an
+        ensemble, are averaged after it)."""
         return self.predict_preprocessed_reported(data, previous_stage_data=previous_stage_data)[0]
 
-    def network_probabilities(self, network: torch.nn.Module, data: torch.Tensor) -> torch.Tensor:
-        """One network's probabilities ``(K, z, y, x)`` for preprocessed ``data``, with this predictor's options."""
-        logits = predict_sliding_window(
+    def network_logits(self, network: torch.nn.Module, data: torch.Tensor) -> torch.Tensor:
+        """One network's logits ``(K, z, y, x)`` for preprocessed ``data``, with this predictor's options."""
+        return predict_sliding_window(
             network, data, patch_size=self.configuration.patch_size,
             num_classes=self.dataset.num_output_channels, step_size=self.step_size, mirror_axes=self.mirror_axes,
             device=self.device, batch_size=self.batch_size, precision=self.precision,
         )
-        return probabilities_from_logits(logits, uses_regions=self.dataset.has_regions)
+
+    def network_probabilities(self, network: torch.nn.Module, data: torch.Tensor) -> torch.Tensor:
+        """One network's probabilities ``(K, z, y, x)`` for preprocessed ``data``, with this predictor's options."""
+        return probabilities_from_logits(self.network_logits(network, data), uses_regions=self.dataset.has_regions)
 
     def predict_preprocessed_reported(
         self, data: np.ndarray | torch.Tensor, *, previous_stage_data: np.ndarray | torch.Tensor | None = None
@@ -299,17 +304,16 @@ class Predictor:
             data = torch.cat([data, extra])
         total, fold_reports = None, []
         for index, network in enumerate(self.networks):
-            probabilities = self.network_probabilities(network, data)
+            logits = self.network_logits(network, data)
             if self.adaptation is not None:
-                probabilities, report = self.adaptation.adapt(
-                    index, network, data, probabilities, self.network_probabilities
-                )
+                logits, report = self.adaptation.adapt(index, network, data, logits, self.network_logits)
                 fold_reports.append({"fold": self.trained_model.folds[index], **report})
-            total = probabilities if total is None else total.add_(probabilities)
-            del probabilities  # large images: keep at most two (K, z, y, x) volumes alive
+            total = logits if total is None else total.add_(logits)
+            del logits  # large images: keep at most two (K, z, y, x) volumes alive
         if len(self.networks) > 1:
             total /= len(self.networks)
-        return total.cpu(), self._adaptation_report(fold_reports)
+        probabilities = probabilities_from_logits(total, uses_regions=self.dataset.has_regions).cpu()
+        return probabilities, self._adaptation_report(fold_reports)
 
     def _adaptation_report(self, fold_reports: list[dict]) -> dict | None:
         if self.adaptation is None:

@@ -25,13 +25,14 @@ from autoseg.pipeline.schedule import (
     DEFAULT_CPU_BUDGET_SECONDS,
     RunSchedule,
     SecondsPerIteration,
+    after_training_reserve,
     clock_time_in,
     describe_duration,
     full_schedule_seconds,
     plan_run_schedule,
 )
 from autoseg.pipeline.selection import find_best, format_candidates
-from autoseg.pipeline.throughput import seconds_per_iteration_estimator
+from autoseg.pipeline.throughput import case_prediction_seconds_estimator, seconds_per_iteration_estimator
 from autoseg.pipeline.validation import training_components
 from autoseg.planning.table import format_plans_table
 from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
@@ -139,8 +140,8 @@ def schedule_stage(
               f"{len(options.folds)} fold(s)) would train for about {estimate} on {device}")
     apply_default_budget(options, clock, device)
     compute = plans.get("compute")
-    if clock.budget_seconds is not None and compute and not options.configurations and not options.folds_named:
-        schedule = schedule_from_plans(compute, configurations, clock)
+    if clock.budget_seconds is not None and compute:
+        schedule = schedule_from_plans(compute, configurations, options, clock)
     else:
         schedule = plan_run_schedule(
             plans, configurations, options.folds, budget_seconds=clock.budget_seconds, elapsed_seconds=clock.elapsed,
@@ -151,10 +152,15 @@ def schedule_stage(
     return schedule
 
 
-def schedule_from_plans(compute: dict, configurations: Sequence[str], clock: RunClock) -> RunSchedule:
-    """The configurations and folds the budget-fitted plans chose, with the seconds per fold left now."""
-    chosen = tuple(name for name in configurations if name in compute["configurations"]) or tuple(configurations)
-    folds = tuple(int(fold) for fold in compute["folds"])
+def schedule_from_plans(
+    compute: dict, configurations: Sequence[str], options: RunOptions, clock: RunClock
+) -> RunSchedule:
+    """The configurations and folds the budget-fitted plans chose (what the user named wins), with the seconds per
+    fold left now."""
+    chosen = tuple(configurations)
+    if not options.configurations:
+        chosen = tuple(name for name in configurations if name in compute["configurations"]) or chosen
+    folds = tuple(options.folds) if options.folds_named else tuple(int(fold) for fold in compute["folds"])
     budget = float(clock.budget_seconds or 0.0)
     training = max(0.0, budget - clock.elapsed) * (1 - AFTER_TRAINING_SHARE - PREPROCESSING_SHARE)
     return RunSchedule(chosen, folds, training / (len(chosen) * len(folds)), budget, tuple(compute["reasons"]))
@@ -267,7 +273,7 @@ def training_settings(options: RunOptions, fold_seconds: float | None = None) ->
 
 
 def train_stage(
-    dataset: RawDataset, work: WorkFolder, schedule: RunSchedule, options: RunOptions, clock: RunClock
+    dataset: RawDataset, work: WorkFolder, plans: Plans, schedule: RunSchedule, options: RunOptions, clock: RunClock
 ) -> None:
     """Train (or resume) every scheduled fold, saying ``fold k/N`` and the run's expected finish after each."""
     components = training_components()
@@ -275,7 +281,16 @@ def train_stage(
     jobs = [build_job(work, configuration, fold, dataset=dataset, group_cases=options.group_cases)
             for configuration, fold in pairs]
     to_train = [job.fold_folder for job in jobs if not fold_is_complete(job.fold_folder)]
-    reserve = AFTER_TRAINING_SHARE * max(0.0, (clock.budget_seconds or 0.0) - clock.elapsed)
+    reserve = 0.0
+    if clock.budget_seconds is not None:
+        case_seconds = case_prediction_seconds_estimator(plans, dataset, choose_device(options.device),
+                                                         options.precision)
+        reserve = after_training_reserve(
+            clock.budget_seconds - clock.elapsed,
+            [(len(job.validation_case_ids), case_seconds(configuration))
+             for (configuration, _), job in zip(pairs, jobs, strict=True)],
+        )
+        print(f"keeping {describe_duration(reserve)} of the budget for validation, model selection and the report")
     for number, ((configuration, fold), job) in enumerate(zip(pairs, jobs, strict=True), start=1):
         if job.fold_folder not in to_train:
             print(f"{configuration} fold {fold} ({number}/{len(pairs)}): already trained and validated, skipping")
@@ -318,7 +333,7 @@ def _run_stages(root: Path, work: WorkFolder, options: RunOptions, clock: RunClo
         dataset, plans=plans, work_folder=work, configuration_names=configurations, workers=options.workers,
         show_progress=options.progress,
     )
-    train_stage(dataset, work, schedule, options, clock)
+    train_stage(dataset, work, plans, schedule, options, clock)
     _stage("model selection + post-processing")
     recipe = find_best(work, configurations, list(schedule.folds), workers=options.workers, progress=options.progress)
     print(format_candidates(recipe))

@@ -19,6 +19,8 @@ DEFAULT_CPU_BUDGET_SECONDS = 3600.0  # applied on a machine without a GPU when n
 FULL_SCHEDULE_ITERATIONS = 1000 * 250  # the reference schedule: 1000 epochs of 250 steps
 MINIMUM_USEFUL_ITERATIONS = 500  # fewer steps than this per fold leave a 2-core CPU run far from converged
 AFTER_TRAINING_SHARE = 0.12  # of the budget left after preprocessing: validation prediction, selection, report
+AFTER_TRAINING_FIXED_SECONDS = 60.0  # model selection, post-processing and the report, beyond predicting cases
+AFTER_TRAINING_SAFETY = 1.5  # times the predicted seconds of validation prediction that training leaves free
 
 SecondsPerIteration = Callable[[str], "float | None"]  # configuration name -> predicted seconds per training step
 
@@ -117,3 +119,19 @@ def describe_duration(seconds: float) -> str:
 def clock_time_in(seconds: float) -> str:
     """The wall-clock time ``seconds`` from now, as HH:MM."""
     return (datetime.datetime.now() + datetime.timedelta(seconds=seconds)).strftime("%H:%M")
+
+
+def after_training_reserve(left_seconds: float, case_seconds: Sequence[tuple[int, float | None]]) -> float:
+    """Seconds of ``left_seconds`` that training leaves for the work after it: predicting every fold's validation
+    cases with each configuration, model selection, post-processing and the report.
+
+    ``case_seconds`` holds, per trained (configuration, fold), its number of validation cases and the predicted
+    seconds of one (``autoseg.pipeline.throughput.case_prediction_seconds_estimator``). The reserve is
+    ``AFTER_TRAINING_SAFETY`` times that prediction plus ``AFTER_TRAINING_FIXED_SECONDS``, never more than
+    ``AFTER_TRAINING_SHARE`` of what is left; without a prediction it is that share.
+    """
+    share = AFTER_TRAINING_SHARE * max(0.0, left_seconds)
+    if any(seconds is None for _, seconds in case_seconds):
+        return share
+    predicted = sum(cases * float(seconds or 0.0) for cases, seconds in case_seconds)
+    return min(share, AFTER_TRAINING_FIXED_SECONDS + AFTER_TRAINING_SAFETY * predicted)

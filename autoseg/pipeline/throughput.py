@@ -23,7 +23,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch.utils.flop_counter import FlopCounterMode
 
+from autoseg.inference.sliding_window import tile_starts
 from autoseg.networks import build_network
 from autoseg.planning.presets import PRESETS
 from autoseg.planning.throughput import (
@@ -402,3 +403,39 @@ def seconds_per_iteration_estimator(
         return model.seconds_per_iteration(work)
 
     return seconds
+
+
+FORWARD_SHARE_OF_STEP = 0.5  # a forward pass is about a third of a step's arithmetic; the rest pays data handling
+
+
+def case_prediction_seconds_estimator(
+    plans: Plans, dataset: RawDataset, device: torch.device, precision: str, *, say: Callable[[str], None] = print
+) -> Callable[[str], float | None]:
+    """Predicted seconds to predict one median-sized case with each planned configuration, as validation does:
+    half-overlapping sliding-window tiles (every slice of a 3D case for a 2D network) x the mirrored passes (4 in 2D,
+    8 in 3D) x one batch-1 forward pass, taken as ``FORWARD_SHARE_OF_STEP`` of a batch-1 training step."""
+    model = machine_throughput(device, precision, say=say)
+
+    @functools.cache
+    def seconds(name: str) -> float | None:
+        if name not in plans.configurations:
+            return None
+        configuration = plans.configuration(name)
+        if configuration.median_shape is None:
+            return None
+        extra = len(dataset.foreground_labels) if configuration.previous_stage else 0
+        work = step_work(configuration, batch_size=1, in_channels=dataset.num_channels + extra,
+                         out_channels=dataset.num_output_channels)
+        tiles = tiles_per_case(configuration.median_shape, configuration.patch_size)
+        mirrored = 2 ** configuration.dimension
+        return tiles * mirrored * FORWARD_SHARE_OF_STEP * model.seconds_per_iteration(work)
+
+    return seconds
+
+
+def tiles_per_case(median_shape: Sequence[float], patch_size: Sequence[int], *, step_size: float = 0.5) -> int:
+    """Sliding-window tiles over a case of ``median_shape`` (axes beyond the patch's are slices, one pass each)."""
+    leading = median_shape[: len(median_shape) - len(patch_size)]
+    spatial = [max(round(size), patch) for size, patch in zip(median_shape[len(leading):], patch_size, strict=True)]
+    slices = math.prod(max(1, round(size)) for size in leading)
+    return slices * math.prod(len(starts) for starts in tile_starts(spatial, patch_size, step_size=step_size))

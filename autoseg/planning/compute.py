@@ -16,7 +16,8 @@ each configuration walks down a ladder of cheaper variants and keeps the first t
 
 When no rung reaches the target the cheapest variant is kept and the reasons say so. The run's layout (which
 configurations and how many folds) is chosen first: every configuration on every fold when each can still train
-at rung 0 or 1, else the configuration whose fit is least degraded on one fold (ties: ``3d_fullres``), on as many
+at rung 0 or 1, else the configuration whose fit is least degraded on one fold (one that reaches the target steps
+before one that does not, then the lower rung; ties: ``3d_fullres``), on as many
 folds as leave that variant unchanged and still reaching the target.
 """
 
@@ -144,7 +145,7 @@ def choose_layout(ladders: dict[str, list[Variant]], budget: ComputeBudget, prim
             break
     reasons = [f"the budget cannot train every configuration on every fold as planned; training {best} alone "
                f"(the configuration it degrades least) on {folds} fold(s)"]
-    if _degradation(variant, seconds)[1]:
+    if _degradation(variant, seconds)[0]:
         reasons.append(f"even the cheapest {best} variant gets fewer than {TARGET_ITERATIONS} steps; a larger "
                        "--time-budget buys a better model")
     return Layout((best,), folds, seconds, {best: variant}, tuple(reasons))
@@ -174,12 +175,13 @@ def compute_record(layout: Layout, budget: ComputeBudget, resolution_dice: dict[
     }
 
 
-def _degradation(variant: Variant, seconds: float) -> tuple[int, bool]:
-    return variant.rung, variant.iterations(seconds) < TARGET_ITERATIONS
+def _degradation(variant: Variant, seconds: float) -> tuple[bool, int]:
+    """Missing the target steps is worse than any rung: a model far from converged loses more than a cheaper one."""
+    return variant.iterations(seconds) < TARGET_ITERATIONS, variant.rung
 
 
 def _full_quality(variants, seconds: float) -> bool:
-    return all(_degradation(variant, seconds) <= (FULL_QUALITY_RUNG, False) for variant in variants)
+    return all(_degradation(variant, seconds) <= (False, FULL_QUALITY_RUNG) for variant in variants)
 
 
 def _capped(configuration: dict, budget: ComputeBudget) -> dict:

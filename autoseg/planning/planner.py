@@ -153,8 +153,11 @@ def _plan_configurations(
     if math.prod(fullres.patch_size) / math.prod(median_t) < LOWRES_COVERAGE_THRESHOLD:
         lowres = _lowres_configuration(fit, geometry, normalization)
         if lowres is not None:
+            # As the reference: with a cascade, 3d_fullres (and the cascade, which inherits it) pools Dice over the
+            # batch, whose patches each cover little of these large images.
+            full["3d_fullres"]["batch_dice"] = True
             full["3d_lowres"] = lowres
-            full["3d_cascade_fullres"] = {**full["3d_fullres"], "batch_dice": True, "previous_stage": "3d_lowres"}
+            full["3d_cascade_fullres"] = {**full["3d_fullres"], "previous_stage": "3d_lowres"}
     return full
 
 
@@ -214,6 +217,7 @@ def _fit_to_compute(
         fitted[name] = layout.chosen.get(name, choose_variant(variants, layout.seconds_per_fold)).configuration
     if "3d_fullres" in fitted and fitted["3d_fullres"] != full["3d_fullres"]:
         fitted = {name: value for name, value in fitted.items() if name not in CASCADE_CONFIGURATIONS}
+        fitted["3d_fullres"] = {**fitted["3d_fullres"], "batch_dice": False}  # no cascade: the reference's default
     return fitted, compute_record(layout, budget, resolution_dice)
 
 

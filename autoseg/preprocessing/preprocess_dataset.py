@@ -37,14 +37,18 @@ class PreprocessingError(UserError):
     """Some cases could not be preprocessed; the message names each one and why."""
 
 
-def preprocessing_signature(configuration: Configuration) -> str:
-    """Hash of everything that changes the preprocessed arrays; a case made under other settings is redone."""
+def preprocessing_signature(configuration: Configuration, *, ignore_label: int | None = None) -> str:
+    """Hash of everything that changes the preprocessed arrays (and the sampled locations); a case made under other
+    settings is redone."""
     relevant = {
+        "ignore_label": ignore_label,  # with one, the annotated voxels' locations are sampled too
         "transpose_forward": list(configuration.transpose_forward),
         "dimension": configuration.dimension,
         "spacing": list(configuration.spacing),
         "normalization": list(configuration.normalization),
         "resampling": configuration.resampling,
+        # Which axis is resampled on its own is decided per case since this rule (was: the plan's "anisotropic").
+        "separate_axis": "per case",
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
@@ -60,6 +64,7 @@ class CaseTask:
     configuration: Configuration
     classes: tuple[int, ...]
     signature: str
+    ignore_label: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +120,7 @@ def run_case_chunk(tasks: Sequence[CaseTask]) -> list[CaseOutcome]:
                     configuration=task.configuration,
                     identifier=task.identifier,
                     classes=task.classes,
+                    ignore_label=task.ignore_label,
                 )
                 properties["preprocessing_signature"] = task.signature
             except Exception as error:  # reported with the case name by the parent
@@ -241,12 +247,12 @@ def _tasks_to_run(
         output_folder = work_folder.preprocessed(name)
         output_folder.mkdir(parents=True, exist_ok=True)
         remove_partial_files(output_folder)
-        signature = preprocessing_signature(configuration)
+        signature = preprocessing_signature(configuration, ignore_label=dataset.ignore_label)
         skipped = 0
         for case in dataset.training_cases:
             # A case whose raw files changed since it was stored is redone, even under unchanged settings.
             task = CaseTask(case.identifier, tuple(case.images), case.label, str(output_folder),
-                            configuration, classes, f"{signature}-{inputs[case.identifier]}")
+                            configuration, classes, f"{signature}-{inputs[case.identifier]}", dataset.ignore_label)
             if not overwrite and _case_is_done(task, dataset.num_channels):
                 skipped += 1
                 continue

@@ -19,20 +19,28 @@ from batchgenerators.transforms.resample_transforms import SimulateLowResolution
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
 ANISOTROPIC_PATCH_RATIO = 3.0
+# A 2D patch this much longer than wide is rotated by at most ``rotation_degrees_2d_elongated`` (the reference's rule).
+ELONGATED_2D_PATCH_RATIO = 1.5
 
 
 @dataclass(frozen=True)
 class AugmentationSettings:
     """Probabilities and ranges of every augmentation (defaults: the reference's published values).
 
-    Angles are in degrees. ``rotation_degrees_2d`` applies to 2D configurations; ``rotation_degrees_3d`` to 3D
-    ones, per axis, and in-plane for anisotropic ("dummy 2D") patches. ``data_interpolation_order`` is the spline
-    order used to resample images when a sample is rotated or scaled (labels always use nearest neighbour).
+    Angles are in degrees, with the reference's rule (nnU-Net v2,
+    ``configure_rotation_dummyDA_mirroring_and_inital_patch_size``): ``rotation_degrees_2d`` applies to 2D
+    patches, ``rotation_degrees_2d_elongated`` to 2D patches whose long edge is more than 1.5x the short one,
+    ``rotation_degrees_3d`` to 3D patches (about every axis) and ``rotation_degrees_in_plane`` to anisotropic
+    ("dummy 2D") 3D patches, which rotate about axis 0 only.
+    ``data_interpolation_order`` is the spline order used to resample images when a sample is rotated or scaled
+    (labels always use nearest neighbour).
     """
 
     rotation_probability: float = 0.2
     rotation_degrees_2d: float = 180.0
+    rotation_degrees_2d_elongated: float = 15.0
     rotation_degrees_3d: float = 30.0
+    rotation_degrees_in_plane: float = 180.0
     scaling_probability: float = 0.2
     scaling_range: tuple[float, float] = (0.7, 1.4)
     noise_probability: float = 0.1
@@ -67,12 +75,14 @@ class AugmentationSettings:
 
 
 def is_anisotropic_patch(patch_size: Sequence[int]) -> bool:
-    """True for a 3D patch whose longest edge is more than 3x its shortest: augment in-plane only ("dummy 2D").
+    """True for a 3D patch whose longest edge is more than 3x its axis 0: augment in-plane only ("dummy 2D").
 
     The coarse axis is axis 0 (plans put the coarsest spacing first), so in-plane means axes 1 and 2. Rotating
-    such a patch out of plane would interpolate across a handful of thick slices and invent anatomy.
+    such a patch out of plane would interpolate across a handful of thick slices and invent anatomy. The test
+    looks at axis 0 only, as the reference's does: a patch short along an in-plane axis (``32 x 8 x 32``) has
+    no thick-slice axis to protect, and rotating it "in-plane" would still mix its 32 slices.
     """
-    return len(patch_size) == 3 and max(patch_size) / min(patch_size) > ANISOTROPIC_PATCH_RATIO
+    return len(patch_size) == 3 and max(patch_size) / patch_size[0] > ANISOTROPIC_PATCH_RATIO
 
 
 def _rotation_extent(patch_size: Sequence[int], max_degrees: float) -> np.ndarray:
@@ -109,8 +119,17 @@ def _rotation_matrix_3d(about_axis_0: float, about_axis_1: float, about_axis_2: 
 
 
 def rotation_degrees(patch_size: Sequence[int], settings: AugmentationSettings) -> float:
-    """The rotation range for this patch: 2D range for 2D patches, 3D range otherwise (in-plane if anisotropic)."""
-    return settings.rotation_degrees_2d if len(patch_size) == 2 else settings.rotation_degrees_3d
+    """The rotation range for this patch, the reference's rule.
+
+    2D: ``rotation_degrees_2d`` (180), or ``rotation_degrees_2d_elongated`` (15) when the patch's long edge is
+    more than 1.5x its short one (a full turn would put the long edge where the image is narrow). 3D:
+    ``rotation_degrees_in_plane`` (180) about axis 0 for anisotropic patches, which stay square-ish in-plane,
+    else ``rotation_degrees_3d`` (30) about every axis.
+    """
+    if len(patch_size) == 2:
+        elongated = max(patch_size) / min(patch_size) > ELONGATED_2D_PATCH_RATIO
+        return settings.rotation_degrees_2d_elongated if elongated else settings.rotation_degrees_2d
+    return settings.rotation_degrees_in_plane if is_anisotropic_patch(patch_size) else settings.rotation_degrees_3d
 
 
 def sampled_patch_size(patch_size: Sequence[int], settings: AugmentationSettings | None) -> list[int]:

@@ -9,7 +9,6 @@ batches and hand them over in a fixed round-robin order, so a seed reproduces th
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections import OrderedDict
@@ -31,6 +30,7 @@ from autoseg.training.augmentation import (
     sampled_patch_size,
 )
 from autoseg.training.cascade import PreviousStageToData
+from autoseg.transforms.class_locations import ANNOTATED
 from autoseg.utils.files import read_json
 from autoseg.utils.processes import die_with_parent
 
@@ -46,6 +46,15 @@ def deep_supervision_scales(configuration: Configuration) -> list[list[float]]:
     return [[float(1 / value) for value in row] for row in cumulative[:-1]]
 
 
+def forced_foreground_samples(batch_size: int, oversample_foreground: float) -> int:
+    """How many samples of a batch are forced onto foreground: the last ``B - round(B * (1 - fraction))``.
+
+    The reference's count (nnU-Net v2 ``_oversample_last_XX_percent``): with the default 0.33 that is 0 of 1, 1 of
+    2-4, 2 of 5-7, 3 of 8-10 and 4 of 11-13. Python's ``round`` (half to even) is part of the rule.
+    """
+    return int(batch_size) - round(int(batch_size) * (1 - oversample_foreground))
+
+
 @dataclass
 class PreprocessedCase:
     """One complete preprocessed case: paths to its arrays and its properties (class locations)."""
@@ -55,6 +64,7 @@ class PreprocessedCase:
     segmentation_path: Path
     class_locations: dict[int, np.ndarray]  # label -> (N, 3) voxel indices (z, y, x) in the stored arrays
     previous_stage_path: Path | None = None  # cascade: the previous stage's label map on this grid
+    annotated_locations: np.ndarray | None = None  # ignore label: (N, 3) indices of annotated voxels, if sampled
 
 
 def load_preprocessed_cases(
@@ -82,10 +92,12 @@ def load_preprocessed_cases(
             raise UserError(f"{previous_path} is missing: the previous stage's segmentations are incomplete")
         properties = _read_intact_case(properties_path, image_path, segmentation_path)
         locations = {
-            int(label): np.asarray(points, dtype=np.int64).reshape(-1, 3)
-            for label, points in properties.get("class_locations", {}).items()
+            key: np.asarray(points, dtype=np.int64).reshape(-1, 3)
+            for key, points in properties.get("class_locations", {}).items()
         }
-        cases.append(PreprocessedCase(identifier, image_path, segmentation_path, locations, previous_path))
+        annotated = locations.pop(ANNOTATED, None)
+        locations = {int(label): points for label, points in locations.items()}
+        cases.append(PreprocessedCase(identifier, image_path, segmentation_path, locations, previous_path, annotated))
     return cases
 
 
@@ -133,13 +145,18 @@ def crop_with_padding(array: np.ndarray, lower: Sequence[int], size: Sequence[in
 class PatchSampler:
     """Endless source of raw (unaugmented) batches cut at ``sampled_size``, centred like the final patch would be.
 
-    Sample ``j`` of a batch is forced onto foreground when ``j >= batch_size - ceil(batch_size * oversample)``:
+    The last ``forced_foreground_samples(batch_size, oversample)`` samples of a batch are forced onto foreground:
     a class present in the case is drawn uniformly, then one of its stored locations, and the final patch is
     centred there (shifted only as far as needed to stay inside the image). Other samples draw the final patch's
     position uniformly such that it lies inside the image (or the image inside it, when the image is smaller).
     The cut-out region extends the final patch symmetrically to ``sampled_size``; everything outside the image is
     padded (image 0, label 0). For 2D configurations (``dimension == 2``) a slice of axis 0 is drawn first (the
     slice of the foreground location when forced).
+
+    With an ``ignore_label`` (sparse annotation) every sample that is not forced onto foreground (and a forced one
+    in a case without foreground) is centred on a random annotated voxel instead, as in the reference: a uniform
+    position would often show the network nothing but ignored voxels, which teach it nothing. Cases preprocessed
+    without the annotated voxels' locations fall back to uniform positions.
 
     Random numbers come from numpy's global generator so that batchgenerators workers (which seed it per worker)
     make every stream reproducible. It implements the batchgenerators data-loader protocol (``__next__``,
@@ -166,7 +183,7 @@ class PatchSampler:
         self.sampled_size = [int(value) for value in sampled_size]
         self.batch_size = int(batch_size)
         self.dimension = int(dimension)
-        self.forced_per_batch = min(self.batch_size, math.ceil(self.batch_size * oversample_foreground - 1e-9))
+        self.forced_per_batch = forced_foreground_samples(self.batch_size, oversample_foreground)
         self.ignore_label = ignore_label
         # Memory maps hold a file descriptor each: keep only the most recently used ones open.
         self._open: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = OrderedDict()
@@ -219,6 +236,15 @@ class PatchSampler:
         points = case.class_locations[label]
         return points[np.random.randint(len(points))]
 
+    def _centre(self, case: PreprocessedCase, forced: bool) -> np.ndarray | None:
+        """Where to centre the patch: a foreground voxel when forced; with an ignore label an annotated voxel when
+        not forced (or when the case has no foreground); None for a uniform position."""
+        location = self._foreground_location(case) if forced else None
+        annotated = case.annotated_locations
+        if location is None and self.ignore_label is not None and annotated is not None and len(annotated):
+            location = annotated[np.random.randint(len(annotated))]
+        return location
+
     def _final_patch_lower_bound(self, shape: Sequence[int], centre: Sequence[int] | None) -> list[int]:
         lower = []
         for axis, (extent, size) in enumerate(zip(shape, self.patch_size, strict=True)):
@@ -238,7 +264,7 @@ class PatchSampler:
             case = self.cases[np.random.randint(len(self.cases))]
             image, segmentation, previous = self._arrays(case)
             forced = index >= self.batch_size - self.forced_per_batch
-            location = self._foreground_location(case) if forced else None
+            location = self._centre(case, forced)
             if self.dimension == 2:
                 slice_index = int(location[0]) if location is not None else np.random.randint(image.shape[1])
                 image, segmentation = image[:, slice_index], segmentation[:, slice_index]

@@ -70,6 +70,17 @@ def split_batch_size(batch_size: int, context: DistributedContext) -> int:
     return base + (1 if context.rank < remainder else 0)
 
 
+def split_forced_samples(batch_size: int, forced: int, context: DistributedContext) -> int:
+    """How many of the global batch's ``forced`` foreground samples (its last ones) fall into this rank's share.
+
+    Ranks hold consecutive slices of the global batch (``split_batch_size``), so the forced samples go to the last
+    ranks, and the global batch keeps exactly the single-process count, as in the reference.
+    """
+    first = sum(split_batch_size(batch_size, dataclasses.replace(context, rank=rank)) for rank in range(context.rank))
+    last = first + split_batch_size(batch_size, context)
+    return max(0, last - max(first, batch_size - forced))
+
+
 def sum_across_processes(values: Sequence[float], context: DistributedContext) -> list[float]:
     """Element-wise sum over ranks (a no-op in one process)."""
     if not context.enabled:

@@ -25,12 +25,18 @@ from autoseg.records import checkpoint as checkpoint_files
 from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Configuration
 from autoseg.records.work_folder import WorkFolder
-from autoseg.training.data_loading import deep_supervision_scales, make_training_loader, make_validation_loader
+from autoseg.training.data_loading import (
+    deep_supervision_scales,
+    forced_foreground_samples,
+    make_training_loader,
+    make_validation_loader,
+)
 from autoseg.training.distributed import (
     DistributedContext,
     detect_distributed_context,
     fingerprints_of_all_processes,
     split_batch_size,
+    split_forced_samples,
     start_process_group,
     stop_process_group,
     sum_across_processes,
@@ -538,11 +544,14 @@ def _make_loaders(
     resume_point: int,
 ) -> tuple[Iterator[dict], Iterator[dict]]:
     """Training and validation patch streams for this rank's share of the batch."""
+    share = split_batch_size(settings.batch_size, context)
+    forced = forced_foreground_samples(settings.batch_size, settings.oversample_foreground)
     options = {
         "configuration": job.configuration,
-        "batch_size": split_batch_size(settings.batch_size, context),
+        "batch_size": share,
         "deep_supervision_scales": scales,
-        "oversample_foreground": settings.oversample_foreground,
+        # This rank's share of the global batch's forced samples, as a fraction the loader turns back into a count.
+        "oversample_foreground": split_forced_samples(settings.batch_size, forced, context) / share,
         "ignore_label": job.dataset.ignore_label,
     }
     if job.previous_stage_folder is not None:

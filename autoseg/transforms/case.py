@@ -18,6 +18,7 @@ from autoseg.transforms.resampling import (
     resample_channels,
     resample_segmentation,
     resampled_shape,
+    separate_axis,
 )
 from autoseg.utils.nonzero_crop import bounding_box, nonzero_mask
 
@@ -47,20 +48,22 @@ def target_spacing_for(
 
 
 def resampling_axis_orders(
-    configuration: Configuration, *, order_key: str
+    configuration: Configuration, *, order_key: str, from_spacing: Sequence[float], to_spacing: Sequence[float]
 ) -> tuple[int | None, int | None, int | None]:
-    """Per-axis interpolation orders for images (``order_key="image_order"``) or labels (``"label_order"``).
+    """Per-axis interpolation orders for images (``order_key="image_order"``) or labels (``"label_order"``) of a
+    case resampled from ``from_spacing`` to ``to_spacing`` (both in the transposed axis order).
 
-    The coarse axis of an anisotropic configuration is axis 0: the plan's transposition puts it first.
+    Whether one axis is resampled on its own (with the plan's ``coarse_axis_order``), and which, is decided for this
+    case by ``autoseg.transforms.resampling.separate_axis``, as the reference does; the plan's ``anisotropic``
+    describes the median case only.
     """
     resampling = configuration.resampling
     default_order = 3 if order_key == "image_order" else 1
     return axis_orders_for(
         dimension=configuration.dimension,
         order=int(resampling.get(order_key, default_order)),
-        anisotropic=bool(resampling.get("anisotropic", False)),
-        coarse_axis=0,
-        coarse_axis_order=int(resampling.get("coarse_axis_order", 0)),
+        separate=separate_axis(from_spacing, to_spacing),
+        separate_axis_order=int(resampling.get("coarse_axis_order", 0)),
     )
 
 
@@ -127,9 +130,10 @@ def _resample_images(
     new_shape = resampled_shape(shape_after_crop, spacing_after_crop, target_spacing)
     if configuration.dimension == 2:
         new_shape = (shape_after_crop[0], *new_shape[1:])
-    data = resample_channels(
-        data, new_shape, axis_orders=resampling_axis_orders(configuration, order_key="image_order")
+    orders = resampling_axis_orders(
+        configuration, order_key="image_order", from_spacing=spacing_after_crop, to_spacing=target_spacing
     )
+    data = resample_channels(data, new_shape, axis_orders=orders)
     return data, new_shape, target_spacing
 
 
@@ -158,19 +162,24 @@ def _case_properties(
 
 def _resample_label_and_sample_locations(
     segmentation: np.ndarray,
-    new_shape: tuple[int, ...],
+    properties: dict,
     configuration: Configuration,
     *,
     classes: Iterable[int] | None,
     identifier: str,
+    ignore_label: int | None,
 ) -> tuple[np.ndarray, dict]:
-    """The label resampled to ``new_shape`` and the locations sampled per class for foreground oversampling."""
-    segmentation = resample_segmentation(
-        segmentation, new_shape, axis_orders=resampling_axis_orders(configuration, order_key="label_order")
+    """The label resampled like the image (``properties``: its shapes and spacings) and the locations sampled per
+    class for foreground oversampling."""
+    orders = resampling_axis_orders(
+        configuration, order_key="label_order", from_spacing=properties["spacing_after_crop"],
+        to_spacing=properties["spacing_after_resampling"],
     )
+    segmentation = resample_segmentation(segmentation, properties["shape_after_resampling"], axis_orders=orders)
     if classes is None:
-        classes = [int(value) for value in np.unique(segmentation) if value > 0]
-    return segmentation, sample_class_locations(segmentation, classes=classes, identifier=identifier)
+        classes = [int(value) for value in np.unique(segmentation) if value > 0 and value != ignore_label]
+    locations = sample_class_locations(segmentation, classes=classes, identifier=identifier, ignore_label=ignore_label)
+    return segmentation, locations
 
 
 def preprocess_case(
@@ -180,6 +189,7 @@ def preprocess_case(
     configuration: Configuration,
     identifier: str | None = None,
     classes: Iterable[int] | None = None,
+    ignore_label: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Turn one raw case into training/inference input for ``configuration``.
 
@@ -187,7 +197,8 @@ def preprocess_case(
     filled; original axes); transpose with ``configuration.transpose_forward``; normalise each channel with its plan
     scheme (before resampling, so statistics come from the original voxels); resample images (cubic spline) and
     labels (linear on one-hot) to the target spacing, in-plane only for 2D configurations and nearest neighbour
-    along the coarse axis of anisotropic ones; sample up to 10k locations per class for foreground oversampling.
+    along the coarse axis of an anisotropic case (``separate_axis``, decided per case); sample up to 10k locations
+    per class for foreground oversampling.
 
     Args:
         image_paths: one file per channel, in channel order.
@@ -195,6 +206,7 @@ def preprocess_case(
         configuration: one resolved configuration of the plan.
         identifier: case name (default: from the first image's file name); seeds the location sample.
         classes: label values to sample locations for (default: every non-zero value present).
+        ignore_label: the dataset's ignore label, if any: the annotated voxels' locations are sampled too.
 
     Returns:
         ``data`` float32 ``(C, z, y, x)``, ``seg`` int8 ``(1, z, y, x)`` or None, and the properties recorded in
@@ -222,6 +234,6 @@ def preprocess_case(
         properties["class_locations"] = {}
         return data, None, properties
     segmentation, properties["class_locations"] = _resample_label_and_sample_locations(
-        segmentation, new_shape, configuration, classes=classes, identifier=identifier
+        segmentation, properties, configuration, classes=classes, identifier=identifier, ignore_label=ignore_label
     )
     return data, segmentation[None], properties

@@ -2,7 +2,7 @@
 
 The inverse of ``autoseg.transforms.case.preprocess_case``: class probabilities in the preprocessed grid are
 resampled (linearly, so they stay convex combinations: non-negative, summing to 1; nearest along the coarse axis of
-anisotropic configurations; in-plane only for 2D ones) to the exact cropped shape, transposed back to the file's axis
+anisotropic cases; in-plane only for 2D ones) to the exact cropped shape, transposed back to the file's axis
 order, and placed into the original grid, where everything outside the crop box is background.
 
 Example:
@@ -44,8 +44,13 @@ def _as_float_array(values: object) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def _probability_axis_orders(configuration: Configuration) -> tuple[int | None, ...]:
-    orders = resampling_axis_orders(configuration, order_key="image_order")
+def _probability_axis_orders(configuration: Configuration, properties: dict) -> tuple[int | None, ...]:
+    """The way back: from the preprocessed spacing to the case's own, the separate axis decided as on the way in
+    (for this case, checking the spacing it leaves first, as the reference's export does)."""
+    orders = resampling_axis_orders(
+        configuration, order_key="image_order", from_spacing=properties["spacing_after_resampling"],
+        to_spacing=properties["spacing_after_crop"],
+    )
     return tuple(None if order is None else min(order, PROBABILITY_ORDER) for order in orders)
 
 
@@ -58,7 +63,7 @@ def _back_to_cropped_file_axes(
 ) -> np.ndarray:
     """``(K, preprocessed grid)`` -> ``(K, crop box in the file's axis order)``."""
     resampled = resample_channels(
-        channels, properties["shape_after_crop"], axis_orders=_probability_axis_orders(configuration)
+        channels, properties["shape_after_crop"], axis_orders=_probability_axis_orders(configuration, properties)
     )
     backward = list(configuration.transpose_backward)
     return np.ascontiguousarray(resampled.transpose([0, *(axis + 1 for axis in backward)]))

@@ -139,20 +139,40 @@ def apply_along_axis(array: np.ndarray, matrix: scipy.sparse.csr_matrix, axis: i
     return result.reshape(new_shape)
 
 
+# Spacing anisotropy (largest / smallest) above which the coarsest axis is resampled on its own.
+SEPARATE_AXIS_ANISOTROPY = 3.0
+
+
+def separate_axis(from_spacing: Sequence[float], to_spacing: Sequence[float]) -> int | None:
+    """The axis to resample on its own when a case goes from ``from_spacing`` to ``to_spacing``, or None.
+
+    The reference's rule (nnU-Net v2 ``determine_do_sep_z_and_axis``), decided for each case and each direction:
+    when ``from_spacing`` is anisotropic (largest / smallest > 3), its coarsest axis; else when ``to_spacing`` is,
+    that spacing's coarsest axis; else none. A spacing whose largest value two axes share (``1.25 x 1.25 x 0.24``)
+    has no single thick-slice axis, so it gets none either.
+    """
+    for spacing in (from_spacing, to_spacing):
+        values = np.asarray(spacing, dtype=np.float64)
+        if values.max() > SEPARATE_AXIS_ANISOTROPY * values.min():
+            coarsest = np.flatnonzero(values == values.max())
+            return int(coarsest[0]) if coarsest.size == 1 else None
+    return None
+
+
 def axis_orders_for(
-    *, dimension: int, order: int, anisotropic: bool, coarse_axis: int, coarse_axis_order: int
+    *, dimension: int, order: int, separate: int | None, separate_axis_order: int
 ) -> tuple[int | None, int | None, int | None]:
     """Interpolation order per spatial axis; ``None`` means the axis is not resampled.
 
-    2D configurations never resample axis 0 (slices stay slices). Anisotropic 3D configurations use
-    ``coarse_axis_order`` (nearest by default) along the coarse axis, because interpolating between thick,
-    distant slices invents structure that is not there.
+    2D configurations never resample axis 0 (slices stay slices). The ``separate`` axis (see ``separate_axis``)
+    uses ``separate_axis_order`` (nearest by default), because interpolating between thick, distant slices
+    invents structure that is not there.
     """
     orders: list[int | None] = [order, order, order]
+    if separate is not None:
+        orders[separate] = separate_axis_order
     if dimension == 2:
         orders[0] = None
-    elif anisotropic:
-        orders[coarse_axis] = coarse_axis_order
     return tuple(orders)
 
 

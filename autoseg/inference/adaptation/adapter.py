@@ -33,6 +33,7 @@ from autoseg.inference.adaptation.plausibility import PredictionSummary, SourceR
 from autoseg.inference.adaptation.segmenter import Composed, FrozenSegmenter, ImageWindows, target_channels
 from autoseg.inference.adaptation.small_networks import ShapeAutoencoder
 from autoseg.inference.adaptation.standardise import SourceIntensities, intensity_landmarks, standardiser_for
+from autoseg.inference.label_maps import probabilities_from_logits
 from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Configuration
 from autoseg.transforms.case import preprocess_case
@@ -230,9 +231,10 @@ class CaseAdaptation:
         self, fold_index: int, network: nn.Module, data: torch.Tensor, unadapted: torch.Tensor,
         predict: Callable[[nn.Module, torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, dict]:
-        """The probabilities to keep for one fold network (adapted, or ``unadapted`` on fallback) and the report.
+        """The logits to keep for one fold network (adapted, or ``unadapted`` on fallback) and the report.
 
-        ``predict(network, image)`` is the sliding-window prediction; ``image`` is ``data`` after intensity
+        ``unadapted`` are the network's logits for ``data``; ``predict(network, image)`` is the sliding-window
+        prediction of logits; ``image`` is ``data`` after intensity
         standardisation (``autoseg.inference.adaptation.standardise``) when the adapter recorded the training images'
         intensities and the case's lie outside them."""
         started = time.perf_counter()
@@ -247,8 +249,10 @@ class CaseAdaptation:
         windows = ImageWindows(data, self.configuration.patch_size, device=device)
         front, losses = self._front(adapter.to(device), segmenter, windows)
         adapted = predict(Composed(front, network), data)
-        before = PredictionSummary.of(unadapted, uses_regions=self.uses_regions)
-        after = PredictionSummary.of(adapted, uses_regions=self.uses_regions)
+        before = PredictionSummary.of(probabilities_from_logits(unadapted, uses_regions=self.uses_regions),
+                                      uses_regions=self.uses_regions)
+        after = PredictionSummary.of(probabilities_from_logits(adapted, uses_regions=self.uses_regions),
+                                     uses_regions=self.uses_regions)
         problems = adapter.ranges.problems(after, before)
         report = {
             "used": "unadapted" if problems else "adapted", "fallback_reasons": problems,

@@ -192,7 +192,8 @@ def main() -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--configuration", default=None)
     parser.add_argument("--fold", default="0")
-    parser.add_argument("--cases", type=int, default=30, help="validation cases to use (the first N, sorted)")
+    parser.add_argument("--cases", type=int, default=30, help="validation cases to use (N, sorted, from --first)")
+    parser.add_argument("--first", type=int, default=0, help="index of the first validation case used (sorted)")
     parser.add_argument("--severity", type=float, default=2.0,
                         help="scales every shift (default 2: on HC18, 1 cost a trained model no Dice, 2 about 7-9 "
                              "points, 3 about 19)")
@@ -201,7 +202,7 @@ def main() -> int:
     args = parser.parse_args()
     work = WorkFolder.at(args.model)
     dataset = RawDataset.from_dict(read_json(work.dataset_json))
-    validation = sorted(read_json(work.splits)[int(args.fold)]["val"])[: args.cases]
+    validation = sorted(read_json(work.splits)[int(args.fold)]["val"])[args.first: args.first + args.cases]
     cases = [dataset.case(identifier) for identifier in validation]
     inputs = write_inputs(cases, args.out, modality=args.modality, seed=args.seed, severity=args.severity)
     results: dict = {"clean": {}, "shifted": {}}

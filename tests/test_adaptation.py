@@ -51,11 +51,12 @@ def validation_inputs(tmp_path_factory, hc18_root):
 def test_train_adapter_writes_a_json_record_and_weights_only_state_dicts(adapted_model):
     folder = adapted_model / "models" / "2d" / "fold_0" / "adaptation"
     record = json.loads((folder / "adaptation.json").read_text())
-    assert set(record["methods"]) == {"normaliser", "adversarial"}
+    assert set(record["methods"]) == {"normaliser", "adversarial", "standardise"}
+    assert len(record["source_intensities"]["low"][0]) == len(record["source_intensities"]["percentiles"])
     ranges = record["source_ranges"]
     assert ranges["images"] == 4 and len(ranges["fraction_low"]) == 1  # HC18: one foreground class
     assert 0 <= ranges["fraction_low"][0] <= ranges["fraction_high"][0] <= 1
-    for method in record["methods"].values():
+    for method in (record["methods"][name] for name in ("normaliser", "adversarial")):
         state = torch.load(folder / method["file"], weights_only=True)
         assert state  # loads without pickle
     bank = torch.load(folder / "adversarial.pt", weights_only=True)["bank_images"]
@@ -136,7 +137,9 @@ def test_plausibility_accepts_predictions_like_the_training_ones_and_refuses_jum
     # Already outside and moving back towards the range is an improvement, not a jump.
     assert ranges.problems(PredictionSummary((0.5,), 0.03), PredictionSummary((0.8,), 0.03)) == []
     assert "entropy" in ranges.problems(PredictionSummary((0.2,), 0.2), typical)[0]
-
+    # Within the training entropies, but far less sure than before adapting: refused; a little less sure: kept.
+    assert "less sure" in ranges.problems(PredictionSummary((0.2,), 0.045), PredictionSummary((0.2,), 0.02))[0]
+    assert ranges.problems(PredictionSummary((0.2,), 0.022), PredictionSummary((0.2,), 0.02)) == []
 
 
 def _standardised(image: np.ndarray, source: SourceIntensities) -> np.ndarray:

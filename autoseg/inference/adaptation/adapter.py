@@ -39,7 +39,7 @@ from autoseg.records.plans import Configuration
 from autoseg.transforms.case import preprocess_case
 from autoseg.utils.files import atomic_torch_save, read_json, sha256_file, write_json
 
-ADAPTATION_METHODS = ("normaliser", "adversarial")
+ADAPTATION_METHODS = ("normaliser", "adversarial", "standardise")  # the last: intensity standardisation alone
 ADAPTATION_FILE = "adaptation.json"
 SHAPE_PRIOR_FILE = "shape_prior.pt"
 ADVERSARIAL_FILE = "adversarial.pt"
@@ -110,6 +110,8 @@ def train_fold_adapter(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ADAPTATION_FILE).unlink(missing_ok=True)  # the record goes last: parts without it are incomplete
     methods: dict[str, dict] = {}
+    if source.landmarks:  # nothing to train: the record's source_intensities are all it needs
+        methods["standardise"] = {"settings": {}}
     if "normaliser" in settings.methods:
         prior, losses = train_shape_prior(source.targets, patch_size=patch_size, steps=settings.shape_prior_steps,
                                           generator=generator, uses_regions=dataset.has_regions)
@@ -152,7 +154,7 @@ class FoldAdapter:
     shape_prior: ShapeAutoencoder | None
     adversarial: AdversarialParts | None
     bank: tuple[torch.Tensor, torch.Tensor] | None
-    settings: NormaliserSettings | AdversarialSettings
+    settings: NormaliserSettings | AdversarialSettings | None
     intensities: SourceIntensities | None = None  # None: an adapter recorded without them (no standardisation)
 
     def to(self, device: torch.device) -> FoldAdapter:
@@ -195,6 +197,8 @@ def load_fold_adapter(
     intensities = SourceIntensities.from_dict(recorded_intensities) if recorded_intensities else None
     patch_size = tuple(configuration.patch_size)
     recorded_settings = record["methods"][method].get("settings", {})
+    if method == "standardise":
+        return FoldAdapter(folder, ranges, None, None, None, None, intensities)
     if method == "normaliser":
         prior = ShapeAutoencoder(classes, patch_size=patch_size)
         prior.load_state_dict(torch.load(folder / SHAPE_PRIOR_FILE, map_location="cpu", weights_only=True))
@@ -219,6 +223,8 @@ class CaseAdaptation:
     seed: int = 0
 
     def _front(self, adapter: FoldAdapter, segmenter: FrozenSegmenter, windows: ImageWindows) -> tuple:
+        if self.method == "standardise":
+            return nn.Identity(), []
         generator = torch.Generator().manual_seed(self.seed)  # the same seed for every case: order-independent
         with torch.enable_grad():
             if self.method == "normaliser":

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "plan": "fingerprint a dataset and plan configurations fitted to a GPU-memory budget",
     "preprocess": "crop, normalise and resample training cases per configuration",
     "train": "train one fold of one configuration (resumable, time budgets, torchrun)",
+    "train-adapter": "train the test-time appearance adapter of a trained model's folds (predict --adapt)",
     "predict": "segment a folder of images with a trained model",
     "evaluate": "compare predicted label maps with references: Dice, HD95, ASSD, NSD",
     "find-best": "pick the best configuration or ensemble on cross-validation",

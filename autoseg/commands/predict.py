@@ -9,6 +9,7 @@ from pathlib import Path
 
 from autoseg.data.raw_folder import discover_cases
 from autoseg.errors import UserError
+from autoseg.inference.adaptation import ADAPTATION_METHODS
 from autoseg.inference.ensemble import ModelEnsemble
 from autoseg.inference.onnx_engine import is_onnx_model_folder, load_onnx_ensemble
 from autoseg.io.images import file_ending, read_image_header
@@ -58,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and OUTPUT/NAME.zip")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the network (default: the CPUs not already busy, at least 1)")
+    parser.add_argument("--adapt", nargs="?", const="normaliser", default=None, choices=ADAPTATION_METHODS,
+                        help="adapt every image's appearance to the training images before segmenting it (needs "
+                             "`autoseg train-adapter`; default method: normaliser); writes CASE.adaptation.json "
+                             "next to each label map (docs/adaptation.md)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of test-time adaptation (default 0)")
     parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
                         help="torch: the checkpoints of a model folder; onnx: a folder written by `autoseg "
                              "export-onnx`, run by onnxruntime on the CPU in float32 (docs/inference.md)")
@@ -170,11 +176,17 @@ def _load_models(args: argparse.Namespace, *, threads: int):
 
     if is_onnx_model_folder(args.model):
         raise UserError(f"{args.model}: holds ONNX networks (from `autoseg export-onnx`); add --engine onnx.")
-    return ModelEnsemble.from_model_folder(
+    if args.adapt and args.submission:
+        raise UserError("--submission records the trained models only; drop --adapt to write a submission.")
+    models = ModelEnsemble.from_model_folder(
         args.model, configuration=args.configuration, folds=args.folds, checkpoint=args.checkpoint,
         device=args.device, tta=not args.no_tta, step_size=args.step_size, batch_size=args.batch_size,
-        precision=args.precision, use_postprocessing=not args.no_postprocessing,
+        precision=args.precision, use_postprocessing=not args.no_postprocessing, adapt=args.adapt,
     )
+    for member in models.members:
+        if member.adaptation is not None:
+            member.adaptation.seed = args.seed
+    return models
 
 
 def _prepare_output_folder(output_folder: Path, args: argparse.Namespace) -> Path:
@@ -196,6 +208,7 @@ def _announce(args: argparse.Namespace, models, cases: list[Case]) -> None:
         f"autoseg predict: {len(cases)} case(s) with {models.description}, checkpoint {args.checkpoint}, "
         f"{'with' if first.tta else 'without'} mirroring, on {first.device}"
         f"{' with onnxruntime' if args.engine == 'onnx' else ''} in {resolve_precision(first.precision, first.device)}"
+        + (f", adapting each image's appearance ({args.adapt}, seed {args.seed})" if args.adapt else "")
     )
     memory = describe_largest_case(
         {case.identifier: read_image_header(case.images[0]).shape for case in cases},
@@ -208,6 +221,8 @@ def _announce(args: argparse.Namespace, models, cases: list[Case]) -> None:
 def _load_onnx_models(args: argparse.Namespace, *, threads: int):
     """The ensemble of an ``export-onnx`` folder; options that only make sense for torch are refused, not ignored."""
 
+    if args.adapt:
+        raise UserError("--adapt optimises torch networks; use --engine torch with the trained model folder.")
     if args.device not in ("auto", "cpu"):
         raise UserError(f"--engine onnx runs on the CPU; drop --device {args.device} or use --engine torch.")
     if args.precision not in ("auto", "float32"):

@@ -63,14 +63,16 @@ class ModelEnsemble:
         batch_size: int = 2,
         precision: str = "auto",
         use_postprocessing: bool = True,
+        adapt: str | None = None,
     ) -> ModelEnsemble:
         """Follow ``inference.json`` when no configuration is named; see ``Predictor.from_model_folder``.
 
         ``folds`` given by the user apply to every member; otherwise each member uses the recipe's folds.
+        ``adapt`` names a test-time appearance adaptation method for every member (docs/adaptation.md).
         """
         folder = WorkFolder.at(model_folder)
         options = {"checkpoint": checkpoint, "device": device, "tta": tta, "step_size": step_size,
-                   "batch_size": batch_size, "precision": precision}
+                   "batch_size": batch_size, "precision": precision, "adapt": adapt}
         recipe = InferenceRecipe.read(folder.inference_recipe) if folder.plans.is_file() else None
         recipe_configurations = recipe.configurations if recipe else []
         if configuration is None and recipe is not None:

@@ -25,7 +25,9 @@ from tqdm import tqdm
 from autoseg.errors import UserError
 from autoseg.inference.case_input import PreprocessedCase, preprocess_for_prediction
 from autoseg.inference.export import export_members
+from autoseg.io.images import file_ending
 from autoseg.records.postprocessing import PostprocessingDecision
+from autoseg.utils.files import write_json
 
 if TYPE_CHECKING:
     from autoseg.inference.predictor import Predictor
@@ -88,18 +90,34 @@ class _CaseSteps:
         }
         return cls(members, member_options, export_options)
 
-    def predict(self, cases: list[PreprocessedCase]) -> list[tuple]:
-        return [
-            (member.predict_case(case), case.properties, member.configuration)
-            for member, case in zip(self.members, cases, strict=True)
-        ]
+    def predict(self, cases: list[PreprocessedCase], output_path: Path) -> list[tuple]:
+        """Every member's probabilities; with test-time adaptation its report goes next to the label map."""
+        outputs, reports = [], []
+        for member, case in zip(self.members, cases, strict=True):
+            probabilities, report = member.predict_case_reported(case)
+            outputs.append((probabilities, case.properties, member.configuration))
+            if report is not None:
+                reports.append(report)
+        if reports:
+            write_json(adaptation_report_path(output_path), {
+                "case": output_path.name, "fell_back": any(report["fell_back"] for report in reports),
+                "members": reports,
+            })
+        return outputs
+
+
+def adaptation_report_path(output_path: str | os.PathLike[str]) -> Path:
+    """``OUT/CASE.adaptation.json`` next to the label map ``OUT/CASE.nii.gz``: what test-time adaptation did."""
+    output_path = Path(output_path)
+    ending = ".seg.nrrd" if output_path.name.endswith(".seg.nrrd") else file_ending(output_path) or output_path.suffix
+    return output_path.with_name(output_path.name[: len(output_path.name) - len(ending)] + ".adaptation.json")
 
 
 def _run_in_order(work: list[tuple[list[str], Path]], steps: _CaseSteps, bar: tqdm) -> list[Path]:
     """Every step of every case in this process, one case after the other."""
     written: list[Path] = []
     for image_paths, output_path in work:
-        outputs = steps.predict(preprocess_for_members(image_paths, steps.member_options))
+        outputs = steps.predict(preprocess_for_members(image_paths, steps.member_options), output_path)
         export_members(outputs, output_path=output_path, **steps.export_options)
         written.append(output_path)
         bar.update()
@@ -134,7 +152,7 @@ class _OverlappedRun:
             output_path, future = self.queued_preprocessing.popleft()
             cases = future.result()
             self._fill_preprocessing_queue()
-            outputs = self.steps.predict(cases)
+            outputs = self.steps.predict(cases, output_path)
             del cases
             while len(self.queued_exports) >= self.lookahead:
                 self._finish_oldest_export()

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from autoseg.errors import UserError
+from autoseg.inference.adaptation.adapter import ADAPTATION_METHODS, CaseAdaptation, load_fold_adapter
 from autoseg.inference.case_input import PreprocessedCase, preprocess_for_prediction
 from autoseg.inference.export import export_case, probabilities_in_input_grid
 from autoseg.inference.label_maps import (
@@ -126,6 +127,27 @@ def _network_with_weights(
     return network
 
 
+def _load_adaptation(
+    trained: TrainedModel, configuration: Configuration, dataset: RawDataset, method: str
+) -> CaseAdaptation:
+    """Every fold's test-time adapter for ``method``; one sentence when a fold has none (see ``train-adapter``)."""
+    if method not in ADAPTATION_METHODS:
+        raise UserError(f"--adapt {method!r} is not one of {', '.join(ADAPTATION_METHODS)}.")
+    if configuration.previous_stage:
+        raise UserError(f"{trained.model_folder}: test-time adaptation does not support the cascade "
+                        f"{trained.configuration_name}; choose another configuration with -c.")
+    folder = WorkFolder.at(trained.model_folder)
+    adapters = [
+        load_fold_adapter(
+            folder.adaptation(trained.configuration_name, fold), checkpoint_path=path, method=method,
+            model_folder=folder.root, configuration=configuration, channels=dataset.num_channels,
+            classes=dataset.num_output_channels,
+        )
+        for fold, path in zip(trained.folds, trained.checkpoint_paths, strict=True)
+    ]
+    return CaseAdaptation(method, adapters, configuration, dataset.num_channels, dataset.has_regions)
+
+
 class Predictor:
     """Segments images with an ensemble of trained folds of one configuration.
 
@@ -151,6 +173,7 @@ class Predictor:
         precision: str = "auto",
         previous_stage: Predictor | None = None,
         trained_model: TrainedModel | None = None,
+        adaptation: CaseAdaptation | None = None,
     ) -> None:
         self.configuration_name = configuration_name
         self.configuration = configuration
@@ -163,6 +186,7 @@ class Predictor:
         self.precision = precision
         self.previous_stage = previous_stage
         self.trained_model = trained_model
+        self.adaptation = adaptation
         if configuration.previous_stage and previous_stage is None:
             raise ValueError(f"configuration {configuration_name} needs its previous stage predictor")
 
@@ -181,6 +205,7 @@ class Predictor:
         step_size: float = 0.5,
         batch_size: int = 2,
         precision: str = "auto",
+        adapt: str | None = None,
     ) -> Predictor:
         """Load plans, dataset description and the checkpoint of every fold (``weights_only=True``).
 
@@ -191,6 +216,8 @@ class Predictor:
             folds: fold numbers and/or ``"all"``; None = every trained fold (or the recommended ones).
             checkpoint: ``final``, ``best`` or ``latest``.
             device: ``auto`` (CUDA > MPS > CPU), ``cpu``, ``cuda``, ``cuda:1``...
+            adapt: a test-time appearance adaptation method (``normaliser`` or ``adversarial``; the folds need
+                the adapter ``autoseg train-adapter`` writes), or None.
 
         Raises:
             UserError: the folder, configuration, a fold or a checkpoint is missing or does not fit the plan.
@@ -214,10 +241,11 @@ class Predictor:
             trained, plan_configuration, in_channels=dataset.num_channels + extra_channels,
             out_channels=dataset.num_output_channels, device=device,
         )
+        adaptation = _load_adaptation(trained, configuration_used, dataset, adapt) if adapt else None
         return cls(
             configuration_name=trained.configuration_name, configuration=configuration_used,
             dataset=dataset, networks=networks, device=device, tta=tta, step_size=step_size, batch_size=batch_size,
-            precision=precision, previous_stage=previous_stage, trained_model=trained,
+            precision=precision, previous_stage=previous_stage, trained_model=trained, adaptation=adaptation,
         )
 
     # -- properties ---------------------------------------------------------------------------------------------
@@ -249,6 +277,24 @@ class Predictor:
         """Probabilities ``(K, z, y, x)`` (float32, CPU) of the fold-averaged logits for preprocessed ``data``
         ``(C, z, y, x)``: folds are averaged before the softmax, as the reference does (configurations, in an
         ensemble, are averaged after it)."""
+        return self.predict_preprocessed_reported(data, previous_stage_data=previous_stage_data)[0]
+
+    def network_logits(self, network: torch.nn.Module, data: torch.Tensor) -> torch.Tensor:
+        """One network's logits ``(K, z, y, x)`` for preprocessed ``data``, with this predictor's options."""
+        return predict_sliding_window(
+            network, data, patch_size=self.configuration.patch_size,
+            num_classes=self.dataset.num_output_channels, step_size=self.step_size, mirror_axes=self.mirror_axes,
+            device=self.device, batch_size=self.batch_size, precision=self.precision,
+        )
+
+    def network_probabilities(self, network: torch.nn.Module, data: torch.Tensor) -> torch.Tensor:
+        """One network's probabilities ``(K, z, y, x)`` for preprocessed ``data``, with this predictor's options."""
+        return probabilities_from_logits(self.network_logits(network, data), uses_regions=self.dataset.has_regions)
+
+    def predict_preprocessed_reported(
+        self, data: np.ndarray | torch.Tensor, *, previous_stage_data: np.ndarray | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict | None]:
+        """``predict_preprocessed`` plus, with test-time adaptation, what it did for every fold (else None)."""
         data = torch.as_tensor(np.asarray(data, dtype=np.float32) if isinstance(data, np.ndarray) else data).float()
         if self.previous_stage is not None:
             if previous_stage_data is None:
@@ -256,19 +302,26 @@ class Predictor:
             previous_probabilities = self.previous_stage.predict_preprocessed(previous_stage_data)
             extra = previous_stage_channels(previous_probabilities, tuple(data.shape[1:]), dataset=self.dataset)
             data = torch.cat([data, extra])
-        uses_regions = self.dataset.has_regions
-        total = None
-        for network in self.networks:
-            logits = predict_sliding_window(
-                network, data, patch_size=self.configuration.patch_size,
-                num_classes=self.dataset.num_output_channels, step_size=self.step_size, mirror_axes=self.mirror_axes,
-                device=self.device, batch_size=self.batch_size, precision=self.precision,
-            )
+        total, fold_reports = None, []
+        for index, network in enumerate(self.networks):
+            logits = self.network_logits(network, data)
+            if self.adaptation is not None:
+                logits, report = self.adaptation.adapt(index, network, data, logits, self.network_logits)
+                fold_reports.append({"fold": self.trained_model.folds[index], **report})
             total = logits if total is None else total.add_(logits)
             del logits  # large images: keep at most two (K, z, y, x) volumes alive
         if len(self.networks) > 1:
             total /= len(self.networks)
-        return probabilities_from_logits(total, uses_regions=uses_regions).cpu()
+        probabilities = probabilities_from_logits(total, uses_regions=self.dataset.has_regions).cpu()
+        return probabilities, self._adaptation_report(fold_reports)
+
+    def _adaptation_report(self, fold_reports: list[dict]) -> dict | None:
+        if self.adaptation is None:
+            return None
+        fell_back = [report["fold"] for report in fold_reports if report["used"] == "unadapted"]
+        return {"configuration": self.configuration_name, "method": self.adaptation.method,
+                "seed": self.adaptation.seed, "fell_back": bool(fell_back), "folds_fallen_back": fell_back,
+                "folds": fold_reports}
 
     # -- whole cases --------------------------------------------------------------------------------------------
 
@@ -286,7 +339,14 @@ class Predictor:
 
     def predict_case(self, case: PreprocessedCase) -> np.ndarray:
         """Probabilities ``(K, z, y, x)`` float32 in the preprocessed space of ``case``."""
-        return self.predict_preprocessed(case.data, previous_stage_data=case.previous_stage_data).numpy()
+        return self.predict_case_reported(case)[0]
+
+    def predict_case_reported(self, case: PreprocessedCase) -> tuple[np.ndarray, dict | None]:
+        """``predict_case`` and the adaptation report (None without test-time adaptation)."""
+        probabilities, report = self.predict_preprocessed_reported(
+            case.data, previous_stage_data=case.previous_stage_data
+        )
+        return probabilities.numpy(), report
 
     def export(
         self, probabilities: np.ndarray, properties: dict, output_path: str | os.PathLike[str], *,

@@ -324,3 +324,15 @@ def predict_sliding_window(
         progress=progress,
     )
     return _crop_padding(sums.blended(), image_size, padding_before)
+
+
+def padded_windows(
+    data: torch.Tensor | np.ndarray, patch_size: Sequence[int]
+) -> tuple[torch.Tensor, list[tuple[slice, ...]]]:
+    """``data`` padded as the sliding window pads it, and the non-overlapping windows (step 1) that cover it.
+
+    Test-time adaptation optimises on whole windows of the network's patch; a 2D patch's windows are single slices.
+    """
+    volume_patch = _volume_patch(tuple(int(p) for p in patch_size))
+    padded, _ = _pad_to_patch(_as_image(data), volume_patch)
+    return padded, _tiles(tuple(padded.shape[1:]), volume_patch, 1.0)

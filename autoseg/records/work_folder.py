@@ -9,6 +9,7 @@ A dataset's working folder is ``WORK/<dataset folder name>/``; an exported model
     preprocessed/CONFIG/    training-ready cases
     ground_truth/           label maps in their original geometry, for validation
     models/CONFIG/fold_K/   checkpoints, training log, progress.png, validation/
+    models/CONFIG/fold_K/adaptation/  test-time appearance adapter of the fold (``autoseg train-adapter``)
     models/CONFIG/crossval/ every fold's validation predictions together
     ensembles/NAME/crossval/ cross-validation predictions of an ensemble
     inference.json          the recipe model selection chose (InferenceRecipe)
@@ -36,6 +37,7 @@ INFERENCE_RECIPE_FILE = "inference.json"
 POSTPROCESSING_FILE = "postprocessing.json"
 REPORT_FILE = "report.html"
 VALIDATION_FOLDER = "validation"
+ADAPTATION_FOLDER = "adaptation"
 CROSSVAL_FOLDER = "crossval"
 NEXT_STAGE_FOLDER = "next_stage"
 TRAINING_SUMMARY_FILE = "training_summary.json"
@@ -125,6 +127,10 @@ class WorkFolder:
     def checkpoint(self, configuration: str, fold: int | str, which: str) -> Path:
         """``which`` is ``final``, ``best`` or ``latest``."""
         return self.fold(configuration, fold) / f"checkpoint_{which}.pt"
+
+    def adaptation(self, configuration: str, fold: int | str) -> Path:
+        """The fold's test-time appearance adapter: ``adaptation.json`` (written last) and its state dicts."""
+        return self.fold(configuration, fold) / ADAPTATION_FOLDER
 
     def validation(self, configuration: str, fold: int | str) -> Path:
         return self.fold(configuration, fold) / VALIDATION_FOLDER

@@ -59,9 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and OUTPUT/NAME.zip")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the network (default: the CPUs not already busy, at least 1)")
-    parser.add_argument("--adapt", nargs="?", const="normaliser", default=None, choices=ADAPTATION_METHODS,
+    parser.add_argument("--adapt", nargs="?", const="standardise", default=None, choices=ADAPTATION_METHODS,
                         help="adapt every image's appearance to the training images before segmenting it (needs "
-                             "`autoseg train-adapter`; default method: normaliser); writes CASE.adaptation.json "
+                             "`autoseg train-adapter`; default method: standardise); writes CASE.adaptation.json "
                              "next to each label map (docs/adaptation.md)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of test-time adaptation (default 0)")
     parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",

@@ -1,9 +1,11 @@
 """Test-time appearance adaptation: re-render or re-normalise one foreign image at a time, segmenter frozen.
 
 A model trained on one scanner's images loses accuracy on another scanner's, although the anatomy is the same.
-Two methods adapt each test image on its own, starting from the trained state for every case:
+Three methods adapt each test image on its own, starting from the trained state for every case; each first
+standardises the image's intensity landmarks into the range of the training images (``standardise``):
 
-- ``normaliser`` (the default, cheap): a small identity-initialised input-normalisation network in front of the
+- ``standardise`` (the default): that closed-form intensity standardisation alone (Nyul & Udupa 1999).
+- ``normaliser``: a small identity-initialised input-normalisation network in front of the
   frozen segmenter, optimised for a few steps so that its segmentation agrees with a shape prior learned from the
   training labels (a denoising autoencoder, Karani et al. 2021) and with its own mirrored views.
 - ``adversarial`` (Yang et al. 2018): a shallow U-Net renderer re-renders the image in the training corpus'

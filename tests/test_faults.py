@@ -728,6 +728,7 @@ from autoseg.utils.locking import folder_lock, note_command_line
 note_command_line(["preprocess", "DATASET"])
 with folder_lock(sys.argv[1]):
     if os.fork() == 0:  # a worker that outlives its parent, as a stuck data-loading worker would
+        print("worker", flush=True)  # its after-fork hooks have run by now
         time.sleep(60)
         os._exit(0)
     print("locked", flush=True)
@@ -740,7 +741,9 @@ def test_a_lock_dies_with_the_process_that_took_it(tmp_path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", HOLD_A_LOCK_AND_FORK, str(folder)], cwd=REPOSITORY,
                               start_new_session=True, stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        # Both the parent (holding the lock) and its forked worker have started; on a busy machine the worker may be
+        # scheduled after the parent, so wait for both before killing the parent.
+        assert {holder.stdout.readline().strip() for _ in range(2)} == {"locked", "worker"}
         refused = rf"in use by `autoseg preprocess DATASET` \(pid {holder.pid}, since "
         with pytest.raises(UserError, match=refused), folder_lock(folder, shared=True):
             pass

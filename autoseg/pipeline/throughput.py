@@ -397,12 +397,17 @@ def seconds_per_iteration_estimator(
         if name not in plans.configurations:
             return None
         configuration = plans.configuration(name)
-        extra = len(dataset.foreground_labels) if configuration.previous_stage else 0
-        work = step_work(configuration, batch_size=training_batch_size(configuration, None, device),
-                         in_channels=dataset.num_channels + extra, out_channels=dataset.num_output_channels)
-        return model.seconds_per_iteration(work)
+        return _step_seconds(model, configuration, dataset, training_batch_size(configuration, None, device))
 
     return seconds
+
+
+def _step_seconds(model: ThroughputModel, configuration: Configuration, dataset: RawDataset, batch_size: int) -> float:
+    """Predicted seconds of one training step (a cascade stage also reads the previous stage's label channels)."""
+    extra = len(dataset.foreground_labels) if configuration.previous_stage else 0
+    work = step_work(configuration, batch_size=batch_size, in_channels=dataset.num_channels + extra,
+                     out_channels=dataset.num_output_channels)
+    return model.seconds_per_iteration(work)
 
 
 FORWARD_SHARE_OF_STEP = 0.5  # a forward pass is about a third of a step's arithmetic; the rest pays data handling
@@ -423,12 +428,9 @@ def case_prediction_seconds_estimator(
         configuration = plans.configuration(name)
         if configuration.median_shape is None:
             return None
-        extra = len(dataset.foreground_labels) if configuration.previous_stage else 0
-        work = step_work(configuration, batch_size=1, in_channels=dataset.num_channels + extra,
-                         out_channels=dataset.num_output_channels)
         tiles = tiles_per_case(configuration.median_shape, configuration.patch_size)
         mirrored = 2 ** configuration.dimension
-        return tiles * mirrored * FORWARD_SHARE_OF_STEP * model.seconds_per_iteration(work)
+        return tiles * mirrored * FORWARD_SHARE_OF_STEP * _step_seconds(model, configuration, dataset, 1)
 
     return seconds
 

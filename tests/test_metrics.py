@@ -243,6 +243,16 @@ def test_evaluate_command_writes_summary_and_csv(hippocampus_folders, tmp_path, 
     assert "foreground mean" in capsys.readouterr().out
 
 
+def test_evaluation_draws_its_progress_bars_only_when_asked(hippocampus_folders, capsys):
+    predictions, references = hippocampus_folders
+    quiet = evaluate_folders(predictions, references, with_surface_metrics=False, progress=False)
+    assert capsys.readouterr().err == ""  # `run --no-progress` and `demo --no-progress` evaluate this way
+    shown = evaluate_folders(predictions, references, with_surface_metrics=False)
+    error = capsys.readouterr().err
+    assert "labels" in error and "evaluate" in error
+    assert shown["foreground_mean"] == quiet["foreground_mean"]
+
+
 def test_missing_predictions_are_named(hippocampus_folders, tmp_path, capsys):
     predictions, references = hippocampus_folders
     partial = tmp_path / "partial"

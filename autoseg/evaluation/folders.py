@@ -165,10 +165,12 @@ def write_metrics_csv(
                 writer.writerow([case["case"], target.key, target.name, *values])
 
 
-def run_over_cases(function: Callable, arguments: Sequence[tuple], *, workers: int, description: str) -> list:
-    """``[function(*a) for a in arguments]``, over ``workers`` spawned processes (spawn: safe after torch is loaded)."""
+def run_over_cases(function: Callable, arguments: Sequence[tuple], *, workers: int, description: str,
+                   progress: bool = True) -> list:
+    """``[function(*a) for a in arguments]``, over ``workers`` spawned processes (spawn: safe after torch is loaded);
+    a progress bar when ``progress`` is set and there is more than one case."""
     return parallel_starmap(function, arguments, workers=workers, description=description,
-                            progress=len(arguments) >= 2)
+                            progress=progress and len(arguments) >= 2)
 
 
 def _label_values_in_file(path: Path) -> list[int]:
@@ -209,11 +211,13 @@ def _cases_to_evaluate(
 
 
 def _targets_found_in_references(
-    reference_folder: str | os.PathLike[str], reference_paths: list[Path], *, ignore_label: int | None, workers: int
+    reference_folder: str | os.PathLike[str], reference_paths: list[Path], *, ignore_label: int | None, workers: int,
+    progress: bool = True,
 ) -> tuple[EvaluationTarget, ...]:
     """One target per non-zero label value present in the references (the ignore label aside)."""
     value_lists = run_over_cases(
-        _label_values_in_file, [(path,) for path in reference_paths], workers=workers, description="labels"
+        _label_values_in_file, [(path,) for path in reference_paths], workers=workers, description="labels",
+        progress=progress,
     )
     found = {value for values in value_lists for value in values}
     targets = targets_from_label_values(found - ({ignore_label} if ignore_label is not None else set()))
@@ -235,6 +239,7 @@ def evaluate_folders(
     workers: int = 1,
     output_folder: str | os.PathLike[str] | None = None,
     with_surface_metrics: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate predictions against references and return (and optionally write) the summary.
 
@@ -257,7 +262,8 @@ def evaluate_folders(
     )
     if targets is None:
         targets = _targets_found_in_references(
-            reference_folder, [reference_files[c] for c in chosen], ignore_label=ignore_label, workers=workers
+            reference_folder, [reference_files[c] for c in chosen], ignore_label=ignore_label, workers=workers,
+            progress=progress,
         )
     targets = tuple(targets)
     options = {
@@ -266,7 +272,7 @@ def evaluate_folders(
     }
     per_case = run_over_cases(
         _evaluate_case_star, [(case, prediction_files[case], reference_files[case], options) for case in chosen],
-        workers=workers, description="evaluate",
+        workers=workers, description="evaluate", progress=progress,
     )
     summary = {
         "prediction_folder": str(Path(prediction_folder).resolve()),
@@ -289,11 +295,12 @@ def evaluate_against_ground_truth(
     *,
     cases: Sequence[str],
     workers: int = 1,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``cases`` of ``prediction_folder`` against ``WORK/<dataset>/ground_truth`` with the dataset's own
     classes, regions and ignore label; writes ``summary.json`` and ``metrics.csv`` into ``prediction_folder``."""
     targets, ignore_label = targets_from_dataset_json(work_folder.dataset_json)
     return evaluate_folders(
         prediction_folder, work_folder.ground_truth, targets=targets, ignore_label=ignore_label, cases=list(cases),
-        output_folder=prediction_folder, workers=workers,
+        output_folder=prediction_folder, workers=workers, progress=progress,
     )

@@ -177,6 +177,7 @@ def determine_postprocessing(
     cases: Sequence[str] | None = None,
     workers: int = 1,
     output_file: str | os.PathLike[str] | None = None,
+    progress: bool = True,
 ) -> PostprocessingDecision:
     """Decide which keep-largest-component steps to adopt on cross-validation predictions (see module docstring).
 
@@ -202,6 +203,7 @@ def determine_postprocessing(
         [(case, prediction_files[case], reference_files[case], targets, ignore_label) for case in chosen],
         workers=workers,
         description="post-processing",
+        progress=progress,
     )
     decision = _decide(per_case, targets)
     if output_file is not None:

@@ -30,7 +30,7 @@ def _link_or_copy(source: Path, destination: Path) -> None:
 
 
 def collect_cross_validation(
-    work_folder: WorkFolder, configuration_name: str, folds: Sequence[int], *, workers: int = 2
+    work_folder: WorkFolder, configuration_name: str, folds: Sequence[int], *, workers: int = 2, progress: bool = True
 ) -> dict:
     """Gather the validation predictions of ``folds`` and evaluate them as one set; returns the summary.
 
@@ -58,7 +58,8 @@ def collect_cross_validation(
             if probabilities.is_file():
                 _link_or_copy(probabilities, destination / probabilities.name)
         cases.extend(expected)
-    return evaluate_against_ground_truth(work_folder, destination, cases=sorted(cases), workers=workers)
+    return evaluate_against_ground_truth(work_folder, destination, cases=sorted(cases), workers=workers,
+                                         progress=progress)
 
 
 def read_crossval_summary(work_folder: WorkFolder, configuration_name: str) -> dict | None:

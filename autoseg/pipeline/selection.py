@@ -74,7 +74,7 @@ def ensemble_cross_validation(
         probabilities /= len(member_folders)
         label_map = label_map_from_probabilities(probabilities, dataset=dataset)
         write_image(label_map, read_image_header(ground_truth[identifier]), output)
-    summary = evaluate_against_ground_truth(work_folder, destination, cases=cases, workers=workers)
+    summary = evaluate_against_ground_truth(work_folder, destination, cases=cases, workers=workers, progress=progress)
     foreground, per_class = _scores(summary)
     return Candidate(name, tuple(members), destination, foreground, per_class)
 
@@ -90,7 +90,7 @@ def find_best(
     candidates: list[Candidate] = []
     cases: list[str] = []
     for configuration in configurations:
-        summary = collect_cross_validation(work_folder, configuration, folds, workers=workers)
+        summary = collect_cross_validation(work_folder, configuration, folds, workers=workers, progress=progress)
         cases = [entry["case"] for entry in summary["per_case"]]
         foreground, per_class = _scores(summary)
         candidates.append(
@@ -105,7 +105,7 @@ def find_best(
     targets, ignore_label = targets_from_dataset_json(work_folder.dataset_json)
     postprocessing = determine_postprocessing(
         best.folder, work_folder.ground_truth, targets=targets, ignore_label=ignore_label, cases=cases,
-        workers=workers, output_file=work_folder.postprocessing,
+        workers=workers, output_file=work_folder.postprocessing, progress=progress,
     )
     recipe = InferenceRecipe(
         models=tuple(RecipeModel(configuration, tuple(folds)) for configuration in best.configurations),

@@ -53,7 +53,7 @@ def predict_validation_cases(
         save_probabilities=True,  # CASE.npz: model selection ensembles configurations on these
         progress=progress,
     )
-    summary = evaluate_against_ground_truth(work_folder, output_folder, cases=validation_case_ids)
+    summary = evaluate_against_ground_truth(work_folder, output_folder, cases=validation_case_ids, progress=progress)
     return {
         "folder": str(output_folder),
         "mean_dice": summary["foreground_mean"]["dice"],

@@ -21,15 +21,16 @@ Two modes:
 the end of training, validation steps during training included; setting up and predicting the validation cases are
 not, and are shown separately as each run's whole wall time. Afterwards both tools predict their validation cases
 in their own way (final weights, sliding window with mirroring), and this script scores both folders with the same
-code, autoseg's ``evaluate_folders``, against the raw labels of the dataset. nnU-Net runs on the CPU
-(``nnUNetv2_train -device cpu``'s thread setting), so autoseg is run on the CPU too.
+code, autoseg's ``evaluate_folders``, against the raw labels of the dataset (with ``--validation-cases N``, on the
+fold's first N validation cases only: nnU-Net then predicts only those, autoseg still predicts all). nnU-Net runs
+on the CPU (``nnUNetv2_train -device cpu``'s thread setting), so autoseg is run on the CPU too.
 
 Usage (nnU-Net installed by /work/shared/tools/nnunet-peer/setup.sh; preprocessing both tools, once per scratch
 folder, takes a few minutes on 2 cores):
 
     python benchmarks/equal_budget.py [--dataset Dataset004_Hippocampus] [--fold 0] [--minutes 15]
     python benchmarks/equal_budget.py --iterations 300
-    python benchmarks/equal_budget.py --dataset Dataset018_HC18 --minutes 15
+    python benchmarks/equal_budget.py --dataset Dataset018_HC18 --minutes 15 --validation-cases 20
 
 The table is printed and written as JSON to ``--out`` (default
 ``benchmarks/results/equal_budget_<dataset>_<mode>.json``).
@@ -73,7 +74,8 @@ TRAINER_FILE = "nnunet_equal_budget_trainer.py"
 NNUNET_TRAINER_SOURCE = '''"""nnU-Net v2's trainer with its poly learning rate stretched over a budget of time or steps.
 
 Written by autoseg's benchmarks/equal_budget.py; runs in nnU-Net's virtual environment. Usage:
-    python nnunet_equal_budget_trainer.py PREPROCESSED CONFIGURATION FOLD seconds|iterations AMOUNT RESULT_JSON
+    python nnunet_equal_budget_trainer.py PREPROCESSED CONFIGURATION FOLD seconds|iterations AMOUNT RESULT_JSON [N]
+N (optional): after training, predict only the fold's first N validation cases.
 """
 import json
 import multiprocessing
@@ -145,6 +147,7 @@ class nnUNetTrainerEqualBudget(nnUNetTrainer):
 
 def main():
     preprocessed, configuration, fold, kind, amount, result_path = sys.argv[1:7]
+    validation_limit = int(sys.argv[7]) if len(sys.argv) > 7 else None
     torch.set_num_threads(multiprocessing.cpu_count())  # what nnUNetv2_train -device cpu does
     nnUNetTrainerEqualBudget.budget_kind = kind
     nnUNetTrainerEqualBudget.budget_amount = float(amount)
@@ -153,8 +156,11 @@ def main():
     dataset_json = load_json(os.path.join(preprocessed, "dataset.json"))
     trainer = nnUNetTrainerEqualBudget(plans, configuration, int(fold), dataset_json, device=torch.device("cpu"))
     trainer.run_training()
+    training_cases, validation_cases = trainer.do_split()
+    if validation_limit is not None:  # training is over: only the validation prediction sees the shorter list
+        validation_cases = validation_cases[:validation_limit]
+        trainer.do_split = lambda: (training_cases, validation_cases)
     trainer.perform_actual_validation(False)  # what nnUNetv2_train does next
-    _, validation_cases = trainer.do_split()
     with open(result_path, "w") as handle:
         json.dump({
             "iterations": trainer.iterations_done,
@@ -177,8 +183,9 @@ AUTOSEG_SETUP_LINE = re.compile(r"device: (?P<device>\S+), (?P<precision>\w+) ar
 
 
 def train_nnunet(dataset: str, configuration: str, fold: int, *, budget: tuple[str, float], scratch: Path,
-                 venv: Path) -> dict:
-    """nnU-Net's trainer (the budget subclass) on one fold from scratch, then its validation prediction."""
+                 venv: Path, validation_cases: int | None = None) -> dict:
+    """nnU-Net's trainer (the budget subclass) on one fold from scratch, then its validation prediction (of the
+    fold's first ``validation_cases`` cases only, when given)."""
     preprocessed = prepare_nnunet(dataset, scratch=scratch, venv=venv, configurations=(configuration,))
     trainer_file = scratch / TRAINER_FILE
     trainer_file.write_text(NNUNET_TRAINER_SOURCE)
@@ -188,7 +195,7 @@ def train_nnunet(dataset: str, configuration: str, fold: int, *, budget: tuple[s
     result_path.unlink(missing_ok=True)
     kind, amount = budget
     command = [str(venv / "bin" / "python"), str(trainer_file), str(preprocessed), configuration, str(fold), kind,
-               str(amount), str(result_path)]
+               str(amount), str(result_path), *([str(validation_cases)] if validation_cases is not None else [])]
     started = time.monotonic()
     run_quietly(command, log=scratch / f"nnunet_equal_budget_{dataset}.log",
                 environment=nnunet_environment(scratch=scratch, venv=venv))
@@ -320,6 +327,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/equal_budget"),
                         help="preprocessed data, models and logs of both tools (kept: preprocessing is reused)")
     parser.add_argument("--nnunet-venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--validation-cases", type=int, default=None,
+                        help="score both tools on the fold's first N validation cases only (nnU-Net predicts only "
+                             "those; on 2 cores its HC18 prediction of all 60 takes longer than its training)")
     parser.add_argument("--memory-plan", action="store_true",
                         help="equal wall-clock: train autoseg's memory-fitted plan, not its plan for the budget")
     parser.add_argument("--out", type=Path, default=None,
@@ -327,6 +337,8 @@ def parse_arguments() -> argparse.Namespace:
     args = parser.parse_args()
     if args.iterations is not None and args.iterations < 1:
         parser.error("--iterations must be at least 1")
+    if args.validation_cases is not None and args.validation_cases < 1:
+        parser.error("--validation-cases must be at least 1")
     if args.iterations is None and args.minutes <= 0:
         parser.error("--minutes must be positive")
     args.configuration = args.configuration or CONFIGURATIONS[args.dataset]
@@ -347,7 +359,7 @@ def main() -> int:
         batch_size = check_equal_step(args.dataset, args.configuration, scratch=scratch, venv=args.nnunet_venv)
     print(f"  nnU-Net training ... (load {load_average():.2f})", flush=True)
     nnunet = train_nnunet(args.dataset, args.configuration, args.fold, budget=budget, scratch=scratch,
-                          venv=args.nnunet_venv)
+                          venv=args.nnunet_venv, validation_cases=args.validation_cases)
     print(f"  autoseg training ... (load {load_average():.2f})", flush=True)
     autoseg = train_autoseg(args.dataset, args.configuration, args.fold, budget=budget,
                             splits=Path(nnunet["splits_file"]), scratch=scratch, batch_size=batch_size,

@@ -3,16 +3,17 @@
 The model (``autoseg.planning.throughput``) is measured on this machine with its probe networks
 (``autoseg.pipeline.throughput.measure_throughput``). Then, for each configuration below (Hippocampus 3d_fullres and
 2d and HC18 2d as planned, and variants: other batch sizes, smaller and larger patches, the residual-encoder preset,
-5 instead of 4 stages), real training iterations run through ``autoseg.training.loop.train_fold``, the loop
-``autoseg train`` uses, with the configuration's real loader (background augmentation workers) on real preprocessed
-data: both shared datasets are planned in full and a subset of their cases is preprocessed into a scratch working
-folder. The first epoch warms up (workers starting, kernels chosen) and is not counted; the measured seconds per
-iteration are ``train_seconds / iterations`` of the other epochs of the fold's ``log.jsonl``.
+5 instead of 4 stages, and the 16-feature networks 1-hour budgets planned), real training iterations run through
+``autoseg.training.loop.train_fold``, the loop ``autoseg train`` uses, with the configuration's real loader
+(background augmentation workers) on real preprocessed data: both shared datasets are planned in full and a subset
+of their cases is preprocessed into a scratch working folder. The first epoch warms up (workers starting, kernels
+chosen) and is not counted; the measured seconds per iteration are ``train_seconds / iterations`` of the other
+epochs of the fold's ``log.jsonl``.
 
 The table gives per configuration the batch actually trained (on CPU the loop caps the plan's batch), the FLOPs of a
 step, the predicted and measured seconds per iteration and their ratio, and the FLOP/s the real step achieved as a
 fraction of the dense-convolution rate measured with the probes. Exit status 1 when any prediction is off by more
-than 20 %. About 12 minutes on 2 CPU cores; run it on a quiet machine (the measurement and the training it is
+than 20 %. About 14 minutes on 2 CPU cores; run it on a quiet machine (the measurement and the training it is
 compared with must see the same CPUs). ``--quick`` trains 2 configurations for 2 iterations, to check the script.
 
 Usage::
@@ -70,15 +71,17 @@ def residual_encoder(configuration: Configuration) -> Configuration:
     return configuration.replace(network=network)
 
 
-def stages(count: int, patch_size: tuple[int, ...]) -> Callable[[Configuration], Configuration]:
-    """The plan's network cut or extended to ``count`` stages (32 features doubling, capped as the planner caps)."""
+def stages(count: int, patch_size: tuple[int, ...],
+           base_features: int = 32) -> Callable[[Configuration], Configuration]:
+    """The plan's network cut or extended to ``count`` stages (``base_features`` doubling, capped as the planner
+    caps)."""
 
     def change(configuration: Configuration) -> Configuration:
         dimension = configuration.dimension
         cap = 320 if dimension == 3 else 512
         network = {
             **configuration.network,
-            "features_per_stage": [min(cap, 32 * 2**stage) for stage in range(count)],
+            "features_per_stage": [min(cap, base_features * 2**stage) for stage in range(count)],
             "kernel_sizes": [[3] * dimension for _ in range(count)],
             "strides": [[1] * dimension] + [[2] * dimension for _ in range(count - 1)],
             "blocks_per_stage_encoder": [2] * count,
@@ -120,6 +123,14 @@ VARIANTS = (
     Variant("HC18 2d (plan)", HC18, "2d"),
     Variant("HC18 2d 384x512 batch 2", HC18, "2d", patch((384, 512)), 2),
     Variant("HC18 2d 5 stages 256x256 batch 8", HC18, "2d", stages(5, (256, 256)), 8),
+    # The narrowed networks that 1-hour budgets on 2 CPU cores planned (docs/planning.md), on full-resolution data
+    # (a step's time depends on the patch, not on the spacing the data were resampled to).
+    Variant("Hippocampus 3d_fullres 16 features batch 3 (1 h plan)", HIPPOCAMPUS, "3d_fullres",
+            stages(4, (40, 56, 40), base_features=16), 3),
+    Variant("Hippocampus 2d 16 features batch 139 (1 h fit)", HIPPOCAMPUS, "2d", stages(4, (56, 40), base_features=16),
+            139),
+    Variant("HC18 2d 16 features 6 stages 160x224 batch 8 (1 h plan)", HC18, "2d",
+            stages(6, (160, 224), base_features=16), 8),
 )
 QUICK_VARIANTS = ("Hippocampus 3d_fullres batch 2", "Hippocampus 2d batch 64")
 

@@ -367,6 +367,8 @@ def train_fold(
             callbacks = [tracker.log_latest_epoch, *epoch_end_callbacks]  # tracked before a callback can stop the run
             result = _train(job, settings, components, context, device, callbacks, log_message)
             tracker.log_final(fold_result_metrics(result), step=result.epochs_completed)
+        if started_process_group:
+            torch.distributed.barrier()  # every rank done with the group before any tears it down (not after a failure)
         return result
     finally:
         if started_process_group:

@@ -12,13 +12,14 @@ epochs of the fold's ``log.jsonl``.
 
 The table gives per configuration the batch actually trained (on CPU the loop caps the plan's batch), the FLOPs of a
 step, the predicted and measured seconds per iteration and their ratio, and the FLOP/s the real step achieved as a
-fraction of the dense-convolution rate measured with the probes. Exit status 1 when any prediction is off by more
-than 20 %. About 14 minutes on 2 CPU cores; run it on a quiet machine (the measurement and the training it is
+fraction of the dense-convolution rate measured with the probes; the same, with the model, its probes and each
+step's counted work, goes to ``--out`` as JSON. Exit status 1 when fewer than 10 configurations are predicted
+within 20 %. About 20 minutes on 2 CPU cores; run it on a quiet machine (the measurement and the training it is
 compared with must see the same CPUs). ``--quick`` trains 2 configurations for 2 iterations, to check the script.
 
 Usage::
 
-    python benchmarks/throughput_model.py [--quick] [--scratch /tmp/throughput_model] [--cached-model]
+    python benchmarks/throughput_model.py [--quick] [--scratch /tmp/throughput_model] [--cached-model] [--out F]
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ from autoseg.records.work_folder import WorkFolder  # noqa: E402
 from autoseg.training.loop import TrainingJob, TrainingSettings, train_fold, training_batch_size  # noqa: E402
 from autoseg.training.training_log import LOG_FILE  # noqa: E402
 from autoseg.utils.devices import choose_device  # noqa: E402
+from autoseg.utils.files import write_json  # noqa: E402
 from autoseg.utils.precision import resolve_precision  # noqa: E402
 from autoseg.utils.threads import available_cpus  # noqa: E402
 
 SHARED_DATASETS = REPOSITORY.parent / "shared" / "datasets"
 HIPPOCAMPUS, HC18 = "Dataset004_Hippocampus", "Dataset018_HC18"
 TOLERANCE = 0.20
+REQUIRED_WITHIN = 10  # configurations predicted within TOLERANCE (the goal in docs/planning.md)
 TIMED_SECONDS = 25.0  # per configuration, predicted; at least MINIMUM_ITERATIONS timed iterations
 EPOCH_SECONDS = 8.0  # iterations per epoch: as many as fit in this (predicted), so per-epoch pauses stay rare
 MINIMUM_ITERATIONS, MAXIMUM_ITERATIONS = 2, 12
@@ -192,8 +195,10 @@ def measure_variant(
     data_wait = sum(record["data_wait_seconds"] for record in records) / iterations
     peak = model.peak_conv_flops_per_second[str(configuration.dimension)]
     return {"name": variant.name, "batch": batch, "gflop": work_done.gflop, "predicted": predicted,
+            "predicted_step": model.step_seconds(work_done), "predicted_data": model.data_seconds(work_done),
             "measured": measured, "data_wait": data_wait, "ratio": predicted / measured,
-            "achieved_gflops": work_done.flops / measured / 1e9, "fraction_of_peak": work_done.flops / measured / peak}
+            "achieved_gflops": work_done.flops / measured / 1e9, "fraction_of_peak": work_done.flops / measured / peak,
+            "work": dataclasses.asdict(work_done)}
 
 
 def print_model(model: ThroughputModel) -> None:
@@ -226,6 +231,10 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=None, help="cases preprocessed per dataset (default 24; 8 quick)")
     parser.add_argument("--device", default=None, help="cpu, cuda... (default: the best available)")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON of the model (its probes) and every configuration's counted work, predicted and "
+                             "measured seconds (default benchmarks/results/throughput_model_<device>.json; "
+                             "not written with --quick)")
     parser.add_argument("--cached-model", action="store_true",
                         help="reuse this machine's cached model (~/.cache/autoseg/throughput) instead of measuring")
     args = parser.parse_args()
@@ -247,9 +256,17 @@ def main() -> int:
         rows.append(measure_variant(variant, dataset, work, model, device, precision, scratch, args.quick))
     print_table(rows)
     worst = max(abs(row["ratio"] - 1) for row in rows)
+    within = sum(abs(row["ratio"] - 1) <= TOLERANCE for row in rows)
+    if not args.quick:
+        out = args.out or REPOSITORY / "benchmarks" / "results" / f"throughput_model_{device.type}.json"
+        write_json(out, {"device": str(device), "precision": precision, "tolerance": TOLERANCE,
+                         "within_tolerance": within, "configurations": rows, "model": model.to_json(),
+                         "seconds": time.perf_counter() - started})
+        print(f"written to {out}")
+    print(f"{within} of {len(rows)} configurations within {TOLERANCE:.0%}")
     print(f"\nworst prediction off by {worst:.0%} (tolerance {TOLERANCE:.0%}); {time.perf_counter() - started:.0f} s "
           f"in all; device {device}, {precision}")
-    return 1 if worst > TOLERANCE else 0
+    return 1 if within < min(REQUIRED_WITHIN, len(rows)) else 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ compared with must see the same CPUs). ``--quick`` trains 2 configurations for 2
 Usage::
 
     python benchmarks/throughput_model.py [--quick] [--scratch /tmp/throughput_model] [--cached-model] [--out F]
+    python benchmarks/throughput_model.py --refit F [--exclude-probe NAME ...]   # another probe set, offline
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from autoseg.data.raw_folder import load_raw_dataset  # noqa: E402
 from autoseg.pipeline.plan_dataset import plan_dataset  # noqa: E402
 from autoseg.pipeline.throughput import machine_throughput, measure_throughput  # noqa: E402
 from autoseg.planning.presets import PRESETS  # noqa: E402
-from autoseg.planning.throughput import ThroughputModel, step_work  # noqa: E402
+from autoseg.planning.throughput import StepWork, ThroughputModel, fit_throughput_model, step_work  # noqa: E402
 from autoseg.preprocessing.preprocess_dataset import preprocess_dataset  # noqa: E402
 from autoseg.records.dataset import RawDataset  # noqa: E402
 from autoseg.records.plans import Configuration, load_plans  # noqa: E402
@@ -51,7 +52,7 @@ from autoseg.records.work_folder import WorkFolder  # noqa: E402
 from autoseg.training.loop import TrainingJob, TrainingSettings, train_fold, training_batch_size  # noqa: E402
 from autoseg.training.training_log import LOG_FILE  # noqa: E402
 from autoseg.utils.devices import choose_device  # noqa: E402
-from autoseg.utils.files import write_json  # noqa: E402
+from autoseg.utils.files import read_json, write_json  # noqa: E402
 from autoseg.utils.precision import resolve_precision  # noqa: E402
 from autoseg.utils.threads import available_cpus  # noqa: E402
 
@@ -223,6 +224,35 @@ def print_table(rows: list[dict]) -> None:
               f"{row['fraction_of_peak']:>7.0%}")
 
 
+def refit(result_path: Path, excluded_probes: list[str]) -> int:
+    """Refit the model of a saved run (``--out``) on its probes minus ``excluded_probes`` and predict its
+    configurations again from their counted work: how another probe set would have done, without measuring."""
+    result = read_json(result_path)
+    measured = ThroughputModel.from_json(result["model"])
+    unknown = set(excluded_probes) - {probe.name for probe in measured.probes}
+    if unknown:
+        raise SystemExit(f"{result_path} has no probe named {', '.join(sorted(unknown))}")
+    fresh_pages = {coefficients["seconds_per_gigabyte_fresh_pages"]
+                   for coefficients in measured.step_coefficients.values()}
+    model = fit_throughput_model(
+        [probe for probe in measured.probes if probe.name not in excluded_probes], key=measured.key,
+        data_overlaps_step=measured.data_overlaps_step, data_workers=measured.data_workers,
+        peak_conv_flops_per_second=measured.peak_conv_flops_per_second,
+        fresh_page_seconds_per_gigabyte=fresh_pages.pop(), measurement_seconds=measured.measurement_seconds,
+        busy_cpus_of_others=measured.busy_cpus_of_others,
+    )
+    print_model(model)
+    rows = []
+    for row in result["configurations"]:
+        predicted = model.seconds_per_iteration(StepWork(**row["work"]))
+        rows.append({**row, "predicted": predicted, "ratio": predicted / row["measured"]})
+    print_table(rows)
+    within = sum(abs(row["ratio"] - 1) <= TOLERANCE for row in rows)
+    print(f"\nrefitted on {len(model.probes)} of {len(measured.probes)} probes: {within} of {len(rows)} configurations "
+          f"within {TOLERANCE:.0%}")
+    return 1 if within < min(REQUIRED_WITHIN, len(rows)) else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {' and '.join(QUICK_VARIANTS)}, 2 iterations")
@@ -237,7 +267,13 @@ def main() -> int:
                              "not written with --quick)")
     parser.add_argument("--cached-model", action="store_true",
                         help="reuse this machine's cached model (~/.cache/autoseg/throughput) instead of measuring")
+    parser.add_argument("--refit", type=Path, default=None, metavar="RESULT_JSON",
+                        help="measure nothing: refit the model of a saved run (its --out) and predict again")
+    parser.add_argument("--exclude-probe", action="append", default=[], metavar="NAME",
+                        help="with --refit: leave this probe out of the fit (repeatable)")
     args = parser.parse_args()
+    if args.refit is not None:
+        return refit(args.refit, args.exclude_probe)
     started = time.perf_counter()
     device = choose_device(args.device)
     precision = resolve_precision(args.precision, device)

@@ -175,3 +175,15 @@ def test_a_configuration_that_reaches_the_target_steps_wins_over_one_that_keeps_
     assert not any("fewer than" in reason for reason in layout.reasons)
     tie = choose_layout({"2d": slow, "3d_fullres": slow}, compute(seconds), primary="3d_fullres")
     assert tie.configurations == ("3d_fullres",)  # equally degraded: the primary configuration
+
+
+def test_a_narrowed_3d_fullres_fit_wins_over_a_narrowed_2d_fit_on_a_lower_rung() -> None:
+    narrow_3d = [Variant({"name": "3d"}, 0, 3.0, ("plan",)), Variant({"name": "3d narrow"}, 2, 1.0, ("narrow",)),
+                 Variant({"name": "3d narrow batch 3"}, 3, 0.5, ("narrow", "batch 3"))]
+    narrow_2d = [Variant({"name": "2d"}, 0, 3.0, ("plan",)), Variant({"name": "2d narrow"}, 2, 0.5, ("narrow",))]
+    seconds = 1500.0  # both narrowed fits get 3000 steps; 2d keeps its batch, 3d_fullres halves it
+    layout = choose_layout({"2d": narrow_2d, "3d_fullres": narrow_3d}, compute(seconds), primary="3d_fullres")
+    assert layout.configurations == ("3d_fullres",) and layout.chosen["3d_fullres"] == narrow_3d[2]
+    coarse_2d = [Variant({"name": "2d"}, 0, 3.0, ("plan",)), Variant({"name": "2d coarse"}, 1, 0.5, ("coarse",))]
+    layout = choose_layout({"2d": coarse_2d, "3d_fullres": narrow_3d}, compute(seconds), primary="3d_fullres")
+    assert layout.configurations == ("2d",)  # a fit that keeps its network still wins over a narrowed one

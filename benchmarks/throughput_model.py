@@ -171,7 +171,7 @@ def measure_variant(
     configuration = variant.change(load_plans(work.plans).configuration(variant.configuration))
     batch = training_batch_size(configuration, variant.batch_size, device)
     work_done = step_work(configuration, batch_size=batch, in_channels=dataset.num_channels,
-                          out_channels=dataset.num_output_channels)
+                          out_channels=dataset.num_output_channels, precision=model.key["precision"])
     predicted = model.seconds_per_iteration(work_done)
     timed, per_epoch = iterations_for(predicted, quick)
     case_ids = tuple(case.identifier for case in dataset.training_cases)

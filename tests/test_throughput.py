@@ -81,6 +81,18 @@ def test_fresh_pages_are_counted_only_for_tensors_of_32_mib_and_more() -> None:
     assert large >= 2 * 32 * 2**20
 
 
+def test_a_bfloat16_step_allocates_half_the_bytes_and_only_what_stays_large_gets_fresh_pages() -> None:
+    """Under bfloat16 autocast every tensor of the network is half as large: the 32 MiB skip of a batch of 2 drops
+    below the threshold, and a batch of 4 brings it back at the float32 batch of 2's size."""
+    configuration = _configuration(_two_stage_network(2, (16, 32)), (256, 512))
+    small = step_work(configuration, batch_size=2, in_channels=1, out_channels=2, precision="bfloat16")
+    assert small.fresh_page_bytes == 0
+    float32 = step_work(configuration, batch_size=2, in_channels=1, out_channels=2, precision="float32")
+    bfloat16 = step_work(configuration, batch_size=4, in_channels=1, out_channels=2, precision="bfloat16")
+    assert bfloat16.fresh_page_bytes == pytest.approx(float32.fresh_page_bytes, rel=0.05)
+    assert bfloat16.flops == pytest.approx(2 * float32.flops)  # the arithmetic does not depend on the precision
+
+
 def _probe(
     name: str, dimension: int, flops: float, activations: float, voxels: float, fresh: float, truth: dict
 ) -> ProbeMeasurement:

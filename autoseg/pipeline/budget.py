@@ -38,7 +38,8 @@ def compute_budget_for(device: torch.device, precision: str, *, budget_seconds: 
         def seconds_per_iteration(name: str, configuration: dict) -> float:
             record = Configuration.from_json(name, configuration)
             work = step_work(record, batch_size=training_batch_size(record, None, device),
-                             in_channels=dataset.num_channels, out_channels=dataset.num_output_channels)
+                             in_channels=dataset.num_channels, out_channels=dataset.num_output_channels,
+                             precision=model.key["precision"])
             return model.seconds_per_iteration(work)
 
         training = max(0.0, seconds_left) * (1 - AFTER_TRAINING_SHARE - PREPROCESSING_SHARE)

@@ -55,11 +55,14 @@ from autoseg.utils.files import read_json, write_json
 from autoseg.utils.precision import autocast_for, resolve_precision
 from autoseg.utils.threads import available_cpus, set_torch_threads
 
-# Bumped whenever the probes or the way they are timed change, so that cached models are measured again.
-PROBE_SET_VERSION = 1
+# Bumped whenever the probes, the way they are timed or the way their work is counted change, so that cached models
+# are measured again (3: large allocations counted in the training precision; 2 was a trial probe set).
+PROBE_SET_VERSION = 3
 PROBE_OUT_CHANNELS = 3  # background + two classes, as Hippocampus
-WARMUP_STEPS = 1
-TIMED_STEPS = 3
+# The median of 5 steps after 2 untimed ones: with 1 + 3, two measurements of the same probes on the same idle
+# machine differed by up to 34 % (a 2D probe at batch 4: 0.327 and 0.239 s), and one probe moves the whole fit.
+WARMUP_STEPS = 2
+TIMED_STEPS = 5
 AUGMENTED_SAMPLES = 24  # per probe: enough samples that the random choice of rotation/scaling averages out
 # On an accelerator the CPU-sized probes would measure kernel-launch latency, not throughput: their batches grow.
 ACCELERATOR_BATCH_FACTOR = 8
@@ -237,7 +240,7 @@ def _measure_probe(
     configuration: Configuration, device: torch.device, precision: str, scratch: Path, say: Callable[[str], None]
 ) -> ProbeMeasurement:
     work = step_work(configuration, batch_size=configuration.batch_size, in_channels=1,
-                     out_channels=PROBE_OUT_CHANNELS)
+                     out_channels=PROBE_OUT_CHANNELS, precision=precision)
     step_seconds = time_training_steps(configuration, device, precision)
     data_seconds = time_augmentation(configuration, scratch)
     say(f"  probe {configuration.name}: {work.gflop:.0f} GFLOP, step {step_seconds:.3f} s "
@@ -406,7 +409,7 @@ def _step_seconds(model: ThroughputModel, configuration: Configuration, dataset:
     """Predicted seconds of one training step (a cascade stage also reads the previous stage's label channels)."""
     extra = len(dataset.foreground_labels) if configuration.previous_stage else 0
     work = step_work(configuration, batch_size=batch_size, in_channels=dataset.num_channels + extra,
-                     out_channels=dataset.num_output_channels)
+                     out_channels=dataset.num_output_channels, precision=model.key["precision"])
     return model.seconds_per_iteration(work)
 
 

@@ -18,7 +18,10 @@ A training step's time is modelled, per dimension (2D and 3D kernels run at diff
   counted on the ``meta`` device like the FLOPs, times ``UNCOUNTED_ALLOCATION_FACTOR`` for the buffers the count
   cannot see; ``p`` is measured directly (fresh against reused 64 MiB tensors), not fitted, because probes small
   enough to time quickly allocate no such tensors. On a GPU the caching allocator reuses memory and ``p`` is 0.
-  Sizes are counted in float32; under bfloat16 autocast the convolution outputs are half as large (not modelled).
+  Sizes are counted in the training precision's element size: under bfloat16 autocast every tensor of the network
+  (convolutions, norms, activations) is half as large as in float32, and many drop below the threshold. Counted in
+  float32, an Intel Xeon with AMX training in bfloat16 was over-predicted by up to 66 % on large steps (6 of 15
+  configurations within 20 %); counted in bfloat16, 11 of 15 in one run and 7 of 15 in another (docs/planning.md).
 
 and the augmented batch the step consumes costs ``data = e * M input voxels + f`` seconds of one CPU core, in a
 background worker. How the loop pays it depends on the device (``ThroughputModel.data_overlaps_step``):
@@ -63,8 +66,11 @@ MEGA = 1e6
 LARGE_ALLOCATION_BYTES = 32 * 2**20
 # Pages a CPU training step faults in (ru_minflt) per large-allocation byte counted on the meta device: the count
 # sees autograd's tensors, not oneDNN's layout reorders and workspaces. Measured with torch 2.13 on CPU, float32:
-# Hippocampus 2d batch 279 1.75, Hippocampus 3d_fullres batch 7 1.76, a 3D 32^3 probe at batch 8 1.66.
+# Hippocampus 2d batch 279 1.75, Hippocampus 3d_fullres batch 7 1.76, a 3D 32^3 probe at batch 8 1.66. Used for
+# bfloat16 as well (not measured there).
 UNCOUNTED_ALLOCATION_FACTOR = 1.75
+# The element type a step's tensors have under each training precision (autocast on CPU and CUDA alike).
+ELEMENT_TYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 STEP_TERMS = ("seconds_per_gflop", "seconds_per_million_activations", "seconds_per_million_input_voxels",
               "seconds_per_step", "seconds_per_gigabyte_fresh_pages")
 FITTED_STEP_TERMS = STEP_TERMS[:4]
@@ -116,21 +122,25 @@ class _LargeAllocationCounter(TorchDispatchMode):
 
 
 def count_training_step(
-    configuration: Configuration, *, batch_size: int, in_channels: int, out_channels: int
+    configuration: Configuration, *, batch_size: int, in_channels: int, out_channels: int,
+    precision: str = "float32",
 ) -> tuple[float, float]:
-    """(FLOPs, bytes in large allocations) of one training step: forward and backward of the network as the loop
-    trains it (deep supervision on).
+    """(FLOPs, bytes in large allocations) of one training step in ``precision`` (a resolved name, not ``auto``):
+    forward and backward of the network as the loop trains it (deep supervision on).
 
     The network is built on the ``meta`` device, where no tensor holds memory and kernels only compute shapes, so
     counting a 3D network takes a fraction of a second. The input does not require a gradient, so the first
     convolution's backward computes its weight gradient only, as in training. The loss (element-wise) is not
-    counted; its cost is part of the activation term. Tensors are float32 here whatever the training precision.
+    counted; its cost is part of the activation term. Autocast does not act on ``meta`` tensors, so the network
+    and its input are cast to the precision's element type instead: the same tensor sizes, except the weights and
+    their gradients (which autocast keeps in float32, and which are far below the large-allocation threshold).
     """
+    element_type = ELEMENT_TYPES[precision]
     with torch.device("meta"):
         network = build_network(configuration, in_channels=in_channels, out_channels=out_channels,
-                                deep_supervision=True)
+                                deep_supervision=True).to(element_type)
         network.train()
-        image = torch.empty(batch_size, in_channels, *configuration.patch_size)
+        image = torch.empty(batch_size, in_channels, *configuration.patch_size, dtype=element_type)
     flop_counter = FlopCounterMode(display=False)
     allocations = _LargeAllocationCounter(LARGE_ALLOCATION_BYTES)
     with flop_counter, allocations:
@@ -150,20 +160,22 @@ def count_training_flops(
 
 @functools.lru_cache(maxsize=512)
 def _cached_count(dimension: int, network_json: str, patch_size: tuple[int, ...], batch_size: int, in_channels: int,
-                  out_channels: int) -> tuple[float, float]:
+                  out_channels: int, precision: str) -> tuple[float, float]:
     configuration = Configuration(name="count", dimension=dimension, spacing=(1.0,) * dimension,
                                   patch_size=patch_size, batch_size=batch_size, network=json.loads(network_json),
                                   normalization=(), resampling={})
     return count_training_step(configuration, batch_size=batch_size, in_channels=in_channels,
-                               out_channels=out_channels)
+                               out_channels=out_channels, precision=precision)
 
 
-def step_work(configuration: Configuration, *, batch_size: int, in_channels: int, out_channels: int) -> StepWork:
-    """The counted work of one training step of ``configuration`` at ``batch_size`` (counts cached per network,
-    patch and batch: planners ask about the same candidates repeatedly)."""
+def step_work(configuration: Configuration, *, batch_size: int, in_channels: int, out_channels: int,
+              precision: str = "float32") -> StepWork:
+    """The counted work of one training step of ``configuration`` at ``batch_size`` in ``precision`` (a resolved
+    name; counts cached per network, patch, batch and precision: planners ask about the same candidates
+    repeatedly)."""
     patch_size = tuple(int(size) for size in configuration.patch_size)
     flops, large_bytes = _cached_count(configuration.dimension, json.dumps(configuration.network, sort_keys=True),
-                                       patch_size, int(batch_size), int(in_channels), int(out_channels))
+                                       patch_size, int(batch_size), int(in_channels), int(out_channels), precision)
     activations = stored_activation_elements(configuration.network, patch_size, in_channels=in_channels,
                                              out_channels=out_channels)
     return StepWork(

@@ -15,6 +15,7 @@ from autoseg.fingerprint.synthetic import synthetic_fingerprint
 from autoseg.planning import plan_experiment
 from autoseg.planning.compute import (
     RESOLUTION_DICE_FLOOR,
+    SPLIT_FOLD_ITERATIONS,
     TARGET_ITERATIONS,
     ComputeBudget,
     Variant,
@@ -187,3 +188,16 @@ def test_a_narrowed_3d_fullres_fit_wins_over_a_narrowed_2d_fit_on_a_lower_rung()
     coarse_2d = [Variant({"name": "2d"}, 0, 3.0, ("plan",)), Variant({"name": "2d coarse"}, 1, 0.5, ("coarse",))]
     layout = choose_layout({"2d": coarse_2d, "3d_fullres": narrow_3d}, compute(seconds), primary="3d_fullres")
     assert layout.configurations == ("2d",)  # a fit that keeps its network still wins over a narrowed one
+
+
+def test_a_narrowed_network_short_of_ample_steps_gives_way_to_a_smaller_batch_that_reaches_them() -> None:
+    plan_variant = Variant({"name": "plan"}, 0, 3.0, ("plan",))
+    narrow = Variant({"name": "narrow, batch 7"}, 2, 1.0, ("narrow",))
+    smaller = Variant({"name": "narrow, batch 3"}, 3, 0.45, ("narrow", "batch 3"))
+    smallest = Variant({"name": "narrow, batch 2"}, 3, 0.3, ("narrow", "batch 2"))
+    variants = [plan_variant, narrow, smaller, smallest]
+    seconds = 3000.0  # narrow: 3000 steps, batch 3: 6666, batch 2: 10000
+    assert TARGET_ITERATIONS <= narrow.iterations(seconds) < SPLIT_FOLD_ITERATIONS
+    assert choose_variant(variants, seconds) == smaller  # the first smaller batch with ample steps, not the smallest
+    assert choose_variant(variants, 4500.0) == narrow  # 4500 steps at batch 7 are ample: the batch stays
+    assert choose_variant(variants, 6000.0) == plan_variant  # the network as planned, 3000 steps: no trade

@@ -44,6 +44,7 @@ COARSENING_FACTORS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
 MINIMUM_MEDIAN_VOXELS = {2: 48, 3: 24}
 MINIMUM_BATCH_SIZE = 2
 NARROW_BASE_FEATURES = 16
+NARROW_RUNG = 2  # rungs from here on train the narrowed network
 FULL_QUALITY_RUNG = 1  # rungs 0 and 1 train the plan's network as planned (at most half a Dice point of grid loss)
 CASCADE_CONFIGURATIONS = ("3d_lowres", "3d_cascade_fullres")
 
@@ -116,10 +117,19 @@ def ladder(
 
 
 def choose_variant(variants: Sequence[Variant], seconds: float) -> Variant:
-    """The first variant that gets ``TARGET_ITERATIONS`` steps in ``seconds``, else the cheapest."""
-    for variant in variants:
-        if variant.iterations(seconds) >= TARGET_ITERATIONS:
-            return variant
+    """The first variant that gets ``TARGET_ITERATIONS`` steps in ``seconds``, else the cheapest.
+
+    Once the network is narrowed, a smaller batch costs about as much per sample as the larger one, so the choice is
+    only between larger batches and more steps: a narrowed variant short of ``SPLIT_FOLD_ITERATIONS`` steps gives
+    way to the first smaller batch that reaches them (see ``SPLIT_FOLD_ITERATIONS`` and docs/planning.md).
+    """
+    for index, variant in enumerate(variants):
+        steps = variant.iterations(seconds)
+        if steps >= TARGET_ITERATIONS:
+            if variant.rung < NARROW_RUNG or steps >= SPLIT_FOLD_ITERATIONS:
+                return variant
+            longer = (later for later in variants[index + 1:] if later.iterations(seconds) >= SPLIT_FOLD_ITERATIONS)
+            return next(longer, variant)
     return min(variants, key=lambda variant: variant.seconds_per_iteration)
 
 
@@ -191,7 +201,7 @@ def _degradation(variant: Variant, seconds: float) -> tuple[bool, int]:
 def _preference(variant: Variant, seconds: float, secondary: bool) -> tuple[bool, bool, bool, int]:
     """Sort key of a configuration's fit when only one configuration trains (see the module docstring)."""
     misses_target, rung = _degradation(variant, seconds)
-    return misses_target, rung > FULL_QUALITY_RUNG, secondary, rung
+    return misses_target, rung >= NARROW_RUNG, secondary, rung
 
 
 def _full_quality(variants, seconds: float) -> bool:

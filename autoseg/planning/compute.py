@@ -19,10 +19,11 @@ configurations and how many folds) is chosen first: every configuration on every
 at rung 0 or 1, else the configuration whose fit is least degraded on one fold (one that reaches the target steps
 before one that does not, then one that keeps its network before a narrowed one; among equals ``3d_fullres``,
 then the lower rung), on as many folds as leave that variant unchanged with ``SPLIT_FOLD_ITERATIONS`` steps each
-(one fold when even that does not). Between two
-narrowed fits the rung does not decide: a narrowed 2d fit at a smaller batch scored below the narrowed
-``3d_fullres`` fit on Hippocampus in the same hour (0.857 against 0.862, docs/planning.md), so a 2d fit that keeps
-its batch does not outrank ``3d_fullres`` on a smaller one.
+(one fold when even that does not). Between two narrowed fits the rung does not decide: a narrowed 2d fit scored
+below the narrowed ``3d_fullres`` fit on Hippocampus in the same hour (0.857 against 0.862, docs/planning.md), so a
+2d fit that keeps its batch does not outrank ``3d_fullres`` on a smaller one. Among narrowed variants of one
+configuration, one short of ``SPLIT_FOLD_ITERATIONS`` steps gives way to a smaller batch that reaches them
+(``choose_variant``).
 """
 
 from __future__ import annotations

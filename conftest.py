@@ -11,7 +11,11 @@ import pytest
 from _pytest.doctest import DoctestItem  # pytest exports no public name for a doctest item
 
 REPOSITORY = Path(__file__).resolve().parent
-HIPPOCAMPUS = (REPOSITORY.parent / "shared" / "datasets" / "Dataset004_Hippocampus").resolve()
+# tests/ is not a package; its conftest puts the folder on sys.path the same way, so both share its modules.
+if str(REPOSITORY / "tests") not in sys.path:
+    sys.path.insert(0, str(REPOSITORY / "tests"))
+from optional import require_dataset  # noqa: E402  (found through the sys.path entry above)
+
 # Three real cases keep every example on real data while the whole doctest run stays within seconds.
 EXAMPLE_CASES = ("hippocampus_001", "hippocampus_004", "hippocampus_006")
 # A small block of false foreground far from the hippocampus, so post-processing examples have something to remove.
@@ -78,15 +82,9 @@ def doctest_resources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
     The model is randomly initialised (training, even a tiny one, would cost minutes); examples therefore show
     shapes, geometry and plan fields of its predictions, never their quality.
     """
-    if not (HIPPOCAMPUS / "dataset.json").is_file():
-        # Fail loudly rather than skip: silently skipped examples would hide that they were never run.
-        pytest.fail(f"shared dataset missing at {HIPPOCAMPUS}; see ../shared/datasets/README.md")
+    hippocampus = require_dataset("Dataset004_Hippocampus")
     import numpy as np
     import torch
-
-    # tests/ is not a package; its conftest puts the folder on sys.path the same way, so both share one module.
-    if str(REPOSITORY / "tests") not in sys.path:
-        sys.path.insert(0, str(REPOSITORY / "tests"))
     from model_helpers import make_model_folder, tiny_configuration
 
     from autoseg.data.raw_folder import load_raw_dataset
@@ -97,7 +95,7 @@ def doctest_resources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
     from autoseg.utils.files import read_json, write_json
 
     root = tmp_path_factory.mktemp("doctest_resources")
-    dataset_folder = _link_case_files(HIPPOCAMPUS, root / "raw" / "Dataset004_Hippocampus", EXAMPLE_CASES)
+    dataset_folder = _link_case_files(hippocampus, root / "raw" / "Dataset004_Hippocampus", EXAMPLE_CASES)
     model_folder = make_model_folder(
         root / "autoseg_work" / "Dataset004_Hippocampus",
         dataset_folder,
@@ -122,7 +120,7 @@ def doctest_resources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
         "np": np,
         "torch": torch,
         "Path": Path,
-        "hippocampus": HIPPOCAMPUS,
+        "hippocampus": hippocampus,
         "dataset_folder": dataset_folder,
         "model_folder": model_folder,
         "plans": plans,
@@ -134,7 +132,7 @@ def doctest_resources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
         "image": read_image(image_path).array.astype(np.float32),
         "reference_folder": dataset_folder / "labelsTr",
         "prediction_folder": _predictions_with_a_spurious_block(dataset_folder / "labelsTr", root / "predictions"),
-        "msd_task": _msd_task(HIPPOCAMPUS, root / "Task04_Hippocampus", EXAMPLE_CASES),
+        "msd_task": _msd_task(hippocampus, root / "Task04_Hippocampus", EXAMPLE_CASES),
     }
 
 
@@ -146,3 +144,16 @@ def _doctest_namespace_and_working_folder(request: pytest.FixtureRequest) -> Non
         return
     request.getfixturevalue("doctest_namespace").update(request.getfixturevalue("doctest_resources"))
     request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per group of skipped tests: how many, and the reason (what is missing and how to get it)."""
+    groups: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        groups[reason] = groups.get(reason, 0) + 1
+    if groups:
+        terminalreporter.section("skipped, by what is missing")
+        for reason, count in sorted(groups.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"SKIPPED {count} test(s): {reason}")

@@ -8,31 +8,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from optional import require_dataset
 
 from autoseg.utils.files import sha256_file
 
-SHARED_DATASETS = (Path(__file__).resolve().parents[2] / "shared" / "datasets").resolve()
-HIPPOCAMPUS = SHARED_DATASETS / "Dataset004_Hippocampus"
-HC18 = SHARED_DATASETS / "Dataset018_HC18"
-
-
-def _require(folder: Path) -> Path:
-    # Fail loudly rather than skip: a silently skipped test would hide that the real data was never exercised.
-    if not (folder / "dataset.json").is_file():
-        pytest.fail(f"shared dataset missing at {folder}; see ../shared/datasets/README.md")
-    return folder
+HIPPOCAMPUS_NAME = "Dataset004_Hippocampus"
+HC18_NAME = "Dataset018_HC18"
 
 
 @pytest.fixture(scope="session")
 def hippocampus_root() -> Path:
     """The real MSD Hippocampus dataset (3D MRI, 200 cases). Read only: never write into it."""
-    return _require(HIPPOCAMPUS)
+    return require_dataset(HIPPOCAMPUS_NAME)
 
 
 @pytest.fixture(scope="session")
 def hc18_root() -> Path:
     """The real HC18 dataset (2D ultrasound as 1xHxW NIfTI, 300 cases). Read only: never write into it."""
-    return _require(HC18)
+    return require_dataset(HC18_NAME)
 
 
 def _tree_hashes(folder: Path, *, every: int = 1) -> dict[str, str]:

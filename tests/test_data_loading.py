@@ -29,8 +29,6 @@ from autoseg.training.data_loading import (
 )
 from autoseg.transforms.case import preprocess_case
 
-HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "Dataset004_Hippocampus"
-
 
 def write_preprocessed_case(folder: Path, identifier: str, image: np.ndarray, segmentation: np.ndarray) -> None:
     """Write CASE.npy / CASE_seg.npy / CASE.json as docs/design.md specifies (JSON last)."""
@@ -343,11 +341,11 @@ def test_a_missing_case_file_is_named(sparse_foreground_folder: Path) -> None:
         )
 
 
-def test_real_hippocampus_cases_through_the_training_loader(tmp_path: Path) -> None:
+def test_real_hippocampus_cases_through_the_training_loader(hippocampus_root: Path, tmp_path: Path) -> None:
     identifiers = ["hippocampus_001", "hippocampus_004", "hippocampus_006"]
     for identifier in identifiers:
-        image = read_image(HIPPOCAMPUS / "imagesTr" / f"{identifier}_0000.nii.gz").array.astype(np.float32)
-        labels = np.rint(read_image(HIPPOCAMPUS / "labelsTr" / f"{identifier}.nii.gz").array).astype(np.int8)
+        image = read_image(hippocampus_root / "imagesTr" / f"{identifier}_0000.nii.gz").array.astype(np.float32)
+        labels = np.rint(read_image(hippocampus_root / "labelsTr" / f"{identifier}.nii.gz").array).astype(np.int8)
         image = (image - image.mean()) / max(float(image.std()), 1e-8)
         write_preprocessed_case(tmp_path, identifier, image[None], labels[None])
     config = configuration(3, [40, 56, 40], [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]])

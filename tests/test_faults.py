@@ -728,10 +728,10 @@ from autoseg.utils.locking import folder_lock, note_command_line
 note_command_line(["preprocess", "DATASET"])
 with folder_lock(sys.argv[1]):
     if os.fork() == 0:  # a worker that outlives its parent, as a stuck data-loading worker would
-        print("worker", flush=True)  # its after-fork hooks have run by now
+        os.write(1, b"worker\\n")  # after-fork hooks done; one write, never interleaved
         time.sleep(60)
         os._exit(0)
-    print("locked", flush=True)
+    os.write(1, b"locked\\n")
     time.sleep(60)
 """
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from model_helpers import (
     first_identifiers,
@@ -18,6 +17,7 @@ from model_helpers import (
     make_model_folder,
     tiny_configuration,
 )
+from optional import require_module
 
 from autoseg.cli import main
 from autoseg.errors import UserError
@@ -26,6 +26,9 @@ from autoseg.inference import onnx_export
 from autoseg.inference.onnx_engine import ONNX_RECIPE, load_onnx_ensemble
 from autoseg.io.images import read_image, read_image_header
 from autoseg.utils.files import sha256_file, write_json
+
+onnx = require_module("onnx", extra="onnx")
+require_module("onnxruntime", extra="onnx")
 
 POSTPROCESSING = {"keep_largest_foreground": False, "keep_largest_per_class": [1, 2], "connectivity": "full"}
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from optional import require_module
 from test_selection import _work_folder as selection_work_folder
 from test_training import TINY_CONFIGURATION, TINY_DATASET, quiet, tiny_job, tiny_settings, write_tiny_work_folder
 
@@ -18,8 +19,6 @@ from autoseg.training.tracking import fold_tracker, numeric_fields
 from autoseg.training.training_log import read_log
 from autoseg.utils.files import read_json
 
-TENSORBOARD_REASON = 'TensorBoard logging is optional: pip install "autoseg[tensorboard]"'
-MLFLOW_REASON = 'MLflow logging is optional: pip install "autoseg[mlflow]"'
 # Short runs: the point is what is logged, not what is learned.
 QUICK = {"epochs": 3, "iterations_per_epoch": 2, "validation_iterations": 1}
 
@@ -87,7 +86,7 @@ def expected_per_epoch(log: list[dict]) -> dict[str, dict[int, float]]:
 
 
 def test_tensorboard_holds_every_numeric_field_of_every_epoch_and_the_parameters(work_dir: Path) -> None:
-    pytest.importorskip("tensorboard", reason=TENSORBOARD_REASON)
+    require_module("tensorboard", extra="tensorboard")
     job = tiny_job(work_dir)
     result = train_fold(job, tiny_settings(**QUICK, loggers=("tensorboard",)), log_message=quiet)
     log = read_log(job.fold_folder / "log.jsonl")
@@ -116,7 +115,7 @@ def result_precision(fold_folder: Path) -> str:
 def test_mlflow_run_of_a_fold_holds_the_training_log_per_epoch_and_the_parameters(
     work_dir: Path, mlflow_environment: None
 ) -> None:
-    pytest.importorskip("mlflow", reason=MLFLOW_REASON)
+    require_module("mlflow", extra="mlflow")
     job = tiny_job(work_dir)
     train_fold(job, tiny_settings(**QUICK, loggers=("mlflow",)), log_message=quiet)
     tracking_uri = (work_dir / TINY_DATASET / "mlruns").as_uri()
@@ -148,8 +147,8 @@ class InterruptAfterEpoch:
 def test_a_resumed_fold_continues_its_mlflow_run_and_reads_back_as_its_training_log(
     work_dir: Path, mlflow_environment: None
 ) -> None:
-    pytest.importorskip("tensorboard", reason=TENSORBOARD_REASON)
-    pytest.importorskip("mlflow", reason=MLFLOW_REASON)
+    require_module("tensorboard", extra="tensorboard")
+    require_module("mlflow", extra="mlflow")
     job = tiny_job(work_dir)
     both = ("tensorboard", "mlflow")
     # The latest checkpoint is written at epoch 2; epoch 2 is logged, then lost with the interrupted run.
@@ -181,8 +180,8 @@ def test_a_resumed_fold_continues_its_mlflow_run_and_reads_back_as_its_training_
 def test_train_command_logs_where_mlflow_tracking_uri_points(
     work_dir: Path, tmp_path: Path, mlflow_environment: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("tensorboard", reason=TENSORBOARD_REASON)
-    pytest.importorskip("mlflow", reason=MLFLOW_REASON)
+    require_module("tensorboard", extra="tensorboard")
+    require_module("mlflow", extra="mlflow")
     elsewhere = (tmp_path / "team_store").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a user pointing at a file store opts in themselves
@@ -219,8 +218,8 @@ def test_only_rank_0_tracks_under_torchrun(work_dir: Path, mlflow_environment: N
 def test_run_sends_the_selected_candidate_and_its_cross_validation_dice_to_mlflow_and_tensorboard(
     tmp_path: Path, mlflow_environment: None
 ) -> None:
-    pytest.importorskip("tensorboard", reason=TENSORBOARD_REASON)
-    pytest.importorskip("mlflow", reason=MLFLOW_REASON)
+    require_module("tensorboard", extra="tensorboard")
+    require_module("mlflow", extra="mlflow")
     from autoseg.training.tracking import log_cross_validation
 
     work = selection_work_folder(tmp_path)

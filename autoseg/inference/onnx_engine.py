@@ -6,10 +6,11 @@ sliding window, test-time mirroring, fold averaging, export to the input's geome
 torch engine. Nothing here imports ``autoseg.training`` or reads a checkpoint, so a deployment needs only the
 exported folder, autoseg and ``pip install "autoseg[onnx]"``.
 
-Example (not run as a doctest: it needs an exported folder, and exporting even a tiny network takes ~10 s of CPU
-and the ``onnx`` extra; tests/test_onnx.py runs it):
-    >>> models = load_onnx_ensemble("hippocampus_onnx", threads=2)  # doctest: +SKIP
-    >>> models.predict_files([["a_0000.nii.gz"]], ["out/a.nii.gz"])  # doctest: +SKIP
+Example (a code block, not a doctest: it needs an exported folder, and exporting even a tiny network takes ~10 s of
+CPU and the ``onnx`` extra; tests/test_onnx.py runs the same calls)::
+
+    models = load_onnx_ensemble("hippocampus_onnx", threads=2)
+    models.predict_files([["a_0000.nii.gz"]], ["out/a.nii.gz"])
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ logits only (no deep-supervision heads), float32, a dynamic batch axis and a fix
 onnxruntime on a random batch and compared with torch before the export counts as done; the folder is built as
 ``OUT.partial`` and renamed to ``OUT`` only at the end, so an interrupted export is never taken for a finished one.
 
-Example (not run as a doctest: exporting even a tiny network takes ~10 s of CPU and needs the ``onnx`` extra;
-tests/test_onnx.py runs it):
-    >>> export_onnx_model("autoseg_work/Dataset004_Hippocampus", "hippocampus_onnx")  # doctest: +SKIP
+Example (a code block, not a doctest: exporting even a tiny network takes ~10 s of CPU and needs the ``onnx``
+extra; tests/test_onnx.py runs the same call)::
+
+    export_onnx_model("autoseg_work/Dataset004_Hippocampus", "hippocampus_onnx")
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from scipy import ndimage
 from autoseg.errors import UserError
 from autoseg.io.images import Geometry, write_image
 from autoseg.utils.files import read_json, write_json
+from autoseg.utils.progress import progress_display
 
 GENERATOR_VERSION = 1
 DEMO_JSON_KEY = "autoseg_demo"
@@ -238,8 +239,6 @@ def generate_demo_dataset(
     Raises:
         UserError: unknown ``kind``, ``num_cases < 1``, or ``destination`` exists and cannot be replaced.
     """
-    from tqdm import tqdm
-
     demo = _resolve_kind(kind)
     num_cases = demo.default_num_cases if num_cases is None else int(num_cases)
     if num_cases < 1:
@@ -252,7 +251,7 @@ def generate_demo_dataset(
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial", dir=destination.parent))
     try:
         prefix = f"demo{kind}"
-        for index in tqdm(range(num_cases), desc=f"generating {kind} demo", unit="case", disable=not progress):
+        for index in progress_display(range(num_cases), description=f"generating {kind} demo", enabled=progress):
             case = demo.generate_case(np.random.default_rng([seed, index]))
             identifier = f"{prefix}_{index:03d}"
             write_image(case.image, case.geometry, staging / "imagesTr" / f"{identifier}_0000.nii.gz")

@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from autoseg.errors import UserError
 from autoseg.inference.case_input import PreprocessedCase, preprocess_for_prediction
 from autoseg.inference.export import export_members
 from autoseg.io.images import file_ending
 from autoseg.records.postprocessing import PostprocessingDecision
 from autoseg.utils.files import write_json
+from autoseg.utils.progress import ProgressDisplay, progress_display
 
 if TYPE_CHECKING:
     from autoseg.inference.predictor import Predictor
@@ -113,7 +112,7 @@ def adaptation_report_path(output_path: str | os.PathLike[str]) -> Path:
     return output_path.with_name(output_path.name[: len(output_path.name) - len(ending)] + ".adaptation.json")
 
 
-def _run_in_order(work: list[tuple[list[str], Path]], steps: _CaseSteps, bar: tqdm) -> list[Path]:
+def _run_in_order(work: list[tuple[list[str], Path]], steps: _CaseSteps, bar: ProgressDisplay) -> list[Path]:
     """Every step of every case in this process, one case after the other."""
     written: list[Path] = []
     for image_paths, output_path in work:
@@ -132,7 +131,7 @@ class _OverlappedRun:
         self,
         work: list[tuple[list[str], Path]],
         steps: _CaseSteps,
-        bar: tqdm,
+        bar: ProgressDisplay,
         executor: concurrent.futures.Executor,
         *,
         lookahead: int,
@@ -182,7 +181,9 @@ class _OverlappedRun:
         self.bar.update()
 
 
-def _run_overlapped(work: list[tuple[list[str], Path]], steps: _CaseSteps, bar: tqdm, *, workers: int) -> list[Path]:
+def _run_overlapped(
+    work: list[tuple[list[str], Path]], steps: _CaseSteps, bar: ProgressDisplay, *, workers: int
+) -> list[Path]:
     """Preprocessing and export in ``workers`` worker processes, overlapping the network in this one."""
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and can deadlock
     executor = concurrent.futures.ProcessPoolExecutor(
@@ -223,7 +224,7 @@ def run_prediction_pipeline(
     work = _pending_work(items, skip_existing=skip_existing)
     _check_channel_counts(work, members[0].dataset.num_channels)
     steps = _CaseSteps.for_members(members, save_probabilities=save_probabilities, postprocessing=postprocessing)
-    bar = tqdm(total=len(work), desc="predict", unit="case", disable=not progress)
+    bar = progress_display(total=len(work), description="predict", enabled=progress)
     if workers <= 0:
         return _run_in_order(work, steps, bar)
     return _run_overlapped(work, steps, bar, workers=workers)

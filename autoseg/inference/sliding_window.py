@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from autoseg.utils.precision import autocast_for
+from autoseg.utils.progress import progress_display
 
 GAUSSIAN_SIGMA_SCALE = 1.0 / 8.0
 PROGRESS_MINIMUM_BATCHES = 64
@@ -248,7 +248,10 @@ def _accumulate_tile_predictions(
     with torch.inference_mode(), autocast:
         batches = list(_batches(tiles, batch_size))
         show_progress = progress if progress is not None else len(batches) >= PROGRESS_MINIMUM_BATCHES
-        for batch_tiles in tqdm(batches, desc="sliding window", unit="batch", disable=not show_progress, leave=False):
+        # Inner to a per-case display, so it writes nothing to a log file.
+        batch_display = progress_display(batches, description="sliding window", unit="batch", enabled=show_progress,
+                                         leave=False, lines_in_logs=False)
+        for batch_tiles in batch_display:
             batch = torch.stack([data[(slice(None), *tile)] for tile in batch_tiles]).to(device, non_blocking=True)
             if is_2d_network:
                 batch = batch[:, :, 0]
@@ -302,8 +305,8 @@ def predict_sliding_window(
             ``bfloat16``. Accumulation is always float32.
         accumulate_on: where the ``(num_classes, z, y, x)`` sums live and the result is returned; None = ``device``,
             except on a GPU without room for them (then the CPU).
-        progress: show a tqdm bar over the batches; None = only for large images (at least
-            ``PROGRESS_MINIMUM_BATCHES`` batches).
+        progress: show a tqdm bar over the batches on a terminal (never in a log file); None = only for large
+            images (at least ``PROGRESS_MINIMUM_BATCHES`` batches).
 
     Images smaller than the patch along an axis are padded with zeros (centred) and the result is cropped back.
     """

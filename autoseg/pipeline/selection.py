@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from autoseg.errors import UserError
 from autoseg.evaluation.folders import evaluate_against_ground_truth, label_files_by_case
@@ -27,6 +26,7 @@ from autoseg.records.dataset import RawDataset
 from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
 from autoseg.records.work_folder import POSTPROCESSING_FILE, WorkFolder
 from autoseg.utils.files import read_json
+from autoseg.utils.progress import progress_display
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +60,7 @@ def ensemble_cross_validation(
     destination.mkdir(parents=True, exist_ok=True)
     member_folders = [work_folder.crossval(member) for member in members]
     ground_truth = label_files_by_case(work_folder.ground_truth)
-    for identifier in tqdm(cases, desc=f"ensemble {name}", unit="case", disable=not progress):
+    for identifier in progress_display(cases, description=f"ensemble {name}", enabled=progress):
         # Always recomputed (it is cheap): members may have been retrained since the last selection.
         output = destination / f"{identifier}{dataset.file_ending}"
         probabilities = None

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from autoseg.errors import UserError
 from autoseg.preprocessing.storage import (
@@ -31,6 +30,7 @@ from autoseg.records.plans import Configuration, Plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.transforms.case import preprocess_case
 from autoseg.utils.files import atomic_path, describe_file_system_error, read_json, write_json
+from autoseg.utils.progress import progress_display
 
 
 class PreprocessingError(UserError):
@@ -222,15 +222,15 @@ def _run_chunks(
         pool = stack.enter_context(_pool_context().Pool(processes=min(workers, len(chunks)))) if parallel else None
         background = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=1))
         background_result = background.submit(background_work)
-        progress = stack.enter_context(
-            tqdm(total=total, desc="preprocess", unit="case", disable=not show_progress or None)
-        )
+        progress = stack.enter_context(progress_display(total=total, description="preprocess", enabled=show_progress))
         # Results are small records, so memory is bounded by what `workers` processes hold at once: one large case
         # each, or a chunk of small ones (CHUNK_VOXEL_BUDGET), whatever the dataset size.
         results = pool.imap_unordered(run_case_chunk, chunks, chunksize=1) if pool else map(run_case_chunk, chunks)
         for chunk_outcomes in results:
             outcomes.extend(chunk_outcomes)
-            progress.update(len(chunk_outcomes))
+            # Stored cases only: after a failure the display stops short (and a log gets no final line), leaving the
+            # error that follows to say what happened.
+            progress.update(sum(not outcome.error for outcome in chunk_outcomes))
         return outcomes, background_result.result()
 
 

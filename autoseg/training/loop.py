@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from autoseg.errors import UserError
 from autoseg.networks import build_network, describe
@@ -69,6 +68,7 @@ from autoseg.utils.devices import (
 )
 from autoseg.utils.files import write_json
 from autoseg.utils.precision import autocast_for, resolve_precision
+from autoseg.utils.progress import ProgressDisplay, format_duration, progress_display
 from autoseg.utils.threads import available_cpus, set_torch_threads
 
 PROGRESS_PLOT = "progress.png"
@@ -644,15 +644,17 @@ def _epoch_is_over(state: TrainingState, settings: TrainingSettings, steps: int)
     return bool(steps) and state.progress.epoch_time_over
 
 
-def _epoch_progress_bar(state: TrainingState, settings: TrainingSettings) -> tqdm:
-    """The per-epoch bar (rank 0 only, unless switched off); open-ended for time-sliced epochs."""
-    return tqdm(
+def _epoch_progress_bar(state: TrainingState, settings: TrainingSettings) -> ProgressDisplay:
+    """The per-epoch bar (rank 0 only, unless switched off); open-ended for time-sliced epochs. Not shown in a log
+    file, where the epoch's line says it all."""
+    return progress_display(
         total=None if settings.epoch_seconds else settings.iterations_per_epoch,
         initial=state.progress.iteration_in_epoch,
-        desc=f"epoch {state.progress.epoch}",
-        disable=not (state.context.is_main_process and settings.show_progress_bar),
+        description=f"epoch {state.progress.epoch}",
+        unit="it",
+        enabled=state.context.is_main_process and settings.show_progress_bar,
         leave=False,
-        dynamic_ncols=True,
+        lines_in_logs=False,
     )
 
 
@@ -779,7 +781,7 @@ def _write_epoch_outputs(
         say(f"epoch {record['epoch']}: the training loss is not finite; check the labels and the learning rate")
     write_log(job.fold_folder / LOG_FILE, state.log)
     plot.draw(state.log, force=False)
-    say(_epoch_line(record))
+    say(_epoch_line(record, seconds_left=state.progress.seconds_left))
     if checkpoints.latest_is_due(state):
         checkpoints.save(state, checkpoint_files.LATEST_CHECKPOINT)
     if improved:
@@ -903,14 +905,16 @@ def _validate(
     return loss_sum, steps, counts
 
 
-def _epoch_line(record: dict[str, Any]) -> str:
+def _epoch_line(record: dict[str, Any], *, seconds_left: float | None) -> str:
+    """The epoch's one line on standard output (a log file of a run reads as one line per epoch)."""
     dice = ", ".join(f"{name} {value:.3f}" if value is not None else f"{name} -" for name, value in
                      record["pseudo_dice"].items())
     train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
     val_loss = "-" if record["val_loss"] is None else f"{record['val_loss']:.4f}"
     return (
         f"epoch {record['epoch']}: train loss {train_loss}, val loss {val_loss}, pseudo-Dice [{dice}], "
-        f"EMA {record['ema_pseudo_dice']:.4f}, lr {record['learning_rate']:.2e}, {record['epoch_seconds']:.1f} s"
+        f"EMA {record['ema_pseudo_dice']:.4f}, lr {record['learning_rate']:.2e}, {record['epoch_seconds']:.1f} s, "
+        f"ETA {'-' if seconds_left is None else format_duration(seconds_left)}"
     )
 
 

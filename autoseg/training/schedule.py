@@ -84,6 +84,15 @@ class TrainingProgress:
         return min(1.0, self.iterations_done / (self.epochs * self.iterations_per_epoch))
 
     @property
+    def seconds_left(self) -> float | None:
+        """Training time still to run: the rest of the budget, or with a number of epochs the elapsed time scaled by
+        the iterations still to do (None before the first iteration)."""
+        if self.time_budget_seconds is not None:
+            return max(0.0, self.time_budget_seconds - self.elapsed_seconds)
+        done = self.fraction_done
+        return self.elapsed_seconds * (1.0 - done) / done if done > 0 else None
+
+    @property
     def finished(self) -> bool:
         if self.time_budget_seconds is not None:
             return self.elapsed_seconds >= self.time_budget_seconds

@@ -1,4 +1,4 @@
-"""Map a function over cases in worker processes, in order, with a progress bar."""
+"""Map a function over cases in worker processes, in order, with a progress display."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import multiprocessing
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
+
+from autoseg.utils.progress import progress_display
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -32,13 +34,12 @@ def parallel_map(
     """Apply ``function`` to ``items`` in ``workers`` processes (in this process when ``workers <= 1`` or when
     there are fewer than ``minimum_items_for_pool`` items, where starting a pool costs more than it saves).
 
-    Results come back in input order, with a tqdm bar when ``progress`` is set. Worker processes are spawned rather
-    than forked: forking a process in which ITK or torch already started threads can deadlock. As with any spawned
-    pool, a script calling this must guard its top level with ``if __name__ == "__main__"``.
+    Results come back in input order, with a progress display when ``progress`` is set (a tqdm bar on a terminal,
+    a few lines in a log file: ``autoseg.utils.progress``). Worker processes are spawned rather than forked: forking
+    a process in which ITK or torch already started threads can deadlock. As with any spawned pool, a script calling
+    this must guard its top level with ``if __name__ == "__main__"``.
     """
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(items), desc=description, unit="case", disable=not progress, file=sys.stderr)
+    bar = progress_display(total=len(items), description=description, enabled=progress)
     try:
         if workers <= 1 or len(items) < max(2, minimum_items_for_pool):
             for item in items:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +18,10 @@ from autoseg.inference.adaptation.plausibility import PredictionSummary, SourceR
 from autoseg.inference.adaptation.small_networks import InputNormaliser
 from autoseg.inference.adaptation.standardise import SourceIntensities, intensity_landmarks, standardiser_for
 from autoseg.inference.predictor import Predictor
-from autoseg.io.images import read_image
+from autoseg.io.images import read_image, read_image_header
+from autoseg.pipeline.adaptation import standardisation_stage
+from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
+from autoseg.records.work_folder import WorkFolder
 from autoseg.transforms.case import preprocess_case
 
 QUICK = ["--shape-prior-steps", "20", "--adversarial-steps", "4", "--max-cases", "4", "--device", "cpu",
@@ -98,6 +103,45 @@ def test_predict_adapt_without_an_adapter_is_one_sentence_naming_train_adapter(
     assert "autoseg train-adapter" in error and str(hc18_model) in error
     assert error.count("\n") == 0 and error.endswith(".")
     assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+def test_a_model_from_autoseg_run_accepts_predict_adapt_without_train_adapter(
+    hc18_model, validation_inputs, tmp_path, capsys
+):
+    """After model selection the run records what the default method needs for the selected folds, when the budget
+    has the time for it; without the time it records nothing and says how to record it later."""
+    model = tmp_path / hc18_model.name
+    shutil.copytree(hc18_model, model)
+    work = WorkFolder.at(model)
+    shutil.rmtree(work.adaptation("2d", 0), ignore_errors=True)  # as a run leaves it before this stage
+    recipe = InferenceRecipe(models=(RecipeModel("2d", (0,)),))
+    standardisation_stage(work, recipe, device="cpu", precision="auto", seconds_left=1.0,
+                          case_seconds=lambda _configuration: 1.0)
+    assert not (work.adaptation("2d", 0) / "adaptation.json").exists()
+    assert f"autoseg train-adapter {work.root}" in capsys.readouterr().out
+    standardisation_stage(work, recipe, device="cpu", precision="auto", seconds_left=None,
+                          case_seconds=lambda _configuration: None)
+    assert sorted(path.name for path in work.adaptation("2d", 0).iterdir()) == ["adaptation.json"]  # nothing trained
+    assert "test-time standardisation of 2d fold 0" in capsys.readouterr().out
+
+    output = tmp_path / "out"
+    assert main(["predict", "-i", str(validation_inputs), "-o", str(output), "-m", str(model), "--adapt",
+                 *PREDICT]) == 0
+    for image in sorted(validation_inputs.iterdir()):
+        label_map = output / image.name.replace("_0000", "")
+        assert read_image_header(label_map) == read_image_header(image)  # the input's geometry
+        report = json.loads(label_map.with_name(label_map.name.replace(".nii.gz", ".adaptation.json")).read_text())
+        assert report["members"][0]["method"] == "standardise"
+
+
+def test_train_adapter_prints_no_library_warning(hc18_model, tmp_path):
+    """A fresh process, as a user runs it: a warning torch issues only once per process cannot hide here."""
+    model = tmp_path / hc18_model.name
+    shutil.copytree(hc18_model, model)
+    command = [sys.executable, "-W", "error::UserWarning", "-m", "autoseg", "train-adapter", str(model), *QUICK]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "Warning" not in completed.stderr and "warn" not in completed.stdout.lower()
 
 
 def _crafted_normaliser(offset: float) -> InputNormaliser:

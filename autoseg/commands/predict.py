@@ -60,9 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the network (default: the CPUs not already busy, at least 1)")
     parser.add_argument("--adapt", nargs="?", const="standardise", default=None, choices=ADAPTATION_METHODS,
-                        help="adapt every image's appearance to the training images before segmenting it (needs "
-                             "`autoseg train-adapter`; default method: standardise); writes CASE.adaptation.json "
-                             "next to each label map (docs/adaptation.md)")
+                        help="adapt every image's appearance to the training images before segmenting it "
+                             "(default method: standardise, recorded by `autoseg run`; the others need `autoseg "
+                             "train-adapter`); writes CASE.adaptation.json next to each label map "
+                             "(docs/adaptation.md)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of test-time adaptation (default 0)")
     parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
                         help="torch: the checkpoints of a model folder; onnx: a folder written by `autoseg "

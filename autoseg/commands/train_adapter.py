@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 from autoseg.errors import UserError
-from autoseg.inference.adaptation import ADAPTATION_METHODS, train_fold_adapter
-from autoseg.inference.adaptation.adapter import AdapterTrainingSettings, collect_source_windows
+from autoseg.inference.adaptation import ADAPTATION_METHODS
+from autoseg.inference.adaptation.adapter import AdapterTrainingSettings
 from autoseg.inference.predictor import Predictor
+from autoseg.pipeline.adaptation import record_fold_adapter
 from autoseg.records.work_folder import WorkFolder
-from autoseg.training.splits import read_splits
 from autoseg.utils.locking import folder_lock
 from autoseg.utils.threads import set_torch_threads
 
@@ -43,20 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every available CPU)")
 
 
-def _training_cases(work: WorkFolder, predictor: Predictor, fold: str) -> list[tuple[tuple[str, ...], str]]:
-    """``(image paths, label path)`` of the cases fold ``fold`` was trained on (every case for fold ``all``)."""
-    dataset = predictor.dataset
-    if fold == "all":
-        identifiers = [case.identifier for case in dataset.training_cases]
-    else:
-        splits = read_splits(work.splits, known_case_ids=[case.identifier for case in dataset.training_cases])
-        if int(fold) >= len(splits):
-            raise UserError(f"{work.splits}: has no fold {fold}.")
-        identifiers = splits[int(fold)]["train"]
-    cases = [dataset.case(identifier) for identifier in identifiers]
-    return [(case.images, case.label) for case in cases if case.label is not None]
-
-
 def run(args: argparse.Namespace) -> int:
     set_torch_threads(args.threads)
     if min(args.max_cases, args.shape_prior_steps + 1, args.adversarial_steps + 1) < 1:
@@ -79,23 +63,8 @@ def run(args: argparse.Namespace) -> int:
 def _train_fold(work: WorkFolder, predictor: Predictor, index: int, fold: str,
                 settings: AdapterTrainingSettings) -> None:
     started = time.perf_counter()
-    network = predictor.networks[index]
-    cases = _training_cases(work, predictor, fold)
-    if not cases:
-        raise UserError(f"{work.dataset_json}: fold {fold} has no labelled training case to learn from.")
-    generator = torch.Generator().manual_seed(settings.seed)
-    torch.manual_seed(settings.seed)
-    source = collect_source_windows(
-        cases, configuration=predictor.configuration, dataset=predictor.dataset,
-        predict=lambda data: predictor.network_probabilities(network, torch.as_tensor(data)), settings=settings,
-        generator=generator,
-    )
-    folder = work.adaptation(predictor.configuration_name, fold)
-    record = train_fold_adapter(
-        network, source, folder, checkpoint_path=predictor.trained_model.checkpoint_paths[index],
-        configuration=predictor.configuration, dataset=predictor.dataset, settings=settings, generator=generator,
-    )
+    record, folder = record_fold_adapter(work, predictor, index, fold, settings)
     ranges = record["source_ranges"]
-    print(f"autoseg train-adapter: {predictor.configuration_name} fold {fold}: {len(source.summaries)} training "
+    print(f"autoseg train-adapter: {predictor.configuration_name} fold {fold}: {ranges['images']} training "
           f"cases, foreground fraction {ranges['fraction_low']}-{ranges['fraction_high']}, methods "
           f"{', '.join(record['methods'])}, {time.perf_counter() - started:.0f} s -> {folder}")

@@ -11,27 +11,38 @@ from autoseg.errors import UserError
 from autoseg.evaluation.folders import SUMMARY_FILE_NAME
 from autoseg.evaluation.overlay import png_bytes, render_overlay
 from autoseg.io.images import read_image
-from autoseg.planning.table import configuration_rows
+from autoseg.planning.table import configuration_rows, format_compute
 from autoseg.records.dataset import RawDataset
 from autoseg.records.inference_recipe import InferenceRecipe
-from autoseg.records.plans import load_plans
+from autoseg.records.plans import Plans, load_plans
 from autoseg.records.postprocessing import PostprocessingDecision
 from autoseg.records.work_folder import POSTPROCESSING_FILE, WorkFolder
-from autoseg.report import ReportSection, write_report
+from autoseg.report import ReportSection, format_number, write_report
 from autoseg.report.figures import SERIES_COLOURS, figure_png, grouped_bar_chart, new_figure
 from autoseg.utils.files import read_json
 
 SELECTED_MARK = " (selected)"
 
 
-def _plan_section(work: WorkFolder) -> ReportSection:
-    plans = load_plans(work.plans)
-    budget = f"preset {plans.get('preset')}, GPU budget {plans.get('gpu_memory_gb')} GB"
+def _plan_section(plans: Plans) -> ReportSection:
+    budget = f"preset {plans.get('preset')}, GPU budget {plans.get('gpu_memory_gb'):g} GB"
     section = ReportSection("Plan", paragraphs=[budget])
     names = plans.names
     columns = {name: dict(configuration_rows(plans.configuration(name))) for name in names}
     labels = list(dict.fromkeys(label for rows in columns.values() for label in rows))
     section.add_table(["", *names], [[label, *(columns[n].get(label, "") for n in names)] for label in labels])
+    return section
+
+
+def _compute_section(plans: Plans) -> ReportSection:
+    """The time budget the plans were fitted to: what trains, the steps each fold is predicted to get, and why (the
+    text ``autoseg plan --show`` prints)."""
+    section = ReportSection("Time budget")
+    compute = plans.get("compute")
+    if not compute:
+        section.paragraphs.append("no time budget in plans.json: the plans were fitted to the memory budget alone")
+        return section
+    section.paragraphs.extend(line.strip() for line in format_compute(compute))
     return section
 
 
@@ -45,7 +56,7 @@ def _training_section(work: WorkFolder) -> ReportSection:
         validation = summary.get("after_training", {}).get("predict_validation") or {}
         rows.append([
             summary_path.parent.parent.name, summary_path.parent.name, summary.get("epochs_completed"),
-            round(float(summary.get("elapsed_seconds") or 0) / 60, 1), summary.get("best_ema_pseudo_dice"),
+            f"{float(summary.get('elapsed_seconds') or 0) / 60:.1f}", summary.get("best_ema_pseudo_dice"),
             validation.get("mean_dice"),
         ])
     if rows:
@@ -162,7 +173,8 @@ def _selection_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSecti
         section.paragraphs.append(
             f"post-processing: keep largest foreground component: {decision.keep_largest_foreground}; "
             f"per class: {per_class or 'none'}; mean foreground Dice "
-            f"{evidence.get('foreground_dice_before')} -> {evidence.get('foreground_dice_after')}"
+            f"{format_number(evidence.get('foreground_dice_before'))} -> "
+            f"{format_number(evidence.get('foreground_dice_after'))}"
         )
     return section
 
@@ -199,8 +211,10 @@ def build_report(work: WorkFolder) -> Path:
     if recipe is None:
         raise UserError(f"{work.inference_recipe}: not found; run `autoseg find-best` before the report.")
     dataset = RawDataset.from_dict(read_json(work.dataset_json))
+    plans = load_plans(work.plans)
     sections = [
-        _plan_section(work),
+        _plan_section(plans),
+        _compute_section(plans),
         _training_section(work),
         _selection_section(work, recipe),
         _metrics_section(work, recipe),

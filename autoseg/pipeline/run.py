@@ -17,6 +17,7 @@ import torch
 
 from autoseg.errors import UserError
 from autoseg.evaluation.folders import SUMMARY_FILE_NAME
+from autoseg.pipeline.adaptation import RUN_STANDARDISATION_CASES, standardisation_stage
 from autoseg.pipeline.budget import PREPROCESSING_SHARE, ComputeFor, compute_budget_for
 from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.pipeline.report import build_report
@@ -49,6 +50,8 @@ from autoseg.utils.locking import folder_lock
 from autoseg.utils.memory import describe_largest_case
 
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
+# After each fold: predict and score its validation cases.
+AFTER_TRAINING_HOOKS = ("predict_validation",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +256,7 @@ def training_settings(options: RunOptions, fold_seconds: float | None = None) ->
     """The training settings of every fold of the run: resumable, validated, with the run's workers and the time
     each fold may train (``fold_seconds`` from the run's budget, else ``--time-per-fold``)."""
     base = TrainingSettings(
-        resume=True, device=options.device, precision=options.precision, after_training_hooks=("predict_validation",),
+        resume=True, device=options.device, precision=options.precision, after_training_hooks=AFTER_TRAINING_HOOKS,
         loggers=options.loggers, num_workers=options.workers, show_progress_bar=options.progress,
     )
     changes: dict = {}
@@ -285,10 +288,11 @@ def train_stage(
     if clock.budget_seconds is not None:
         case_seconds = case_prediction_seconds_estimator(plans, dataset, choose_device(options.device),
                                                          options.precision)
+        # Validation, then test-time standardisation of the selected model (counted for every fold: an upper bound).
         reserve = after_training_reserve(
             clock.budget_seconds - clock.elapsed,
-            [(len(job.validation_case_ids), case_seconds(configuration))
-             for (configuration, _), job in zip(pairs, jobs, strict=True)],
+            [(len(job.validation_case_ids) + min(RUN_STANDARDISATION_CASES, len(job.train_case_ids)),
+              case_seconds(configuration)) for (configuration, _), job in zip(pairs, jobs, strict=True)],
         )
         print(f"keeping {describe_duration(reserve)} of the budget for validation, model selection and the report")
     for number, ((configuration, fold), job) in enumerate(zip(pairs, jobs, strict=True), start=1):
@@ -338,6 +342,13 @@ def _run_stages(root: Path, work: WorkFolder, options: RunOptions, clock: RunClo
     recipe = find_best(work, configurations, list(schedule.folds), workers=options.workers, progress=options.progress)
     print(format_candidates(recipe))
     log_cross_validation(work, recipe, options.loggers)
+    _stage("test-time standardisation (for predict --adapt)")
+    seconds_left = None if clock.budget_seconds is None else clock.budget_seconds - clock.elapsed
+    standardisation_stage(
+        work, recipe, device=str(device), precision=options.precision, seconds_left=seconds_left,
+        case_seconds=(_unknown_rate if seconds_left is None
+                      else case_prediction_seconds_estimator(plans, dataset, device, options.precision)),
+    )
     _stage("report")
     report = build_report(work)
     print(f"\nReport: {report}")

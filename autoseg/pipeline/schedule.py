@@ -125,10 +125,11 @@ def after_training_reserve(left_seconds: float, case_seconds: Sequence[tuple[int
     """Seconds of ``left_seconds`` that training leaves for the work after it: predicting every fold's validation
     cases with each configuration, model selection, post-processing and the report.
 
-    ``case_seconds`` holds, per trained (configuration, fold), its number of validation cases and the predicted
-    seconds of one (``autoseg.pipeline.throughput.case_prediction_seconds_estimator``). The reserve is
-    ``AFTER_TRAINING_SAFETY`` times that prediction plus ``AFTER_TRAINING_FIXED_SECONDS``, never more than
-    ``AFTER_TRAINING_SHARE`` of what is left; without a prediction it is that share.
+    ``case_seconds`` holds, per trained (configuration, fold), its number of cases predicted after training (the
+    validation cases and those recorded for test-time standardisation) and the predicted seconds of one
+    (``autoseg.pipeline.throughput.case_prediction_seconds_estimator``). The reserve is ``AFTER_TRAINING_SAFETY``
+    times that prediction plus ``AFTER_TRAINING_FIXED_SECONDS``, never more than ``AFTER_TRAINING_SHARE`` of what is
+    left; without a prediction it is that share.
     """
     share = AFTER_TRAINING_SHARE * max(0.0, left_seconds)
     if any(seconds is None for _, seconds in case_seconds):

@@ -1,5 +1,5 @@
 """Self-contained HTML reports of a run: plan, training curves, cross-validation metrics, selection, overlays."""
 
-from autoseg.report.html_report import ReportSection, write_report
+from autoseg.report.html_report import ReportSection, format_number, write_report
 
-__all__ = ["ReportSection", "write_report"]
+__all__ = ["ReportSection", "format_number", "write_report"]

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import html
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -56,12 +57,21 @@ class ReportSection:
         self.images.append((caption, png, wide))
 
 
+def format_number(value: float | None) -> str:
+    """A measured number as the report shows it: four decimals below 10 (Dice, IoU, precision: candidates differ in
+    the third), two up to 1000 (distances in mm, seconds), none above; "n/a" for a missing or NaN value."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    if abs(value) < 10:
+        return f"{value:.4f}"
+    return f"{value:.2f}" if abs(value) < 1000 else f"{value:.0f}"
+
+
 def _format_cell(value: object) -> str:
-    if value is None:
-        return "&ndash;"
-    if isinstance(value, float):
-        return "&ndash;" if math.isnan(value) else f"{value:.4f}"
-    return html.escape(str(value))
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # numpy floats too
+        value = float(value)
+        return "&ndash;" if math.isnan(value) else format_number(value)
+    return "&ndash;" if value is None else html.escape(str(value))
 
 
 def _render_table(header: list[str], rows: list[list[object]], highlight_row: int | None, caption: str) -> str:

@@ -40,6 +40,7 @@ from autoseg.transforms.case import preprocess_case
 from autoseg.utils.files import atomic_torch_save, read_json, sha256_file, write_json
 
 ADAPTATION_METHODS = ("normaliser", "adversarial", "standardise")  # the last: intensity standardisation alone
+WINDOW_METHODS = ("normaliser", "adversarial")  # the methods that train on windows of the training images
 ADAPTATION_FILE = "adaptation.json"
 SHAPE_PRIOR_FILE = "shape_prior.pt"
 ADVERSARIAL_FILE = "adversarial.pt"
@@ -83,20 +84,26 @@ def collect_source_windows(
     cases: Sequence[tuple[Sequence[str], str]], *, configuration: Configuration, dataset: RawDataset,
     predict: Callable[[np.ndarray], torch.Tensor], settings: AdapterTrainingSettings, generator: torch.Generator,
 ) -> SourceWindows:
-    """Preprocess up to ``max_cases`` training cases ``(image paths, label path)``: their windows and summaries."""
+    """Preprocess up to ``max_cases`` training cases ``(image paths, label path)``: their windows and summaries.
+
+    Windows are cut only for the methods that train on them (``standardise`` alone needs none)."""
     order = torch.randperm(len(cases), generator=generator)[: settings.max_cases].tolist()
+    needs_windows = any(method in WINDOW_METHODS for method in settings.methods)
     images, targets, summaries, landmarks = [], [], [], []
     for index in sorted(order):
         image_paths, label_path = cases[index]
         data, segmentation, _ = preprocess_case(list(image_paths), label_path, configuration=configuration)
         summaries.append(PredictionSummary.of(predict(data), uses_regions=dataset.has_regions))
         landmarks.append(intensity_landmarks(data))
-        case_images, case_targets = _case_windows(
-            data, segmentation, configuration.patch_size, dataset=dataset, count=settings.windows_per_case,
-            generator=generator,
-        )
-        images.append(case_images)
-        targets.append(case_targets)
+        if needs_windows:
+            case_images, case_targets = _case_windows(
+                data, segmentation, configuration.patch_size, dataset=dataset, count=settings.windows_per_case,
+                generator=generator,
+            )
+            images.append(case_images)
+            targets.append(case_targets)
+    if not needs_windows:
+        return SourceWindows(torch.empty(0), torch.empty(0), summaries, landmarks)
     return SourceWindows(torch.cat(images), torch.cat(targets), summaries, landmarks)
 
 

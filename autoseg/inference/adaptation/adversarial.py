@@ -103,7 +103,7 @@ def _discriminator_step(
     optimiser.zero_grad()
     loss.backward()
     optimiser.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _renderer_step(
@@ -123,7 +123,7 @@ def _renderer_step(
     loss.backward()
     optimiser.step()
     parts.discriminators.zero_grad()  # the renderer's loss reached the discriminators too; they learn separately
-    return float(loss), (rendered, segmentation)
+    return float(loss.detach()), (rendered, segmentation)
 
 
 def _play(

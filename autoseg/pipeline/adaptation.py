@@ -1,0 +1,119 @@
+"""Record a fold's test-time adapter: all methods for ``autoseg train-adapter``, ``standardise`` after a run's folds.
+
+``predict --adapt standardise`` (the default method) needs no trained part, only what the model predicts on its
+training images (the plausibility ranges) and their intensity landmarks. ``autoseg run`` records both for the folds
+of the model it selected (``standardisation_stage``), from ``RUN_STANDARDISATION_CASES`` training cases each, when
+its budget has the time left, so a model from a run accepts ``predict --adapt`` as it is; ``autoseg train-adapter``
+records the same and trains the parts of the other methods (docs/adaptation.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoseg.errors import UserError
+from autoseg.inference.adaptation import train_fold_adapter
+from autoseg.inference.adaptation.adapter import AdapterTrainingSettings, collect_source_windows
+from autoseg.inference.predictor import Predictor
+from autoseg.pipeline.schedule import describe_duration
+from autoseg.records.inference_recipe import InferenceRecipe
+from autoseg.records.plans import load_plans
+from autoseg.records.work_folder import WorkFolder
+from autoseg.training.splits import read_splits
+
+# The sample ``docs/adaptation.md`` measured standardisation with (``train-adapter --max-cases 32``). Each case is
+# one sliding-window prediction, a fraction of what predicting the fold's validation cases costs.
+RUN_STANDARDISATION_CASES = 32
+RUN_STANDARDISATION = AdapterTrainingSettings(max_cases=RUN_STANDARDISATION_CASES, methods=("standardise",))
+
+
+def fold_training_cases(work: WorkFolder, predictor: Predictor, fold: str) -> list[tuple[tuple[str, ...], str]]:
+    """``(image paths, label path)`` of the cases fold ``fold`` was trained on (every case for fold ``all``)."""
+    dataset = predictor.dataset
+    if fold == "all":
+        identifiers = [case.identifier for case in dataset.training_cases]
+    else:
+        splits = read_splits(work.splits, known_case_ids=[case.identifier for case in dataset.training_cases])
+        if int(fold) >= len(splits):
+            raise UserError(f"{work.splits}: has no fold {fold}.")
+        identifiers = splits[int(fold)]["train"]
+    cases = [dataset.case(identifier) for identifier in identifiers]
+    return [(tuple(case.images), case.label) for case in cases if case.label is not None]
+
+
+def record_fold_adapter(
+    work: WorkFolder, predictor: Predictor, index: int, fold: str, settings: AdapterTrainingSettings
+) -> tuple[dict, Path]:
+    """Learn the adapter of the predictor's fold ``index`` (named ``fold``) from that fold's training cases and
+    write it to ``models/CONFIG/fold_K/adaptation/``; returns ``adaptation.json`` and that folder."""
+    network = predictor.networks[index]
+    cases = fold_training_cases(work, predictor, fold)
+    if not cases:
+        raise UserError(f"{work.dataset_json}: fold {fold} has no labelled training case to learn from.")
+    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    source = collect_source_windows(
+        cases, configuration=predictor.configuration, dataset=predictor.dataset,
+        predict=lambda data: predictor.network_probabilities(network, torch.as_tensor(data)), settings=settings,
+        generator=generator,
+    )
+    folder = work.adaptation(predictor.configuration_name, fold)
+    record = train_fold_adapter(
+        network, source, folder, checkpoint_path=predictor.trained_model.checkpoint_paths[index],
+        configuration=predictor.configuration, dataset=predictor.dataset, settings=settings, generator=generator,
+    )
+    return record, folder
+
+
+def record_standardisation(
+    fold_folder: Path, *, work_folder: WorkFolder, configuration_name: str, fold: int | str, device: str,
+    precision: str = "auto", **_context: Any,
+) -> dict[str, Any]:
+    """After-training hook: record what ``predict --adapt standardise`` needs for the fold's final checkpoint.
+
+    Predicts ``RUN_STANDARDISATION_CASES`` of the fold's training cases as ``predict`` does (mirroring on). A
+    cascade is skipped: test-time adaptation does not support it.
+    """
+    if load_plans(work_folder.plans).configuration(configuration_name).previous_stage:
+        return {"skipped": f"test-time adaptation does not support the cascade {configuration_name}"}
+    started = time.perf_counter()
+    predictor = Predictor.from_model_folder(
+        work_folder, configuration=configuration_name, folds=[fold], checkpoint="final", device=device,
+        precision=precision,
+    )
+    record, folder = record_fold_adapter(work_folder, predictor, 0, str(fold), RUN_STANDARDISATION)
+    return {"folder": str(folder), "cases": record["source_ranges"]["images"], "methods": list(record["methods"]),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def standardisation_stage(
+    work: WorkFolder, recipe: InferenceRecipe, *, device: str, precision: str, seconds_left: float | None,
+    case_seconds: Callable[[str], float | None],
+) -> None:
+    """Record ``standardise`` for every fold of the selected model that lacks it, when ``seconds_left`` (None: no
+    budget) pays for the predictions it takes; otherwise say how to record it later."""
+    folds = [(model.configuration, fold) for model in recipe.models for fold in (model.folds or ())
+             if not (work.adaptation(model.configuration, str(fold)) / "adaptation.json").is_file()]
+    if not folds:
+        return
+    training_cases = len(read_splits(work.splits)[0]["train"]) if work.splits.is_file() else RUN_STANDARDISATION_CASES
+    cases = min(RUN_STANDARDISATION_CASES, training_cases)
+    estimates = [case_seconds(configuration) for configuration, _ in folds]
+    needed = None if None in estimates else cases * sum(estimates)
+    if seconds_left is not None and (needed is None or needed > seconds_left):
+        print(f"not recording test-time standardisation ({len(folds)} fold(s) x {cases} training cases): the budget "
+              f"has {describe_duration(max(0.0, seconds_left))} left; `autoseg train-adapter {work.root}` records "
+              "it later, then `predict --adapt` works")
+        return
+    for configuration, fold in folds:
+        outcome = record_standardisation(work.fold(configuration, fold), work_folder=work,
+                                         configuration_name=configuration, fold=fold, device=device,
+                                         precision=precision)
+        print(f"test-time standardisation of {configuration} fold {fold}: "
+              + (outcome["skipped"] if "skipped" in outcome else f"{outcome['cases']} cases in {outcome['seconds']} s"),
+              flush=True)

@@ -11,7 +11,8 @@ What it does, for one trained fold of a model folder (``autoseg train-adapter`` 
    method, the fraction of the Dice lost to the shift that each method wins back
    ``(shifted_adapted - shifted_unadapted) / (clean_unadapted - shifted_unadapted)``, the change on clean images,
    how many cases fell back to the unadapted prediction, and the seconds per image. It writes ``results.json`` and
-   ``results.md`` into ``--out``.
+   ``results.md`` into ``--out`` (``results.json`` names the model and output folders relative to the project
+   root, or by their name alone when they lie elsewhere: never a folder of one machine).
 
 The shifts (``--severity`` scales all of them; every image draws its own values from ``--seed`` and its name):
 
@@ -32,7 +33,7 @@ The shifts (``--severity`` scales all of them; every image draws its own values 
 
 Usage (the model folder is only read; adapters must exist, see docs/adaptation.md):
 
-    python benchmarks/appearance_shift.py --model WORK/Dataset018_HC18 --modality ultrasound --out /tmp/shift \
+    python benchmarks/appearance_shift.py --model WORK/Dataset018_HC18 --modality ultrasound --out SHIFT_RESULTS \
         [--configuration 2d] [--fold 0] [--cases 30] [--severity 2.0] [--methods normaliser adversarial]
 """
 
@@ -51,6 +52,8 @@ from scipy import ndimage
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
+
+from provenance import relative_to_repository  # noqa: E402
 
 from autoseg.inference.ensemble import ModelEnsemble  # noqa: E402
 from autoseg.inference.pipeline import adaptation_report_path  # noqa: E402
@@ -214,7 +217,8 @@ def main() -> int:
             print(f"{condition:8s} {name:12s} Dice {100 * results[condition][name]['mean_dice']:.2f} "
                   f"({results[condition][name]['seconds_per_image']:.2f} s per image)", flush=True)
     summary, table = summarise(results, args.methods)
-    settings = {key: str(value) for key, value in vars(args).items()}
+    settings = {key: relative_to_repository(value) if isinstance(value, Path) else str(value)
+                for key, value in vars(args).items()}
     (args.out / "results.json").write_text(json.dumps({"settings": settings, "summary": summary,
                                                        "results": results}, indent=1))
     (args.out / "results.md").write_text(table + "\n")

@@ -25,15 +25,19 @@ code, autoseg's ``evaluate_folders``, against the raw labels of the dataset (wit
 fold's first N validation cases only: nnU-Net then predicts only those, autoseg still predicts all). nnU-Net runs
 on the CPU (``nnUNetv2_train -device cpu``'s thread setting), so autoseg is run on the CPU too.
 
-Usage (nnU-Net installed by /work/shared/tools/nnunet-peer/setup.sh; preprocessing both tools, once per scratch
-folder, takes a few minutes on 2 cores):
+Usage (nnU-Net installed by ``../shared/tools/nnunet-peer/setup.sh``, relative to the project root; preprocessing
+both tools, once per scratch folder, takes a few minutes on 2 cores):
 
     python benchmarks/equal_budget.py [--dataset Dataset004_Hippocampus] [--fold 0] [--minutes 15]
     python benchmarks/equal_budget.py --iterations 300
     python benchmarks/equal_budget.py --dataset Dataset018_HC18 --minutes 15 --validation-cases 20
 
-The table is printed and written as JSON to ``--out`` (default
-``benchmarks/results/equal_budget_<dataset>_<mode>.json``).
+The shared datasets and nnU-Net's virtualenv default to ``$AUTOSEG_TEST_DATA`` (else ``../shared/datasets``) and
+``$NNUNET_PEER_VENV`` (else the setup script's default), or ``--datasets-root`` / ``--nnunet-venv``; the scratch
+folder (``--scratch``) to ``equal_budget`` in the system's temporary folder. The table is printed and written as
+JSON to ``--out`` (default ``benchmarks/results/equal_budget_<dataset>_<mode>.json``); the folders it names are
+written as ``benchmarks/locations.py``'s ``path_for_result`` does: the scratch folder's name followed by the path
+inside it, never a folder of one machine.
 """
 
 from __future__ import annotations
@@ -46,9 +50,15 @@ import sys
 import time
 from pathlib import Path
 
-from nnunet_peer import (
-    DEFAULT_VENV,
+from locations import (
     REPOSITORY,
+    add_datasets_root_argument,
+    add_nnunet_venv_argument,
+    path_for_result,
+    require_datasets,
+    scratch_folder,
+)
+from nnunet_peer import (
     SHARED_DATASETS,
     load_average,
     nnunet_environment,
@@ -183,10 +193,11 @@ AUTOSEG_SETUP_LINE = re.compile(r"device: (?P<device>\S+), (?P<precision>\w+) ar
 
 
 def train_nnunet(dataset: str, configuration: str, fold: int, *, budget: tuple[str, float], scratch: Path,
-                 venv: Path, validation_cases: int | None = None) -> dict:
+                 venv: Path, validation_cases: int | None = None, datasets: Path = SHARED_DATASETS) -> dict:
     """nnU-Net's trainer (the budget subclass) on one fold from scratch, then its validation prediction (of the
     fold's first ``validation_cases`` cases only, when given)."""
-    preprocessed = prepare_nnunet(dataset, scratch=scratch, venv=venv, configurations=(configuration,))
+    preprocessed = prepare_nnunet(dataset, scratch=scratch, venv=venv, configurations=(configuration,),
+                                  datasets=datasets)
     trainer_file = scratch / TRAINER_FILE
     trainer_file.write_text(NNUNET_TRAINER_SOURCE)
     output = scratch / "nnUNet_results" / dataset / f"{TRAINER_NAME}__nnUNetPlans__{configuration}" / f"fold_{fold}"
@@ -214,7 +225,8 @@ def autoseg_budget_arguments(budget: tuple[str, float], *, batch_size: int | Non
     return arguments + (["--batch-size", str(batch_size)] if batch_size is not None else [])
 
 
-def prepare_autoseg_for_budget(dataset: str, configuration: str, *, scratch: Path, training_seconds: float) -> Path:
+def prepare_autoseg_for_budget(dataset: str, configuration: str, *, scratch: Path, training_seconds: float,
+                               datasets: Path = SHARED_DATASETS) -> Path:
     """autoseg's compute-aware plan for ``training_seconds`` of training on this machine, preprocessed (once).
 
     ``autoseg plan --time-budget T`` fits the plans to the training share of a whole run of T, so T is chosen to
@@ -223,24 +235,26 @@ def prepare_autoseg_for_budget(dataset: str, configuration: str, *, scratch: Pat
     folder = work / dataset
     if not (folder / "preprocessed" / configuration).is_dir():
         whole_run = training_seconds / (1 - AFTER_TRAINING_SHARE - PREPROCESSING_SHARE)
-        for stage in (["plan", str(SHARED_DATASETS / dataset), "--time-budget", f"{whole_run:.0f}s", "--device", "cpu"],
-                      ["preprocess", str(SHARED_DATASETS / dataset), "-c", configuration]):
+        for stage in (["plan", str(datasets / dataset), "--time-budget", f"{whole_run:.0f}s", "--device", "cpu"],
+                      ["preprocess", str(datasets / dataset), "-c", configuration]):
             run_quietly([sys.executable, "-m", "autoseg", *stage, "--work-dir", str(work)],
                         log=scratch / f"autoseg_{stage[0]}_budget_{dataset}.log")
     return folder
 
 
 def train_autoseg(dataset: str, configuration: str, fold: int, *, budget: tuple[str, float], splits: Path,
-                  scratch: Path, batch_size: int | None, precision: str, memory_plan: bool = False) -> dict:
+                  scratch: Path, batch_size: int | None, precision: str, memory_plan: bool = False,
+                  datasets: Path = SHARED_DATASETS) -> dict:
     """``autoseg train`` on the fold of ``splits`` from scratch, with its validation prediction."""
     if budget[0] == "seconds" and not memory_plan:
-        folder = prepare_autoseg_for_budget(dataset, configuration, scratch=scratch, training_seconds=budget[1])
+        folder = prepare_autoseg_for_budget(dataset, configuration, scratch=scratch, training_seconds=budget[1],
+                                            datasets=datasets)
     else:
-        folder = prepare_autoseg(dataset, scratch=scratch)
+        folder = prepare_autoseg(dataset, scratch=scratch, datasets=datasets)
     fold_folder = folder / "models" / configuration / f"fold_{fold}"
     shutil.rmtree(fold_folder, ignore_errors=True)  # a fresh run, not a resumed one
     log = scratch / f"autoseg_equal_budget_{dataset}.log"
-    command = [sys.executable, "-m", "autoseg", "train", str(SHARED_DATASETS / dataset), configuration, str(fold),
+    command = [sys.executable, "-m", "autoseg", "train", str(datasets / dataset), configuration, str(fold),
                "--work-dir", str(folder.parent), "--splits", str(splits), "--device", "cpu",
                *autoseg_budget_arguments(budget, batch_size=batch_size, precision=precision)]
     started = time.monotonic()
@@ -263,9 +277,10 @@ def train_autoseg(dataset: str, configuration: str, fold: int, *, budget: tuple[
     }
 
 
-def validation_dice(dataset: str, prediction_folder: str, cases: list[str]) -> dict:
+def validation_dice(dataset: str, prediction_folder: str, cases: list[str], *,
+                    datasets: Path = SHARED_DATASETS) -> dict:
     """Dice per class (mean over the cases) and the foreground mean, scored by autoseg against the raw labels."""
-    raw = SHARED_DATASETS / dataset
+    raw = datasets / dataset
     targets, ignore_label = targets_from_dataset_json(raw / "dataset.json")
     summary = evaluate_folders(prediction_folder, raw / "labelsTr", targets=targets, ignore_label=ignore_label,
                                cases=cases, with_surface_metrics=False)
@@ -273,11 +288,13 @@ def validation_dice(dataset: str, prediction_folder: str, cases: list[str]) -> d
     return {"dice": per_class, "mean_dice": summary["foreground_mean"]["dice"]}
 
 
-def check_equal_step(dataset: str, configuration: str, *, scratch: Path, venv: Path) -> int:
+def check_equal_step(dataset: str, configuration: str, *, scratch: Path, venv: Path,
+                     datasets: Path = SHARED_DATASETS) -> int:
     """nnU-Net's batch size, after checking that both plans train on the same patch size (equal-iterations mode)."""
-    nnunet_plans = json.loads((prepare_nnunet(dataset, scratch=scratch, venv=venv) / "nnUNetPlans.json").read_text())
-    reference = nnunet_plans["configurations"][configuration]
-    ours = load_plans(prepare_autoseg(dataset, scratch=scratch) / "plans.json").configurations[configuration]
+    nnunet_folder = prepare_nnunet(dataset, scratch=scratch, venv=venv, datasets=datasets)
+    reference = json.loads((nnunet_folder / "nnUNetPlans.json").read_text())["configurations"][configuration]
+    autoseg_folder = prepare_autoseg(dataset, scratch=scratch, datasets=datasets)
+    ours = load_plans(autoseg_folder / "plans.json").configurations[configuration]
     if list(ours.patch_size) != list(reference["patch_size"]):
         sys.exit(f"{dataset} {configuration}: autoseg's patch {list(ours.patch_size)} differs from nnU-Net's "
                  f"{reference['patch_size']}; equal iterations would compare different steps")
@@ -324,9 +341,11 @@ def parse_arguments() -> argparse.Namespace:
     budget.add_argument("--iterations", type=int, default=None, help="equal iterations instead, both in float32")
     parser.add_argument("--precision", default="auto",
                         help="autoseg's precision at equal wall-clock (default auto; equal iterations: float32)")
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/equal_budget"),
-                        help="preprocessed data, models and logs of both tools (kept: preprocessing is reused)")
-    parser.add_argument("--nnunet-venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--scratch", type=Path, default=scratch_folder("equal_budget"),
+                        help="preprocessed data, models and logs of both tools (kept: preprocessing is reused; "
+                             "default: equal_budget in the system's temporary folder)")
+    add_datasets_root_argument(parser)
+    add_nnunet_venv_argument(parser)
     parser.add_argument("--validation-cases", type=int, default=None,
                         help="score both tools on the fold's first N validation cases only (nnU-Net predicts only "
                              "those; on 2 cores its HC18 prediction of all 60 takes longer than its training)")
@@ -347,6 +366,7 @@ def parse_arguments() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_arguments()
+    require_datasets(args.datasets_root, [args.dataset])
     require_nnunet(args.nnunet_venv)
     scratch = args.scratch.resolve()
     scratch.mkdir(parents=True, exist_ok=True)
@@ -356,19 +376,25 @@ def main() -> int:
           f"{budget[1]:g} {budget[0]} each; preparing both tools (not timed) ...", flush=True)
     batch_size = None
     if mode == "iterations":
-        batch_size = check_equal_step(args.dataset, args.configuration, scratch=scratch, venv=args.nnunet_venv)
+        batch_size = check_equal_step(args.dataset, args.configuration, scratch=scratch, venv=args.nnunet_venv,
+                                      datasets=args.datasets_root)
     print(f"  nnU-Net training ... (load {load_average():.2f})", flush=True)
     nnunet = train_nnunet(args.dataset, args.configuration, args.fold, budget=budget, scratch=scratch,
-                          venv=args.nnunet_venv, validation_cases=args.validation_cases)
+                          venv=args.nnunet_venv, validation_cases=args.validation_cases, datasets=args.datasets_root)
     print(f"  autoseg training ... (load {load_average():.2f})", flush=True)
     autoseg = train_autoseg(args.dataset, args.configuration, args.fold, budget=budget,
                             splits=Path(nnunet["splits_file"]), scratch=scratch, batch_size=batch_size,
-                            precision=args.precision, memory_plan=args.memory_plan)
+                            precision=args.precision, memory_plan=args.memory_plan, datasets=args.datasets_root)
     results = {"autoseg": autoseg, "nnU-Net": nnunet}
     for result in results.values():
-        result.update(validation_dice(args.dataset, result["validation_folder"], nnunet["validation_cases"]))
+        result.update(validation_dice(args.dataset, result["validation_folder"], nnunet["validation_cases"],
+                                      datasets=args.datasets_root))
     difference = differences(autoseg, nnunet)
     print_table(results, difference)
+    for result in results.values():  # the folders as the result file names them, after every use of them here
+        for key in ("validation_folder", "splits_file"):
+            if key in result:
+                result[key] = path_for_result(result[key], scratch=scratch)
     out = args.out or REPOSITORY / "benchmarks" / "results" / f"equal_budget_{args.dataset}_{mode}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {

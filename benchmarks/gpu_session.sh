@@ -7,9 +7,10 @@
 #   env             what the machine has (nvidia-smi, python/torch versions, whether torch sees CUDA); picks a
 #                   python with torch+CUDA, installs the carried wheels and autoseg (offline) and checks autoseg's
 #                   dependencies (numpy SimpleITK batchgenerators scipy tqdm matplotlib; acvl-utils/cc3d optional)
-#   data            Dataset004_Hippocampus from ../shared/datasets, shared/datasets in the checkout or the carried
-#                   copy build/gpu_session/datasets (linked to ../shared/datasets for the benchmarks), else
-#                   synthetic `autoseg demo` data; `autoseg plan` + `autoseg preprocess -c 3d_fullres`
+#   data            Dataset004_Hippocampus from $AUTOSEG_TEST_DATA (default ../shared/datasets), shared/datasets in
+#                   the checkout or the carried copy build/gpu_session/datasets (linked into $AUTOSEG_TEST_DATA for
+#                   the benchmarks), else synthetic `autoseg demo` data;
+#                   `autoseg plan` + `autoseg preprocess -c 3d_fullres`
 #   memory_model    benchmarks/memory_model.py --fit: on CUDA mixed precision, budgets 4/8/16 GB, measured with
 #                   torch.cuda.max_memory_allocated; the nvidia-smi peak of the step is in the steps table
 #   throughput_model  benchmarks/throughput_model.py [--device cuda] (--quick when HC18 is absent: its full plan
@@ -25,7 +26,7 @@
 # limit): summary.md env.log data.log memory_model.log memory_model.json throughput_model.log autoseg_speed.log
 # nnunet.log. Without $OUT (not on the device machine) they go to build/gpu_session/results.
 #
-# How to run it on a lent GPU (the `device` tool, /work/.library/device/README.md):
+# How to run it on a lent GPU (the `device` tool, whose notes describe the machine and what travels):
 #   1. Here, once per checkout (with network):  bash benchmarks/gpu_session.sh --prepare
 #      The GPU machine has no network and no SimpleITK or batchgenerators: this downloads their wheels for its
 #      python 3.12 into .whl/ (git-ignored) and copies the first --cases Hippocampus and --hc18-cases HC18 cases
@@ -40,7 +41,13 @@
 #
 # Options: --dry-run, --prepare, --synthetic (ignore real data), --only STEP[,STEP] (memory_model,
 # throughput_model, train, predict, nnunet; env and data always run; predict needs train's checkpoint),
-# --budget SECONDS, --out DIR, --cases N / --hc18-cases N (with --prepare; default 60 / 30).
+# --budget SECONDS, --out DIR, --cases N / --hc18-cases N (with --prepare; default 60 / 30),
+# --nnunet-venv DIR (nnU-Net v2's virtualenv for the nnunet steps).
+# Folders, none of one machine: results in --out, else $OUT, else build/gpu_session/results (a dry run:
+# gpu_session_dry_run in $TMPDIR, else the system's temporary folder); scratch files in a fresh folder made by
+# `mktemp -d -t` (in $TMPDIR likewise); the shared datasets in $AUTOSEG_TEST_DATA, else ../shared/datasets beside
+# the project root; nnU-Net's virtualenv from --nnunet-venv, else $NNUNET_PEER_VENV, else the one
+# ../shared/tools/nnunet-peer/setup.sh creates without arguments (nnunet-peer/venv in the temporary folder).
 # Exit status: 0 every step ran or was skipped by design, 1 a step failed or timed out, 2 bad arguments,
 # 3 no python with a CUDA-capable torch (the finding is in $OUT/summary.md), 4 autoseg's dependencies missing.
 
@@ -56,6 +63,7 @@ ONLY=""
 HIPPOCAMPUS_CASES=60
 HC18_CASES=30
 OUT_ARG=""
+NNUNET_VENV_ARG=""
 while (($#)); do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
@@ -66,6 +74,7 @@ while (($#)); do
         --cases) HIPPOCAMPUS_CASES=${2:?--cases needs a number}; shift ;;
         --hc18-cases) HC18_CASES=${2:?--hc18-cases needs a number}; shift ;;
         --out) OUT_ARG=${2:?--out needs a folder}; shift ;;
+        --nnunet-venv) NNUNET_VENV_ARG=${2:?--nnunet-venv needs a folder}; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -82,7 +91,11 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO" || exit 2
 HIPPOCAMPUS=Dataset004_Hippocampus
 HC18=Dataset018_HC18
-SHARED_DIR=$REPO/../shared/datasets     # where the benchmarks look (REPOSITORY.parent / "shared" / "datasets")
+# Where the benchmarks look (benchmarks/locations.py): $AUTOSEG_TEST_DATA, else ../shared/datasets; exported so
+# that they look where this script links the carried copy.
+SHARED_DIR=${AUTOSEG_TEST_DATA:-$REPO/../shared/datasets}
+export AUTOSEG_TEST_DATA=$SHARED_DIR
+TEMPORARY=${TMPDIR:-/tmp}               # the system's temporary folder, as mktemp -t and Python's tempfile use it
 CARRY_ROOT=build/gpu_session            # git-ignored (build/); carried together with .whl
 CARRY_DATA=$CARRY_ROOT/datasets
 WHEELS=.whl                             # git-ignored (/.whl/)
@@ -130,8 +143,8 @@ prepare() {
     local python=${PYTHON:-python3} spec package version name count tree extra total limit=$((64 * 1024 * 1024))
     mkdir -p "$WHEELS"
     # The device's python 3.12 has numpy, scipy, tqdm, matplotlib, scikit-image, pandas... but neither SimpleITK nor
-    # batchgenerators (/work/.library/device/KINDS.md). The versions installed here; acvl-utils is sdist-only and
-    # optional. SimpleITK's wheel is ~50 MiB of the 64 MiB that may travel.
+    # batchgenerators (the device tool's notes on its machine kinds). The versions installed here; acvl-utils is
+    # sdist-only and optional. SimpleITK's wheel is ~50 MiB of the 64 MiB that may travel.
     for spec in SimpleITK:2.5.7 batchgenerators:0.25.5; do
         package=${spec%%:*}
         version=$("$python" -c "import importlib.metadata as m; print(m.version('$package'))" 2>/dev/null) \
@@ -159,7 +172,7 @@ prepare() {
     # dataset's batch, from its plan made here.
     if [[ -f $SHARED_DIR/$HIPPOCAMPUS/dataset.json ]]; then
         local plan_work
-        plan_work=$(mktemp -d /tmp/gpu_session_plan.XXXXXX)
+        plan_work=$(mktemp -d -t gpu_session_plan.XXXXXX)
         if ! PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} "$python" -m autoseg plan "$SHARED_DIR/$HIPPOCAMPUS" \
             --work-dir "$plan_work" --workers 2 >"$plan_work/plan.log" 2>&1; then
             tail -n 20 "$plan_work/plan.log" >&2
@@ -195,7 +208,7 @@ if ((DRY_RUN)); then
     MODE="dry-run (CPU, tiny settings)"
     DEVICE=cpu
     BUDGET_S=${BUDGET_S:-400}
-    OUT=${OUT_ARG:-${OUT:-/tmp/gpu_session_dry_run}}
+    OUT=${OUT_ARG:-${OUT:-$TEMPORARY/gpu_session_dry_run}}
     DATA_CASES=12                       # cases linked from the real dataset, or generated
     MEMORY_ARGS=(--quick --budgets 0.5 --steps 1)
     TRAIN_ARGS=(--epochs 2 --iterations-per-epoch 1 --batch-size 2)
@@ -219,7 +232,7 @@ START=$(date +%s)
 DEADLINE=$((START + BUDGET_S))
 mkdir -p "$OUT" || exit 2
 rm -f "$OUT"/*.log "$OUT"/memory_model.json "$OUT"/summary.md
-SCRATCH=$(mktemp -d /tmp/gpu_session.XXXXXX)
+SCRATCH=$(mktemp -d -t gpu_session.XXXXXX)
 STEPS=$SCRATCH/steps.tsv
 : >"$STEPS"
 WORK=$SCRATCH/work
@@ -373,7 +386,7 @@ missing_required() {
 }
 
 install_wheels() {  # the newest carried wheel of each package autoseg may lack, into a folder put on PYTHONPATH
-    local site=/tmp/gpu_session_site wheels=() package file
+    local site=$SCRATCH/site wheels=() package file
     for package in simpleitk batchgenerators connected_components_3d acvl_utils; do
         file=$(find "$WHEELS" -maxdepth 1 -iname "$package-*.whl" 2>/dev/null | sort -V | tail -n 1)
         [[ -n $file ]] && wheels+=("$file")
@@ -403,8 +416,8 @@ environment() {  # sets PY (a python whose torch sees CUDA; any torch in a dry r
     } >>"$OUT/env.log" 2>&1
     GPU_LINE=$(timeout 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
         | head -n 1)
-    # The device image's python3 is the one with PyTorch (/opt/torch/.venv); ../venv is this project's CPU venv.
-    for candidate in ${PYTHON:-} python3 python /opt/torch/.venv/bin/python3 "$REPO/../venv/bin/python"; do
+    # The device image's python3 is the one with PyTorch (PYTHON=... names another); ../venv is this project's CPU venv.
+    for candidate in ${PYTHON:-} python3 python "$REPO/../venv/bin/python"; do
         command -v "$candidate" >/dev/null || continue
         resolved=$(command -v "$candidate")   # not readlink -f: a venv's python links to the system one
         [[ $seen == *" $resolved "* ]] && continue
@@ -434,7 +447,7 @@ PY="" PY_LINE="" GPU_LINE="" DEPS_LINE="" AUTOSEG_LINE="" DATASET_LINE="" DATASE
 environment
 if [[ -z $PY ]]; then
     if ((DRY_RUN)); then what="no python with an importable torch"; else what="no python with a CUDA-capable torch"; fi
-    note "$what among ${PYTHON:+$PYTHON }python3, python, /opt/torch/.venv/bin/python3, ../venv/bin/python" \
+    note "$what among ${PYTHON:+$PYTHON }python3, python, ../venv/bin/python (PYTHON=... names another)" \
         "(env.log); nothing was measured"
     write_facts
     record env "FAILED: $what" "$(($(date +%s) - env_started))" env.log
@@ -690,7 +703,8 @@ fi
 # ----------------------------------------------------------------------------------------------------------------
 if wanted nnunet; then
     NNUNET_VENV=""
-    for candidate in "$(dirname "$(dirname "$PY")")" /tmp/nnunet-peer/venv; do
+    for candidate in ${NNUNET_VENV_ARG:+"$NNUNET_VENV_ARG"} "$(dirname "$(dirname "$PY")")" \
+        "${NNUNET_PEER_VENV:-$TEMPORARY/nnunet-peer/venv}"; do
         if [[ -x $candidate/bin/nnUNetv2_predict && -x $candidate/bin/python ]] \
             && "$candidate/bin/python" -c "import nnunetv2" 2>/dev/null; then
             NNUNET_VENV=$candidate

@@ -9,10 +9,10 @@ nothing is resampled), then runs in fresh processes:
   window, probabilities, export in the input's geometry).
 
 and prints each one's peak resident set size (``ru_maxrss`` of the child) and wall time. ``--compare-with FOLDER``
-runs the same with another autoseg checkout first on ``PYTHONPATH`` (e.g. a worktree of an older commit), so the
-two are measured in one run.
+runs the same with another autoseg checkout first on ``PYTHONPATH`` (e.g. a worktree of an older commit made with
+``git worktree add ../autoseg_old COMMIT``), so the two are measured in one run.
 
-    python benchmarks/large_volume_memory.py [--slices 600] [--threads 2] [--compare-with /tmp/autoseg_old]
+    python benchmarks/large_volume_memory.py [--slices 600] [--threads 2] [--compare-with ../autoseg_old]
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ Usage::
 
     python benchmarks/memory_model.py                  # default plan list, table on stdout
     python benchmarks/memory_model.py --fit --json out.json
+
+The real datasets' plans are included when ``--datasets-root`` (default ``$AUTOSEG_TEST_DATA``, else
+``../shared/datasets`` beside the project root) holds them.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ import time
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPOSITORY))
+# The project for autoseg, this folder for locations.py (also when a test loads this file by its path).
+sys.path[:0] = [str(REPOSITORY), str(Path(__file__).resolve().parent)]
+
+from locations import add_datasets_root_argument, datasets_root  # noqa: E402
 
 from autoseg.fingerprint.synthetic import synthetic_fingerprint  # noqa: E402
 from autoseg.planning import plan_experiment  # noqa: E402
@@ -47,12 +53,10 @@ from autoseg.planning.memory_model import (  # noqa: E402
 from autoseg.records.plans import Configuration  # noqa: E402
 from autoseg.records.work_folder import WorkFolder  # noqa: E402
 
-SHARED_DATASETS = REPOSITORY.parent / "shared" / "datasets"
 
-
-def _real_dataset(folder: str) -> tuple[dict, object] | None:
+def _real_dataset(folder: str, datasets: Path) -> tuple[dict, object] | None:
     """Fingerprint of a shared dataset (cached in a temporary working folder), or None when it is absent."""
-    root = SHARED_DATASETS / folder
+    root = datasets / folder
     if not root.is_dir():
         return None
     from autoseg.data.raw_folder import load_raw_dataset
@@ -63,11 +67,14 @@ def _real_dataset(folder: str) -> tuple[dict, object] | None:
     return compute_fingerprint(dataset, WorkFolder.for_dataset(work, root), workers=2), dataset
 
 
-def benchmark_plans(*, precision: str, budgets: list[float], quick: bool) -> list[dict]:
-    """The plans to measure: name, resolved configuration, channels, batch, budget and prediction."""
+def benchmark_plans(
+    *, precision: str, budgets: list[float], quick: bool, datasets: Path | None = None
+) -> list[dict]:
+    """The plans to measure: name, resolved configuration, channels, batch, budget and prediction (the real
+    datasets' plans where ``datasets``, default :func:`locations.datasets_root`, holds them)."""
     sources: list[tuple[str, dict, object]] = []
     for folder, short in (("Dataset004_Hippocampus", "hippocampus"), ("Dataset018_HC18", "hc18")):
-        real = _real_dataset(folder)
+        real = _real_dataset(folder, datasets or datasets_root())
         if real is not None:
             sources.append((short, *real))
     anisotropic = synthetic_fingerprint(name="anisotropic", spacing=[3.0, 0.8, 0.8], shape=[60, 400, 400])
@@ -246,6 +253,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="only the default preset and first configuration")
     parser.add_argument("--fit", action="store_true", help="print fitted coefficients")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    add_datasets_root_argument(parser)
     parser.add_argument("--measure-one", default=None, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.measure_one is not None:
@@ -259,7 +267,8 @@ def main() -> int:
 
     precision = "mixed" if torch.cuda.is_available() else "float32"
     budgets = arguments.budgets or ([4.0, 8.0, 16.0] if precision == "mixed" else [0.5, 1.0, 2.0])
-    plans = benchmark_plans(precision=precision, budgets=budgets, quick=arguments.quick)
+    plans = benchmark_plans(precision=precision, budgets=budgets, quick=arguments.quick,
+                            datasets=arguments.datasets_root)
     print(f"precision {precision}; {len(plans)} plans; coefficients {PRECISIONS[precision]}", flush=True)
     header = f"{'plan':42s} {'patch':>16s} {'batch':>5s} {'budget':>6s} {'predicted':>9s} {'measured':>8s} " \
              f"{'pred/meas':>9s} {'fits':>4s} {'s/step':>6s}"

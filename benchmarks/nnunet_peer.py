@@ -1,8 +1,9 @@
 """Running the reference, nnU-Net v2, next to autoseg in benchmarks: its virtual environment, folders and set-up.
 
-nnU-Net lives in its own virtual environment (made by /work/shared/tools/nnunet-peer/setup.sh), never in ours; its
-commands run as subprocesses with ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` pointed into a
-benchmark's scratch folder. Raw datasets are symbolic links to the shared folder, never copies.
+nnU-Net lives in its own virtual environment (made by ``../shared/tools/nnunet-peer/setup.sh``, relative to the
+project root), never in ours; its commands run as subprocesses with ``nnUNet_raw`` / ``nnUNet_preprocessed`` /
+``nnUNet_results`` pointed into a benchmark's scratch folder. Raw datasets are symbolic links to the shared folder,
+never copies. Where both are found: ``locations.py``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPOSITORY.parent / "shared" / "datasets"
-DEFAULT_VENV = Path("/tmp/nnunet-peer/venv")
+from locations import NNUNET_SETUP, NNUNET_VENV_VARIABLE, datasets_root, nnunet_venv
+from locations import REPOSITORY as REPOSITORY  # re-exported: benchmarks import it from here
+
+# The defaults when no argument names them: $AUTOSEG_TEST_DATA or ../shared/datasets, $NNUNET_PEER_VENV or the
+# setup script's own default (read once, at import).
+SHARED_DATASETS = datasets_root()
+DEFAULT_VENV = nnunet_venv()
 
 
 def load_average() -> float:
@@ -38,8 +43,11 @@ def nnunet_environment(*, scratch: Path, venv: Path = DEFAULT_VENV) -> dict[str,
 
 
 def require_nnunet(venv: Path) -> None:
+    """Stop (exit status 2) with one sentence saying how to install nnU-Net or where to point to it."""
     if not (venv / "bin" / "nnUNetv2_predict").is_file():
-        sys.exit(f"{venv}: nnU-Net not found; run /work/shared/tools/nnunet-peer/setup.sh")
+        print(f"{venv}: nnU-Net not found; run {NNUNET_SETUP} (from the project root), or name its virtualenv "
+              f"with --nnunet-venv or {NNUNET_VENV_VARIABLE}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def run_quietly(command: list[str], *, log: Path, environment: dict[str, str] | None = None) -> None:
@@ -57,9 +65,11 @@ def dataset_number(dataset_name: str) -> str:
 
 
 def prepare_nnunet(
-    dataset_name: str, *, scratch: Path, venv: Path = DEFAULT_VENV, configurations: tuple[str, ...] = ()
+    dataset_name: str, *, scratch: Path, venv: Path = DEFAULT_VENV, configurations: tuple[str, ...] = (),
+    datasets: Path = SHARED_DATASETS,
 ) -> Path:
-    """Fingerprint and plan with nnU-Net's own commands (and preprocess ``configurations``) unless already done.
+    """Fingerprint and plan with nnU-Net's own commands (and preprocess ``configurations``) unless already done;
+    the raw dataset is ``datasets / dataset_name``, linked into the scratch folder.
 
     Returns nnU-Net's preprocessed folder of the dataset (with ``nnUNetPlans.json``).
     """
@@ -68,7 +78,7 @@ def prepare_nnunet(
     raw.mkdir(parents=True, exist_ok=True)
     (scratch / "nnUNet_preprocessed").mkdir(exist_ok=True)
     if not (raw / dataset_name).exists():
-        (raw / dataset_name).symlink_to(SHARED_DATASETS / dataset_name)
+        (raw / dataset_name).symlink_to(datasets / dataset_name)
     preprocessed = scratch / "nnUNet_preprocessed" / dataset_name
     number = dataset_number(dataset_name)
     if not (preprocessed / "nnUNetPlans.json").is_file():

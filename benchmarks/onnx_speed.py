@@ -16,7 +16,7 @@ torch float32 almost exactly.
 Usage:
 
     python benchmarks/onnx_speed.py --model WORK/Dataset004_Hippocampus \
-        --dataset /work/shared/datasets/Dataset004_Hippocampus --cases 10 --threads 1 [-c 3d_fullres] [-f 0] \
+        --dataset ../shared/datasets/Dataset004_Hippocampus --cases 10 --threads 1 [-c 3d_fullres] [-f 0] \
         [--checkpoint final] [--onnx-folder DIR] [--no-tta]
 """
 

@@ -1,7 +1,7 @@
 """Benchmark: seconds per case of ``autoseg predict`` next to nnU-Net v2's ``nnUNetv2_predict`` on CPU.
 
-What is compared: both tools segment the same N real Hippocampus cases (a folder of symbolic links to
-/work/shared/datasets/Dataset004_Hippocampus/imagesTr) with one fold of a 3d_fullres U-Net, on the CPU, each with
+What is compared: both tools segment the same N real Hippocampus cases (a folder of symbolic links to the shared
+``Dataset004_Hippocampus/imagesTr``) with one fold of a 3d_fullres U-Net, on the CPU, each with
 its own defaults (worker processes, threads, sliding-window step, Gaussian weighting), once with test-time mirroring
 (TTA) and once without. The time is the wall time of the whole command divided by N, so start-up, reading,
 preprocessing, the network, resampling back and writing are all included, as a user would experience them.
@@ -17,9 +17,13 @@ printed so this can be checked). Both model folders are built in a scratch folde
 Runs of the two tools are interleaved round by round, and the 1-minute load average is printed next to every
 measurement, because the machine is shared and timings are noisy. The goal is autoseg/nnU-Net <= 0.5.
 
-Usage (nnU-Net installed by /work/shared/tools/nnunet-peer/setup.sh):
+Usage (nnU-Net installed by ``../shared/tools/nnunet-peer/setup.sh``, relative to the project root):
 
-    python benchmarks/predict_speed.py [--cases 10] [--rounds 2] [--scratch /tmp/predict_speed]
+    python benchmarks/predict_speed.py [--cases 10] [--rounds 2] [--scratch FOLDER] [--datasets-root FOLDER]
+        [--nnunet-venv FOLDER]
+
+The shared datasets and nnU-Net's virtualenv default to ``$AUTOSEG_TEST_DATA`` (else ``../shared/datasets``) and
+``$NNUNET_PEER_VENV`` (else the setup script's default); see ``benchmarks/locations.py``.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from locations import add_datasets_root_argument, add_nnunet_venv_argument, require_datasets
 from nnunet_peer import (
-    DEFAULT_VENV,
     SHARED_DATASETS,
     load_average,
     nnunet_environment,
@@ -45,7 +49,6 @@ from nnunet_peer import (
 )
 
 DATASET_NAME = "Dataset004_Hippocampus"
-SHARED_DATASET = SHARED_DATASETS / DATASET_NAME
 CONFIGURATION = "3d_fullres"
 
 # Runs inside nnU-Net's virtual environment: initialise nnU-Net's own network for its 3d_fullres plan and store it
@@ -72,10 +75,10 @@ torch.save({"network_weights": network.state_dict(), "init_args": {"configuratio
 """
 
 
-def build_nnunet_model(*, scratch: Path, venv: Path) -> int:
+def build_nnunet_model(*, scratch: Path, venv: Path, datasets: Path = SHARED_DATASETS) -> int:
     """Fingerprint and plan with nnU-Net's commands, then write a random-weight fold 0; return its parameter count."""
     environment = nnunet_environment(scratch=scratch, venv=venv)
-    preprocessed = prepare_nnunet(DATASET_NAME, scratch=scratch, venv=venv)
+    preprocessed = prepare_nnunet(DATASET_NAME, scratch=scratch, venv=venv, datasets=datasets)
     output = scratch / "nnUNet_results" / DATASET_NAME / f"nnUNetTrainer__nnUNetPlans__{CONFIGURATION}"
     result = subprocess.run(
         [str(venv / "bin" / "python"), "-c", NNUNET_MODEL_SCRIPT, str(preprocessed), str(output)],
@@ -84,7 +87,7 @@ def build_nnunet_model(*, scratch: Path, venv: Path) -> int:
     return int(result.stdout.split()[-1])
 
 
-def build_autoseg_model(*, scratch: Path) -> tuple[Path, int]:
+def build_autoseg_model(*, scratch: Path, datasets: Path = SHARED_DATASETS) -> tuple[Path, int]:
     """Plan with ``autoseg plan``, then write a random-weight fold 0 checkpoint; return the model folder and size."""
     import torch
 
@@ -96,12 +99,13 @@ def build_autoseg_model(*, scratch: Path) -> tuple[Path, int]:
 
     work = scratch / "autoseg_work"
     model = work / DATASET_NAME
+    raw = datasets / DATASET_NAME
     if not (model / "plans.json").is_file():
-        command = [sys.executable, "-m", "autoseg", "plan", str(SHARED_DATASET), "--work-dir", str(work),
+        command = [sys.executable, "-m", "autoseg", "plan", str(raw), "--work-dir", str(work),
                    "--workers", "2"]
         run_quietly(command, log=scratch / "autoseg_plan.log")
     if not (model / "dataset.json").is_file():
-        write_json(model / "dataset.json", load_raw_dataset(SHARED_DATASET).to_dict())
+        write_json(model / "dataset.json", load_raw_dataset(raw).to_dict())
     configuration = load_plans(model / "plans.json").configuration(CONFIGURATION)
     torch.manual_seed(0)
     network = build_network(configuration, in_channels=1, out_channels=3)
@@ -113,12 +117,12 @@ def build_autoseg_model(*, scratch: Path) -> tuple[Path, int]:
     return model, sum(parameter.numel() for parameter in network.parameters())
 
 
-def link_cases(*, scratch: Path, cases: int) -> Path:
+def link_cases(*, scratch: Path, cases: int, datasets: Path = SHARED_DATASETS) -> Path:
     """A folder of symbolic links to the first ``cases`` Hippocampus images (no copies of the shared data)."""
     folder = scratch / "input"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    images = sorted((SHARED_DATASET / "imagesTr").glob("*_0000.nii.gz"))[:cases]
+    images = sorted((datasets / DATASET_NAME / "imagesTr").glob("*_0000.nii.gz"))[:cases]
     for image in images:
         (folder / image.name).symlink_to(image)
     return folder
@@ -176,8 +180,10 @@ def main() -> int:
     parser.add_argument(
         "--scratch", type=Path, default=None, help="folder for models and outputs (default: a temporary one, removed)"
     )
-    parser.add_argument("--nnunet-venv", type=Path, default=DEFAULT_VENV)
+    add_datasets_root_argument(parser)
+    add_nnunet_venv_argument(parser)
     args = parser.parse_args()
+    require_datasets(args.datasets_root, [DATASET_NAME])
     require_nnunet(args.nnunet_venv)
 
     temporary = None if args.scratch else tempfile.TemporaryDirectory(prefix="predict_speed_")
@@ -185,10 +191,10 @@ def main() -> int:
     scratch.mkdir(parents=True, exist_ok=True)
     try:
         print(f"building both random-weight models in {scratch} (not timed) ...", flush=True)
-        model, autoseg_parameters = build_autoseg_model(scratch=scratch)
-        nnunet_parameters = build_nnunet_model(scratch=scratch, venv=args.nnunet_venv)
+        model, autoseg_parameters = build_autoseg_model(scratch=scratch, datasets=args.datasets_root)
+        nnunet_parameters = build_nnunet_model(scratch=scratch, venv=args.nnunet_venv, datasets=args.datasets_root)
         print(f"parameters: autoseg {autoseg_parameters:,}, nnU-Net {nnunet_parameters:,}")
-        input_folder = link_cases(scratch=scratch, cases=args.cases)
+        input_folder = link_cases(scratch=scratch, cases=args.cases, datasets=args.datasets_root)
         commands = measurements(
             scratch=scratch, venv=args.nnunet_venv, model=model, input_folder=input_folder, cases=args.cases
         )

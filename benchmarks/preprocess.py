@@ -6,9 +6,13 @@ work (read, crop, normalise, resample, sample class locations, store, copy the g
 planning are set-up and not timed, for either tool. Runs alternate between the tools and the median is reported,
 because the machine is shared and timings are noisy.
 
-Usage (nnU-Net installed by /work/shared/tools/nnunet-peer/setup.sh):
+Usage (nnU-Net installed by ``../shared/tools/nnunet-peer/setup.sh``, relative to the project root):
 
     python benchmarks/preprocess.py [--datasets Dataset004_Hippocampus Dataset018_HC18] [--workers 2] [--repeats 3]
+        [--scratch FOLDER] [--datasets-root FOLDER] [--nnunet-venv FOLDER]
+
+The shared datasets and nnU-Net's virtualenv default to ``$AUTOSEG_TEST_DATA`` (else ``../shared/datasets``) and
+``$NNUNET_PEER_VENV`` (else the setup script's default); see ``benchmarks/locations.py``.
 
 Peak memory is sampled every 0.1 s over the whole process tree of each run: "sum" is the largest total over all
 processes at one moment (what the machine must hold), "largest process" the largest single process.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -27,8 +32,15 @@ import threading
 import time
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPOSITORY.parent / "shared" / "datasets"
+from locations import (
+    NNUNET_SETUP,
+    REPOSITORY,
+    add_datasets_root_argument,
+    add_nnunet_venv_argument,
+    require_datasets,
+    scratch_folder,
+)
+
 DEFAULT_DATASETS = ("Dataset004_Hippocampus", "Dataset018_HC18")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -90,14 +102,15 @@ def nnunet_environment(scratch: Path) -> dict[str, str]:
     return environment
 
 
-def nnunet_shell(env_script: Path, scratch: Path, command: str) -> str:
-    """A bash line: activate nnU-Net's environment, then point it at our own folders (env.sh sets shared ones)."""
+def nnunet_shell(venv: Path, scratch: Path, command: str) -> str:
+    """A bash line: activate nnU-Net's virtualenv, then point it at our own folders."""
     variables = nnunet_environment(scratch)
-    exports = " ".join(f"{key}={variables[key]}" for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"))
-    return f"source {env_script} >/dev/null && export {exports} && {command}"
+    exports = " ".join(f"{key}={shlex.quote(variables[key])}"
+                       for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"))
+    return f"source {shlex.quote(str(venv / 'bin' / 'activate'))} >/dev/null && export {exports} && {command}"
 
 
-def prepare_nnunet(dataset: str, *, scratch: Path, env_script: Path, workers: int) -> dict:
+def prepare_nnunet(dataset: str, *, scratch: Path, venv: Path, workers: int, datasets: Path) -> dict:
     """Link the raw dataset, fingerprint and plan with nnU-Net (not timed); return its plans."""
     environment = nnunet_environment(scratch)
     raw = scratch / "nnUNet_raw"
@@ -105,12 +118,12 @@ def prepare_nnunet(dataset: str, *, scratch: Path, env_script: Path, workers: in
     (scratch / "nnUNet_preprocessed").mkdir(exist_ok=True)
     link = raw / dataset
     if not link.exists():
-        link.symlink_to(SHARED_DATASETS / dataset)
+        link.symlink_to(datasets / dataset)
     plans_path = scratch / "nnUNet_preprocessed" / dataset / "nnUNetPlans.json"
     if not plans_path.is_file():
         number = int(dataset[len("Dataset"):len("Dataset") + 3])
         command = f"nnUNetv2_extract_fingerprint -d {number} -np {workers} && nnUNetv2_plan_experiment -d {number}"
-        timed_run(nnunet_shell(env_script, scratch, command), environment=environment, shell=True)
+        timed_run(nnunet_shell(venv, scratch, command), environment=environment, shell=True)
     return json.loads(plans_path.read_text())
 
 
@@ -165,7 +178,8 @@ def autoseg_plans_from_nnunet(nnunet_plans: dict, fingerprint: dict, configurati
     }
 
 
-def prepare_autoseg(dataset: str, *, scratch: Path, nnunet_plans: dict, configuration: str, workers: int) -> Path:
+def prepare_autoseg(dataset: str, *, scratch: Path, nnunet_plans: dict, configuration: str, workers: int,
+                    datasets: Path) -> Path:
     """Fingerprint with autoseg (not timed) and write the nnU-Net-equivalent plans.json; return the work folder."""
     sys.path.insert(0, str(REPOSITORY))
     from autoseg.data.raw_folder import load_raw_dataset
@@ -174,7 +188,7 @@ def prepare_autoseg(dataset: str, *, scratch: Path, nnunet_plans: dict, configur
     from autoseg.utils.files import write_json
 
     work_dir = scratch / "autoseg_work"
-    raw = load_raw_dataset(SHARED_DATASETS / dataset)
+    raw = load_raw_dataset(datasets / dataset)
     fingerprint = compute_fingerprint(raw, WorkFolder.for_dataset(work_dir, raw.root), workers=workers)
     plans = autoseg_plans_from_nnunet(nnunet_plans, fingerprint, configuration)
     write_json(work_dir / dataset / "plans.json", plans)
@@ -293,15 +307,20 @@ def main() -> int:
     parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/autoseg_preprocess_benchmark"))
-    parser.add_argument("--nnunet-env", type=Path, default=Path("/tmp/nnunet-peer/env.sh"))
+    parser.add_argument("--scratch", type=Path, default=scratch_folder("autoseg_preprocess_benchmark"),
+                        help="default: autoseg_preprocess_benchmark in the system's temporary folder")
+    add_datasets_root_argument(parser)
+    add_nnunet_venv_argument(parser)
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--resampling-only", action="store_true", help="only time resampling against scipy/skimage")
     parser.add_argument("--storage-only", action="store_true",
                         help="only measure storage formats on an earlier run's autoseg output in --scratch")
     args = parser.parse_args()
-    if not args.nnunet_env.is_file() and not args.resampling_only:
-        parser.error(f"{args.nnunet_env}: nnU-Net environment not found; run /work/shared/tools/nnunet-peer/setup.sh")
+    if not (args.nnunet_venv / "bin" / "activate").is_file() and not args.resampling_only:
+        parser.error(f"{args.nnunet_venv}: nnU-Net's virtualenv not found; run {NNUNET_SETUP} (from the project "
+                     "root), or name it with --nnunet-venv or NNUNET_PEER_VENV")
+    if not args.resampling_only and not args.storage_only:
+        require_datasets(args.datasets_root, args.datasets)
     args.scratch.mkdir(parents=True, exist_ok=True)
     results = {}
     if args.resampling_only:
@@ -317,15 +336,16 @@ def main() -> int:
                 print(f"{dataset:<24}{name:<16}{numbers['disk_mb']:>8.1f} MB{numbers['patch_read_ms']:>9.2f} ms/patch")
         return 0
     for dataset in args.datasets:
-        nnunet_plans = prepare_nnunet(dataset, scratch=args.scratch, env_script=args.nnunet_env, workers=args.workers)
+        nnunet_plans = prepare_nnunet(dataset, scratch=args.scratch, venv=args.nnunet_venv, workers=args.workers,
+                                      datasets=args.datasets_root)
         configuration = nnunet_configuration_name(nnunet_plans)
         work_dir = prepare_autoseg(dataset, scratch=args.scratch, nnunet_plans=nnunet_plans,
-                                   configuration=configuration, workers=args.workers)
+                                   configuration=configuration, workers=args.workers, datasets=args.datasets_root)
         number = int(dataset[len("Dataset"):len("Dataset") + 3])
         nnunet_output = args.scratch / "nnUNet_preprocessed" / dataset
-        nnunet_command = nnunet_shell(args.nnunet_env, args.scratch,
+        nnunet_command = nnunet_shell(args.nnunet_venv, args.scratch,
                                       f"nnUNetv2_preprocess -d {number} -c {configuration} -np {args.workers}")
-        autoseg_command = [sys.executable, "-m", "autoseg", "preprocess", str(SHARED_DATASETS / dataset),
+        autoseg_command = [sys.executable, "-m", "autoseg", "preprocess", str(args.datasets_root / dataset),
                            "-c", configuration, "--work-dir", str(work_dir), "--workers", str(args.workers)]
         runs: dict[str, list[dict]] = {"nnunet": [], "autoseg": []}
         for repeat in range(args.repeats):

@@ -19,8 +19,11 @@ compared with must see the same CPUs). ``--quick`` trains 2 configurations for 2
 
 Usage::
 
-    python benchmarks/throughput_model.py [--quick] [--scratch /tmp/throughput_model] [--cached-model] [--out F]
+    python benchmarks/throughput_model.py [--quick] [--scratch FOLDER] [--cached-model] [--out F]
     python benchmarks/throughput_model.py --refit F [--exclude-probe NAME ...]   # another probe set, offline
+
+The shared datasets are read from ``--datasets-root`` (default ``$AUTOSEG_TEST_DATA``, else ``../shared/datasets``
+beside the project root); the scratch folder defaults to ``throughput_model`` in the system's temporary folder.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
 import torch  # noqa: E402
+from locations import add_datasets_root_argument, require_datasets, scratch_folder  # noqa: E402
 
 from autoseg.data.raw_folder import load_raw_dataset  # noqa: E402
 from autoseg.pipeline.plan_dataset import plan_dataset  # noqa: E402
@@ -56,7 +60,6 @@ from autoseg.utils.files import read_json, write_json  # noqa: E402
 from autoseg.utils.precision import resolve_precision  # noqa: E402
 from autoseg.utils.threads import available_cpus  # noqa: E402
 
-SHARED_DATASETS = REPOSITORY.parent / "shared" / "datasets"
 HIPPOCAMPUS, HC18 = "Dataset004_Hippocampus", "Dataset018_HC18"
 TOLERANCE = 0.20
 REQUIRED_WITHIN = 10  # configurations predicted within TOLERANCE (the goal in docs/planning.md)
@@ -139,9 +142,10 @@ VARIANTS = (
 QUICK_VARIANTS = ("Hippocampus 3d_fullres batch 2", "Hippocampus 2d batch 64")
 
 
-def prepare(dataset_name: str, scratch: Path, cases: int, configurations: list[str]) -> tuple[RawDataset, WorkFolder]:
+def prepare(dataset_name: str, scratch: Path, cases: int, configurations: list[str],
+            datasets: Path) -> tuple[RawDataset, WorkFolder]:
     """Plan the whole dataset (plans as `autoseg plan` makes them) and preprocess the first ``cases`` cases."""
-    root = SHARED_DATASETS / dataset_name
+    root = datasets / dataset_name
     work = WorkFolder.for_dataset(scratch / "work", root)
     if not work.plans.is_file():
         print(f"planning {dataset_name} ...", flush=True)
@@ -264,8 +268,10 @@ def refit(result_path: Path, excluded_probes: list[str]) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {' and '.join(QUICK_VARIANTS)}, 2 iterations")
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/throughput_model"),
-                        help="working folder for plans, preprocessed subsets and training runs (kept for reruns)")
+    parser.add_argument("--scratch", type=Path, default=scratch_folder("throughput_model"),
+                        help="working folder for plans, preprocessed subsets and training runs (kept for reruns; "
+                             "default: throughput_model in the system's temporary folder)")
+    add_datasets_root_argument(parser)
     parser.add_argument("--cases", type=int, default=None, help="cases preprocessed per dataset (default 24; 8 quick)")
     parser.add_argument("--device", default=None, help="cpu, cuda... (default: the best available)")
     parser.add_argument("--precision", default="auto")
@@ -288,10 +294,12 @@ def main() -> int:
     variants = [variant for variant in VARIANTS if not args.quick or variant.name in QUICK_VARIANTS]
     cases = args.cases or (8 if args.quick else 24)
     scratch = args.scratch.resolve()
+    dataset_names = list(dict.fromkeys(variant.dataset for variant in variants))
+    require_datasets(args.datasets_root, dataset_names)
     prepared = {}
-    for dataset_name in dict.fromkeys(variant.dataset for variant in variants):
+    for dataset_name in dataset_names:
         configurations = sorted({variant.configuration for variant in variants if variant.dataset == dataset_name})
-        prepared[dataset_name] = prepare(dataset_name, scratch, cases, configurations)
+        prepared[dataset_name] = prepare(dataset_name, scratch, cases, configurations, args.datasets_root)
     model = (machine_throughput if args.cached_model else measure_throughput)(device, precision)
     print_model(model)
     rows = []

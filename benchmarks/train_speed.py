@@ -14,9 +14,14 @@ autoseg's: the throughput of autoseg relative to nnU-Net (goal >= 1.5). autoseg 
 precision (``auto``: bfloat16 autocast on CPUs with native bfloat16, else float32) and in float32, nnU-Net's only
 precision on CPU.
 
-Usage (nnU-Net installed by /work/shared/tools/nnunet-peer/setup.sh; a few dozen iterations take ~15 minutes):
+Usage (nnU-Net installed by ``../shared/tools/nnunet-peer/setup.sh``, relative to the project root; a few dozen
+iterations take ~15 minutes):
 
-    python benchmarks/train_speed.py [--datasets Dataset004_Hippocampus Dataset018_HC18] [--scratch /tmp/train_speed]
+    python benchmarks/train_speed.py [--datasets Dataset004_Hippocampus Dataset018_HC18] [--scratch FOLDER]
+        [--datasets-root FOLDER] [--nnunet-venv FOLDER]
+
+The shared datasets and nnU-Net's virtualenv default to ``$AUTOSEG_TEST_DATA`` (else ``../shared/datasets``) and
+``$NNUNET_PEER_VENV`` (else the setup script's default); see ``benchmarks/locations.py``.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from locations import add_datasets_root_argument, add_nnunet_venv_argument, require_datasets
 from nnunet_peer import (
-    DEFAULT_VENV,
     SHARED_DATASETS,
     load_average,
     nnunet_environment,
@@ -75,9 +80,11 @@ os._exit(0)  # the augmentation workers are daemons; do not wait for nnU-Net's e
 """
 
 
-def measure_nnunet(dataset: str, *, scratch: Path, venv: Path, warmup: int, timed: int) -> dict:
+def measure_nnunet(dataset: str, *, scratch: Path, venv: Path, warmup: int, timed: int,
+                   datasets: Path = SHARED_DATASETS) -> dict:
     configuration = CONFIGURATIONS[dataset]
-    preprocessed = prepare_nnunet(dataset, scratch=scratch, venv=venv, configurations=(configuration,))
+    preprocessed = prepare_nnunet(dataset, scratch=scratch, venv=venv, configurations=(configuration,),
+                                  datasets=datasets)
     log = scratch / f"nnunet_train_{dataset}.log"
     command = [str(venv / "bin" / "python"), "-c", NNUNET_TRAINING_SCRIPT, str(preprocessed), configuration,
                str(warmup), str(timed)]
@@ -85,29 +92,30 @@ def measure_nnunet(dataset: str, *, scratch: Path, venv: Path, warmup: int, time
     return json.loads(next(line for line in reversed(log.read_text().splitlines()) if line.startswith("{")))
 
 
-def prepare_autoseg(dataset: str, *, scratch: Path) -> Path:
+def prepare_autoseg(dataset: str, *, scratch: Path, datasets: Path = SHARED_DATASETS) -> Path:
     """``autoseg plan`` and ``autoseg preprocess`` of the configuration into ``scratch/autoseg_work`` (once)."""
     work = scratch / "autoseg_work"
     configuration = CONFIGURATIONS[dataset]
     folder = work / dataset
     if not (folder / "preprocessed" / configuration).is_dir():
-        for stage in (["plan", str(SHARED_DATASETS / dataset)],
-                      ["preprocess", str(SHARED_DATASETS / dataset), "-c", configuration]):
+        for stage in (["plan", str(datasets / dataset)],
+                      ["preprocess", str(datasets / dataset), "-c", configuration]):
             run_quietly([sys.executable, "-m", "autoseg", *stage, "--work-dir", str(work)],
                         log=scratch / f"autoseg_{stage[0]}_{dataset}.log")
     return folder
 
 
-def measure_autoseg(dataset: str, *, scratch: Path, warmup: int, timed: int, batch_size: int, precision: str) -> dict:
+def measure_autoseg(dataset: str, *, scratch: Path, warmup: int, timed: int, batch_size: int, precision: str,
+                    datasets: Path = SHARED_DATASETS) -> dict:
     """``autoseg train`` with epochs of ``warmup`` steps: the first epoch warms up, the next ones are timed.
 
     The timings come from the fold's ``log.jsonl`` (``train_seconds``, ``data_wait_seconds`` per epoch)."""
-    folder = prepare_autoseg(dataset, scratch=scratch)
+    folder = prepare_autoseg(dataset, scratch=scratch, datasets=datasets)
     configuration = CONFIGURATIONS[dataset]
     epochs = 1 + -(-timed // warmup)
     fold_folder = folder / "models" / configuration / "fold_0"
     shutil.rmtree(fold_folder, ignore_errors=True)  # a fresh run, not a resumed one
-    command = [sys.executable, "-m", "autoseg", "train", str(SHARED_DATASETS / dataset), configuration, "0",
+    command = [sys.executable, "-m", "autoseg", "train", str(datasets / dataset), configuration, "0",
                "--work-dir", str(scratch / "autoseg_work"), "--epochs", str(epochs),
                "--iterations-per-epoch", str(warmup), "--validation-iterations", "0", "--no-validation-prediction",
                "--batch-size", str(batch_size), "--precision", precision]
@@ -133,8 +141,10 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=None, help="timed steps (default 16 Hippocampus, 4 HC18)")
     parser.add_argument("--scratch", type=Path, default=None,
                         help="folder for preprocessed data and logs (default: a temporary one, removed)")
-    parser.add_argument("--nnunet-venv", type=Path, default=DEFAULT_VENV)
+    add_datasets_root_argument(parser)
+    add_nnunet_venv_argument(parser)
     args = parser.parse_args()
+    require_datasets(args.datasets_root, args.datasets)
     require_nnunet(args.nnunet_venv)
 
     import torch
@@ -151,8 +161,10 @@ def main() -> int:
             warmup, timed = DEFAULT_ITERATIONS[dataset]
             warmup, timed = args.warmup or warmup, args.iterations or timed
             print(f"{dataset} {CONFIGURATIONS[dataset]}: preparing both tools (not timed) ...", flush=True)
-            nnunet = measure_nnunet(dataset, scratch=scratch, venv=args.nnunet_venv, warmup=warmup, timed=timed)
-            plan = json.loads((prepare_autoseg(dataset, scratch=scratch) / "plans.json").read_text())
+            nnunet = measure_nnunet(dataset, scratch=scratch, venv=args.nnunet_venv, warmup=warmup, timed=timed,
+                                    datasets=args.datasets_root)
+            plan = json.loads((prepare_autoseg(dataset, scratch=scratch, datasets=args.datasets_root)
+                               / "plans.json").read_text())
             ours = plan["configurations"][CONFIGURATIONS[dataset]]
             print(f"  plans: nnU-Net patch {nnunet['patch_size']} batch {nnunet['batch_size']}; "
                   f"autoseg patch {ours.get('patch_size')} batch {ours.get('batch_size')}", flush=True)
@@ -160,7 +172,7 @@ def main() -> int:
             for precision in dict.fromkeys([default_precision, "float32"]):
                 results[f"autoseg ({precision})"] = measure_autoseg(
                     dataset, scratch=scratch, warmup=warmup, timed=timed, batch_size=nnunet["batch_size"],
-                    precision=precision,
+                    precision=precision, datasets=args.datasets_root,
                 )
             reference = per_iteration(nnunet)[0]
             for label, result in results.items():

@@ -16,7 +16,7 @@ A dataset's working folder is ``WORK/<dataset folder name>/``; an exported model
     postprocessing.json     the post-processing decision (PostprocessingDecision)
 
 Example:
-    >>> work = WorkFolder(Path("/work/Dataset004_Hippocampus"))
+    >>> work = WorkFolder(Path("autoseg_work/Dataset004_Hippocampus"))
     >>> work.fold("3d_fullres", 0).relative_to(work.root).as_posix()
     'models/3d_fullres/fold_0'
     >>> work.checkpoint("3d_fullres", "all", "final").name

@@ -99,8 +99,8 @@ def describe_file_system_error(error: OSError, *, fallback_path: str | os.PathLi
     """One sentence naming the file and the fix for a full, read-only or forbidden file system; None for others.
 
     Example:
-        >>> describe_file_system_error(OSError(errno.ENOSPC, "No space left on device", "/work/plans.json"))
-        '/work/plans.json: no space left on the device; free some space ...'
+        >>> describe_file_system_error(OSError(errno.ENOSPC, "No space left on device", "autoseg_work/plans.json"))
+        'autoseg_work/plans.json: no space left on the device; free some space ...'
     """
     problem = _FILE_SYSTEM_PROBLEMS.get(error.errno)
     if problem is None:

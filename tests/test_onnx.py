@@ -27,8 +27,13 @@ from autoseg.inference.onnx_engine import ONNX_RECIPE, load_onnx_ensemble
 from autoseg.io.images import read_image, read_image_header
 from autoseg.utils.files import sha256_file, write_json
 
-onnx = require_module("onnx", extra="onnx")
-require_module("onnxruntime", extra="onnx")
+
+@pytest.fixture(scope="session", autouse=True)  # before the data fixtures and the exports
+def _onnx_extra() -> None:
+    """Every test here needs the ``onnx`` extra: skipped without it (a failure, per test, where all must run)."""
+    require_module("onnx", extra="onnx")
+    require_module("onnxruntime", extra="onnx")
+
 
 POSTPROCESSING = {"keep_largest_foreground": False, "keep_largest_per_class": [1, 2], "connectivity": "full"}
 
@@ -88,6 +93,7 @@ def test_export_writes_a_verified_graph_per_fold_and_the_records_prediction_need
         path = exported / record["file"]
         assert sha256_file(path) == record["sha256"]
         assert record["max_abs_difference_to_torch"] < 1e-3
+        onnx = require_module("onnx", extra="onnx")
         graph = onnx.load(str(path))
         onnx.checker.check_model(graph)
         assert [value.name for value in graph.graph.input] == [recipe["input_name"]]

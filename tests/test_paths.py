@@ -38,10 +38,11 @@ THIS_FILE = Path(__file__).resolve()
 
 
 def tracked_files() -> list[Path]:
-    """The files git knows, plus new ones not ignored (they are what the next commit adds)."""
+    """The files git tracks (staged ones included); never a user's untracked files, such as a virtualenv in the
+    clone, whose scripts name its absolute folder."""
     try:
         completed = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            ["git", "ls-files", "-z", "--cached"],
             cwd=REPOSITORY, capture_output=True, timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired) as error:

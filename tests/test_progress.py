@@ -82,6 +82,19 @@ def test_plain_lines_come_at_most_once_per_interval_then_a_final_line() -> None:
     assert lines[-1] == "preprocess: 1000 cases in 1 min 40 s, loss 0.1234"
 
 
+def test_open_ended_work_reports_as_it_goes() -> None:
+    """Work of unknown length (an iterable without a length) still writes a line per interval, not silence."""
+    clock, stream = FakeClock(), io.StringIO()
+    with LineProgress(total=None, description="collect", stream=stream, clock=clock) as display:
+        for _ in range(3):
+            clock.now += LINE_INTERVAL_SECONDS
+            display.update()
+    assert stream.getvalue().splitlines() == [
+        "collect: 1 case, 30 s", "collect: 2 cases, 1 min 00 s", "collect: 3 cases, 1 min 30 s",
+        "collect: 3 cases in 1 min 30 s",
+    ]
+
+
 def test_plain_lines_stop_without_a_final_line_when_the_work_fails() -> None:
     clock, stream = FakeClock(), io.StringIO()
     failing = LineProgress(total=10, description="predict", stream=stream, clock=clock)

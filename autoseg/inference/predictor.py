@@ -216,8 +216,9 @@ class Predictor:
             folds: fold numbers and/or ``"all"``; None = every trained fold (or the recommended ones).
             checkpoint: ``final``, ``best`` or ``latest``.
             device: ``auto`` (CUDA > MPS > CPU), ``cpu``, ``cuda``, ``cuda:1``...
-            adapt: a test-time appearance adaptation method (``normaliser`` or ``adversarial``; the folds need
-                the adapter ``autoseg train-adapter`` writes), or None.
+            adapt: a test-time appearance adaptation method (``standardise``, ``normaliser`` or ``adversarial``;
+                the folds need the record ``autoseg train-adapter`` writes, which ``autoseg run`` writes for
+                ``standardise``), or None.
 
         Raises:
             UserError: the folder, configuration, a fold or a checkpoint is missing or does not fit the plan.

@@ -18,13 +18,14 @@ import torch
 
 from autoseg.errors import UserError
 from autoseg.inference.adaptation import train_fold_adapter
-from autoseg.inference.adaptation.adapter import AdapterTrainingSettings, collect_source_windows
+from autoseg.inference.adaptation.adapter import ADAPTATION_FILE, AdapterTrainingSettings, collect_source_windows
 from autoseg.inference.predictor import Predictor
 from autoseg.pipeline.schedule import describe_duration
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.plans import load_plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.splits import read_splits
+from autoseg.utils.files import read_json, sha256_file
 
 # The sample ``docs/adaptation.md`` measured standardisation with (``train-adapter --max-cases 32``). Each case is
 # one sliding-window prediction, a fraction of what predicting the fold's validation cases costs.
@@ -71,10 +72,9 @@ def record_fold_adapter(
 
 
 def record_standardisation(
-    fold_folder: Path, *, work_folder: WorkFolder, configuration_name: str, fold: int | str, device: str,
-    precision: str = "auto", **_context: Any,
+    *, work_folder: WorkFolder, configuration_name: str, fold: int | str, device: str, precision: str = "auto",
 ) -> dict[str, Any]:
-    """After-training hook: record what ``predict --adapt standardise`` needs for the fold's final checkpoint.
+    """Record what ``predict --adapt standardise`` needs for the fold's final checkpoint.
 
     Predicts ``RUN_STANDARDISATION_CASES`` of the fold's training cases as ``predict`` does (mirroring on). A
     cascade is skipped: test-time adaptation does not support it.
@@ -91,29 +91,48 @@ def record_standardisation(
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def _folds_to_record(work: WorkFolder, recipe: InferenceRecipe) -> list[tuple[str, str]]:
+    """``(configuration, fold)`` of the selected model whose final checkpoint has no standardisation record yet
+    (folds None: every trained fold); a record made for an earlier checkpoint of a retrained fold does not count."""
+    pairs = []
+    for model in recipe.models:
+        folds = ([str(fold) for fold in model.folds] if model.folds else
+                 [path.name.removeprefix("fold_") for path in work.trained_folds(model.configuration, "final")])
+        for fold in folds:
+            record = work.adaptation(model.configuration, fold) / ADAPTATION_FILE
+            checkpoint = work.checkpoint(model.configuration, fold, "final")
+            if not (record.is_file() and read_json(record).get("checkpoint_sha256") == sha256_file(checkpoint)):
+                pairs.append((model.configuration, fold))
+    return pairs
+
+
 def standardisation_stage(
     work: WorkFolder, recipe: InferenceRecipe, *, device: str, precision: str, seconds_left: float | None,
     case_seconds: Callable[[str], float | None],
 ) -> None:
-    """Record ``standardise`` for every fold of the selected model that lacks it, when ``seconds_left`` (None: no
-    budget) pays for the predictions it takes; otherwise say how to record it later."""
-    folds = [(model.configuration, fold) for model in recipe.models for fold in (model.folds or ())
-             if not (work.adaptation(model.configuration, str(fold)) / "adaptation.json").is_file()]
+    """Record ``standardise`` for the selected model's folds that lack it, when its predictions are estimated at no
+    more than half of ``seconds_left`` (None: no budget; the estimate counts network passes only, not reading and
+    preprocessing the cases); otherwise, or when recording fails, say how to record it later. Never raises: the
+    run's model and report do not depend on it."""
+    folds = _folds_to_record(work, recipe)
     if not folds:
         return
+    later = f"`autoseg train-adapter {work.root}` records it later, then `predict --adapt` works"
     training_cases = len(read_splits(work.splits)[0]["train"]) if work.splits.is_file() else RUN_STANDARDISATION_CASES
     cases = min(RUN_STANDARDISATION_CASES, training_cases)
     estimates = [case_seconds(configuration) for configuration, _ in folds]
     needed = None if None in estimates else cases * sum(estimates)
-    if seconds_left is not None and (needed is None or needed > seconds_left):
-        print(f"not recording test-time standardisation ({len(folds)} fold(s) x {cases} training cases): the budget "
-              f"has {describe_duration(max(0.0, seconds_left))} left; `autoseg train-adapter {work.root}` records "
-              "it later, then `predict --adapt` works")
+    if seconds_left is not None and (needed is None or needed > seconds_left / 2):
+        cost = "of unknown cost" if needed is None else f"about {describe_duration(needed)}"
+        print(f"not recording test-time standardisation ({len(folds)} fold(s) x {cases} training cases, {cost}): the "
+              f"budget has {describe_duration(max(0.0, seconds_left))} left; {later}")
         return
     for configuration, fold in folds:
-        outcome = record_standardisation(work.fold(configuration, fold), work_folder=work,
-                                         configuration_name=configuration, fold=fold, device=device,
-                                         precision=precision)
-        print(f"test-time standardisation of {configuration} fold {fold}: "
-              + (outcome["skipped"] if "skipped" in outcome else f"{outcome['cases']} cases in {outcome['seconds']} s"),
-              flush=True)
+        try:
+            outcome = record_standardisation(work_folder=work, configuration_name=configuration, fold=fold,
+                                             device=device, precision=precision)
+        except (UserError, OSError) as error:
+            print(f"test-time standardisation of {configuration} fold {fold} not recorded ({error}); {later}")
+            continue
+        done = outcome["skipped"] if "skipped" in outcome else f"{outcome['cases']} cases in {outcome['seconds']} s"
+        print(f"test-time standardisation of {configuration} fold {fold}: {done}", flush=True)

@@ -14,7 +14,6 @@ from typing import Any
 from autoseg.evaluation.folders import evaluate_against_ground_truth
 from autoseg.inference.next_stage import prepare_previous_stage_maps
 from autoseg.inference.predictor import Predictor
-from autoseg.pipeline.adaptation import record_standardisation
 from autoseg.records.dataset import RawDataset
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.loop import TrainingComponents, default_components
@@ -63,11 +62,9 @@ def predict_validation_cases(
 
 
 def training_components() -> TrainingComponents:
-    """The training loop's parts plus what needs inference: cascade inputs, validation prediction and the record of
-    test-time intensity standardisation (``autoseg.pipeline.adaptation``)."""
+    """The training loop's parts plus what needs inference: cascade inputs and validation prediction."""
     return dataclasses.replace(
         default_components(),
         prepare_previous_stage=prepare_previous_stage_maps,
-        after_training_hooks={"predict_validation": predict_validation_cases,
-                              "record_standardisation": record_standardisation},
+        after_training_hooks={"predict_validation": predict_validation_cases},
     )

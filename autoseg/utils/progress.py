@@ -92,7 +92,8 @@ class LineProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = self.clock()
-        if self.interval is not None and now - self.last_line >= self.interval and not self._complete():
+        unfinished = self.total is None or self.n < self.total  # open-ended work reports as it goes too
+        if self.interval is not None and now - self.last_line >= self.interval and unfinished:
             self.last_line = now
             self._write(self._progress_line(now))
 

@@ -40,6 +40,7 @@ from locations import (
     require_datasets,
     scratch_folder,
 )
+from provenance import provenance
 
 DEFAULT_DATASETS = ("Dataset004_Hippocampus", "Dataset018_HC18")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -391,7 +392,10 @@ def main() -> int:
         for name, numbers in summary["storage"].items():
             print(f"  {dataset:<24}{name:<16}{numbers['disk_mb']:>8.1f} MB{numbers['patch_read_ms']:>9.2f} ms/patch")
     if args.output:
-        args.output.write_text(json.dumps(results, indent=2))
+        command = (f"python benchmarks/preprocess.py --datasets {' '.join(args.datasets)} --workers {args.workers} "
+                   f"--repeats {args.repeats}")
+        record = {"command": command, "provenance": provenance(), "results": results}
+        args.output.write_text(json.dumps(record, indent=2))
     return 0
 
 

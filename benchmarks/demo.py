@@ -28,6 +28,7 @@ from provenance import REPOSITORY, provenance
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.files import read_json, write_json
+from autoseg.utils.progress import format_duration
 
 DEMO_DATASET = "Dataset990_Demo3D"
 
@@ -102,8 +103,7 @@ def main() -> int:
         "log": log_shape(log, work),
     }
     write_json(args.out, result)
-    minutes, rest = divmod(round(seconds), 60)
-    print(f"demo: {minutes} min {rest:02d} s, {result['configuration']} {result['features']} features, batch "
+    print(f"demo: {format_duration(seconds)}, {result['configuration']} {result['features']} features, batch "
           f"{result['batch_size']}, steps {result['steps']}, Dice {result['cross_validation_dice']}; log "
           f"{result['log']['bytes']} bytes, {result['log']['carriage_returns']} carriage returns\nwritten: {args.out}")
     return 0

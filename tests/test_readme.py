@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+from autoseg.utils.progress import format_duration
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 README = REPOSITORY / "README.md"
 # The figure lines of the demo paragraph: a Markdown list right after this sentence opener.
@@ -18,11 +20,6 @@ def newest_demo_result() -> tuple[Path, dict]:
     assert files, "no benchmarks/results/demo*.json: run python benchmarks/demo.py"
     results = [(path, json.loads(path.read_text(encoding="utf-8"))) for path in files]
     return max(results, key=lambda item: item[1]["provenance"]["date"])
-
-
-def minutes_and_seconds(seconds: float) -> str:
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
 
 
 def expected_figure_lines(result: dict) -> list[str]:
@@ -38,7 +35,7 @@ def expected_figure_lines(result: dict) -> list[str]:
         f"{machine['date'][:10]}, commit {machine['commit'][:7]}",
         f"- plan fitted to the budget: `{result['configuration']}`, {result['features']} features, batch "
         f"{result['batch_size']}, fold {folds}, {steps} steps",
-        f"- wall time: {minutes_and_seconds(result['wall_seconds'])}",
+        f"- wall time: {format_duration(result['wall_seconds'])}",
         f"- cross-validation Dice: {dice}",
         f"- the log in a file: {result['log']['bytes'] // 1024} KB, {result['log']['lines']} lines, "
         f"{result['log']['carriage_returns']} carriage returns",

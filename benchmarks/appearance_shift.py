@@ -58,7 +58,6 @@ from provenance import relative_to_repository  # noqa: E402
 from autoseg.inference.ensemble import ModelEnsemble  # noqa: E402
 from autoseg.inference.pipeline import adaptation_report_path  # noqa: E402
 from autoseg.io.images import read_image, write_image  # noqa: E402
-from autoseg.records.dataset import RawDataset  # noqa: E402
 from autoseg.records.work_folder import WorkFolder  # noqa: E402
 from autoseg.utils.files import read_json  # noqa: E402
 
@@ -204,7 +203,7 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=["normaliser", "adversarial"])
     args = parser.parse_args()
     work = WorkFolder.at(args.model)
-    dataset = RawDataset.from_dict(read_json(work.dataset_json))
+    dataset = work.read_dataset()
     validation = sorted(read_json(work.splits)[int(args.fold)]["val"])[args.first: args.first + args.cases]
     cases = [dataset.case(identifier) for identifier in validation]
     inputs = write_inputs(cases, args.out, modality=args.modality, seed=args.seed, severity=args.severity)

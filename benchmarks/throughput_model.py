@@ -1,7 +1,8 @@
 """Validate the throughput model: predicted against measured seconds per training iteration of real configurations.
 
-The model (``autoseg.planning.throughput``) is measured on this machine with its probe networks
-(``autoseg.pipeline.throughput.measure_throughput``). Then, for each configuration below (Hippocampus 3d_fullres and
+The model (``autoseg.planning.step_cost``) is measured on this machine with its probe networks
+(``autoseg.pipeline.machine_benchmark.measure_throughput``).
+Then, for each configuration below (Hippocampus 3d_fullres and
 2d and HC18 2d as planned, and variants: other batch sizes, smaller and larger patches, the residual-encoder preset,
 5 instead of 4 stages, and the 16-feature networks 1-hour budgets planned), real training iterations run through
 ``autoseg.training.loop.train_fold``, the loop ``autoseg train`` uses, with the configuration's real loader
@@ -45,10 +46,10 @@ import torch  # noqa: E402
 from locations import add_datasets_root_argument, require_datasets, scratch_folder  # noqa: E402
 
 from autoseg.data.raw_folder import load_raw_dataset  # noqa: E402
+from autoseg.pipeline.machine_benchmark import machine_throughput, measure_throughput  # noqa: E402
 from autoseg.pipeline.plan_dataset import plan_dataset  # noqa: E402
-from autoseg.pipeline.throughput import machine_throughput, measure_throughput  # noqa: E402
 from autoseg.planning.presets import PRESETS  # noqa: E402
-from autoseg.planning.throughput import StepWork, ThroughputModel, fit_throughput_model, step_work  # noqa: E402
+from autoseg.planning.step_cost import StepWork, ThroughputModel, fit_throughput_model, step_work  # noqa: E402
 from autoseg.preprocessing.preprocess_dataset import preprocess_dataset  # noqa: E402
 from autoseg.records.dataset import RawDataset  # noqa: E402
 from autoseg.records.plans import Configuration, load_plans  # noqa: E402

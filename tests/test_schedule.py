@@ -6,6 +6,7 @@ import pytest
 from model_helpers import tiny_configuration
 
 from autoseg.pipeline import run as pipeline_run
+from autoseg.pipeline.machine_benchmark import tiles_per_case
 from autoseg.pipeline.run import RunClock, RunOptions, schedule_stage
 from autoseg.pipeline.schedule import (
     AFTER_TRAINING_FIXED_SECONDS,
@@ -17,7 +18,6 @@ from autoseg.pipeline.schedule import (
     full_schedule_seconds,
     plan_run_schedule,
 )
-from autoseg.pipeline.throughput import tiles_per_case
 from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Plans
 

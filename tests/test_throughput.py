@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from autoseg.pipeline import throughput as measuring
-from autoseg.planning.throughput import (
+from autoseg.pipeline import machine_benchmark as measuring
+from autoseg.planning.step_cost import (
     DATA_TERMS,
     STEP_TERMS,
     ProbeMeasurement,

@@ -197,7 +197,7 @@ def load_onnx_ensemble(
     import_onnxruntime()
     work_folder = WorkFolder.at(folder)
     plans = load_plans(work_folder.plans)
-    dataset = RawDataset.from_dict(read_json(work_folder.dataset_json))
+    dataset = work_folder.read_dataset()
     recipe_members = [str(entry["configuration"]) for entry in recipe["models"]]
     recipe_folds = {str(entry["configuration"]): entry.get("folds") for entry in recipe["models"]}
     chosen = recipe_members if configuration is None else [configuration]

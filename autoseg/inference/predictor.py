@@ -49,7 +49,6 @@ from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Configuration, Plans, load_plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.devices import choose_device
-from autoseg.utils.files import read_json
 
 
 @dataclasses.dataclass
@@ -88,7 +87,7 @@ def _read_plans_and_dataset(folder: WorkFolder) -> tuple[Plans, RawDataset]:
     plans = load_plans(folder.plans)
     if not folder.dataset_json.is_file():
         raise UserError(f"{folder}: is not a model folder (no dataset.json).")
-    return plans, RawDataset.from_dict(read_json(folder.dataset_json))
+    return plans, folder.read_dataset()
 
 
 def _load_fold_networks(

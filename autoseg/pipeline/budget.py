@@ -10,10 +10,10 @@ from collections.abc import Callable
 import torch
 
 from autoseg.fingerprint.resolution import round_trip_dice
+from autoseg.pipeline.machine_benchmark import machine_throughput
 from autoseg.pipeline.schedule import AFTER_TRAINING_SHARE
-from autoseg.pipeline.throughput import machine_throughput
 from autoseg.planning.compute import ComputeBudget
-from autoseg.planning.throughput import step_work
+from autoseg.planning.step_cost import step_work
 from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Configuration
 from autoseg.training.loop import CPU_VOXELS_PER_STEP, training_batch_size

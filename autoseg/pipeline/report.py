@@ -12,7 +12,6 @@ from autoseg.evaluation.folders import SUMMARY_FILE_NAME
 from autoseg.evaluation.overlay import png_bytes, render_overlay
 from autoseg.io.images import read_image
 from autoseg.planning.table import configuration_rows, format_compute
-from autoseg.records.dataset import RawDataset
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.plans import Plans, load_plans
 from autoseg.records.postprocessing import PostprocessingDecision
@@ -191,7 +190,7 @@ def _overlay_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSection
     if not scored:
         return section
     scored.sort(key=lambda item: item[0])
-    dataset = RawDataset.from_dict(read_json(work.dataset_json))
+    dataset = work.read_dataset()
     chosen = [("best", scored[-1]), ("worst", scored[0])] if len(scored) > 1 else [("only", scored[0])]
     for title, (dice, case) in chosen:
         image = read_image(dataset.case(case["case"]).images[0])
@@ -210,7 +209,7 @@ def build_report(work: WorkFolder) -> Path:
     recipe = InferenceRecipe.read(work.inference_recipe)
     if recipe is None:
         raise UserError(f"{work.inference_recipe}: not found; run `autoseg find-best` before the report.")
-    dataset = RawDataset.from_dict(read_json(work.dataset_json))
+    dataset = work.read_dataset()
     plans = load_plans(work.plans)
     sections = [
         _plan_section(plans),

@@ -19,6 +19,7 @@ from autoseg.errors import UserError
 from autoseg.evaluation.folders import SUMMARY_FILE_NAME
 from autoseg.pipeline.adaptation import RUN_STANDARDISATION_CASES, standardisation_stage
 from autoseg.pipeline.budget import PREPROCESSING_SHARE, ComputeFor, compute_budget_for
+from autoseg.pipeline.machine_benchmark import case_prediction_seconds_estimator, seconds_per_iteration_estimator
 from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.pipeline.report import build_report
 from autoseg.pipeline.schedule import (
@@ -33,7 +34,6 @@ from autoseg.pipeline.schedule import (
     plan_run_schedule,
 )
 from autoseg.pipeline.selection import find_best, format_candidates
-from autoseg.pipeline.throughput import case_prediction_seconds_estimator, seconds_per_iteration_estimator
 from autoseg.pipeline.validation import training_components
 from autoseg.planning.table import format_plans_table
 from autoseg.preprocessing.preprocess_dataset import preprocess_dataset

@@ -127,7 +127,7 @@ def after_training_reserve(left_seconds: float, case_seconds: Sequence[tuple[int
 
     ``case_seconds`` holds, per trained (configuration, fold), its number of cases predicted after training (the
     validation cases and those recorded for test-time standardisation) and the predicted seconds of one
-    (``autoseg.pipeline.throughput.case_prediction_seconds_estimator``). The reserve is ``AFTER_TRAINING_SAFETY``
+    (``autoseg.pipeline.machine_benchmark.case_prediction_seconds_estimator``). The reserve is ``AFTER_TRAINING_SAFETY``
     times that prediction plus ``AFTER_TRAINING_FIXED_SECONDS``, never more than ``AFTER_TRAINING_SHARE`` of what is
     left; without a prediction it is that share.
     """

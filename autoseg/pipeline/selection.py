@@ -25,7 +25,6 @@ from autoseg.pipeline.crossval import collect_cross_validation
 from autoseg.records.dataset import RawDataset
 from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
 from autoseg.records.work_folder import POSTPROCESSING_FILE, WorkFolder
-from autoseg.utils.files import read_json
 from autoseg.utils.progress import progress_display
 
 
@@ -86,7 +85,7 @@ def find_best(
     """Evaluate every configuration and pairwise ensemble; write ``inference.json`` and ``postprocessing.json``."""
     if not configurations:
         raise UserError(f"{work_folder}: no trained configuration to choose from.")
-    dataset = RawDataset.from_dict(read_json(work_folder.dataset_json))
+    dataset = work_folder.read_dataset()
     candidates: list[Candidate] = []
     cases: list[str] = []
     for configuration in configurations:

@@ -14,10 +14,8 @@ from typing import Any
 from autoseg.evaluation.folders import evaluate_against_ground_truth
 from autoseg.inference.next_stage import prepare_previous_stage_maps
 from autoseg.inference.predictor import Predictor
-from autoseg.records.dataset import RawDataset
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.loop import TrainingComponents, default_components
-from autoseg.utils.files import read_json
 
 
 def predict_validation_cases(
@@ -39,7 +37,7 @@ def predict_validation_cases(
     """
     if str(fold) == "all":
         return {"skipped": "fold 'all' has no held-out validation cases"}
-    dataset = RawDataset.from_dict(read_json(work_folder.dataset_json))
+    dataset = work_folder.read_dataset()
     predictor = Predictor.from_model_folder(
         work_folder, configuration=configuration_name, folds=[fold], checkpoint="final", device=device,
         precision=precision,

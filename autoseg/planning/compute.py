@@ -1,7 +1,7 @@
 """Fit the plans to a time budget: the most accurate model the user's machine can train in the user's time.
 
 Memory alone (``patch_and_batch``) decides what *can* run; a time budget decides what is *worth* running. Given the
-seconds available for training and a throughput model (``autoseg.planning.throughput``, measured on the machine),
+seconds available for training and a throughput model (``autoseg.planning.step_cost``, measured on the machine),
 each configuration walks down a ladder of cheaper variants and keeps the first that the budget can train for
 ``TARGET_ITERATIONS`` steps. The rungs, most faithful to the reference plan first:
 

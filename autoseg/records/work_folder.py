@@ -29,6 +29,9 @@ import dataclasses
 import os
 from pathlib import Path
 
+from autoseg.records.dataset import RawDataset
+from autoseg.utils.files import read_json
+
 DATASET_FILE = "dataset.json"
 FINGERPRINT_FILE = "fingerprint.json"
 PLANS_FILE = "plans.json"
@@ -77,6 +80,10 @@ class WorkFolder:
     @property
     def dataset_json(self) -> Path:
         return self.root / DATASET_FILE
+
+    def read_dataset(self) -> RawDataset:
+        """The raw dataset description this working folder was made for (``dataset.json``)."""
+        return RawDataset.from_dict(read_json(self.dataset_json))
 
     @property
     def fingerprint(self) -> Path:

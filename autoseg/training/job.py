@@ -11,7 +11,6 @@ from autoseg.records.plans import load_plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.loop import TrainingJob
 from autoseg.training.splits import CASE_GROUPERS, DEFAULT_SPLIT_SEED, cases_for_fold, load_or_create_splits
-from autoseg.utils.files import read_json
 
 FOLD_CHOICES = ("0", "1", "2", "3", "4", "all")
 
@@ -73,7 +72,7 @@ def _planned_dataset(work_folder: WorkFolder, name: str) -> RawDataset:
                 f"{path} does not exist; run `autoseg plan {name}` and `autoseg preprocess {name}` "
                 "(with the same --work-dir) first."
             )
-    return RawDataset.from_dict(read_json(work_folder.dataset_json))
+    return work_folder.read_dataset()
 
 
 def _case_ids_in(preprocessed_folder: Path) -> list[str]:

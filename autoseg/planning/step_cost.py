@@ -34,8 +34,8 @@ background worker. How the loop pays it depends on the device (``ThroughputModel
 - GPU: workers run on CPU cores while the GPU computes, ``seconds = max(step, data / workers)``.
 
 The coefficients are fitted (non-negative least squares, relative error) to a handful of probe networks timed on
-this machine (``autoseg.pipeline.throughput.measure_throughput``), and kept with the key of what they were measured
-under, so a different machine, device, precision or thread count is measured again.
+this machine (``autoseg.pipeline.machine_benchmark.measure_throughput``), and kept with the key of what they were
+measured under, so a different machine, device, precision or thread count is measured again.
 """
 
 from __future__ import annotations

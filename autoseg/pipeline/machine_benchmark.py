@@ -4,7 +4,7 @@
 and autocast) of ``PROBES``: 2D and 3D, plain and residual-encoder U-Nets with the planner's feature widths, at a
 few patch and batch sizes; and the training loader's real sampling and augmentation pipeline on synthetic
 preprocessed cases of each probe's shape, in one thread as a loader worker runs it. The fit is
-``autoseg.planning.throughput.fit_throughput_model``; the formula and how the augmentation is paid on CPU and GPU are
+``autoseg.planning.step_cost.fit_throughput_model``; the formula and how the augmentation is paid on CPU and GPU are
 in that module's docstring. On 2 CPU cores the whole measurement takes about a minute.
 
 ``machine_throughput(device, precision)`` returns the model cached in ``~/.cache/autoseg/throughput/<key>.json``
@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from autoseg.inference.sliding_window import tile_starts
 from autoseg.networks import build_network
 from autoseg.planning.presets import PRESETS
-from autoseg.planning.throughput import (
+from autoseg.planning.step_cost import (
     ProbeMeasurement,
     ThroughputModel,
     fit_throughput_model,
@@ -368,7 +368,7 @@ def fresh_page_seconds_per_gigabyte(device: torch.device, *, repeats: int = 8, r
     """Extra seconds per GB of writing freshly allocated 64 MiB tensors rather than a reused one (CPU only).
 
     glibc gives allocations this large fresh pages from the kernel, which faults each page in on first write; a
-    training step on CPU does this for all its large tensors (see ``autoseg.planning.throughput``). The writes use
+    training step on CPU does this for all its large tensors (see ``autoseg.planning.step_cost``). The writes use
     torch's threads, as the step's kernels do. On a GPU the caching allocator reuses memory: 0.
     """
     if device.type != "cpu":

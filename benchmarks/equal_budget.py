@@ -70,8 +70,7 @@ from train_speed import CONFIGURATIONS, prepare_autoseg
 
 from autoseg.evaluation.folders import evaluate_folders
 from autoseg.evaluation.targets import targets_from_dataset_json
-from autoseg.pipeline.budget import PREPROCESSING_SHARE
-from autoseg.pipeline.schedule import AFTER_TRAINING_SHARE
+from autoseg.pipeline.budget import whole_run_seconds
 from autoseg.records.plans import load_plans
 from autoseg.utils.files import write_json
 
@@ -234,7 +233,7 @@ def prepare_autoseg_for_budget(dataset: str, configuration: str, *, scratch: Pat
     work = scratch / f"autoseg_work_budget_{training_seconds:g}s"
     folder = work / dataset
     if not (folder / "preprocessed" / configuration).is_dir():
-        whole_run = training_seconds / (1 - AFTER_TRAINING_SHARE - PREPROCESSING_SHARE)
+        whole_run = whole_run_seconds(training_seconds)
         for stage in (["plan", str(datasets / dataset), "--time-budget", f"{whole_run:.0f}s", "--device", "cpu"],
                       ["preprocess", str(datasets / dataset), "-c", configuration]):
             run_quietly([sys.executable, "-m", "autoseg", *stage, "--work-dir", str(work)],

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from autoseg.inference.adaptation.standardise import SourceIntensities, intensit
 from autoseg.inference.predictor import Predictor
 from autoseg.io.images import read_image, read_image_header
 from autoseg.pipeline.adaptation import standardisation_stage
+from autoseg.pipeline.budget import RunBudget
 from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
 from autoseg.records.work_folder import WorkFolder
 from autoseg.transforms.case import preprocess_case
@@ -115,11 +117,11 @@ def test_a_model_from_autoseg_run_accepts_predict_adapt_without_train_adapter(
     work = WorkFolder.at(model)
     shutil.rmtree(work.adaptation("2d", 0), ignore_errors=True)  # as a run leaves it before this stage
     recipe = InferenceRecipe(models=(RecipeModel("2d", (0,)),))
-    standardisation_stage(work, recipe, device="cpu", precision="auto", seconds_left=1.0,
+    standardisation_stage(work, recipe, device="cpu", precision="auto", budget=RunBudget(time.monotonic(), 1.0),
                           case_seconds=lambda _configuration: 1.0)
     assert not (work.adaptation("2d", 0) / "adaptation.json").exists()
     assert f"autoseg train-adapter {work.root}" in capsys.readouterr().out
-    standardisation_stage(work, recipe, device="cpu", precision="auto", seconds_left=None,
+    standardisation_stage(work, recipe, device="cpu", precision="auto", budget=RunBudget(time.monotonic(), None),
                           case_seconds=lambda _configuration: None)
     assert sorted(path.name for path in work.adaptation("2d", 0).iterdir()) == ["adaptation.json"]  # nothing trained
     assert "test-time standardisation of 2d fold 0" in capsys.readouterr().out

@@ -48,3 +48,33 @@ def test_no_function_is_longer_than_sixty_lines_and_no_record_function_longer_th
                 if length > limit:
                     too_long.append(f"{path.relative_to(REPOSITORY)}:{node.lineno} {node.name} ({length} lines)")
     assert too_long == []
+
+
+BUDGET_OWNER = PACKAGE / "pipeline" / "budget.py"
+BUDGET_CONSTANTS = {"AFTER_TRAINING_SHARE", "PREPROCESSING_SHARE", "DEFAULT_CPU_BUDGET_SECONDS",
+                    "AFTER_TRAINING_FIXED_SECONDS", "AFTER_TRAINING_SAFETY", "OPTIONAL_WORK_SHARE"}
+
+
+def _budget_arithmetic_outside_its_owner() -> list[str]:
+    """Uses of the budget's shares, and arithmetic on a run's budget or what is left of it, outside
+    ``pipeline/budget.py`` (a fold's own training budget, ``time_budget_seconds``, is the training loop's)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == BUDGET_OWNER:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.id] if isinstance(node, ast.Name) else [node.attr] if isinstance(node, ast.Attribute) else []
+            if set(names) & BUDGET_CONSTANTS:
+                found.append(f"{path.relative_to(REPOSITORY)}:{node.lineno} uses {names[0]}")
+            if isinstance(node, ast.BinOp | ast.AugAssign) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult):
+                operands = [node.left, node.right] if isinstance(node, ast.BinOp) else [node.target, node.value]
+                spelled = {getattr(operand, "attr", getattr(operand, "id", None)) for operand in operands}
+                if spelled & {"budget_seconds", "seconds_left"}:  # spending it; dividing for display is not
+                    found.append(f"{path.relative_to(REPOSITORY)}:{node.lineno} computes with {spelled}")
+    return found
+
+
+def test_the_run_budget_is_computed_in_one_module():
+    """How a time budget becomes seconds (shares, reserve, each fold's seconds, the CPU default) is decided in
+    ``autoseg/pipeline/budget.py`` alone (docs/design.md, "How a time budget becomes a plan and a schedule")."""
+    assert _budget_arithmetic_outside_its_owner() == []

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from autoseg.cli import main
 from autoseg.fingerprint.resolution import round_trip_dice
 from autoseg.fingerprint.synthetic import synthetic_fingerprint
 from autoseg.planning import plan_experiment
-from autoseg.planning.compute import (
+from autoseg.planning.layout import (
     RESOLUTION_DICE_FLOOR,
     SPLIT_FOLD_ITERATIONS,
     TARGET_ITERATIONS,
@@ -146,13 +147,13 @@ def test_a_large_structure_survives_a_coarser_grid_and_a_small_one_does_not(tmp_
 
 def test_plan_with_a_time_budget_writes_and_shows_its_reasoning(monkeypatch, tmp_path, copy_cases, hc18_root,
                                                                 capsys) -> None:
-    def fitted_budget(device, precision, *, budget_seconds, deadline, say=print):
-        return lambda dataset, fingerprint: ComputeBudget(
-            training_seconds=budget_seconds * 0.8, seconds_per_iteration=rate, device="cpu",
-            label_round_trip=functools.partial(round_trip_dice, dataset, is_2d=True),
-            budget_seconds=budget_seconds)
+    class MadeUpMachine:  # the made-up step cost of ``rate`` instead of measuring this machine
+        device = torch.device("cpu")
 
-    monkeypatch.setattr("autoseg.commands.plan.compute_budget_for", fitted_budget)
+        def step_seconds(self, configuration):
+            return rate(configuration.name, configuration.to_json())
+
+    monkeypatch.setattr("autoseg.pipeline.budget.machine_costs", lambda *args, **kwargs: MadeUpMachine())
     root = copy_cases(hc18_root, 6)
     work = tmp_path / "work"
     assert main(["plan", str(root), "--work-dir", str(work), "--time-budget", "10m", "--workers", "1"]) == 0
@@ -201,3 +202,16 @@ def test_a_narrowed_network_short_of_ample_steps_gives_way_to_a_smaller_batch_th
     assert choose_variant(variants, seconds) == smaller  # the first smaller batch with ample steps, not the smallest
     assert choose_variant(variants, 4500.0) == narrow  # 4500 steps at batch 7 are ample: the batch stays
     assert choose_variant(variants, 6000.0) == plan_variant  # the network as planned, 3000 steps: no trade
+
+
+def test_what_the_user_named_is_what_the_layout_fits() -> None:
+    slow = [Variant({"name": "3d"}, 0, 3.0, ("plan",)), Variant({"name": "3d narrow"}, 2, 1.0, ("narrow",))]
+    fast = [Variant({"name": "2d"}, 0, 1.0, ("plan",)), Variant({"name": "2d small"}, 3, 0.1, ("batch 2",))]
+    ladders = {"2d": fast, "3d_fullres": slow}
+    folds = dataclasses.replace(compute(3000.0), folds=(1, 3), folds_named=True)
+    layout = choose_layout(ladders, folds, primary="3d_fullres")
+    assert layout.folds == (1, 3) and layout.seconds_per_fold == 1500.0  # the variant is fitted to two folds
+    named = dataclasses.replace(compute(300.0), configurations=("2d", "3d_fullres"))
+    layout = choose_layout(ladders, named, primary="3d_fullres")
+    assert layout.configurations == ("2d", "3d_fullres") and layout.folds == (0,)  # none dropped, one fold
+    assert layout.chosen["3d_fullres"] == slow[1] and any("named" in reason for reason in layout.reasons)

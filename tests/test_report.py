@@ -24,7 +24,7 @@ from autoseg.evaluation.postprocessing import determine_postprocessing
 from autoseg.io.images import read_image, write_image
 from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.pipeline.report import SELECTED_MARK, build_report, class_dice_figure
-from autoseg.planning.compute import ComputeBudget, Layout, Variant, compute_record
+from autoseg.planning.layout import ComputeBudget, Layout, Variant, compute_plan
 from autoseg.records.work_folder import WorkFolder
 from autoseg.report import ReportSection, write_report
 from autoseg.training.progress_plot import draw_progress
@@ -192,11 +192,11 @@ def test_report_shows_the_time_budget_the_plans_were_fitted_to(report_work: Path
     shutil.copytree(report_work, work)
     reason = "training 3d_fullres alone on one fold: every configuration on every fold would get too few steps"
     variant = Variant({}, 2, 0.5, ("spacing 1.5 x 1.5 x 1.5 mm (1.5x the median)", "16 features in the first stage"))
-    layout = Layout(("3d_fullres",), 1, 1200.0, {"3d_fullres": variant}, (reason,))
+    layout = Layout(("3d_fullres",), (0,), 1200.0, {"3d_fullres": variant}, (reason,))
     budget = ComputeBudget(training_seconds=1200.0, seconds_per_iteration=lambda *_: 0.5, device="cpu",
                            label_round_trip=lambda *_: {}, budget_seconds=1800.0)
     plans = read_json(work / "plans.json")
-    write_json(work / "plans.json", {**plans, "compute": compute_record(layout, budget, {1.5: 0.9987})})
+    write_json(work / "plans.json", {**plans, "compute": compute_plan(layout, budget, {1.5: 0.9987}).to_json()})
     section = html.unescape(_section(build_report(WorkFolder(work)).read_text(encoding="utf-8"), "Time budget"))
     assert "fitted to a time budget of 30 min on cpu" in section  # the budget
     assert "3d_fullres: about 0.50 s per step, 2400 steps" in section  # the predicted steps

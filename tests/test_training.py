@@ -24,9 +24,10 @@ from autoseg.training.job import build_job
 from autoseg.training.loop import TrainingSettings, default_components, train_fold
 from autoseg.training.pretrained import load_pretrained_weights
 from autoseg.training.pseudo_dice import count_overlaps, dice_from_counts
-from autoseg.training.schedule import TrainingProgress, parse_time_budget, poly_learning_rate
+from autoseg.training.schedule import TrainingProgress, poly_learning_rate
 from autoseg.training.splits import group_by_leading_number, load_or_create_splits, make_splits
 from autoseg.training.training_log import read_log
+from autoseg.utils.durations import parse_time_budget
 from autoseg.utils.files import write_json
 
 TINY_DATASET = "Dataset900_TinySpheres"

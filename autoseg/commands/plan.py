@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from autoseg.commands.arguments import add_work_dir_argument
 from autoseg.errors import UserError
-from autoseg.pipeline.budget import compute_budget_for
+from autoseg.pipeline.budget import RunBudget
 from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.planning.presets import PRESETS
 from autoseg.planning.table import format_plans_table
 from autoseg.records.plans import load_plans
 from autoseg.records.work_folder import WorkFolder
-from autoseg.training.schedule import parse_time_budget
 from autoseg.utils.devices import choose_device
 from autoseg.utils.locking import folder_lock
 from autoseg.utils.precision import add_precision_argument
@@ -55,10 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.dataset).is_dir():
         raise UserError(f"{args.dataset}: dataset folder not found.")
     compute_for = None
-    if args.time_budget:
-        budget = parse_time_budget(args.time_budget)
-        compute_for = compute_budget_for(choose_device(args.device), args.precision, budget_seconds=budget,
-                                         deadline=time.monotonic() + budget)
+    if args.time_budget:  # the budget of a whole run starting now
+        compute_for = RunBudget.start(args.time_budget).compute_for(choose_device(args.device), args.precision)
     with folder_lock(work):
         _, plans, _ = plan_dataset(
             args.dataset, work, preset=args.preset, gpu_memory_gb=args.gpu_memory, workers=args.workers,

@@ -20,9 +20,10 @@ from autoseg.records.work_folder import WorkFolder
 from autoseg.training.distributed import DistributedContext, detect_distributed_context
 from autoseg.training.job import build_job
 from autoseg.training.loop import TrainingJob, TrainingSettings, train_fold
-from autoseg.training.schedule import epoch_seconds_for_budget, parse_time_budget
+from autoseg.training.schedule import epoch_seconds_for_budget
 from autoseg.training.splits import CASE_GROUPERS
 from autoseg.training.tracking import add_logger_argument, requested_loggers
+from autoseg.utils.durations import parse_time_budget
 from autoseg.utils.files import remove_stale_temporaries
 from autoseg.utils.locking import folder_lock
 from autoseg.utils.precision import add_precision_argument

@@ -2,7 +2,7 @@
 
 A label map resampled to a coarser spacing and back (linear on one-hot, as preprocessing and export do) loses
 boundary detail. The Dice of that round trip against the original bounds what a model trained at the coarser
-spacing can reach, however well it is trained. The compute-aware planner (``autoseg.planning.compute``) coarsens a
+spacing can reach, however well it is trained. The compute-aware planner (``autoseg.planning.layout``) coarsens a
 configuration only to spacings whose ceiling stays high for every class, so a fetal-head outline drawn at 0.13 mm
 may train at 0.5 mm while a hippocampus drawn at 1 mm stays at 1 mm.
 """

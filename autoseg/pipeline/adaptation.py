@@ -20,11 +20,12 @@ from autoseg.errors import UserError
 from autoseg.inference.adaptation import train_fold_adapter
 from autoseg.inference.adaptation.adapter import ADAPTATION_FILE, AdapterTrainingSettings, collect_source_windows
 from autoseg.inference.predictor import Predictor
-from autoseg.pipeline.schedule import describe_duration
+from autoseg.pipeline.budget import RunBudget
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.plans import load_plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.splits import read_splits
+from autoseg.utils.durations import describe_duration
 from autoseg.utils.files import read_json, sha256_file
 
 # The sample ``docs/adaptation.md`` measured standardisation with (``train-adapter --max-cases 32``). Each case is
@@ -107,13 +108,13 @@ def _folds_to_record(work: WorkFolder, recipe: InferenceRecipe) -> list[tuple[st
 
 
 def standardisation_stage(
-    work: WorkFolder, recipe: InferenceRecipe, *, device: str, precision: str, seconds_left: float | None,
+    work: WorkFolder, recipe: InferenceRecipe, *, device: str, precision: str, budget: RunBudget,
     case_seconds: Callable[[str], float | None],
 ) -> None:
-    """Record ``standardise`` for the selected model's folds that lack it, when its predictions are estimated at no
-    more than half of ``seconds_left`` (None: no budget; the estimate counts network passes only, not reading and
-    preprocessing the cases); otherwise, or when recording fails, say how to record it later. Never raises: the
-    run's model and report do not depend on it."""
+    """Record ``standardise`` for the selected model's folds that lack it, when the budget ``affords`` its
+    predictions (``case_seconds``: per configuration, the seconds of one case; the estimate counts network passes
+    only, not reading and preprocessing the cases); otherwise, or when recording fails, say how to record it later.
+    Never raises: the run's model and report do not depend on it."""
     folds = _folds_to_record(work, recipe)
     if not folds:
         return
@@ -122,10 +123,10 @@ def standardisation_stage(
     cases = min(RUN_STANDARDISATION_CASES, training_cases)
     estimates = [case_seconds(configuration) for configuration, _ in folds]
     needed = None if None in estimates else cases * sum(estimates)
-    if seconds_left is not None and (needed is None or needed > seconds_left / 2):
+    if not budget.affords(needed):
         cost = "of unknown cost" if needed is None else f"about {describe_duration(needed)}"
         print(f"not recording test-time standardisation ({len(folds)} fold(s) x {cases} training cases, {cost}): the "
-              f"budget has {describe_duration(max(0.0, seconds_left))} left; {later}")
+              f"budget has {describe_duration(float(budget.seconds_left or 0.0))} left; {later}")
         return
     for configuration, fold in folds:
         try:

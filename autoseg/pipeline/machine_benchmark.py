@@ -5,7 +5,7 @@ and autocast) of ``PROBES``: 2D and 3D, plain and residual-encoder U-Nets with t
 few patch and batch sizes; and the training loader's real sampling and augmentation pipeline on synthetic
 preprocessed cases of each probe's shape, in one thread as a loader worker runs it. The fit is
 ``autoseg.planning.step_cost.fit_throughput_model``; the formula and how the augmentation is paid on CPU and GPU are
-in that module's docstring. On 2 CPU cores the whole measurement takes about a minute.
+in that module's docstring; how long the measurement takes is in docs/planning.md.
 
 ``machine_throughput(device, precision)`` returns the model cached in ``~/.cache/autoseg/throughput/<key>.json``
 (``$XDG_CACHE_HOME`` respected) when it was measured under the same key (CPU model, usable CPUs, device, torch
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import os
 import platform
@@ -43,11 +42,12 @@ from autoseg.planning.step_cost import (
     step_work,
 )
 from autoseg.records.dataset import RawDataset
-from autoseg.records.plans import Configuration, Plans
+from autoseg.records.plans import Configuration
+from autoseg.records.training_batch import device_batch_size
 from autoseg.training.augmentation import AugmentationSettings, sampled_patch_size
 from autoseg.training.data_loading import deep_supervision_scales, make_training_loader
 from autoseg.training.distributed import DistributedContext
-from autoseg.training.loop import default_number_of_workers, to_device, training_batch_size
+from autoseg.training.loop import default_number_of_workers, to_device
 from autoseg.training.losses import build_loss
 from autoseg.training.optimizers import DEFAULT_GRADIENT_CLIP_NORM, OPTIMIZERS
 from autoseg.utils.devices import enable_fast_kernels, make_gradient_scaler
@@ -59,8 +59,8 @@ from autoseg.utils.threads import available_cpus, set_torch_threads
 # are measured again (3: large allocations counted in the training precision; 2 was a trial probe set).
 PROBE_SET_VERSION = 3
 PROBE_OUT_CHANNELS = 3  # background + two classes, as Hippocampus
-# The median of 5 steps after 2 untimed ones: with 1 + 3, two measurements of the same probes on the same idle
-# machine differed by up to 34 % (a 2D probe at batch 4: 0.327 and 0.239 s), and one probe moves the whole fit.
+# The median of 5 steps after 2 untimed ones: fewer let two measurements of the same probes on the same idle machine
+# differ enough to tilt the fit (docs/planning.md).
 WARMUP_STEPS = 2
 TIMED_STEPS = 5
 AUGMENTED_SAMPLES = 24  # per probe: enough samples that the random choice of rotation/scaling averages out
@@ -388,54 +388,45 @@ def fresh_page_seconds_per_gigabyte(device: torch.device, *, repeats: int = 8, r
     return statistics.median(samples)
 
 
-def seconds_per_iteration_estimator(
-    plans: Plans, dataset: RawDataset, device: torch.device, precision: str, *, say: Callable[[str], None] = print
-) -> Callable[[str], float | None]:
-    """Predicted seconds per training step of each planned configuration, at the batch the loop will use on
-    ``device``; the machine's throughput model is measured on first use (about a minute on 2 CPU cores) and cached."""
-    model = machine_throughput(device, precision, say=say)
-
-    @functools.cache
-    def seconds(name: str) -> float | None:
-        if name not in plans.configurations:
-            return None
-        configuration = plans.configuration(name)
-        return _step_seconds(model, configuration, dataset, training_batch_size(configuration, None, device))
-
-    return seconds
-
-
-def _step_seconds(model: ThroughputModel, configuration: Configuration, dataset: RawDataset, batch_size: int) -> float:
-    """Predicted seconds of one training step (a cascade stage also reads the previous stage's label channels)."""
-    extra = len(dataset.foreground_labels) if configuration.previous_stage else 0
-    work = step_work(configuration, batch_size=batch_size, in_channels=dataset.num_channels + extra,
-                     out_channels=dataset.num_output_channels, precision=model.key["precision"])
-    return model.seconds_per_iteration(work)
-
-
 FORWARD_SHARE_OF_STEP = 0.5  # a forward pass is about a third of a step's arithmetic; the rest pays data handling
 
 
-def case_prediction_seconds_estimator(
-    plans: Plans, dataset: RawDataset, device: torch.device, precision: str, *, say: Callable[[str], None] = print
-) -> Callable[[str], float | None]:
-    """Predicted seconds to predict one median-sized case with each planned configuration, as validation does:
-    half-overlapping sliding-window tiles (every slice of a 3D case for a 2D network) x the mirrored passes (4 in 2D,
-    8 in 3D) x one batch-1 forward pass, taken as ``FORWARD_SHARE_OF_STEP`` of a batch-1 training step."""
-    model = machine_throughput(device, precision, say=say)
+@dataclasses.dataclass(frozen=True)
+class MachineCosts:
+    """Predicted seconds of a training step and of predicting a case, for one dataset on this machine's device."""
 
-    @functools.cache
-    def seconds(name: str) -> float | None:
-        if name not in plans.configurations:
-            return None
-        configuration = plans.configuration(name)
+    model: ThroughputModel
+    dataset: RawDataset
+    device: torch.device
+
+    def step_seconds(self, configuration: Configuration) -> float:
+        """One training step at the batch the loop uses on the device (a cascade stage also reads the previous
+        stage's label channels)."""
+        batch = device_batch_size(configuration.batch_size, configuration.patch_size, device=self.device.type)
+        return self._step_seconds(configuration, batch)
+
+    def case_prediction_seconds(self, configuration: Configuration) -> float | None:
+        """Predicting one median-sized case as validation does: half-overlapping sliding-window tiles (every slice
+        of a 3D case for a 2D network) x the mirrored passes (4 in 2D, 8 in 3D) x one batch-1 forward pass, taken as
+        ``FORWARD_SHARE_OF_STEP`` of a batch-1 training step. None without a median shape."""
         if configuration.median_shape is None:
             return None
         tiles = tiles_per_case(configuration.median_shape, configuration.patch_size)
         mirrored = 2 ** configuration.dimension
-        return tiles * mirrored * FORWARD_SHARE_OF_STEP * _step_seconds(model, configuration, dataset, 1)
+        return tiles * mirrored * FORWARD_SHARE_OF_STEP * self._step_seconds(configuration, 1)
 
-    return seconds
+    def _step_seconds(self, configuration: Configuration, batch_size: int) -> float:
+        extra = len(self.dataset.foreground_labels) if configuration.previous_stage else 0
+        work = step_work(configuration, batch_size=batch_size, in_channels=self.dataset.num_channels + extra,
+                         out_channels=self.dataset.num_output_channels, precision=self.model.key["precision"])
+        return self.model.seconds_per_iteration(work)
+
+
+def machine_costs(dataset: RawDataset, device: torch.device, precision: str, *,
+                  say: Callable[[str], None] = print) -> MachineCosts:
+    """The costs of ``dataset``'s configurations on ``device``; the machine's throughput model is measured on first
+    use (``machine_throughput``) and cached."""
+    return MachineCosts(machine_throughput(device, precision, say=say), dataset, device)
 
 
 def tiles_per_case(median_shape: Sequence[float], patch_size: Sequence[int], *, step_size: float = 0.5) -> int:

@@ -37,11 +37,10 @@ def _compute_section(plans: Plans) -> ReportSection:
     """The time budget the plans were fitted to: what trains, the steps each fold is predicted to get, and why (the
     text ``autoseg plan --show`` prints)."""
     section = ReportSection("Time budget")
-    compute = plans.get("compute")
-    if not compute:
+    if plans.compute is None:
         section.paragraphs.append("no time budget in plans.json: the plans were fitted to the memory budget alone")
         return section
-    section.paragraphs.extend(line.strip() for line in format_compute(compute))
+    section.paragraphs.extend(line.strip() for line in format_compute(plans.compute))
     return section
 
 

@@ -9,42 +9,31 @@ resumes from its latest checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
 
 from autoseg.errors import UserError
 from autoseg.evaluation.folders import SUMMARY_FILE_NAME
 from autoseg.pipeline.adaptation import RUN_STANDARDISATION_CASES, standardisation_stage
-from autoseg.pipeline.budget import PREPROCESSING_SHARE, ComputeFor, compute_budget_for
-from autoseg.pipeline.machine_benchmark import case_prediction_seconds_estimator, seconds_per_iteration_estimator
+from autoseg.pipeline.budget import ComputeFor, RunBudget, full_schedule_seconds
+from autoseg.pipeline.machine_benchmark import MachineCosts, machine_costs
 from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.pipeline.report import build_report
-from autoseg.pipeline.schedule import (
-    AFTER_TRAINING_SHARE,
-    DEFAULT_CPU_BUDGET_SECONDS,
-    RunSchedule,
-    SecondsPerIteration,
-    after_training_reserve,
-    clock_time_in,
-    describe_duration,
-    full_schedule_seconds,
-    plan_run_schedule,
-)
 from autoseg.pipeline.selection import find_best, format_candidates
 from autoseg.pipeline.validation import training_components
+from autoseg.planning.layout import layout_kept_plans
 from autoseg.planning.table import format_plans_table
 from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
+from autoseg.records.compute_plan import ComputePlan
 from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Plans
 from autoseg.records.work_folder import TRAINING_SUMMARY_FILE, VALIDATION_FOLDER, WorkFolder
 from autoseg.training.job import build_job
 from autoseg.training.loop import TrainingSettings, train_fold
-from autoseg.training.schedule import epoch_seconds_for_budget, parse_time_budget
+from autoseg.training.schedule import epoch_seconds_for_budget
 from autoseg.training.tracking import log_cross_validation
 from autoseg.utils.devices import choose_device
+from autoseg.utils.durations import clock_time_in, describe_duration, parse_time_budget
 from autoseg.utils.files import read_json, remove_stale_temporaries
 from autoseg.utils.locking import folder_lock
 from autoseg.utils.memory import describe_largest_case
@@ -61,7 +50,7 @@ class RunOptions:
     configurations: tuple[str, ...] | None = None
     folds: tuple[int, ...] = DEFAULT_FOLDS
     folds_named: bool = False  # the user chose the folds: a budget never drops one
-    time_budget: str | None = None  # the whole run, planning to report (see autoseg.pipeline.schedule)
+    time_budget: str | None = None  # the whole run, planning to report (see autoseg.pipeline.budget)
     time_per_fold: str | None = None  # each fold's training alone
     epochs: int | None = None
     iterations_per_epoch: int | None = None
@@ -77,117 +66,72 @@ class RunOptions:
     progress: bool = True  # progress bars of every stage
 
 
-@dataclasses.dataclass
-class RunClock:
-    """The run's start and total budget (None: none), for the ETA after each fold and the final line."""
+@dataclasses.dataclass(frozen=True)
+class RunSchedule:
+    """The configurations and folds the run trains, and the budget's decision behind them (None: no budget)."""
 
-    started: float
-    budget_seconds: float | None
+    configurations: tuple[str, ...]
+    folds: tuple[int, ...]
+    compute: ComputePlan | None = None
 
     @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def progress_line(self, *, done: int, total: int) -> str:
-        """``fold 3/10 done after 14 min; ...`` with the expected finish from the mean pace so far."""
-        line = f"fold {done}/{total} done after {describe_duration(self.elapsed)}"
-        if self.budget_seconds is not None:
-            left = max(0.0, self.budget_seconds - self.elapsed)
-            return f"{line}; the budget ends at {clock_time_in(left)} ({describe_duration(left)} left)"
-        remaining = self.elapsed / done * (total - done)
-        return f"{line}; expected to finish training at about {clock_time_in(remaining)}"
-
-    def final_line(self) -> str:
-        used = f"finished in {describe_duration(self.elapsed)}"
-        if self.budget_seconds is None:
-            return f"{used} (no time budget)"
-        share = self.elapsed / self.budget_seconds
-        return f"{used} of the {describe_duration(self.budget_seconds)} budget ({share:.0%})"
+    def pairs(self) -> int:
+        return len(self.configurations) * len(self.folds)
 
 
 def _unlimited(options: RunOptions) -> bool:
     return not (options.time_budget or options.time_per_fold or options.epochs)
 
 
-def apply_default_budget(options: RunOptions, clock: RunClock, device: torch.device) -> None:
-    """On a CPU without any limit, give the run the default total budget and say how to choose another."""
-    if clock.budget_seconds is not None or not _unlimited(options) or device.type != "cpu":
-        return
-    clock.budget_seconds = DEFAULT_CPU_BUDGET_SECONDS
-    print(f"no GPU and no time limit given: applying the default budget of "
-          f"{describe_duration(DEFAULT_CPU_BUDGET_SECONDS)} for the whole run (choose another with "
-          "--time-budget, e.g. --time-budget 8h, or train fixed epochs with --epochs N)")
-
-
 def schedule_stage(
-    plans: Plans, dataset: RawDataset, configurations: Sequence[str], options: RunOptions, clock: RunClock
+    plans: Plans, dataset: RawDataset, configurations: Sequence[str], options: RunOptions, budget: RunBudget, *,
+    kept: bool = False,
 ) -> RunSchedule:
-    """Say what the run will train and for how long; on a CPU without any limit, apply the default budget.
+    """Say what the run will train and for how long.
 
-    Plans fitted to the budget (a ``compute`` record, see ``autoseg.planning.compute``) already chose the
-    configurations and folds; otherwise ``plan_run_schedule`` fits the planned ones into the budget.
+    Plans fitted to this run's budget carry the decision (``plans.compute``); plans kept from an earlier run are laid
+    out by the same rule (``autoseg.planning.layout.layout_kept_plans``); what the user named is trained.
     """
     _stage("schedule")
     device = choose_device(options.device)
     unlimited = _unlimited(options)
-    # Only a budget or an unlimited run needs the throughput model (measured once per machine, about a minute on
-    # 2 CPU cores); fixed epochs or a time per fold train every fold as asked.
-    rate: SecondsPerIteration = (
-        seconds_per_iteration_estimator(plans, dataset, device, options.precision)
-        if unlimited or options.time_budget else _unknown_rate
-    )
-    if unlimited:
-        full = full_schedule_seconds(configurations, len(options.folds), rate)
-        estimate = describe_duration(full) if full is not None else "unknown"
+    # Only a budget or an unlimited run needs the machine's costs (measured once per machine and cached); fixed
+    # epochs or a time per fold train every fold as asked.
+    costs = machine_costs(dataset, device, options.precision) if unlimited or options.time_budget else None
+    if unlimited and costs is not None:
+        full = full_schedule_seconds([plans.configuration(name) for name in configurations], len(options.folds), costs)
         print(f"the full schedule (1000 epochs x 250 steps, {len(configurations)} configuration(s) x "
-              f"{len(options.folds)} fold(s)) would train for about {estimate} on {device}")
-    apply_default_budget(options, clock, device)
-    compute = plans.get("compute")
-    if clock.budget_seconds is not None and compute:
-        schedule = schedule_from_plans(compute, configurations, options, clock)
-    else:
-        schedule = plan_run_schedule(
-            plans, configurations, options.folds, budget_seconds=clock.budget_seconds, elapsed_seconds=clock.elapsed,
-            seconds_per_iteration=rate, configurations_named=bool(options.configurations),
-            folds_named=options.folds_named,
-        )
-    print(describe_schedule(schedule, rate, clock))
+              f"{len(options.folds)} fold(s)) would train for about {describe_duration(full)} on {device}")
+    budget.apply_cpu_default(device, limited=not unlimited)
+    schedule = RunSchedule(tuple(configurations), tuple(options.folds))
+    if budget.budget_seconds is not None and costs is not None:
+        compute = plans.compute
+        if compute is None or kept:
+            compute = layout_kept_plans(plans, configurations, budget.layout_budget(
+                costs, folds=options.folds, folds_named=options.folds_named, configurations=options.configurations))
+        chosen = tuple(configurations)
+        if not options.configurations:
+            chosen = tuple(name for name in configurations if name in compute.configurations) or chosen
+        folds = tuple(options.folds) if options.folds_named else compute.folds
+        schedule = RunSchedule(chosen, folds, compute)
+    print(describe_schedule(schedule, plans, budget, costs))
     return schedule
 
 
-def schedule_from_plans(
-    compute: dict, configurations: Sequence[str], options: RunOptions, clock: RunClock
-) -> RunSchedule:
-    """The configurations and folds the budget-fitted plans chose (what the user named wins), with the seconds per
-    fold left now."""
-    chosen = tuple(configurations)
-    if not options.configurations:
-        chosen = tuple(name for name in configurations if name in compute["configurations"]) or chosen
-    folds = tuple(options.folds) if options.folds_named else tuple(int(fold) for fold in compute["folds"])
-    budget = float(clock.budget_seconds or 0.0)
-    training = max(0.0, budget - clock.elapsed) * (1 - AFTER_TRAINING_SHARE - PREPROCESSING_SHARE)
-    return RunSchedule(chosen, folds, training / (len(chosen) * len(folds)), budget, tuple(compute["reasons"]))
-
-
-def _unknown_rate(_configuration: str) -> float | None:
-    return None
-
-
-def describe_schedule(schedule: RunSchedule, rate: SecondsPerIteration, clock: RunClock) -> str:
+def describe_schedule(schedule: RunSchedule, plans: Plans, budget: RunBudget, costs: MachineCosts | None) -> str:
     """What will train, how long each fold, how many steps that buys, and when the run should end."""
-    lines = [*schedule.reasons, f"training {', '.join(schedule.configurations)} x folds "
+    reasons = schedule.compute.reasons if schedule.compute is not None else ()
+    lines = [*reasons, f"training {', '.join(schedule.configurations)} x folds "
              f"{', '.join(str(fold) for fold in schedule.folds)} ({schedule.pairs} fold(s))"]
-    if schedule.seconds_per_fold is not None:
-        lines.append(f"each fold trains for {describe_duration(schedule.seconds_per_fold)}")
-        for name in schedule.configurations:
-            seconds = rate(name)
-            if seconds is not None:
-                lines.append(f"  {name}: about {seconds:.2f} s per step, so about "
-                             f"{schedule.seconds_per_fold / seconds:.0f} steps per fold")
-    if clock.budget_seconds is not None:
-        left = clock.budget_seconds - clock.elapsed
-        lines.append(f"budget {describe_duration(clock.budget_seconds)} for the whole run: expected to end by "
-                     f"{clock_time_in(left)}")
+    if budget.budget_seconds is not None:
+        seconds_per_fold = budget.training_seconds() / schedule.pairs
+        lines.append(f"each fold trains for {describe_duration(seconds_per_fold)}")
+        for name in schedule.configurations if costs is not None else ():
+            seconds = costs.step_seconds(plans.configuration(name))
+            lines.append(f"  {name}: about {seconds:.2f} s per step, so about "
+                         f"{seconds_per_fold / seconds:.0f} steps per fold")
+        lines.append(f"budget {describe_duration(budget.budget_seconds)} for the whole run: expected to end by "
+                     f"{clock_time_in(float(budget.seconds_left or 0.0))}")
     return "\n".join(lines)
 
 
@@ -196,7 +140,9 @@ def _stage(name: str) -> None:
 
 
 def plan_stage(dataset_root: Path, work: WorkFolder, options: RunOptions,
-               compute_for: ComputeFor | None = None) -> tuple[RawDataset, Plans]:
+               compute_for: ComputeFor | None = None) -> tuple[RawDataset, Plans, bool]:
+    """Check, fingerprint and plan (fitted to the budget with ``compute_for``); the plans, and whether they were kept
+    from an earlier run."""
     _stage("check + fingerprint + plan")
     dataset, plans, kept = plan_dataset(
         dataset_root, work, preset=options.preset, gpu_memory_gb=options.gpu_memory_gb, workers=options.workers,
@@ -213,7 +159,7 @@ def plan_stage(dataset_root: Path, work: WorkFolder, options: RunOptions,
     )
     if memory:
         print(memory)
-    return dataset, plans
+    return dataset, plans, kept
 
 
 def configurations_to_train(plans: Plans, requested: Sequence[str] | None, folds: Sequence[int]) -> list[str]:
@@ -276,7 +222,7 @@ def training_settings(options: RunOptions, fold_seconds: float | None = None) ->
 
 
 def train_stage(
-    dataset: RawDataset, work: WorkFolder, plans: Plans, schedule: RunSchedule, options: RunOptions, clock: RunClock
+    dataset: RawDataset, work: WorkFolder, plans: Plans, schedule: RunSchedule, options: RunOptions, budget: RunBudget
 ) -> None:
     """Train (or resume) every scheduled fold, saying ``fold k/N`` and the run's expected finish after each."""
     components = training_components()
@@ -285,14 +231,13 @@ def train_stage(
             for configuration, fold in pairs]
     to_train = [job.fold_folder for job in jobs if not fold_is_complete(job.fold_folder)]
     reserve = 0.0
-    if clock.budget_seconds is not None:
-        case_seconds = case_prediction_seconds_estimator(plans, dataset, choose_device(options.device),
-                                                         options.precision)
+    if budget.budget_seconds is not None:
+        costs = machine_costs(dataset, choose_device(options.device), options.precision)
         # Validation, then test-time standardisation of the selected model (counted for every fold: an upper bound).
-        reserve = after_training_reserve(
-            clock.budget_seconds - clock.elapsed,
+        reserve = budget.after_training_reserve(
             [(len(job.validation_case_ids) + min(RUN_STANDARDISATION_CASES, len(job.train_case_ids)),
-              case_seconds(configuration)) for (configuration, _), job in zip(pairs, jobs, strict=True)],
+              costs.case_prediction_seconds(plans.configuration(configuration)))
+             for (configuration, _), job in zip(pairs, jobs, strict=True)],
         )
         print(f"keeping {describe_duration(reserve)} of the budget for validation, model selection and the report")
     for number, ((configuration, fold), job) in enumerate(zip(pairs, jobs, strict=True), start=1):
@@ -300,58 +245,57 @@ def train_stage(
             print(f"{configuration} fold {fold} ({number}/{len(pairs)}): already trained and validated, skipping")
             continue
         _stage(f"train {configuration} fold {fold} (fold {number}/{len(pairs)})")
-        fold_seconds = schedule.seconds_per_fold
-        if clock.budget_seconds is not None:  # what is left now, shared by the folds still to train
-            fold_seconds = max(0.0, clock.budget_seconds - clock.elapsed - reserve) / len(to_train)
+        fold_seconds = None
+        if budget.budget_seconds is not None:
+            fold_seconds = budget.fold_seconds(reserve, len(to_train))
             print(f"this fold trains for {describe_duration(fold_seconds)}")
         to_train.remove(job.fold_folder)
         remove_stale_temporaries(job.fold_folder, recursive=True)  # a killed run's; the working folder is ours
         train_fold(job, training_settings(options, fold_seconds), components=components)
-        print(clock.progress_line(done=number, total=len(pairs)), flush=True)
+        print(budget.progress_line(done=number, total=len(pairs)), flush=True)
 
 
 def run_pipeline(dataset_root: str, work_dir: str | None, options: RunOptions) -> Path:
     """Run every stage; returns the report path. The working folder stays locked against other autoseg commands."""
-    clock = RunClock(time.monotonic(), parse_time_budget(options.time_budget) if options.time_budget else None)
+    budget = RunBudget.start(options.time_budget)
     root = Path(dataset_root)
     if not root.is_dir():
         raise UserError(f"{dataset_root}: dataset folder not found.")
     work = WorkFolder.for_dataset(work_dir, root)
     with folder_lock(work):
-        return _run_stages(root, work, options, clock)
+        return _run_stages(root, work, options, budget)
 
 
-def _run_stages(root: Path, work: WorkFolder, options: RunOptions, clock: RunClock) -> Path:
+def _run_stages(root: Path, work: WorkFolder, options: RunOptions, budget: RunBudget) -> Path:
     device = choose_device(options.device)
-    apply_default_budget(options, clock, device)
+    budget.apply_cpu_default(device, limited=not _unlimited(options))
     compute_for = None
-    if clock.budget_seconds is not None:  # the plans are fitted to what is left of the budget on this machine
-        compute_for = compute_budget_for(device, options.precision, budget_seconds=clock.budget_seconds,
-                                         deadline=clock.started + clock.budget_seconds)
-    dataset, plans = plan_stage(root, work, options, compute_for)
+    if budget.budget_seconds is not None:  # the plans are fitted to what is left of the budget on this machine
+        compute_for = budget.compute_for(device, options.precision, folds=options.folds,
+                                         folds_named=options.folds_named, configurations=options.configurations)
+    dataset, plans, kept = plan_stage(root, work, options, compute_for)
     configurations = configurations_to_train(plans, options.configurations, options.folds)
-    schedule = schedule_stage(plans, dataset, configurations, options, clock)
+    schedule = schedule_stage(plans, dataset, configurations, options, budget, kept=kept)
     configurations = list(schedule.configurations)
     _stage("preprocess")
     preprocess_dataset(
         dataset, plans=plans, work_folder=work, configuration_names=configurations, workers=options.workers,
         show_progress=options.progress,
     )
-    train_stage(dataset, work, plans, schedule, options, clock)
+    train_stage(dataset, work, plans, schedule, options, budget)
     _stage("model selection + post-processing")
     recipe = find_best(work, configurations, list(schedule.folds), workers=options.workers, progress=options.progress)
     print(format_candidates(recipe))
     log_cross_validation(work, recipe, options.loggers)
     _stage("test-time standardisation (for predict --adapt)")
-    seconds_left = None if clock.budget_seconds is None else clock.budget_seconds - clock.elapsed
+    costs = machine_costs(dataset, device, options.precision) if budget.budget_seconds is not None else None
     standardisation_stage(
-        work, recipe, device=str(device), precision=options.precision, seconds_left=seconds_left,
-        case_seconds=(_unknown_rate if seconds_left is None
-                      else case_prediction_seconds_estimator(plans, dataset, device, options.precision)),
+        work, recipe, device=str(device), precision=options.precision, budget=budget,
+        case_seconds=lambda name: None if costs is None else costs.case_prediction_seconds(plans.configuration(name)),
     )
     _stage("report")
     report = build_report(work)
     print(f"\nReport: {report}")
     print(f"predict new images with:\n  autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {work}")
-    print(clock.final_line(), flush=True)
+    print(budget.final_line(), flush=True)
     return report

@@ -12,13 +12,13 @@ import numpy as np
 
 from autoseg import __version__
 from autoseg.errors import UserError
-from autoseg.planning.compute import (
+from autoseg.planning.layout import (
     CASCADE_CONFIGURATIONS,
     COARSENING_FACTORS,
     ComputeBudget,
     choose_layout,
     choose_variant,
-    compute_record,
+    compute_plan,
     ladder,
 )
 from autoseg.planning.memory_model import PRECISIONS
@@ -193,7 +193,7 @@ def _fit_to_compute(
     full: dict[str, dict], fit: Callable[[list[float], list[float]], FittedPatch], geometry: _PlanningGeometry,
     normalization: list[dict], budget: ComputeBudget,
 ) -> tuple[dict[str, dict], dict]:
-    """The configurations refitted to the time budget (see ``autoseg.planning.compute``) and the ``compute`` record.
+    """The configurations refitted to the time budget (see ``autoseg.planning.layout``) and the ``compute`` record.
 
     Configurations the layout does not train are fitted to the same seconds per fold, so training them later by
     hand stays affordable. The cascade is kept only while ``3d_fullres``, which it inherits, keeps its plan.
@@ -218,7 +218,7 @@ def _fit_to_compute(
     if "3d_fullres" in fitted and fitted["3d_fullres"] != full["3d_fullres"]:
         fitted = {name: value for name, value in fitted.items() if name not in CASCADE_CONFIGURATIONS}
         fitted["3d_fullres"] = {**fitted["3d_fullres"], "batch_dice": False}  # no cascade: the reference's default
-    return fitted, compute_record(layout, budget, resolution_dice)
+    return fitted, compute_plan(layout, budget, resolution_dice).to_json()
 
 
 def plan_experiment(

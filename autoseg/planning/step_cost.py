@@ -14,14 +14,13 @@ A training step's time is modelled, per dimension (2D and 3D kernels run at diff
 - ``d``: fixed cost per step (launching kernels, the optimiser over every parameter, Python).
 - ``GB of fresh pages``: on CPU, glibc serves every allocation of at least 32 MiB (``LARGE_ALLOCATION_BYTES``)
   with a fresh ``mmap`` and returns it to the kernel when freed, so each step faults those tensors' pages in anew
-  (a third of a Hippocampus 2d step at batch 279 is spent in the kernel doing so). The large allocations are
+  (for large batches a sizeable share of the step, docs/planning.md). The large allocations are
   counted on the ``meta`` device like the FLOPs, times ``UNCOUNTED_ALLOCATION_FACTOR`` for the buffers the count
   cannot see; ``p`` is measured directly (fresh against reused 64 MiB tensors), not fitted, because probes small
   enough to time quickly allocate no such tensors. On a GPU the caching allocator reuses memory and ``p`` is 0.
   Sizes are counted in the training precision's element size: under bfloat16 autocast every tensor of the network
-  (convolutions, norms, activations) is half as large as in float32, and many drop below the threshold. Counted in
-  float32, an Intel Xeon with AMX training in bfloat16 was over-predicted by up to 66 % on large steps (6 of 15
-  configurations within 20 %); counted in bfloat16, 11 of 15 in one run and 7 of 15 in another (docs/planning.md).
+  (convolutions, norms, activations) is half as large as in float32, and many drop below the threshold (what
+  counting in float32 instead did to the predictions: docs/planning.md, "Throughput model").
 
 and the augmented batch the step consumes costs ``data = e * M input voxels + f`` seconds of one CPU core, in a
 background worker. How the loop pays it depends on the device (``ThroughputModel.data_overlaps_step``):
@@ -65,9 +64,8 @@ MEGA = 1e6
 # always get fresh pages from the kernel.
 LARGE_ALLOCATION_BYTES = 32 * 2**20
 # Pages a CPU training step faults in (ru_minflt) per large-allocation byte counted on the meta device: the count
-# sees autograd's tensors, not oneDNN's layout reorders and workspaces. Measured with torch 2.13 on CPU, float32:
-# Hippocampus 2d batch 279 1.75, Hippocampus 3d_fullres batch 7 1.76, a 3D 32^3 probe at batch 8 1.66. Used for
-# bfloat16 as well (not measured there).
+# sees autograd's tensors, not oneDNN's layout reorders and workspaces. Measured in float32 (docs/planning.md, "Fresh
+# pages"); used for bfloat16 as well.
 UNCOUNTED_ALLOCATION_FACTOR = 1.75
 # The element type a step's tensors have under each training precision (autocast on CPU and CUDA alike).
 ELEMENT_TYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

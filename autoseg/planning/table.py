@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from autoseg.records.compute_plan import ComputePlan
 from autoseg.records.plans import Configuration, Plans
 
 
@@ -64,9 +65,8 @@ def format_plans_table(plans: Plans) -> str:
         f"{plans.get('dataset_name')}: preset {plans.get('preset')}, budget {plans.get('gpu_memory_gb'):g} GB "
         f"({plans.get('training_precision', 'mixed')} precision), axis order {list(plans.transpose_forward)}",
     ]
-    compute = plans.get("compute")
-    if compute:
-        lines.extend(format_compute(compute))
+    if plans.compute is not None:
+        lines.extend(format_compute(plans.compute))
     for name, configuration in plans.configurations.items():
         inherits = f"  (inherits from {plans.parents[name]})" if name in plans.parents else ""
         lines.append("")
@@ -76,18 +76,18 @@ def format_plans_table(plans: Plans) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_compute(compute: dict) -> list[str]:
+def format_compute(compute: ComputePlan) -> list[str]:
     """The time budget's reasoning (``compute`` in plans.json): what trains, how many steps, and why."""
-    budget = compute.get("budget_seconds")
-    folds = ", ".join(str(fold) for fold in compute["folds"])
+    folds = ", ".join(str(fold) for fold in compute.folds)
+    budget = f"{compute.budget_seconds / 60:.0f} min" if compute.budget_seconds is not None else "unknown"
     lines = [
-        f"fitted to a time budget of {budget / 60:.0f} min on {compute['device']}: about "
-        f"{compute['training_seconds'] / 60:.0f} min of training, {' + '.join(compute['configurations'])} on "
-        f"fold(s) {folds}, {compute['seconds_per_fold'] / 60:.0f} min each (target {compute['target_iterations']} "
+        f"fitted to a time budget of {budget} on {compute.device}: about "
+        f"{compute.training_seconds / 60:.0f} min of training, {' + '.join(compute.configurations)} on "
+        f"fold(s) {folds}, {compute.seconds_per_fold / 60:.0f} min each (target {compute.target_iterations} "
         "steps per fold)",
     ]
-    lines.extend(f"  why: {reason}" for reason in compute["reasons"])
-    for name, entry in compute["per_configuration"].items():
-        lines.append(f"  {name}: about {entry['expected_seconds_per_iteration']:.2f} s per step, "
-                     f"{entry['expected_iterations']} steps; {'; '.join(entry['choices'])}")
+    lines.extend(f"  why: {reason}" for reason in compute.reasons)
+    for name, cost in compute.per_configuration.items():
+        lines.append(f"  {name}: about {cost.expected_seconds_per_iteration:.2f} s per step, "
+                     f"{cost.expected_iterations} steps; {'; '.join(cost.choices)}")
     return lines

@@ -5,6 +5,7 @@ Every stage imports these (and ``io``, ``networks``, ``utils``), never another s
 
 from __future__ import annotations
 
+from autoseg.records.compute_plan import ComputePlan, ConfigurationCost
 from autoseg.records.dataset import Case, Problem, RawDataset
 from autoseg.records.fingerprint import FINGERPRINT_VERSION, load_fingerprint
 from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
@@ -15,7 +16,9 @@ from autoseg.records.work_folder import WorkFolder
 __all__ = [
     "FINGERPRINT_VERSION",
     "Case",
+    "ComputePlan",
     "Configuration",
+    "ConfigurationCost",
     "InferenceRecipe",
     "Plans",
     "PostprocessingDecision",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.errors import UserError
+from autoseg.records.compute_plan import ComputePlan
 from autoseg.records.work_folder import PLANS_FILE
 from autoseg.utils.files import read_json
 
@@ -128,6 +129,12 @@ class Plans:
     @property
     def names(self) -> list[str]:
         return list(self.configurations)
+
+    @property
+    def compute(self) -> ComputePlan | None:
+        """The time budget's decision the plans were fitted to (``autoseg.planning.layout``), None without one."""
+        data = self.header.get("compute")
+        return ComputePlan.from_json(data) if data else None
 
     def get(self, key: str, default: Any = None) -> Any:
         """A top-level fact such as ``dataset_name``, ``preset`` or ``fingerprint_signature``."""

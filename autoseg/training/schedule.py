@@ -8,13 +8,10 @@ budget runs out and a short budget still ends with a low-learning-rate, well-con
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from autoseg.errors import UserError
 
 POLY_EXPONENT = 0.9
-TIME_BUDGET_PATTERN = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
-SECONDS_PER_UNIT = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
 # Under a time budget (and no explicit --iterations-per-epoch) an epoch is a share of the budget, so that a 20-minute
 # CPU run logs, validates and checkpoints 20 times instead of in the two 250-iteration epochs it would manage.
 EPOCHS_PER_TIME_BUDGET = 20
@@ -24,18 +21,6 @@ MINIMUM_EPOCH_SECONDS = 30.0
 def epoch_seconds_for_budget(budget_seconds: float) -> float:
     """Length of a time-sliced epoch: 1/20 of the budget, at least 30 s."""
     return max(MINIMUM_EPOCH_SECONDS, budget_seconds / EPOCHS_PER_TIME_BUDGET)
-
-
-def parse_time_budget(text: str) -> float:
-    """Seconds in a budget such as ``"90s"``, ``"20m"``, ``"2h"`` or ``"1.5h"`` (a bare number means minutes)."""
-    match = TIME_BUDGET_PATTERN.match(str(text))
-    if not match:
-        raise UserError(f"time budget {text!r} is not understood; write it like 90s, 20m or 2h.")
-    unit = (match.group("unit") or "m").lower()
-    seconds = float(match.group("value")) * SECONDS_PER_UNIT[unit]
-    if seconds <= 0:
-        raise UserError(f"time budget {text!r} must be positive.")
-    return seconds
 
 
 def poly_learning_rate(initial_learning_rate: float, progress: float, *, exponent: float = POLY_EXPONENT) -> float:

@@ -19,31 +19,34 @@ configurations and how many folds) is chosen first: every configuration on every
 at rung 0 or 1, else the configuration whose fit is least degraded on one fold (one that reaches the target steps
 before one that does not, then one that keeps its network before a narrowed one; among equals ``3d_fullres``,
 then the lower rung), on as many folds as leave that variant unchanged with ``SPLIT_FOLD_ITERATIONS`` steps each
-(one fold when even that does not). Between two narrowed fits the rung does not decide: a narrowed 2d fit scored
-below the narrowed ``3d_fullres`` fit on Hippocampus in the same hour (0.857 against 0.862, docs/planning.md), so a
-2d fit that keeps its batch does not outrank ``3d_fullres`` on a smaller one. Among narrowed variants of one
-configuration, one short of ``SPLIT_FOLD_ITERATIONS`` steps gives way to a smaller batch that reaches them
-(``choose_variant``).
+(one fold when even that does not). Between two narrowed fits the rung does not decide: a narrowed 2d fit that keeps
+its batch does not outrank ``3d_fullres`` on a smaller one (measured: docs/planning.md, "Compute-aware plans"). Among
+narrowed variants of one configuration, one short of ``SPLIT_FOLD_ITERATIONS`` steps gives way to a smaller batch
+that reaches them (``choose_variant``).
+
+What the user named constrains the layout: named folds are the folds (``ComputeBudget.folds_named``), named
+configurations all train (``ComputeBudget.configurations``). Plans kept from an earlier run are laid out by the same
+``choose_layout``, each kept configuration a ladder of one rung (``layout_kept_plans``). The decision is a
+``autoseg.records.compute_plan.ComputePlan``; how the budget's seconds are found is ``autoseg.pipeline.budget``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 
 from autoseg.planning.topology import features_per_stage
+from autoseg.records.compute_plan import ComputePlan, ConfigurationCost
+from autoseg.records.plans import Plans
+from autoseg.records.training_batch import MINIMUM_BATCH_SIZE, device_batch_size
 from autoseg.transforms.resampling import coarsened_spacing
 
 TARGET_ITERATIONS = 2000  # steps a fold should get: below this a 2-core CPU run is far from what its plan can reach
-# A further fold only while every fold keeps this many steps. Steps past the target still pay: in a 25-minute
-# Hippocampus run the pseudo-Dice of fold 0 still rose from 0.853 at about 1100 steps to 0.86 at 2000
-# (docs/planning.md).
+# A further fold only while every fold keeps this many steps: steps past the target still pay (docs/planning.md).
 SPLIT_FOLD_ITERATIONS = 2 * TARGET_ITERATIONS
 RESOLUTION_DICE_FLOOR = 0.995  # at most half a Dice point may be lost to a coarser grid
 COARSENING_FACTORS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
 MINIMUM_MEDIAN_VOXELS = {2: 48, 3: 24}
-MINIMUM_BATCH_SIZE = 2
 NARROW_BASE_FEATURES = 16
 NARROW_RUNG = 2  # rungs from here on train the narrowed network
 FULL_QUALITY_RUNG = 1  # rungs 0 and 1 train the plan's network as planned (at most half a Dice point of grid loss)
@@ -62,9 +65,11 @@ class ComputeBudget:
     device: str
     # (full-resolution spacing in the images' axis order, factors) -> factor: the worst class's round-trip Dice
     label_round_trip: Callable[[list[float], Sequence[float]], dict[float, float]]
-    max_voxels_per_step: int | None = None  # CPU training caps a step's batch at this many voxels
-    folds: int = 5
+    max_voxels_per_step: int | None = None  # a CPU step's batch cap (None: ``records.training_batch``'s)
     budget_seconds: float | None = None  # the whole run's, for the record
+    folds: tuple[int, ...] = (0, 1, 2, 3, 4)  # the folds a layout may use, in order
+    folds_named: bool = False  # the user named ``folds``: the layout trains exactly those
+    configurations: tuple[str, ...] | None = None  # configurations the user named: the layout trains all of them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,27 +141,34 @@ def choose_variant(variants: Sequence[Variant], seconds: float) -> Variant:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Which configurations train on how many folds, with the variant each gets and why."""
+    """Which configurations train on which folds, with the variant each gets and why."""
 
     configurations: tuple[str, ...]
-    folds: int
+    folds: tuple[int, ...]
     seconds_per_fold: float
     chosen: dict[str, Variant]
     reasons: tuple[str, ...]
 
 
 def choose_layout(ladders: dict[str, list[Variant]], budget: ComputeBudget, primary: str) -> Layout:
-    """Every configuration on as many folds as keep each at full quality; else the least degraded one alone."""
-    names = list(ladders)
-    for folds in range(budget.folds, 0, -1):
+    """Every configuration on as many folds as keep each at full quality; else the least degraded one alone.
+
+    The only code that decides configurations, folds and variants (see the module docstring); what the user named
+    in ``budget`` is kept.
+    """
+    names = [name for name in ladders if budget.configurations is None or name in budget.configurations]
+    counts = [len(budget.folds)] if budget.folds_named else list(range(len(budget.folds), 0, -1))
+    for folds in counts:
         seconds = budget.training_seconds / (len(names) * folds)
         chosen = {name: choose_variant(ladders[name], seconds) for name in names}
         if _full_quality(chosen.values(), seconds):
             why = f"every configuration trains its plan for {TARGET_ITERATIONS}+ steps on {folds} fold(s)"
-            return Layout(tuple(names), folds, seconds, chosen, (why,))
+            return Layout(tuple(names), budget.folds[:folds], seconds, chosen, (why,))
+    if budget.configurations is not None:
+        return _named_layout(ladders, budget, names, counts[-1])
     alone = {name: choose_variant(ladders[name], budget.training_seconds) for name in names}
     best = min(names, key=lambda name: _preference(alone[name], budget.training_seconds, name != primary))
-    for folds in range(budget.folds, 0, -1):  # more folds only while they cost the model nothing
+    for folds in counts:  # more folds only while they cost the model nothing
         seconds = budget.training_seconds / folds
         variant = choose_variant(ladders[best], seconds)
         if variant == alone[best] and variant.iterations(seconds) >= min(SPLIT_FOLD_ITERATIONS,
@@ -167,31 +179,54 @@ def choose_layout(ladders: dict[str, list[Variant]], budget: ComputeBudget, prim
     if _degradation(variant, seconds)[0]:
         reasons.append(f"even the cheapest {best} variant gets fewer than {TARGET_ITERATIONS} steps; a larger "
                        "--time-budget buys a better model")
-    return Layout((best,), folds, seconds, {best: variant}, tuple(reasons))
+    return Layout((best,), budget.folds[:folds], seconds, {best: variant}, tuple(reasons))
 
 
-def compute_record(layout: Layout, budget: ComputeBudget, resolution_dice: dict[float, float]) -> dict:
-    """The ``compute`` entry of plans.json: the budget, the layout and, per configuration, the reasoning."""
-    return {
-        "device": budget.device,
-        "budget_seconds": budget.budget_seconds,
-        "training_seconds": round(budget.training_seconds, 1),
-        "target_iterations": TARGET_ITERATIONS,
-        "label_dice_at_coarser_spacing": {f"{factor:g}": round(dice, 4) for factor, dice in resolution_dice.items()},
-        "configurations": list(layout.configurations),
-        "folds": list(range(layout.folds)),
-        "seconds_per_fold": round(layout.seconds_per_fold, 1),
-        "reasons": list(layout.reasons),
-        "per_configuration": {
-            name: {
-                "expected_seconds_per_iteration": round(variant.seconds_per_iteration, 4),
-                "expected_iterations": variant.iterations(layout.seconds_per_fold),
-                "rung": variant.rung,
-                "choices": list(variant.choices),
-            }
+def _named_layout(ladders: dict[str, list[Variant]], budget: ComputeBudget, names: list[str], folds: int) -> Layout:
+    """The configurations the user named, all of them, on ``folds`` folds, each with the variant it can afford."""
+    seconds = budget.training_seconds / (len(names) * folds)
+    chosen = {name: choose_variant(ladders[name], seconds) for name in names}
+    reasons = [f"training the named configuration(s) {', '.join(names)} on {folds} fold(s), although the budget "
+               f"cannot train every one of them as planned for {TARGET_ITERATIONS} steps"]
+    return Layout(tuple(names), budget.folds[:folds], seconds, chosen, tuple(reasons))
+
+
+def layout_kept_plans(plans: Plans, configurations: Sequence[str], budget: ComputeBudget) -> ComputePlan:
+    """The layout of plans kept from an earlier run (not refitted to this budget): ``choose_layout`` over
+    ``configurations``, each kept configuration a ladder of one rung. A cascade stage is laid out only when named."""
+    named = budget.configurations or ()
+    ladders = {
+        name: [Variant(plans.configuration(name).to_json(), 0, 0.0, ("the kept plan",))]
+        for name in configurations if name not in CASCADE_CONFIGURATIONS or name in named
+    }
+    ladders = {name: [dataclasses.replace(variant, seconds_per_iteration=budget.seconds_per_iteration(
+        name, variant.configuration)) for variant in ladder] for name, ladder in ladders.items()}
+    primary = "3d_fullres" if "3d_fullres" in ladders else next(iter(ladders))
+    return compute_plan(choose_layout(ladders, budget, primary), budget, {})
+
+
+def compute_plan(layout: Layout, budget: ComputeBudget, resolution_dice: dict[float, float]) -> ComputePlan:
+    """The record of the decision: the budget, the layout and, per configuration, the reasoning."""
+    return ComputePlan(
+        device=budget.device,
+        budget_seconds=budget.budget_seconds,
+        training_seconds=round(budget.training_seconds, 1),
+        target_iterations=TARGET_ITERATIONS,
+        label_dice_at_coarser_spacing={f"{factor:g}": round(dice, 4) for factor, dice in resolution_dice.items()},
+        configurations=layout.configurations,
+        folds=layout.folds,
+        seconds_per_fold=round(layout.seconds_per_fold, 1),
+        reasons=layout.reasons,
+        per_configuration={
+            name: ConfigurationCost(
+                expected_seconds_per_iteration=round(variant.seconds_per_iteration, 4),
+                expected_iterations=variant.iterations(layout.seconds_per_fold),
+                rung=variant.rung,
+                choices=variant.choices,
+            )
             for name, variant in layout.chosen.items()
         },
-    }
+    )
 
 
 def _degradation(variant: Variant, seconds: float) -> tuple[bool, int]:
@@ -211,10 +246,9 @@ def _full_quality(variants, seconds: float) -> bool:
 
 def _capped(configuration: dict, budget: ComputeBudget) -> dict:
     """The configuration with the batch the training loop will really use on the budget's device."""
-    if budget.max_voxels_per_step is None:
-        return configuration
-    cap = max(MINIMUM_BATCH_SIZE, budget.max_voxels_per_step // math.prod(configuration["patch_size"]))
-    return {**configuration, "batch_size": min(configuration["batch_size"], cap)}
+    batch = device_batch_size(configuration["batch_size"], configuration["patch_size"], device=budget.device,
+                              max_voxels=budget.max_voxels_per_step)
+    return {**configuration, "batch_size": batch}
 
 
 def _smaller_batches(batch: int) -> list[int]:

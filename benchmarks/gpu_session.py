@@ -328,15 +328,14 @@ def run_command(session: Session, argv: list[str], *, log: Path, deadline: float
 
 
 def stop_process_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the command's process group, SIGKILL if it is still there 10 s later."""
-    for sent, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sent)
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM to the command's process group, SIGKILL to what is left of it 10 s later (workers included)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @contextlib.contextmanager
@@ -430,6 +429,8 @@ def run_steps(session: Session, steps: list[Step]) -> int:
             record = run_step(session, step)
         except SessionAborted as abort:
             session.note(str(abort))
+            with (session.out / step.log_name).open("a", encoding="utf-8") as stream:
+                stream.write(f"===== {step.name}: FAILED: {abort}\n")
             session.records.append({"name": step.name, "status": f"FAILED: {abort}", "seconds":
                                     round(session.elapsed(), 1), "cap_seconds": step.cap_s, "log": step.log_name,
                                     "result_file": step.result})
@@ -760,7 +761,7 @@ def predict_step(session: Session, deadline: float) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Steps nnunet_*: train_speed.py / predict_speed.py need nnU-Net v2 in a virtual environment (no network there).
 # ----------------------------------------------------------------------------------------------------------------
-def find_nnunet_venv(session: Session) -> Path | None:
+def find_nnunet_venv(session: Session, deadline: float) -> Path | None:
     """--nnunet-venv, else the python's own virtualenv, else $NNUNET_PEER_VENV or the setup script's default: the
     first where nnunetv2 imports."""
     own = Path(session.python).parent.parent
@@ -768,7 +769,11 @@ def find_nnunet_venv(session: Session) -> Path | None:
         if candidate is None or not (candidate / "bin" / "nnUNetv2_predict").is_file():
             continue
         python = candidate / "bin" / "python"
-        check = subprocess.run([str(python), "-c", "import nnunetv2"], capture_output=True, timeout=120, check=False)
+        try:
+            check = subprocess.run([str(python), "-c", "import nnunetv2"], capture_output=True, check=False,
+                                   timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise StepTimedOut from None
         if check.returncode == 0:
             return candidate
     return None
@@ -792,7 +797,7 @@ def nnunet_step(argv: Callable[[Session], list[str]]) -> Callable[[Session, floa
     def run(session: Session, deadline: float) -> None:
         if not session.nnunet_checked:
             session.nnunet_checked = True
-            session.nnunet_venv = find_nnunet_venv(session)
+            session.nnunet_venv = find_nnunet_venv(session, deadline)
             if session.nnunet_venv is not None and not session.settings.tiny:
                 session.note(f"nnU-Net v2 found in {relative_to_repository(session.nnunet_venv)}; train_speed.py "
                              f"and predict_speed.py compare on the CPU ({os.cpu_count()} cores)")

@@ -61,13 +61,17 @@ def test_a_step_over_its_cap_is_stopped_and_the_session_goes_on(tmp_path: Path) 
     session = gpu_session.Session(settings=gpu_session.TINY, out=tmp_path / "out", scratch=tmp_path / "scratch",
                                   datasets_root=tmp_path)
     write = f"import json; json.dump({{'answer': 42}}, open({str(session.results / 'quick.json')!r}, 'w'))"
+    child = tmp_path / "child.pid"  # the slow step's own child process must be stopped with it
+    slow = ["sh", "-c", f"sleep 60 & echo $! > {child}; wait"]
     steps = [
-        gpu_session.command_step("slow", lambda _: [sys.executable, "-c", "import time; time.sleep(60)"], cap_s=1),
+        gpu_session.command_step("slow", lambda _: slow, cap_s=1),
         gpu_session.command_step("quick", lambda _: [sys.executable, "-c", write], cap_s=60, result="quick.json"),
     ]
     started = time.monotonic()
     assert gpu_session.run_steps(session, steps) == 1
     assert time.monotonic() - started < 30
+    status = Path(f"/proc/{child.read_text().strip()}/status")
+    assert not status.exists() or "zombie" in status.read_text()
     summary = json.loads((session.out / "summary.json").read_text())
     statuses = {record["name"]: record["status"] for record in summary["steps"]}
     assert statuses == {"slow": "TIMEOUT after 1 s", "quick": "ok"}

@@ -16,7 +16,7 @@ from autoseg.planning.compute import ComputeBudget
 from autoseg.planning.step_cost import step_work
 from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Configuration
-from autoseg.training.loop import CPU_VOXELS_PER_STEP, training_batch_size
+from autoseg.training.step import CPU_VOXELS_PER_STEP, training_batch_size
 
 PREPROCESSING_SHARE = 0.05  # of the budget left at planning time, expected for preprocessing (corrected later)
 

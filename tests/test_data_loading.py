@@ -16,17 +16,14 @@ from autoseg.errors import UserError
 from autoseg.io.images import read_image
 from autoseg.preprocessing.storage import write_preprocessed_case as store_preprocessed_case
 from autoseg.records.plans import Configuration
+from autoseg.records.preprocessed_case import PreprocessedCase, preprocessed_case_ids
 from autoseg.training.augmentation import (
     AugmentationSettings,
     is_anisotropic_patch,
     sampled_patch_size,
 )
-from autoseg.training.data_loading import (
-    deep_supervision_scales,
-    forced_foreground_samples,
-    make_training_loader,
-    make_validation_loader,
-)
+from autoseg.training.data_loading import deep_supervision_scales, make_training_loader, make_validation_loader
+from autoseg.training.patch_sampling import forced_foreground_samples
 from autoseg.transforms.case import preprocess_case
 
 
@@ -364,3 +361,12 @@ def test_real_hippocampus_cases_through_the_training_loader(hippocampus_root: Pa
     assert [tuple(target.shape[2:]) for target in batch["target"]] == [(40, 56, 40), (20, 28, 20), (10, 14, 10)]
     assert set(torch.unique(batch["target"][0]).tolist()) <= {0, 1, 2}
     assert (batch["target"][0].flatten(1) > 0).any(dim=1).all()  # these images are crops around the hippocampus
+
+
+def test_preprocessing_writes_a_case_where_the_record_names_its_files(tmp_path: Path) -> None:
+    image, labels = np.zeros((1, 4, 5, 6), dtype=np.float32), np.zeros((1, 4, 5, 6), dtype=np.int8)
+    store_preprocessed_case(tmp_path, "case_007", image, labels, {"shape_after_resampling": [4, 5, 6]})
+    case = PreprocessedCase.at(tmp_path, "case_007")
+    assert all(path.is_file() for path in case.paths)
+    assert case.read_properties() == {"shape_after_resampling": [4, 5, 6]}
+    assert preprocessed_case_ids(tmp_path) == ["case_007"]

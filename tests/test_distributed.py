@@ -19,7 +19,6 @@ import torch.multiprocessing
 
 from autoseg.errors import UserError
 from autoseg.records.work_folder import WorkFolder
-from autoseg.training.data_loading import forced_foreground_samples
 from autoseg.training.distributed import (
     DistributedContext,
     split_batch_size,
@@ -27,8 +26,9 @@ from autoseg.training.distributed import (
     state_dict_fingerprint,
     unwrap_model,
 )
-from autoseg.training.job import build_job
-from autoseg.training.loop import TrainingSettings, train_fold
+from autoseg.training.job import TrainingSettings, build_job
+from autoseg.training.loop import train_fold
+from autoseg.training.patch_sampling import forced_foreground_samples
 from autoseg.training.training_log import read_log
 
 WORLD_SIZE = 2

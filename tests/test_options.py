@@ -12,7 +12,8 @@ from test_training import quiet, tiny_job, tiny_settings, write_tiny_work_folder
 from autoseg.commands import demo
 from autoseg.pipeline.run import RunOptions, training_settings
 from autoseg.records import checkpoint as checkpoint_files
-from autoseg.training.loop import default_components, train_fold
+from autoseg.training.job import default_components
+from autoseg.training.loop import train_fold
 from autoseg.utils import threads
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autoseg.records.plans import Configuration
-from autoseg.training.loop import training_batch_size
+from autoseg.training.step import training_batch_size
 from autoseg.utils import precision as precision_policy
 
 

@@ -18,15 +18,16 @@ from autoseg.networks import build_network
 from autoseg.pipeline.validation import training_components
 from autoseg.records import checkpoint as checkpoint_files
 from autoseg.records.dataset import Case, RawDataset
+from autoseg.records.training_summary import TrainingSummary
 from autoseg.records.work_folder import WorkFolder
-from autoseg.training import loop as loop_module
-from autoseg.training.job import build_job
-from autoseg.training.loop import TrainingSettings, default_components, train_fold
+from autoseg.training.job import TrainingSettings, build_job, default_components
+from autoseg.training.loop import train_fold
 from autoseg.training.pretrained import load_pretrained_weights
 from autoseg.training.pseudo_dice import count_overlaps, dice_from_counts
 from autoseg.training.schedule import TrainingProgress, poly_learning_rate
 from autoseg.training.splits import group_by_leading_number, load_or_create_splits, make_splits
 from autoseg.training.training_log import read_log
+from autoseg.training.validation_pass import validation_batches
 from autoseg.utils.durations import parse_time_budget
 from autoseg.utils.files import write_json
 
@@ -323,9 +324,9 @@ def test_a_time_budget_is_split_into_short_epochs_each_validated_in_proportion(w
     assert all(0 < record["iterations"] < 250 for record in log)
     assert sum(record["iterations"] for record in log) == result.iterations_done
     # 20 steps of a nominal 250 validate with 50 * 20 / 250 = 4 batches; validation never exceeds the setting.
-    assert loop_module._validation_batches(settings, 20) == 4
-    assert loop_module._validation_batches(settings, 1) == 1
-    assert loop_module._validation_batches(dataclasses.replace(settings, epoch_seconds=None), 20) == 50
+    assert validation_batches(settings, 20) == 4
+    assert validation_batches(settings, 1) == 1
+    assert validation_batches(dataclasses.replace(settings, epoch_seconds=None), 20) == 50
 
 
 def test_train_command_slices_epochs_only_when_the_epoch_length_is_not_given() -> None:
@@ -456,3 +457,20 @@ def test_a_failing_after_training_hook_is_reported_without_failing_the_training(
     assert result.after_training == {"predict_validation": {"failed": "RuntimeError: predictor exploded"}}
     assert any("predict_validation failed" in message for message in messages)
     assert (Path(result.fold_folder) / "checkpoint_final.pt").is_file()
+
+
+def test_the_training_summary_is_read_back_as_written_and_an_older_file_without_some_keys_still_reads(
+    tmp_path: Path,
+) -> None:
+    summary = TrainingSummary(
+        fold_folder=str(tmp_path), configuration_name="3d_fullres", fold=0, epochs_completed=2, iterations_done=10,
+        elapsed_seconds=3.5, final_train_loss=1.2, final_val_loss=1.1, ema_pseudo_dice=0.4, best_ema_pseudo_dice=0.5,
+        resumed_from_epoch=None, after_training={"predict_validation": {"mean_dice": 0.6}},
+    )
+    summary.write(tmp_path)
+    written = json.loads((tmp_path / "training_summary.json").read_text())
+    assert list(written) == [field.name for field in dataclasses.fields(TrainingSummary)]
+    assert TrainingSummary.read(tmp_path / "training_summary.json") == summary
+    write_json(tmp_path / "older.json", {"epochs_completed": 3, "elapsed_seconds": 60.0})
+    older = TrainingSummary.read(tmp_path / "older.json")
+    assert (older.epochs_completed, older.best_ema_pseudo_dice, older.after_training) == (3, None, {})

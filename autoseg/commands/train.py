@@ -18,8 +18,8 @@ from autoseg.pipeline.validation import training_components
 from autoseg.records.dataset import RawDataset
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.distributed import DistributedContext, detect_distributed_context
-from autoseg.training.job import build_job
-from autoseg.training.loop import TrainingJob, TrainingSettings, train_fold
+from autoseg.training.job import TrainingJob, TrainingSettings, build_job
+from autoseg.training.loop import train_fold
 from autoseg.training.schedule import epoch_seconds_for_budget
 from autoseg.training.splits import CASE_GROUPERS
 from autoseg.training.tracking import add_logger_argument, requested_loggers

@@ -23,8 +23,8 @@ from autoseg.inference.predictor import Predictor
 from autoseg.pipeline.budget import RunBudget
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.plans import load_plans
+from autoseg.records.splits import read_splits
 from autoseg.records.work_folder import WorkFolder
-from autoseg.training.splits import read_splits
 from autoseg.utils.durations import describe_duration
 from autoseg.utils.files import read_json, sha256_file
 

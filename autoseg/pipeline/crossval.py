@@ -14,6 +14,7 @@ from pathlib import Path
 
 from autoseg.errors import UserError
 from autoseg.evaluation.folders import SUMMARY_FILE_NAME, evaluate_against_ground_truth, label_files_by_case
+from autoseg.records.splits import read_splits
 from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.files import read_json
 
@@ -39,7 +40,7 @@ def collect_cross_validation(
     """
     destination = work_folder.crossval(configuration_name)
     destination.mkdir(parents=True, exist_ok=True)
-    splits = read_json(work_folder.splits)
+    splits = read_splits(work_folder.splits)
     cases: list[str] = []
     for fold in folds:
         validation = work_folder.validation(configuration_name, fold)

@@ -45,11 +45,12 @@ from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Configuration
 from autoseg.records.training_batch import device_batch_size
 from autoseg.training.augmentation import AugmentationSettings, sampled_patch_size
+from autoseg.training.batch_workers import default_number_of_workers
 from autoseg.training.data_loading import deep_supervision_scales, make_training_loader
 from autoseg.training.distributed import DistributedContext
-from autoseg.training.loop import default_number_of_workers, to_device
 from autoseg.training.losses import build_loss
 from autoseg.training.optimizers import DEFAULT_GRADIENT_CLIP_NORM, OPTIMIZERS
+from autoseg.training.step import optimiser_step
 from autoseg.utils.devices import enable_fast_kernels, make_gradient_scaler
 from autoseg.utils.files import read_json, write_json
 from autoseg.utils.precision import autocast_for, resolve_precision
@@ -254,7 +255,7 @@ def time_training_steps(
 ) -> float:
     """Median seconds of ``timed`` training steps after ``warmup`` untimed ones, on random data and labels.
 
-    The step is the loop's (``autoseg.training.loop._train_one_epoch``): batch to the device, forward under
+    The step is the loop's own (``autoseg.training.step.optimiser_step``): batch to the device, forward under
     autocast, deep-supervision Dice + CE, scaled backward, gradient clipping, SGD step, and reading the loss back
     (which waits for an asynchronous device).
     """
@@ -273,16 +274,8 @@ def time_training_steps(
     seconds = []
     for step in range(warmup + timed):
         started = time.perf_counter()
-        on_device, target = to_device(data, device), to_device(targets, device)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast_for(device, precision):
-            loss = loss_function(network(on_device), target)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(network.parameters(), DEFAULT_GRADIENT_CLIP_NORM)
-        scaler.step(optimizer)
-        scaler.update()
-        float(loss.detach())
+        optimiser_step(network, optimizer, scaler, loss_function, data, targets, device=device, precision=precision,
+                       gradient_clip_norm=DEFAULT_GRADIENT_CLIP_NORM)
         if step >= warmup:
             seconds.append(time.perf_counter() - started)
     return statistics.median(seconds)

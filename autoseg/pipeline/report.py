@@ -15,6 +15,7 @@ from autoseg.planning.table import configuration_rows, format_compute
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.plans import Plans, load_plans
 from autoseg.records.postprocessing import PostprocessingDecision
+from autoseg.records.training_summary import TrainingSummary
 from autoseg.records.work_folder import POSTPROCESSING_FILE, WorkFolder
 from autoseg.report import ReportSection, format_number, write_report
 from autoseg.report.figures import SERIES_COLOURS, figure_png, grouped_bar_chart, new_figure
@@ -50,11 +51,11 @@ def _training_section(work: WorkFolder) -> ReportSection:
         section.add_image(f"{progress.parent.parent.name} {progress.parent.name}", progress, wide=True)
     rows = []
     for summary_path in work.training_summaries():
-        summary = read_json(summary_path)
-        validation = summary.get("after_training", {}).get("predict_validation") or {}
+        summary = TrainingSummary.read(summary_path)
+        validation = summary.after_training.get("predict_validation") or {}
         rows.append([
-            summary_path.parent.parent.name, summary_path.parent.name, summary.get("epochs_completed"),
-            f"{float(summary.get('elapsed_seconds') or 0) / 60:.1f}", summary.get("best_ema_pseudo_dice"),
+            summary_path.parent.parent.name, summary_path.parent.name, summary.epochs_completed,
+            f"{float(summary.elapsed_seconds or 0) / 60:.1f}", summary.best_ema_pseudo_dice,
             validation.get("mean_dice"),
         ])
     if rows:

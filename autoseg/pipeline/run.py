@@ -28,8 +28,8 @@ from autoseg.records.compute_plan import ComputePlan
 from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Plans
 from autoseg.records.work_folder import TRAINING_SUMMARY_FILE, VALIDATION_FOLDER, WorkFolder
-from autoseg.training.job import build_job
-from autoseg.training.loop import TrainingSettings, train_fold
+from autoseg.training.job import TrainingSettings, build_job
+from autoseg.training.loop import train_fold
 from autoseg.training.schedule import epoch_seconds_for_budget
 from autoseg.training.tracking import log_cross_validation
 from autoseg.utils.devices import choose_device

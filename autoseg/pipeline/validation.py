@@ -15,7 +15,7 @@ from autoseg.evaluation.folders import evaluate_against_ground_truth
 from autoseg.inference.next_stage import prepare_previous_stage_maps
 from autoseg.inference.predictor import Predictor
 from autoseg.records.work_folder import WorkFolder
-from autoseg.training.loop import TrainingComponents, default_components
+from autoseg.training.job import TrainingComponents, default_components
 
 
 def predict_validation_cases(

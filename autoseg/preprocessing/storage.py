@@ -18,21 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.records.preprocessed_case import PreprocessedCase
 from autoseg.utils.files import atomic_path
-
-SIDECAR_ENDING = ".json"
-DATA_ENDING = ".npy"
-SEGMENTATION_ENDING = "_seg.npy"
 
 
 def case_paths(folder: str | os.PathLike[str], identifier: str) -> tuple[Path, Path, Path]:
-    """``(CASE.npy, CASE_seg.npy, CASE.json)`` inside ``folder``."""
-    folder = Path(folder)
-    return (
-        folder / f"{identifier}{DATA_ENDING}",
-        folder / f"{identifier}{SEGMENTATION_ENDING}",
-        folder / f"{identifier}{SIDECAR_ENDING}",
-    )
+    """``(CASE.npy, CASE_seg.npy, CASE.json)`` inside ``folder``, named by ``autoseg.records.preprocessed_case``."""
+    return PreprocessedCase.at(folder, identifier).paths
 
 
 # Preprocessed cases can always be regenerated and are validated (shapes against the sidecar) before reuse, so
@@ -70,8 +62,7 @@ def write_preprocessed_case(
 
 def read_properties(folder: str | os.PathLike[str], identifier: str) -> dict:
     """The sidecar ``CASE.json`` of a preprocessed case."""
-    with open(case_paths(folder, identifier)[2], encoding="utf-8") as stream:
-        return json.load(stream)
+    return PreprocessedCase.at(folder, identifier).read_properties()
 
 
 def load_preprocessed_case(
@@ -92,10 +83,10 @@ def read_complete_case_properties(
 ) -> dict | None:
     """The sidecar of a finished, valid case, or None: the sidecar must parse and the arrays must open with the
     shapes and dtypes it records. Only array headers are read (memory-mapped), so this is cheap."""
-    data_path, segmentation_path, sidecar_path = case_paths(folder, identifier)
+    case = PreprocessedCase.at(folder, identifier)
+    data_path, segmentation_path = case.image_path, case.segmentation_path
     try:
-        with open(sidecar_path, encoding="utf-8") as stream:
-            properties = json.load(stream)
+        properties = case.read_properties()
         shape = tuple(int(size) for size in properties["shape_after_resampling"])
         data = np.load(data_path, mmap_mode="r", allow_pickle=False)
         if data.dtype != np.float32 or data.shape != (channels, *shape):

@@ -1,7 +1,8 @@
 """Cross-validation folds: shuffled K-fold with a fixed seed, optional grouping, saved as ``splits.json``.
 
 ``splits.json`` is a list of ``{"train": [...], "val": [...]}``, one entry per fold. A user-provided file in the
-same format is honoured as is (after checking that it names only known cases).
+same format is honoured as is (after checking that it names only known cases). Reading and writing the file is
+``autoseg.records.splits``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import UserError
-from autoseg.utils.files import read_json, write_json
+from autoseg.records.splits import read_splits, write_splits
 
 DEFAULT_NUMBER_OF_FOLDS = 5
 DEFAULT_SPLIT_SEED = 12345
@@ -77,31 +78,6 @@ def make_splits(
     return splits
 
 
-def read_splits(path: str | os.PathLike[str], *, known_case_ids: Sequence[str] | None = None) -> list[dict]:
-    """Read and check a splits file: a non-empty list of ``{"train": [...], "val": [...]}`` naming known cases."""
-    path = Path(path)
-    try:
-        splits = read_json(path)
-    except FileNotFoundError as error:
-        raise UserError(f"splits file {path} does not exist.") from error
-    except ValueError:
-        raise UserError(
-            f"splits file {path} is not valid JSON (cut short or damaged?); fix it, or delete it and autoseg makes "
-            "the automatic splits again."
-        ) from None
-    if not isinstance(splits, list) or not splits or not all(
-        isinstance(fold, dict) and isinstance(fold.get("train"), list) and isinstance(fold.get("val"), list)
-        for fold in splits
-    ):
-        raise UserError(f'splits file {path} must be a list of {{"train": [...], "val": [...]}} entries, one per fold.')
-    if known_case_ids is not None:
-        known = set(known_case_ids)
-        unknown = sorted({i for fold in splits for i in fold["train"] + fold["val"]} - known)
-        if unknown:
-            raise UserError(f"splits file {path} names case(s) not in the dataset: {', '.join(unknown[:5])}.")
-    return splits
-
-
 def require_complete_and_grouped(
     splits: list[dict], path: Path, case_ids: Sequence[str], *, grouper: CaseGrouper = group_by_case
 ) -> None:
@@ -146,7 +122,7 @@ def load_or_create_splits(
     if user_splits_file is not None:
         splits = read_splits(user_splits_file, known_case_ids=case_ids)
         if write:
-            write_json(splits_path, splits)
+            write_splits(splits_path, splits)
         return splits
     if Path(splits_path).exists():
         splits = read_splits(splits_path, known_case_ids=case_ids)
@@ -154,7 +130,7 @@ def load_or_create_splits(
         return splits
     splits = make_splits(case_ids, seed=seed, grouper=grouper)
     if write:
-        write_json(splits_path, splits)
+        write_splits(splits_path, splits)
     return splits
 
 
@@ -167,3 +143,17 @@ def cases_for_fold(splits: list[dict], fold: int | str, case_ids: Sequence[str])
     if not 0 <= fold < len(splits):
         raise UserError(f"fold {fold} does not exist: the splits define folds 0 to {len(splits) - 1}.")
     return list(splits[fold]["train"]), list(splits[fold]["val"])
+
+
+__all__ = [
+    "CASE_GROUPERS",
+    "DEFAULT_NUMBER_OF_FOLDS",
+    "DEFAULT_SPLIT_SEED",
+    "cases_for_fold",
+    "group_by_case",
+    "group_by_leading_number",
+    "load_or_create_splits",
+    "make_splits",
+    "read_splits",
+    "require_complete_and_grouped",
+]

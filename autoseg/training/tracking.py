@@ -23,26 +23,25 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoseg.errors import UserError
 from autoseg.records import checkpoint as checkpoint_files
 from autoseg.records.inference_recipe import InferenceRecipe
+from autoseg.records.mlflow_run import MLFLOW_RUN_FILE, MlflowRun
+from autoseg.records.plans import load_plans
 from autoseg.records.work_folder import WorkFolder
-from autoseg.utils.files import read_json, write_json
+from autoseg.training.distributed import DistributedContext
+from autoseg.training.job import TrainingJob, TrainingResult, TrainingSettings, TrainingState
 
 if TYPE_CHECKING:
     import torch
 
-    from autoseg.training.distributed import DistributedContext
-    from autoseg.training.loop import TrainingJob, TrainingResult, TrainingSettings, TrainingState
-
 LOGGERS = ("tensorboard", "mlflow")
 TENSORBOARD_FOLDER = "tensorboard"
 MLFLOW_FOLDER = "mlruns"
-MLFLOW_RUN_FILE = "mlflow_run.json"
 CROSS_VALIDATION_RUN = "cross_validation"
 # The module each logger needs, and the extra of setup.cfg that installs it.
 _REQUIRED_MODULE = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
@@ -118,7 +117,7 @@ def training_parameters(
     plans_file = job.work_folder.plans
     parameters: dict[str, Any] = {
         "dataset": job.work_folder.root.name,
-        "plans_name": read_json(plans_file).get("plans_name") if plans_file.is_file() else None,
+        "plans_name": load_plans(plans_file).get("plans_name") if plans_file.is_file() else None,
         "configuration": job.configuration_name,
         "fold": str(job.fold),
         "training_cases": len(job.train_case_ids),
@@ -180,7 +179,7 @@ class _TensorBoardRun:
     def location(self) -> str:
         return f"TensorBoard event files in {self.folder}"
 
-    def _writer(self, first_step: int):
+    def _writer(self, first_step: int) -> Any:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
             from torch.utils.tensorboard.summary import hparams
@@ -245,7 +244,7 @@ class _MlflowRun:
                 run = self.client.create_run(self._experiment_id(), run_name=self.run_name, tags=self.tags)
                 self.run_id = run.info.run_id
                 if self.run_file is not None:
-                    write_json(self.run_file, {"tracking_uri": self.tracking_uri, "run_id": self.run_id})
+                    MlflowRun(self.tracking_uri, self.run_id).write(self.run_file)
             else:
                 self.client.update_run(self.run_id, status="RUNNING")
                 logged = self.client.get_run(self.run_id).data.params
@@ -271,11 +270,11 @@ class _MlflowRun:
 
         if self.run_file is None or not self.run_file.is_file():
             return None
-        stored = read_json(self.run_file)
-        if stored.get("tracking_uri") != self.tracking_uri:
+        stored = MlflowRun.read(self.run_file)
+        if stored.tracking_uri != self.tracking_uri:
             return None
         try:
-            run = self.client.get_run(stored["run_id"])
+            run = self.client.get_run(stored.run_id)
         except MlflowException:
             return None
         return None if run.info.lifecycle_stage == "deleted" else run.info.run_id
@@ -316,14 +315,16 @@ class Tracker:
     fails after the start (a tracking server gone away) is reported once and dropped: tracking never ends a training.
     """
 
-    def __init__(self, runs: Sequence[_TensorBoardRun | _MlflowRun] = (), *, say=print) -> None:
+    def __init__(
+        self, runs: Sequence[_TensorBoardRun | _MlflowRun] = (), *, say: Callable[[str], None] = print
+    ) -> None:
         self.runs = list(runs)
         self.say = say
 
     def __enter__(self) -> Tracker:
         return self
 
-    def __exit__(self, error_type, error, traceback) -> None:
+    def __exit__(self, error_type: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
         if error_type is None:
             self.close()
         else:
@@ -380,7 +381,7 @@ def _runs(loggers: Sequence[str], *, tensorboard_folder: Path, work_folder: Work
 
 def fold_tracker(
     job: TrainingJob, settings: TrainingSettings, context: DistributedContext, device: torch.device | str,
-    *, say=print,
+    *, say: Callable[[str], None] = print,
 ) -> Tracker:
     """A started tracker for one fold's training (empty on ranks other than 0, or without ``settings.loggers``).
 

@@ -1,15 +1,10 @@
-"""The per-epoch training log (``log.jsonl``) and the moving average that selects the best checkpoint."""
+"""The per-epoch training log (``log.jsonl``, written and read by ``autoseg.records.training_log``) and the moving
+average that selects the best checkpoint."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Any
+from autoseg.records.training_log import LOG_FILE, read_log, write_log
 
-from autoseg.utils.files import atomic_path, to_jsonable
-
-LOG_FILE = "log.jsonl"
 PSEUDO_DICE_SMOOTHING = 0.9
 
 
@@ -21,16 +16,4 @@ def update_moving_average(previous: float | None, value: float, *, smoothing: fl
     return value if previous is None else smoothing * previous + (1 - smoothing) * value
 
 
-def write_log(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:
-    """Rewrite the whole log atomically (one JSON object per line); it is small, and a resumed run truncates it to
-    the epochs its checkpoint knows about, so the log never shows epochs whose weights were lost."""
-    text = "".join(json.dumps(to_jsonable(record), allow_nan=False) + "\n" for record in records)
-    with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
-
-
-def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+__all__ = ["LOG_FILE", "PSEUDO_DICE_SMOOTHING", "read_log", "update_moving_average", "write_log"]

@@ -27,7 +27,8 @@ from autoseg.inference.loading import load_ensemble
 from autoseg.inference.model_source import ModelSource
 from autoseg.io.images import read_image, read_image_header
 from autoseg.records.onnx_export import ONNX_RECIPE_FILE as ONNX_RECIPE
-from autoseg.utils.files import sha256_file, write_json
+from autoseg.records.onnx_export import OnnxExport
+from autoseg.utils.files import dumps_json, sha256_file, write_json
 
 
 @pytest.fixture(scope="session", autouse=True)  # before the data fixtures and the exports
@@ -84,6 +85,8 @@ def test_export_writes_a_verified_graph_per_fold_and_the_records_prediction_need
     model, exported = hippocampus_models
     recipe = json.loads((exported / ONNX_RECIPE).read_text())
     assert recipe["models"] == [{"configuration": "3d_fullres", "folds": ["0", "1"]}]
+    # The typed record reads and writes the file unchanged, byte for byte.
+    assert dumps_json(OnnxExport.read(exported).to_json()).encode() == (exported / ONNX_RECIPE).read_bytes()
     assert recipe["postprocessing"] == "postprocessing.json"
     entry = recipe["configurations"]["3d_fullres"]
     assert entry["patch_size"] == [24, 32, 24] and entry["num_classes"] == 3 and entry["mirror_axes"] == [0, 1, 2]

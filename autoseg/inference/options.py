@@ -45,4 +45,5 @@ class PredictionOptions:
 
     def torch_device(self) -> torch.device:
         """The device to run on: ``device``, with ``auto`` resolved (CUDA > MPS > CPU)."""
-        return choose_device(None if self.device == "auto" else self.device)
+        device = str(self.device)  # a torch.device given for ``device`` works too
+        return choose_device(None if device == "auto" else device)

@@ -55,7 +55,9 @@ sys.path.insert(0, str(REPOSITORY))
 
 from provenance import relative_to_repository  # noqa: E402
 
-from autoseg.inference.ensemble import ModelEnsemble  # noqa: E402
+from autoseg.inference.loading import load_ensemble  # noqa: E402
+from autoseg.inference.model_source import ModelSource  # noqa: E402
+from autoseg.inference.options import PredictionOptions  # noqa: E402
 from autoseg.inference.pipeline import adaptation_report_path  # noqa: E402
 from autoseg.io.images import read_image, write_image  # noqa: E402
 from autoseg.records.work_folder import WorkFolder  # noqa: E402
@@ -135,9 +137,9 @@ def mean_dice(prediction: np.ndarray, reference: np.ndarray, labels: list[int]) 
 
 def predict_condition(model: Path, args, cases, inputs: Path, output: Path, method: str | None) -> dict:
     """Segment one input folder with one method; Dice per case, seconds per image, fallbacks."""
-    models = ModelEnsemble.from_model_folder(
-        model, configuration=args.configuration, folds=[args.fold], device="cpu", adapt=method,
-        use_postprocessing=False,
+    models = load_ensemble(
+        ModelSource.checkpoints(model, configuration=args.configuration, folds=[args.fold], postprocessing=False),
+        PredictionOptions(device="cpu", adapt=method),
     )
     images = [[inputs / f"{case.identifier}_{c:04d}.nii.gz" for c in range(len(case.images))] for case in cases]
     outputs = [output / f"{case.identifier}.nii.gz" for case in cases]

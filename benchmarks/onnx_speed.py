@@ -23,6 +23,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -34,10 +35,12 @@ import torch
 
 from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.evaluation.metrics import overlap_metrics
-from autoseg.inference.ensemble import ModelEnsemble
-from autoseg.inference.onnx_engine import is_onnx_model_folder, load_onnx_ensemble
+from autoseg.inference.loading import load_ensemble
+from autoseg.inference.model_source import ModelSource
 from autoseg.inference.onnx_export import export_onnx_model
+from autoseg.inference.options import PredictionOptions
 from autoseg.io.images import file_ending, read_image
+from autoseg.records.onnx_export import is_onnx_export
 from autoseg.utils.precision import resolve_precision
 from autoseg.utils.threads import set_torch_threads
 
@@ -88,21 +91,25 @@ def main() -> None:
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="onnx_speed_"))
     scratch.mkdir(parents=True, exist_ok=True)
     onnx_folder = args.onnx_folder
-    if onnx_folder is None or not is_onnx_model_folder(onnx_folder):
+    if onnx_folder is None or not is_onnx_export(onnx_folder):
         onnx_folder = onnx_folder or scratch / "onnx"
         started = time.perf_counter()
         export_onnx_model(args.model, onnx_folder, configuration=args.configuration, folds=args.folds,
                           checkpoint=args.checkpoint)
         print(f"export-onnx: {time.perf_counter() - started:.1f} s -> {onnx_folder}")
 
-    options = {"configuration": args.configuration, "folds": args.folds, "tta": not args.no_tta}
-    torch_options = {**options, "checkpoint": args.checkpoint, "device": "cpu"}
+    source = ModelSource.checkpoints(args.model, configuration=args.configuration, folds=args.folds,
+                                     checkpoint=args.checkpoint)
+    torch_options = PredictionOptions(tta=not args.no_tta, device="cpu")
     auto_precision = resolve_precision("auto", torch.device("cpu"))
     engines = {}
     if auto_precision != "float32":  # else the default is the float32 line itself
-        engines["torch auto"] = ModelEnsemble.from_model_folder(args.model, precision="auto", **torch_options)
-    engines[REFERENCE] = ModelEnsemble.from_model_folder(args.model, precision="float32", **torch_options)
-    engines["onnxruntime"] = load_onnx_ensemble(onnx_folder, threads=args.threads, **options)
+        engines["torch auto"] = load_ensemble(source, dataclasses.replace(torch_options, precision="auto"))
+    engines[REFERENCE] = load_ensemble(source, dataclasses.replace(torch_options, precision="float32"))
+    engines["onnxruntime"] = load_ensemble(
+        ModelSource.onnx_export(onnx_folder, configuration=args.configuration, folds=args.folds),
+        PredictionOptions(tta=not args.no_tta, threads=args.threads),
+    )
     dataset = load_raw_dataset(args.dataset)
     cases = dataset.training_cases[: args.cases + 1]
     warm_up, cases = cases[0], cases[1:]

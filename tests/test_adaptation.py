@@ -18,7 +18,9 @@ from autoseg.inference.adaptation import adapter as adapter_module
 from autoseg.inference.adaptation.plausibility import PredictionSummary, SourceRanges
 from autoseg.inference.adaptation.small_networks import InputNormaliser
 from autoseg.inference.adaptation.standardise import SourceIntensities, intensity_landmarks, standardiser_for
-from autoseg.inference.predictor import Predictor
+from autoseg.inference.loading import load_predictor
+from autoseg.inference.model_source import ModelSource
+from autoseg.inference.options import PredictionOptions
 from autoseg.io.images import read_image, read_image_header
 from autoseg.pipeline.adaptation import standardisation_stage
 from autoseg.pipeline.budget import RunBudget
@@ -156,7 +158,8 @@ def _crafted_normaliser(offset: float) -> InputNormaliser:
 def test_an_implausible_adapted_prediction_falls_back_to_the_unadapted_one_and_says_why(
     adapted_model, hc18_root, monkeypatch
 ):
-    predictor = Predictor.from_model_folder(adapted_model, device="cpu", adapt="normaliser")
+    predictor = load_predictor(ModelSource.checkpoints(adapted_model),
+                               PredictionOptions(device="cpu", adapt="normaliser"))
     case_id = first_identifiers(hc18_root, 9)[6]
     data, _, _ = preprocess_case([str(hc18_root / "imagesTr" / f"{case_id}_0000.nii.gz")], None,
                                  configuration=predictor.configuration)

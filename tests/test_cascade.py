@@ -14,8 +14,10 @@ from test_training import TINY_CONFIGURATION, TINY_DATASET, quiet, tiny_settings
 
 from autoseg.errors import UserError
 from autoseg.inference.label_maps import one_hot_foreground, previous_stage_channels
+from autoseg.inference.loading import load_predictor
+from autoseg.inference.model_source import ModelSource
 from autoseg.inference.next_stage import prepare_previous_stage_maps
-from autoseg.inference.predictor import Predictor
+from autoseg.inference.options import PredictionOptions
 from autoseg.networks import build_network
 from autoseg.pipeline.validation import training_components
 from autoseg.records.checkpoint import load_checkpoint, save_checkpoint
@@ -102,7 +104,8 @@ def test_previous_stage_maps_are_out_of_fold_inference_outputs_and_reused_until_
     assert len(maps) == 10  # every case, each from the one fold that did not train on it
     # The same channels inference feeds the cascade: fold k's lowres model on the case's lowres data.
     identifier = job.splits[2]["val"][0]
-    lowres = Predictor.from_model_folder(folder, configuration="3d_lowres", folds=[2], device="cpu")
+    lowres = load_predictor(ModelSource.checkpoints(folder, configuration="3d_lowres", folds=[2]),
+                            PredictionOptions(device="cpu"))
     probabilities = lowres.predict_preprocessed(np.load(folder / "preprocessed" / "3d_lowres" / f"{identifier}.npy"))
     expected = previous_stage_channels(probabilities, (20, 20, 20), dataset=lowres.dataset)
     stored = np.load(output / f"{identifier}.npy")
@@ -125,8 +128,8 @@ def test_a_cascade_fold_trains_on_image_plus_previous_stage_channels_and_predict
     assert result.iterations_done == 3
     final = load_checkpoint(job.fold_folder / "checkpoint_final.pt")
     assert final["in_channels"] == 1 + 2  # image + one-hot sphere and cube of the lowres stage
-    predictor = Predictor.from_model_folder(job.work_folder, configuration="3d_cascade_fullres",
-                                            folds=[0], device="cpu")
+    predictor = load_predictor(ModelSource.checkpoints(job.work_folder, configuration="3d_cascade_fullres", folds=[0]),
+                               PredictionOptions(device="cpu"))
     identifier = job.validation_case_ids[0]
     preprocessed = job.work_folder.preprocessed_root
     probabilities = predictor.predict_preprocessed(

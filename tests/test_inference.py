@@ -22,7 +22,11 @@ from model_helpers import (
 from autoseg.cli import main
 from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.errors import UserError
+from autoseg.inference.ensemble import ModelEnsemble
 from autoseg.inference.label_maps import label_map_from_probabilities, previous_stage_channels
+from autoseg.inference.loading import load_ensemble, load_predictor
+from autoseg.inference.model_source import ModelSource
+from autoseg.inference.options import PredictionOptions
 from autoseg.inference.predictor import Predictor
 from autoseg.inference.sliding_window import (
     gaussian_importance_map,
@@ -229,10 +233,11 @@ def test_continue_skips_cases_already_written(hippocampus_model, hippocampus_roo
 
 
 def test_fold_ensemble_averages_the_logits_of_each_fold_as_the_reference(hippocampus_model, hippocampus_root):
-    both = Predictor.from_model_folder(hippocampus_model, device="cpu", tta=False)
+    both = load_predictor(ModelSource.checkpoints(hippocampus_model), PredictionOptions(device="cpu", tta=False))
     assert both.trained_model.folds == ("0", "1")
     case = both.preprocess(load_raw_dataset(hippocampus_root).training_cases[0].images)
-    singles = [Predictor.from_model_folder(hippocampus_model, folds=(fold,), device="cpu", tta=False)
+    singles = [load_predictor(ModelSource.checkpoints(hippocampus_model, folds=(fold,)),
+                              PredictionOptions(device="cpu", tta=False))
                for fold in (0, 1)]
     # log(softmax) is the logits up to a per-voxel constant, so softmax(mean(log p_fold)) = softmax(mean logits).
     log_probabilities = [torch.log(torch.from_numpy(single.predict_case(case)).double()) for single in singles]
@@ -247,8 +252,10 @@ def test_fold_ensemble_averages_the_logits_of_each_fold_as_the_reference(hippoca
 def test_predict_array_equals_predicting_the_file(hippocampus_model, hippocampus_root, tmp_path):
     identifier = first_identifiers(hippocampus_root, 1)[0]
     inputs = link_cases(hippocampus_root, tmp_path / "in", [identifier])
-    predictor = Predictor.from_model_folder(hippocampus_model, folds=(0,), device="cpu", tta=False)
-    predictor.predict_files([[inputs / f"{identifier}_0000.nii.gz"]], [tmp_path / "out.nii.gz"], progress=False)
+    predictor = load_predictor(ModelSource.checkpoints(hippocampus_model, folds=(0,)),
+                               PredictionOptions(device="cpu", tta=False))
+    ModelEnsemble([predictor]).predict_files([[inputs / f"{identifier}_0000.nii.gz"]], [tmp_path / "out.nii.gz"],
+                                             progress=False)
     image = read_image(inputs / f"{identifier}_0000.nii.gz")
     prediction = predictor.predict_array(image.array, spacing=image.geometry.spacing, return_probabilities=True)
     assert prediction.label_map.shape == image.array.shape
@@ -258,9 +265,9 @@ def test_predict_array_equals_predicting_the_file(hippocampus_model, hippocampus
 
 def test_model_folder_mistakes_are_user_errors_naming_the_file(hippocampus_model, hippocampus_root, tmp_path, capsys):
     with pytest.raises(UserError, match="fold_3"):
-        Predictor.from_model_folder(hippocampus_model, folds=(3,), device="cpu")
+        load_predictor(ModelSource.checkpoints(hippocampus_model, folds=(3,)), PredictionOptions(device="cpu"))
     with pytest.raises(UserError, match=r"no plans\.json"):
-        Predictor.from_model_folder(tmp_path, device="cpu")
+        load_predictor(ModelSource.checkpoints(tmp_path), PredictionOptions(device="cpu"))
     inputs = link_cases(hippocampus_root, tmp_path / "in", first_identifiers(hippocampus_root, 1))
     code = main(["predict", "-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(hippocampus_model),
                  "-c", "3d_lowres", "--device", "cpu", "--threads", "1"])
@@ -302,7 +309,8 @@ def test_2d_model_predicts_a_3d_volume_slice_by_slice(hippocampus_root, tmp_path
 
 def test_cascade_runs_the_low_resolution_stage_and_feeds_it_as_one_hot_channels(hippocampus_root, tmp_path):
     model = make_cascade_model_folder(tmp_path / "work" / "Dataset004_Hippocampus", hippocampus_root)
-    predictor = Predictor.from_model_folder(model, configuration="3d_cascade_fullres", device="cpu", tta=False)
+    predictor = load_predictor(ModelSource.checkpoints(model, configuration="3d_cascade_fullres"),
+                               PredictionOptions(device="cpu", tta=False))
     assert predictor.previous_stage is not None
     assert predictor.previous_stage.configuration_name == "3d_lowres"
     identifier = first_identifiers(hippocampus_root, 1)[0]
@@ -359,8 +367,9 @@ def test_synthetic_volume_with_rotated_axes_and_anisotropic_spacing_is_segmented
                          training_cases=())
     predictor = Predictor(configuration_name="3d_fullres", dataset=dataset,
                           configuration=as_configuration(configuration, name="3d_fullres", transpose=(2, 0, 1)),
-                          networks=[BrightIsForeground()], device=torch.device("cpu"), tta=True)
-    predictor.predict_files([[tmp_path / "synthetic_0000.nii.gz"]], [tmp_path / "synthetic.nii.gz"], progress=False)
+                          networks=[BrightIsForeground()], options=PredictionOptions(device="cpu", tta=True))
+    ModelEnsemble([predictor]).predict_files([[tmp_path / "synthetic_0000.nii.gz"]], [tmp_path / "synthetic.nii.gz"],
+                                             progress=False)
 
     assert_same_geometry(tmp_path / "synthetic.nii.gz", tmp_path / "synthetic_0000.nii.gz")
     predicted = read_image(tmp_path / "synthetic.nii.gz").array == 1
@@ -405,7 +414,8 @@ def test_recipe_ensemble_averages_configurations_in_the_input_grid_then_post_pro
                  "--threads", "1", "--workers", "0", "--save-probabilities"]) == 0
 
     image = read_image(inputs / f"{identifier}_0000.nii.gz")
-    members = [Predictor.from_model_folder(model, configuration=name, device="cpu") for name in ("3d_fullres", "2d")]
+    members = [load_predictor(ModelSource.checkpoints(model, configuration=name), PredictionOptions(device="cpu"))
+               for name in ("3d_fullres", "2d")]
     expected = np.mean([member.predict_array(image.array, spacing=image.geometry.spacing,
                                              return_probabilities=True).probabilities for member in members], axis=0)
     with np.load(tmp_path / "out" / f"{identifier}.npz", allow_pickle=False) as stored:
@@ -415,6 +425,9 @@ def test_recipe_ensemble_averages_configurations_in_the_input_grid_then_post_pro
     assert not np.array_equal(post_processed, raw)  # the decision matters for this case
     written = read_image(tmp_path / "out" / f"{identifier}.nii.gz")
     assert np.array_equal(written.array, post_processed)
+    # The ensemble predicts the array in memory exactly as the command predicted its file, post-processing included.
+    models = load_ensemble(ModelSource.checkpoints(model), PredictionOptions(device="cpu"))
+    assert np.array_equal(models.predict_array(image.array, spacing=image.geometry.spacing).label_map, written.array)
     assert_same_geometry(tmp_path / "out" / f"{identifier}.nii.gz", inputs / f"{identifier}_0000.nii.gz")
 
     # Naming one configuration overrides the recipe, and its post-processing (chosen for the ensemble) is not applied.

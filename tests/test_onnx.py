@@ -23,9 +23,12 @@ from autoseg.cli import main
 from autoseg.errors import UserError
 from autoseg.evaluation.metrics import overlap_metrics
 from autoseg.inference import onnx_export
-from autoseg.inference.onnx_engine import ONNX_RECIPE, load_onnx_ensemble
+from autoseg.inference.loading import load_ensemble
+from autoseg.inference.model_source import ModelSource
 from autoseg.io.images import read_image, read_image_header
-from autoseg.utils.files import sha256_file, write_json
+from autoseg.records.onnx_export import ONNX_RECIPE_FILE as ONNX_RECIPE
+from autoseg.records.onnx_export import OnnxExport
+from autoseg.utils.files import dumps_json, sha256_file, write_json
 
 
 @pytest.fixture(scope="session", autouse=True)  # before the data fixtures and the exports
@@ -82,6 +85,8 @@ def test_export_writes_a_verified_graph_per_fold_and_the_records_prediction_need
     model, exported = hippocampus_models
     recipe = json.loads((exported / ONNX_RECIPE).read_text())
     assert recipe["models"] == [{"configuration": "3d_fullres", "folds": ["0", "1"]}]
+    # The typed record reads and writes the file unchanged, byte for byte.
+    assert dumps_json(OnnxExport.read(exported).to_json()).encode() == (exported / ONNX_RECIPE).read_bytes()
     assert recipe["postprocessing"] == "postprocessing.json"
     entry = recipe["configurations"]["3d_fullres"]
     assert entry["patch_size"] == [24, 32, 24] and entry["num_classes"] == 3 and entry["mirror_axes"] == [0, 1, 2]
@@ -113,7 +118,7 @@ def test_onnx_and_torch_agree_on_real_hippocampus_cases_with_a_fold_ensemble(
     from_torch = predict(model, inputs, tmp_path / "torch")
     from_onnx = predict(exported, inputs, tmp_path / "onnx", "--engine", "onnx")
     assert_engines_agree(from_torch, from_onnx, inputs, identifiers)
-    ensemble = load_onnx_ensemble(exported)
+    ensemble = load_ensemble(ModelSource.onnx_export(exported))
     assert ensemble.members[0].trained_model.folds == ("0", "1")
     assert ensemble.postprocessing.to_json() == POSTPROCESSING
 
@@ -182,14 +187,14 @@ def test_engine_and_folder_mismatches_are_one_sentence_user_errors(hippocampus_m
     with open(tampered / "3d_fullres" / "fold_1.onnx", "ab") as stream:
         stream.write(b"\0")
     with pytest.raises(UserError, match=r"fold_1\.onnx: differs from the file that was exported"):
-        load_onnx_ensemble(tampered)
+        load_ensemble(ModelSource.onnx_export(tampered))
 
 
 def test_missing_onnxruntime_names_the_optional_extra(hippocampus_models, monkeypatch):
     _, exported = hippocampus_models
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
     with pytest.raises(UserError, match=r'pip install "autoseg\[onnx\]"'):
-        load_onnx_ensemble(exported)
+        load_ensemble(ModelSource.onnx_export(exported))
 
 
 def test_export_refuses_a_non_empty_folder_and_leaves_nothing_when_verification_fails(

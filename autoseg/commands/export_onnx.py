@@ -23,14 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     set_torch_threads(args.threads)
-    recipe = export_onnx_model(
+    export = export_onnx_model(
         args.model_folder, args.output_folder, configuration=args.configuration, folds=args.folds,
         checkpoint=args.checkpoint, opset=args.opset,
     )
-    for name, entry in recipe.get("configurations", {}).items():
-        worst = max(fold["max_abs_difference_to_torch"] for fold in entry["folds"].values())
-        print(f"autoseg export-onnx: {name} folds {', '.join(entry['folds'])}: largest difference to torch "
+    for name, entry in export.configurations.items():
+        worst = max(fold.max_abs_difference_to_torch for fold in entry.folds.values())
+        print(f"autoseg export-onnx: {name} folds {', '.join(entry.folds)}: largest difference to torch "
               f"{worst:.2g} on a random batch")
-    print(f"autoseg export-onnx: wrote {args.output_folder} (opset {recipe['opset']}); predict with "
+    print(f"autoseg export-onnx: wrote {args.output_folder} (opset {export.opset}); predict with "
           f"`autoseg predict --engine onnx -m {args.output_folder} -i INPUT -o OUTPUT`")
     return 0

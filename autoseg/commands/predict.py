@@ -11,9 +11,12 @@ from autoseg.data.raw_folder import discover_cases
 from autoseg.errors import UserError
 from autoseg.inference.adaptation import ADAPTATION_METHODS
 from autoseg.inference.ensemble import ModelEnsemble
-from autoseg.inference.onnx_engine import is_onnx_model_folder, load_onnx_ensemble
+from autoseg.inference.loading import load_ensemble
+from autoseg.inference.model_source import ModelSource
+from autoseg.inference.options import PredictionOptions
 from autoseg.io.images import file_ending, read_image_header
 from autoseg.records.dataset import Case, Problem
+from autoseg.records.onnx_export import is_onnx_export
 from autoseg.sharing.submission import write_submission
 from autoseg.utils.files import remove_stale_temporaries
 from autoseg.utils.locking import folder_lock
@@ -169,25 +172,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_models(args: argparse.Namespace, *, threads: int):
+def _load_models(args: argparse.Namespace, *, threads: int) -> ModelEnsemble:
     """The ensemble to run: checkpoints with torch, or an ``export-onnx`` folder with onnxruntime (``--engine``)."""
-
+    options = PredictionOptions(
+        tta=not args.no_tta, step_size=args.step_size, batch_size=args.batch_size, precision=args.precision,
+        device=args.device, threads=threads, adapt=args.adapt, adaptation_seed=args.seed,
+    )
     if args.engine == "onnx":
-        return _load_onnx_models(args, threads=threads)
-
-    if is_onnx_model_folder(args.model):
+        _refuse_torch_only_options(args)
+        source = ModelSource.onnx_export(args.model, configuration=args.configuration, folds=args.folds,
+                                         postprocessing=not args.no_postprocessing)
+        return load_ensemble(source, options)
+    if is_onnx_export(args.model):
         raise UserError(f"{args.model}: holds ONNX networks (from `autoseg export-onnx`); add --engine onnx.")
     if args.adapt and args.submission:
         raise UserError("--submission records the trained models only; drop --adapt to write a submission.")
-    models = ModelEnsemble.from_model_folder(
-        args.model, configuration=args.configuration, folds=args.folds, checkpoint=args.checkpoint,
-        device=args.device, tta=not args.no_tta, step_size=args.step_size, batch_size=args.batch_size,
-        precision=args.precision, use_postprocessing=not args.no_postprocessing, adapt=args.adapt,
-    )
-    for member in models.members:
-        if member.adaptation is not None:
-            member.adaptation.seed = args.seed
-    return models
+    source = ModelSource.checkpoints(args.model, configuration=args.configuration, folds=args.folds,
+                                     checkpoint=args.checkpoint, postprocessing=not args.no_postprocessing)
+    return load_ensemble(source, options)
 
 
 def _prepare_output_folder(output_folder: Path, args: argparse.Namespace) -> Path:
@@ -207,8 +209,9 @@ def _announce(args: argparse.Namespace, models, cases: list[Case]) -> None:
     first = models.members[0]
     print(
         f"autoseg predict: {len(cases)} case(s) with {models.description}, checkpoint {args.checkpoint}, "
-        f"{'with' if first.tta else 'without'} mirroring, on {first.device}"
-        f"{' with onnxruntime' if args.engine == 'onnx' else ''} in {resolve_precision(first.precision, first.device)}"
+        f"{'with' if first.options.tta else 'without'} mirroring, on {first.device}"
+        f"{' with onnxruntime' if args.engine == 'onnx' else ''} in "
+        f"{resolve_precision(first.options.precision, first.device)}"
         + (f", adapting each image's appearance ({args.adapt}, seed {args.seed})" if args.adapt else "")
     )
     memory = describe_largest_case(
@@ -219,8 +222,8 @@ def _announce(args: argparse.Namespace, models, cases: list[Case]) -> None:
         print(f"autoseg predict: {memory}")
 
 
-def _load_onnx_models(args: argparse.Namespace, *, threads: int):
-    """The ensemble of an ``export-onnx`` folder; options that only make sense for torch are refused, not ignored."""
+def _refuse_torch_only_options(args: argparse.Namespace) -> None:
+    """``--engine onnx``: options that only make sense for torch are refused, not ignored."""
 
     if args.adapt:
         raise UserError("--adapt optimises torch networks; use --engine torch with the trained model folder.")
@@ -230,11 +233,6 @@ def _load_onnx_models(args: argparse.Namespace, *, threads: int):
         raise UserError(f"--engine onnx runs in float32; drop --precision {args.precision} or use --engine torch.")
     if args.submission:
         raise UserError("--submission records training checkpoints; use --engine torch with the trained model folder.")
-    return load_onnx_ensemble(
-        args.model, configuration=args.configuration, folds=args.folds, tta=not args.no_tta,
-        step_size=args.step_size, batch_size=args.batch_size, threads=threads,
-        use_postprocessing=not args.no_postprocessing,
-    )
 
 
 def _write_submission(folder: Path, models, args: argparse.Namespace, predictions: list[Path]) -> None:

@@ -14,6 +14,9 @@ import time
 from autoseg.errors import UserError
 from autoseg.inference.adaptation import ADAPTATION_METHODS
 from autoseg.inference.adaptation.adapter import AdapterTrainingSettings
+from autoseg.inference.loading import load_predictor
+from autoseg.inference.model_source import ModelSource
+from autoseg.inference.options import PredictionOptions
 from autoseg.inference.predictor import Predictor
 from autoseg.pipeline.adaptation import record_fold_adapter
 from autoseg.records.work_folder import WorkFolder
@@ -45,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     set_torch_threads(args.threads)
     if min(args.max_cases, args.shape_prior_steps + 1, args.adversarial_steps + 1) < 1:
         raise UserError("--max-cases must be at least 1 and the step counts not negative.")
-    predictor = Predictor.from_model_folder(args.model, configuration=args.configuration, folds=args.folds,
-                                            checkpoint=args.checkpoint, device=args.device, tta=True)
+    predictor = load_predictor(ModelSource.checkpoints(args.model, configuration=args.configuration, folds=args.folds,
+                                                       checkpoint=args.checkpoint),
+                               PredictionOptions(device=args.device, tta=True))
     if predictor.previous_stage is not None:
         raise UserError(f"{args.model}: test-time adaptation does not support the cascade "
                         f"{predictor.configuration_name}; choose another configuration with -c.")

@@ -1,13 +1,14 @@
-"""What `autoseg predict` runs: the model-selection recipe (one configuration or an ensemble) plus post-processing.
+"""What `autoseg predict` runs: the members the recipe chose (one configuration or an ensemble) plus post-processing.
 
-``inference.json`` (written by model selection) names the chosen configurations and folds; an ensemble averages
-its members' probabilities in the input's grid. ``postprocessing.json`` (keep-largest-component decisions made on
-the cross-validation of that same choice) is applied to the label maps. Naming a configuration overrides the recipe;
-its post-processing then applies only when the recipe chose exactly that configuration.
+An ensemble averages its members' probabilities in the input's grid and applies the post-processing decision
+(``postprocessing.json``) to the label maps. Which members and which post-processing, from the checkpoints of a model
+folder or from an ONNX export, is decided once by ``autoseg.inference.loading.load_ensemble``; a single predictor is
+an ensemble of one member without post-processing.
 
 Example (``model_folder`` is ``WORK/Dataset004_Hippocampus``; its ``inference.json`` chose folds 0 and 1 of
 ``3d_fullres``, with post-processing):
-    >>> models = ModelEnsemble.from_model_folder(model_folder, device="cpu", tta=False)
+    >>> from autoseg.inference import ModelSource, PredictionOptions, load_ensemble
+    >>> models = load_ensemble(ModelSource.checkpoints(model_folder), PredictionOptions(device="cpu", tta=False))
     >>> models.description
     '3d_fullres (folds 0, 1), post-processed'
     >>> written = models.predict_files([[image_path]], ["out/hippocampus_001.nii.gz"], progress=False)
@@ -25,13 +26,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
+import numpy as np
 
+from autoseg.inference.case_input import channels_first, preprocess_array_for_prediction
+from autoseg.inference.export import members_label_map
 from autoseg.inference.pipeline import run_prediction_pipeline
-from autoseg.inference.predictor import Predictor
-from autoseg.records.inference_recipe import InferenceRecipe
+from autoseg.inference.predictor import Prediction, Predictor
 from autoseg.records.postprocessing import PostprocessingDecision
-from autoseg.records.work_folder import WorkFolder
 
 
 @dataclasses.dataclass
@@ -49,49 +50,6 @@ class ModelEnsemble:
             parts.append(f"{member.configuration_name} (folds {folds})")
         return " + ".join(parts) + (", post-processed" if self.postprocessing else "")
 
-    @classmethod
-    def from_model_folder(
-        cls,
-        model_folder: str | os.PathLike[str],
-        *,
-        configuration: str | None = None,
-        folds: Sequence[int | str] | str | None = None,
-        checkpoint: str = "final",
-        device: str | torch.device = "auto",
-        tta: bool = True,
-        step_size: float = 0.5,
-        batch_size: int = 2,
-        precision: str = "auto",
-        use_postprocessing: bool = True,
-        adapt: str | None = None,
-    ) -> ModelEnsemble:
-        """Follow ``inference.json`` when no configuration is named; see ``Predictor.from_model_folder``.
-
-        ``folds`` given by the user apply to every member; otherwise each member uses the recipe's folds.
-        ``adapt`` names a test-time appearance adaptation method for every member (docs/adaptation.md).
-        """
-        folder = WorkFolder.at(model_folder)
-        options = {"checkpoint": checkpoint, "device": device, "tta": tta, "step_size": step_size,
-                   "batch_size": batch_size, "precision": precision, "adapt": adapt}
-        recipe = InferenceRecipe.read(folder.inference_recipe) if folder.plans.is_file() else None
-        recipe_configurations = recipe.configurations if recipe else []
-        if configuration is None and recipe is not None:
-            members = [
-                Predictor.from_model_folder(
-                    folder, configuration=model.configuration, folds=folds if folds is not None else model.folds,
-                    **options,
-                )
-                for model in recipe.models
-            ]
-        else:
-            members = [Predictor.from_model_folder(folder, configuration=configuration, folds=folds, **options)]
-        chosen = [member.configuration_name for member in members]
-        postprocessing = None
-        follows_recipe = recipe is not None and chosen == recipe_configurations
-        if use_postprocessing and follows_recipe and recipe.postprocessing:
-            postprocessing = PostprocessingDecision.read(folder.root / recipe.postprocessing)
-        return cls(members=members, postprocessing=postprocessing)
-
     def predict_files(
         self,
         cases: Sequence[Sequence[str | os.PathLike[str]]],
@@ -102,9 +60,36 @@ class ModelEnsemble:
         workers: int = 0,
         progress: bool = True,
     ) -> list[Path]:
-        """Segment each case (a list of channel files) into its output path; see ``Predictor.predict_files``."""
+        """Segment each case (a list of channel files) into the matching output path; returns the written paths.
 
+        ``save_probabilities`` also writes ``CASE.npz`` (the averaged probabilities in the input's grid);
+        ``skip_existing`` leaves outputs already there; ``workers`` > 0 preprocesses and exports in background
+        processes while the network runs.
+        """
         return run_prediction_pipeline(
             self.members, list(zip(cases, output_paths, strict=True)), save_probabilities=save_probabilities,
             postprocessing=self.postprocessing, skip_existing=skip_existing, workers=workers, progress=progress,
         )
+
+    def predict_array(
+        self, array: np.ndarray, *, spacing: Sequence[float], return_probabilities: bool = False
+    ) -> Prediction:
+        """The label map ``predict_files`` writes for the array's image file, computed in memory.
+
+        ``array`` is ``(C, z, y, x)`` or ``(z, y, x)`` with voxel ``spacing`` (mm, array-axis order); every member
+        preprocesses and predicts it, their probabilities are averaged in the array's grid and the post-processing
+        is applied, as for files. ``return_probabilities`` adds the averaged probabilities ``(K, z, y, x)``.
+        """
+        dataset = self.members[0].dataset
+        array = channels_first(array, spacing, num_channels=dataset.num_channels)
+        outputs = []
+        for member in self.members:
+            case = preprocess_array_for_prediction(
+                array, spacing, configuration=member.configuration, previous_configuration=member.previous_configuration
+            )
+            outputs.append((member.predict_case(case), case.properties, member.configuration))
+            del case
+        label_map, probabilities = members_label_map(
+            outputs, dataset=dataset, postprocessing=self.postprocessing, with_probabilities=True
+        )
+        return Prediction(label_map=label_map, probabilities=probabilities if return_probabilities else None)

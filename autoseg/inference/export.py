@@ -45,8 +45,44 @@ def probabilities_in_input_grid(
     return full
 
 
+MemberOutput = tuple[np.ndarray, dict, Configuration]
+
+
+def members_label_map(
+    members: Sequence[MemberOutput],
+    *,
+    dataset: RawDataset,
+    postprocessing: PostprocessingDecision | None = None,
+    with_probabilities: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One case's post-processed label map in the input's grid, and (when asked) the averaged probabilities there.
+
+    Args:
+        members: one ``(probabilities (K, z, y, x) in the member's preprocessed grid, properties, configuration)``
+            per ensemble member (a single model is one member).
+        postprocessing: the ``postprocessing.json`` decision, applied to the label map.
+        with_probabilities: also return the (averaged) probabilities in the input's grid, float32 ``(K, z, y, x)``.
+    """
+    full = None
+    if len(members) == 1 and not dataset.has_regions and not with_probabilities:
+        probabilities, properties, configuration = members[0]
+        label_map = probabilities_to_label_map(probabilities, properties, configuration=configuration)
+    else:
+        for probabilities, member_properties, configuration in members:
+            member_full = probabilities_in_input_grid(
+                probabilities, member_properties, configuration=configuration, dataset=dataset
+            )
+            full = member_full if full is None else np.add(full, member_full, out=full)
+        if len(members) > 1:
+            full /= len(members)
+        label_map = label_map_from_probabilities(full, dataset=dataset)
+    if postprocessing is not None:
+        label_map = postprocessing.apply(label_map)
+    return label_map, full
+
+
 def export_members(
-    members: Sequence[tuple[np.ndarray, dict, Configuration]],
+    members: Sequence[MemberOutput],
     *,
     dataset: RawDataset,
     output_path: str | os.PathLike[str],
@@ -55,33 +91,18 @@ def export_members(
 ) -> None:
     """Write one case's label map with exactly the input's geometry (runs in export worker processes).
 
-    Args:
-        members: one ``(probabilities (K, z, y, x) in the member's preprocessed grid, properties, configuration)``
-            per ensemble member (a single model is one member).
-        save_probabilities: also write the (averaged) probabilities in the input's grid to ``CASE.npz``
-            (key ``probabilities``, float32 ``(K, z, y, x)``) next to the label map.
-        postprocessing: the ``postprocessing.json`` decision, applied to the label map.
+    ``members`` and ``postprocessing`` are as for ``members_label_map``; ``save_probabilities`` also writes the
+    (averaged) probabilities in the input's grid to ``CASE.npz`` (key ``probabilities``, float32 ``(K, z, y, x)``)
+    next to the label map.
     """
+    label_map, probabilities = members_label_map(
+        members, dataset=dataset, postprocessing=postprocessing, with_probabilities=save_probabilities
+    )
+    if save_probabilities:
+        with atomic_path(probabilities_path_for(output_path)) as temporary:
+            np.savez_compressed(temporary, probabilities=probabilities)
+    del probabilities
     properties = members[0][1]
-    if len(members) == 1 and not dataset.has_regions and not save_probabilities:
-        probabilities, _, configuration = members[0]
-        label_map = probabilities_to_label_map(probabilities, properties, configuration=configuration)
-    else:
-        full = None
-        for probabilities, member_properties, configuration in members:
-            member_full = probabilities_in_input_grid(
-                probabilities, member_properties, configuration=configuration, dataset=dataset
-            )
-            full = member_full if full is None else np.add(full, member_full, out=full)
-        if len(members) > 1:
-            full /= len(members)
-        if save_probabilities:
-            with atomic_path(probabilities_path_for(output_path)) as temporary:
-                np.savez_compressed(temporary, probabilities=full)
-        label_map = label_map_from_probabilities(full, dataset=dataset)
-        del full
-    if postprocessing is not None:
-        label_map = postprocessing.apply(label_map)
     if is_slicer_segmentation_path(output_path):
         write_slicer_segmentation(label_map, Geometry.from_dict(properties["geometry"]), output_path,
                                   segments=named_label_values(dataset))
@@ -101,19 +122,3 @@ def named_label_values(dataset: RawDataset) -> list[tuple[str, int]]:
         named = [(name, value) for (name, _), value in zip(named, order, strict=True)]
     return sorted(((name, int(value)) for name, value in named), key=lambda item: item[1])
 
-
-def export_case(
-    probabilities: np.ndarray,
-    properties: dict,
-    *,
-    configuration: Configuration,
-    dataset: RawDataset,
-    output_path: str | os.PathLike[str],
-    save_probabilities: bool = False,
-    postprocessing: PostprocessingDecision | None = None,
-) -> None:
-    """``export_members`` for a single model."""
-    export_members(
-        [(probabilities, properties, configuration)], dataset=dataset, output_path=output_path,
-        save_probabilities=save_probabilities, postprocessing=postprocessing,
-    )

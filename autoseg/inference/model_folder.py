@@ -6,7 +6,8 @@ A model folder is a dataset working folder ``WORK/<dataset>/`` (or an imported a
     models/CONFIG/fold_K/checkpoint_{final,best,latest}.pt      (K = 0..4 or "all")
 
 ``inference.json`` (written by model selection, optional) names the recommended ``{"models": [{"configuration":
-..., "folds": [...]}]}``; without it a folder with exactly one trained configuration needs no ``-c``.
+..., "folds": [...]}]}``; the loader (``autoseg.inference.loading``) follows it and passes the configuration and
+folds it chose; without a configuration, a folder with exactly one trained configuration needs no ``-c``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoseg.errors import UserError
+from autoseg.inference.model_source import folds_to_load
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.work_folder import WorkFolder
 
@@ -57,13 +59,16 @@ def locate_trained_model(
     configuration: str | None = None,
     folds: Sequence[int | str] | str | None = None,
     checkpoint: str = "final",
+    recipe: InferenceRecipe | None = None,
 ) -> TrainedModel:
     """Resolve the configuration, folds and checkpoint files to use; raise ``UserError`` naming what is missing.
 
     Args:
-        configuration: e.g. ``3d_fullres``; None = the one ``inference.json`` recommends, else the only trained one.
-        folds: fold numbers and/or ``"all"``; None = the recommended folds, else every trained fold.
+        configuration: e.g. ``3d_fullres``; None = the only trained one.
+        folds: fold numbers and/or ``"all"``; None = the folds ``recipe`` names for the configuration, else every
+            trained fold.
         checkpoint: ``final``, ``best`` or ``latest``.
+        recipe: the folder's ``inference.json`` (None: there is none).
     """
     work_folder = WorkFolder.at(model_folder)
     model_folder = work_folder.root
@@ -74,12 +79,10 @@ def locate_trained_model(
             f"{model_folder}: is not a model folder (no plans.json); pass WORK/<dataset> or an imported model."
         )
     available = trained_configurations(model_folder, checkpoint=checkpoint)
-    configuration, recommended_folds = _configuration_and_recommended_folds(
-        work_folder, configuration, available=available, checkpoint=checkpoint
-    )
+    if configuration is None:
+        configuration = _only_trained_configuration(work_folder, available=available, checkpoint=checkpoint)
     configuration_folder = work_folder.configuration_models(configuration)
-    if folds is None:
-        folds = recommended_folds
+    folds = folds_to_load(recipe, configuration, folds)
     if folds is None:
         fold_names = _trained_fold_names(configuration_folder, checkpoint=checkpoint)
     else:
@@ -96,20 +99,10 @@ def locate_trained_model(
     return TrainedModel(model_folder, configuration, tuple(fold_names), paths)
 
 
-def _configuration_and_recommended_folds(
-    work_folder: WorkFolder, configuration: str | None, *, available: list[str], checkpoint: str
-) -> tuple[str, tuple[int | str, ...] | None]:
-    """The configuration to use, and the folds ``inference.json`` recommends for it (None when it names none).
-
-    The configuration is the one asked for, else the one ``inference.json`` recommends, else the only trained one.
-    """
-    recipe = InferenceRecipe.read(work_folder.inference_recipe)
-    if configuration is not None:
-        return configuration, recipe.folds_of(configuration) if recipe is not None else None
-    if recipe is not None:
-        return recipe.models[0].configuration, recipe.models[0].folds
+def _only_trained_configuration(work_folder: WorkFolder, *, available: list[str], checkpoint: str) -> str:
+    """The one trained configuration of a folder whose recipe names none; a ``UserError`` for none or several."""
     if len(available) == 1:
-        return available[0], None
+        return available[0]
     if not available:
         raise UserError(
             f"{work_folder}: has no trained model with checkpoint_{checkpoint}.pt under {work_folder.models}."

@@ -15,10 +15,13 @@ import numpy as np
 
 from autoseg.errors import UserError
 from autoseg.inference.label_maps import previous_stage_label_map
-from autoseg.inference.predictor import Predictor
+from autoseg.inference.loading import load_predictor
+from autoseg.inference.model_source import ModelSource
+from autoseg.inference.options import PredictionOptions
 from autoseg.records.plans import load_plans
+from autoseg.records.previous_stage_maps import PreviousStageMapsRecord
 from autoseg.records.work_folder import WorkFolder
-from autoseg.utils.files import atomic_path, read_json, sha256_file, write_json
+from autoseg.utils.files import atomic_path, sha256_file
 
 
 def prepare_previous_stage_maps(
@@ -54,15 +57,14 @@ def prepare_previous_stage_maps(
         record_path = output / f"fold_{fold}.json"
         checkpoint_hash = sha256_file(checkpoint)
         cases = sorted(fold_split["val"])
-        if record_path.is_file():
-            record = read_json(record_path)
-            if record.get("checkpoint_sha256") == checkpoint_hash and record.get("cases") == cases:
-                continue
+        record = PreviousStageMapsRecord.read(record_path)
+        if record is not None and record.made_by(checkpoint_hash, cases):
+            continue
         say(f"{configuration_name}: segmenting the {len(cases)} validation cases of {previous_stage} fold {fold} "
             "as the cascade's extra input")
-        predictor = Predictor.from_model_folder(
-            work_folder, configuration=previous_stage, folds=[fold], checkpoint="final",
-            device=device or "auto", precision=precision,
+        predictor = load_predictor(
+            ModelSource.checkpoints(work_folder, configuration=previous_stage, folds=[fold], checkpoint="final"),
+            PredictionOptions(device=device or "auto", precision=precision),
         )
         for identifier in cases:
             source = previous_data / f"{identifier}.npy"
@@ -75,6 +77,5 @@ def prepare_previous_stage_maps(
             label_map = previous_stage_label_map(probabilities, target_shape, dataset=predictor.dataset)
             with atomic_path(output / f"{identifier}.npy", durable=False) as temporary, open(temporary, "wb") as file:
                 np.save(file, label_map[None])
-        write_json(record_path, {"fold": fold, "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_hash,
-                                 "cases": cases})
+        PreviousStageMapsRecord(fold, str(checkpoint), checkpoint_hash, cases).write(record_path)
     return output

@@ -27,27 +27,21 @@ import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from autoseg import __version__
 from autoseg.errors import UserError
 from autoseg.inference.ensemble import ModelEnsemble
-from autoseg.inference.onnx_engine import (
-    INSTALL_HINT,
-    ONNX_RECIPE,
-    ONNX_RECIPE_FORMAT,
-    OnnxNetwork,
-    import_onnxruntime,
-)
+from autoseg.inference.loading import load_ensemble
+from autoseg.inference.model_source import ModelSource
+from autoseg.inference.onnx_engine import INSTALL_HINT, OnnxNetwork, import_onnxruntime
+from autoseg.inference.options import PredictionOptions
 from autoseg.inference.predictor import Predictor
-from autoseg.records.inference_recipe import InferenceRecipe
+from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
+from autoseg.records.onnx_export import ExportedConfiguration, ExportedFold, OnnxExport
 from autoseg.records.work_folder import DATASET_FILE, INFERENCE_RECIPE_FILE, PLANS_FILE, WorkFolder
-from autoseg.utils.files import sha256_file, write_json
-
-if TYPE_CHECKING:
-    from autoseg.inference.ensemble import ModelEnsemble
+from autoseg.utils.files import sha256_file
 
 ONNX_OPSET = 18
 INPUT_NAME = "image"
@@ -121,28 +115,25 @@ def largest_difference(network: torch.nn.Module, path: Path, *, input_shape: Seq
     return float((actual - expected).abs().max()), float(expected.abs().max())
 
 
-def _export_configuration(predictor: Predictor, staging: Path, *, opset: int, exported: dict) -> None:
+def _export_configuration(
+    predictor: Predictor, staging: Path, *, opset: int, exported: dict[str, ExportedConfiguration]
+) -> None:
     """Export every fold of ``predictor`` (and of its previous stage) into ``staging``; record them in ``exported``."""
     if predictor.previous_stage is not None:
         _export_configuration(predictor.previous_stage, staging, opset=opset, exported=exported)
     name = predictor.configuration_name
-    patch_size = list(predictor.configuration.patch_size)
-    input_shape = (VERIFICATION_BATCH, network_input_channels(predictor), *patch_size)
-    entry = exported.setdefault(name, {
-        "patch_size": patch_size,
-        "step_size": predictor.step_size,
-        "mirror_axes": list(predictor.mirror_axes or ()),
-        "num_classes": predictor.dataset.num_output_channels,
-        "in_channels": input_shape[1],
-        "uses_regions": predictor.dataset.has_regions,
-        "previous_stage": predictor.previous_stage.configuration_name if predictor.previous_stage else None,
-        "configuration": predictor.configuration.to_json(),
-        "folds": {},
-    })
+    input_shape = (VERIFICATION_BATCH, network_input_channels(predictor), *predictor.configuration.patch_size)
+    entry = exported.setdefault(name, ExportedConfiguration(
+        patch_size=tuple(predictor.configuration.patch_size), step_size=predictor.options.step_size,
+        mirror_axes=tuple(predictor.mirror_axes or ()), num_classes=predictor.dataset.num_output_channels,
+        in_channels=input_shape[1], uses_regions=predictor.dataset.has_regions,
+        previous_stage=predictor.previous_stage.configuration_name if predictor.previous_stage else None,
+        configuration=predictor.configuration.to_json(), folds={},
+    ))
     for fold, checkpoint_path, network in zip(
         predictor.trained_model.folds, predictor.trained_model.checkpoint_paths, predictor.networks, strict=True
     ):
-        if fold in entry["folds"]:
+        if fold in entry.folds:
             continue
         relative = Path(name) / f"fold_{fold}.onnx"
         path = staging / relative
@@ -154,12 +145,11 @@ def _export_configuration(predictor: Predictor, staging: Path, *, opset: int, ex
                 f"{checkpoint_path}: the ONNX graph differs from torch by {difference:.3g} (logits up to {scale:.3g}); "
                 "not exported"
             )
-        entry["folds"][fold] = {
-            "file": relative.as_posix(),
-            "sha256": sha256_file(path),
-            "checkpoint": checkpoint_path.relative_to(predictor.trained_model.model_folder).as_posix(),
-            "max_abs_difference_to_torch": difference,
-        }
+        entry.folds[fold] = ExportedFold(
+            file=relative.as_posix(), sha256=sha256_file(path),
+            checkpoint=checkpoint_path.relative_to(predictor.trained_model.model_folder).as_posix(),
+            max_abs_difference_to_torch=difference,
+        )
 
 
 def _empty_destination(output_folder: str | os.PathLike[str]) -> Path:
@@ -186,7 +176,7 @@ def _copy_records(source: Path, staging: Path, *, has_postprocessing: bool) -> s
             shutil.copyfile(source / name, staging / name)
     if not has_postprocessing:
         return None
-    # ModelEnsemble read it from the file inference.json names; copy that same file.
+    # load_ensemble read it from the file inference.json names; copy that same file.
     postprocessing_name = read_recipe_postprocessing(source)
     shutil.copyfile(source / postprocessing_name, staging / postprocessing_name)
     return postprocessing_name
@@ -194,27 +184,19 @@ def _copy_records(source: Path, staging: Path, *, has_postprocessing: bool) -> s
 
 def _onnx_recipe(
     models: ModelEnsemble, *, source: Path, checkpoint: str, opset: int, postprocessing_name: str | None,
-    exported: dict,
-) -> dict:
-    """The content of ``onnx_recipe.json``: how the graphs were made and what the sliding window needs."""
-    return {
-        "format": ONNX_RECIPE_FORMAT,
-        "autoseg_version": __version__,
-        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-        "opset": opset,
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "input_layout": "float32 (batch, channels, *patch_size); the batch axis is dynamic",
-        "output_layout": "float32 (batch, num_classes, *patch_size) logits at full resolution",
-        "source_model_folder": str(source),
-        "checkpoint": checkpoint,
-        "models": [
-            {"configuration": member.configuration_name, "folds": list(member.trained_model.folds)}
-            for member in models.members
-        ],
-        "postprocessing": postprocessing_name,
-        "configurations": exported,
-    }
+    exported: dict[str, ExportedConfiguration],
+) -> OnnxExport:
+    """The record ``onnx_recipe.json``: how the graphs were made and what the sliding window needs."""
+    return OnnxExport(
+        autoseg_version=__version__, exporter=f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+        opset=opset, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+        input_layout="float32 (batch, channels, *patch_size); the batch axis is dynamic",
+        output_layout="float32 (batch, num_classes, *patch_size) logits at full resolution",
+        source_model_folder=str(source), checkpoint=checkpoint,
+        models=tuple(RecipeModel(member.configuration_name, tuple(member.trained_model.folds))
+                     for member in models.members),
+        postprocessing=postprocessing_name, configurations=exported,
+    )
 
 
 def export_onnx_model(
@@ -225,8 +207,8 @@ def export_onnx_model(
     folds: Sequence[int | str] | str | None = None,
     checkpoint: str = "final",
     opset: int = ONNX_OPSET,
-) -> dict:
-    """Export what ``autoseg predict`` would run for these options into ``output_folder``; returns the recipe.
+) -> OnnxExport:
+    """Export what ``autoseg predict`` would run for these options into ``output_folder``; returns its record.
 
     Args:
         model_folder: ``WORK/<dataset>`` or an imported model folder.
@@ -241,16 +223,16 @@ def export_onnx_model(
         raise UserError(f"--opset {opset} is too old; torch's exporter builds graphs of opset {ONNX_OPSET} or newer.")
     destination = _empty_destination(output_folder)
     _require_export_libraries()
-    models = ModelEnsemble.from_model_folder(
-        model_folder, configuration=configuration, folds=folds, checkpoint=checkpoint, device="cpu",
-        precision="float32",
+    models = load_ensemble(
+        ModelSource.checkpoints(model_folder, configuration=configuration, folds=folds, checkpoint=checkpoint),
+        PredictionOptions(device="cpu", precision="float32"),
     )
     source = models.members[0].trained_model.model_folder
     if destination == source or source in destination.parents:
         raise UserError(f"{destination}: must lie outside the model folder {source}.")
     staging = _fresh_staging_folder(destination)
     try:
-        exported: dict = {}
+        exported: dict[str, ExportedConfiguration] = {}
         for member in models.members:
             _export_configuration(member, staging, opset=opset, exported=exported)
         postprocessing_name = _copy_records(source, staging, has_postprocessing=models.postprocessing is not None)
@@ -258,7 +240,7 @@ def export_onnx_model(
             models, source=source, checkpoint=checkpoint, opset=opset, postprocessing_name=postprocessing_name,
             exported=exported,
         )
-        write_json(staging / ONNX_RECIPE, recipe)
+        recipe.write(staging)
         if destination.exists():
             destination.rmdir()  # empty (checked above); os.replace cannot replace a directory on every platform
         os.replace(staging, destination)
@@ -269,5 +251,5 @@ def export_onnx_model(
 
 
 def read_recipe_postprocessing(model_folder: Path) -> str:
-    """The post-processing file that ``inference.json`` names (the one ``ModelEnsemble`` applies)."""
+    """The post-processing file that ``inference.json`` names (the one ``load_ensemble`` applies)."""
     return str(InferenceRecipe.read(WorkFolder.at(model_folder).inference_recipe).postprocessing)

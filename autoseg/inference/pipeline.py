@@ -18,18 +18,31 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+import numpy as np
 
 from autoseg.errors import UserError
 from autoseg.inference.case_input import PreprocessedCase, preprocess_for_prediction
 from autoseg.inference.export import export_members
 from autoseg.io.images import file_ending
+from autoseg.records.dataset import RawDataset
+from autoseg.records.plans import Configuration
 from autoseg.records.postprocessing import PostprocessingDecision
 from autoseg.utils.files import write_json
 from autoseg.utils.progress import ProgressDisplay, progress_display
 
-if TYPE_CHECKING:
-    from autoseg.inference.predictor import Predictor
+
+class EnsembleMember(Protocol):
+    """What the pipeline needs of one member (``autoseg.inference.predictor.Predictor`` is one)."""
+
+    dataset: RawDataset
+    configuration: Configuration
+
+    @property
+    def previous_configuration(self) -> Configuration | None: ...
+
+    def predict_case_reported(self, case: PreprocessedCase) -> tuple[np.ndarray, dict | None]: ...
 
 
 def _limit_worker_threads() -> None:
@@ -71,13 +84,13 @@ def _check_channel_counts(work: list[tuple[list[str], Path]], num_channels: int)
 class _CaseSteps:
     """What every case goes through: preprocessing per member (a worker job), the members' networks, export."""
 
-    members: list[Predictor]
+    members: list[EnsembleMember]
     member_options: list[dict]  # arguments of preprocess_for_prediction, one per member (sent to workers)
     export_options: dict  # arguments of export_members besides the outputs (sent to workers)
 
     @classmethod
     def for_members(
-        cls, members: list[Predictor], *, save_probabilities: bool, postprocessing: PostprocessingDecision | None
+        cls, members: list[EnsembleMember], *, save_probabilities: bool, postprocessing: PostprocessingDecision | None
     ) -> _CaseSteps:
         member_options = [
             {"configuration": member.configuration,
@@ -202,7 +215,7 @@ def _run_overlapped(
 
 
 def run_prediction_pipeline(
-    members: Sequence[Predictor],
+    members: Sequence[EnsembleMember],
     items: Sequence[tuple[Sequence[str | os.PathLike[str]], str | os.PathLike[str]]],
     *,
     save_probabilities: bool = False,

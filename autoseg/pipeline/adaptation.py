@@ -19,6 +19,9 @@ import torch
 from autoseg.errors import UserError
 from autoseg.inference.adaptation import train_fold_adapter
 from autoseg.inference.adaptation.adapter import ADAPTATION_FILE, AdapterTrainingSettings, collect_source_windows
+from autoseg.inference.loading import load_predictor
+from autoseg.inference.model_source import ModelSource
+from autoseg.inference.options import PredictionOptions
 from autoseg.inference.predictor import Predictor
 from autoseg.pipeline.budget import RunBudget
 from autoseg.records.inference_recipe import InferenceRecipe
@@ -83,9 +86,9 @@ def record_standardisation(
     if load_plans(work_folder.plans).configuration(configuration_name).previous_stage:
         return {"skipped": f"test-time adaptation does not support the cascade {configuration_name}"}
     started = time.perf_counter()
-    predictor = Predictor.from_model_folder(
-        work_folder, configuration=configuration_name, folds=[fold], checkpoint="final", device=device,
-        precision=precision,
+    predictor = load_predictor(
+        ModelSource.checkpoints(work_folder, configuration=configuration_name, folds=[fold], checkpoint="final"),
+        PredictionOptions(device=device, precision=precision),
     )
     record, folder = record_fold_adapter(work_folder, predictor, 0, str(fold), RUN_STANDARDISATION)
     return {"folder": str(folder), "cases": record["source_ranges"]["images"], "methods": list(record["methods"]),

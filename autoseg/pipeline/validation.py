@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.evaluation.folders import evaluate_against_ground_truth
+from autoseg.inference.ensemble import ModelEnsemble
+from autoseg.inference.loading import load_predictor
+from autoseg.inference.model_source import ModelSource
 from autoseg.inference.next_stage import prepare_previous_stage_maps
-from autoseg.inference.predictor import Predictor
+from autoseg.inference.options import PredictionOptions
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.job import TrainingComponents, default_components
 
@@ -38,14 +41,14 @@ def predict_validation_cases(
     if str(fold) == "all":
         return {"skipped": "fold 'all' has no held-out validation cases"}
     dataset = work_folder.read_dataset()
-    predictor = Predictor.from_model_folder(
-        work_folder, configuration=configuration_name, folds=[fold], checkpoint="final", device=device,
-        precision=precision,
+    predictor = load_predictor(
+        ModelSource.checkpoints(work_folder, configuration=configuration_name, folds=[fold], checkpoint="final"),
+        PredictionOptions(device=device, precision=precision),
     )
     output_folder = work_folder.validation(configuration_name, fold)
     output_folder.mkdir(parents=True, exist_ok=True)
     cases = [dataset.case(identifier) for identifier in validation_case_ids]
-    predictor.predict_files(
+    ModelEnsemble([predictor]).predict_files(
         [case.images for case in cases],
         [output_folder / f"{case.identifier}{dataset.file_ending}" for case in cases],
         save_probabilities=True,  # CASE.npz: model selection ensembles configurations on these

@@ -18,8 +18,9 @@ Example (``model_folder`` is ``WORK/Dataset004_Hippocampus`` with two folds of `
     >>> imported = import_model("hippocampus.zip", "colleague/Dataset004_Hippocampus")
     >>> imported["files"] == manifest["files"]  # every file arrived with its SHA-256 verified
     True
-    >>> from autoseg.inference import Predictor
-    >>> Predictor.from_model_folder("colleague/Dataset004_Hippocampus", device="cpu").trained_model.folds
+    >>> from autoseg.inference import ModelSource, PredictionOptions, load_predictor
+    >>> load_predictor(ModelSource.checkpoints("colleague/Dataset004_Hippocampus"),
+    ...                PredictionOptions(device="cpu")).trained_model.folds
     ('0', '1')
 """
 

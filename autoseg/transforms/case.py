@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import UserError
-from autoseg.io.images import Geometry, file_ending, read_image
+from autoseg.io.images import Geometry, Image, file_ending, read_image
 from autoseg.records.plans import Configuration
 from autoseg.transforms.class_locations import sample_class_locations
 from autoseg.transforms.normalization import normalize_channels
@@ -86,14 +86,10 @@ def _read_label(path: str | os.PathLike[str], shape: tuple[int, ...]) -> np.ndar
     return array.astype(np.int8)
 
 
-def _read_cropped_and_transposed(
-    image_paths: Sequence[str | os.PathLike[str]], label_path: str | os.PathLike[str] | None, transpose: list[int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Geometry, list[tuple[int, int]]]:
-    """Read the case and crop it to the non-zero region, then transpose.
-
-    Returns the channels ``(C, z, y, x)`` float32, the non-zero mask, the int8 label (or None), all cropped and
-    transposed, and the first channel's geometry and the crop's bounding box (both in the original axes).
-    """
+def _read_channels(
+    image_paths: Sequence[str | os.PathLike[str]], label_path: str | os.PathLike[str] | None
+) -> tuple[list[Image], np.ndarray | None]:
+    """Every channel's image (all of one shape) and the int8 label map (or None)."""
     images = [read_image(path) for path in image_paths]
     geometry = images[0].geometry
     for path, image in zip(image_paths[1:], images[1:], strict=True):
@@ -102,12 +98,23 @@ def _read_cropped_and_transposed(
                 f"{path}: shape {image.geometry.shape} differs from the first channel's {geometry.shape} (z, y, x)."
             )
     segmentation = _read_label(label_path, tuple(geometry.shape)) if label_path is not None else None
+    return images, segmentation
 
+
+def _cropped_and_transposed(
+    images: list[Image], segmentation: np.ndarray | None, transpose: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Geometry, list[tuple[int, int]]]:
+    """The case cropped to the non-zero region, then transposed.
+
+    Returns the channels ``(C, z, y, x)`` float32, the non-zero mask, the int8 label (or None), all cropped and
+    transposed, and the first channel's geometry and the crop's bounding box (both in the original axes).
+    """
+    geometry = images[0].geometry
     mask = nonzero_mask([image.array for image in images])
     bbox = bounding_box(mask)
     crop = tuple(slice(start, stop) for start, stop in bbox)
     data = np.stack([np.asarray(image.array[crop], dtype=np.float32) for image in images])
-    del images
+    images.clear()  # the caller passes its only reference: the full-size arrays are freed here
     mask = mask[crop]
     if segmentation is not None:
         segmentation = segmentation[crop]
@@ -218,9 +225,41 @@ def preprocess_case(
     """
     if not image_paths:
         raise CasePreprocessingError("a case needs at least one image file.")
-    identifier = identifier or identifier_from_image_path(image_paths[0])
+    images, segmentation = _read_channels(image_paths, label_path)
+    return _preprocess_read_case(
+        images, segmentation, configuration=configuration,
+        identifier=identifier or identifier_from_image_path(image_paths[0]), classes=classes,
+        ignore_label=ignore_label,
+    )
+
+
+def preprocess_images(
+    images: Sequence[Image], *, configuration: Configuration, identifier: str
+) -> tuple[np.ndarray, dict]:
+    """``preprocess_case`` for channels already in memory (one ``Image`` per channel, all of one shape), unlabelled.
+
+    Every step after reading is the same code, so an image and its file are preprocessed identically.
+    """
+    if not images:
+        raise CasePreprocessingError("a case needs at least one image.")
+    data, _, properties = _preprocess_read_case(
+        list(images), None, configuration=configuration, identifier=identifier, classes=None, ignore_label=None
+    )
+    return data, properties
+
+
+def _preprocess_read_case(
+    images: list[Image],
+    segmentation: np.ndarray | None,
+    *,
+    configuration: Configuration,
+    identifier: str,
+    classes: Iterable[int] | None,
+    ignore_label: int | None,
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Every step of ``preprocess_case`` after reading; ``images`` is consumed (emptied) to free its arrays early."""
     transpose = list(configuration.transpose_forward)
-    data, mask, segmentation, geometry, bbox = _read_cropped_and_transposed(image_paths, label_path, transpose)
+    data, mask, segmentation, geometry, bbox = _cropped_and_transposed(images, segmentation, transpose)
     spacing_after_crop = tuple(float(geometry.spacing[axis]) for axis in transpose)
     shape_after_crop = tuple(int(size) for size in data.shape[1:])
     data = normalize_channels(data, schemes=list(configuration.normalization), nonzero_mask=mask)

@@ -15,12 +15,13 @@ from autoseg.pipeline.schedule import AFTER_TRAINING_SHARE
 from autoseg.planning.compute import ComputeBudget
 from autoseg.planning.step_cost import step_work
 from autoseg.records.dataset import RawDataset
+from autoseg.records.fingerprint import Fingerprint
 from autoseg.records.plans import Configuration
 from autoseg.training.loop import CPU_VOXELS_PER_STEP, training_batch_size
 
 PREPROCESSING_SHARE = 0.05  # of the budget left at planning time, expected for preprocessing (corrected later)
 
-ComputeFor = Callable[[RawDataset, dict], ComputeBudget]  # (dataset, fingerprint) -> the budget to plan for
+ComputeFor = Callable[[RawDataset, Fingerprint], ComputeBudget]  # (dataset, fingerprint) -> the budget to plan for
 
 
 def compute_budget_for(device: torch.device, precision: str, *, budget_seconds: float, deadline: float,
@@ -31,7 +32,7 @@ def compute_budget_for(device: torch.device, precision: str, *, budget_seconds: 
     left of it after the throughput measurement, less preprocessing and the after-training share.
     """
 
-    def compute_for(dataset: RawDataset, fingerprint: dict) -> ComputeBudget:
+    def compute_for(dataset: RawDataset, fingerprint: Fingerprint) -> ComputeBudget:
         model = machine_throughput(device, precision, say=say)
         seconds_left = deadline - time.monotonic()
 
@@ -45,7 +46,7 @@ def compute_budget_for(device: torch.device, precision: str, *, budget_seconds: 
         training = max(0.0, seconds_left) * (1 - AFTER_TRAINING_SHARE - PREPROCESSING_SHARE)
         return ComputeBudget(
             training_seconds=training, seconds_per_iteration=seconds_per_iteration, device=device.type,
-            label_round_trip=functools.partial(round_trip_dice, dataset, is_2d=bool(fingerprint["is_2d"])),
+            label_round_trip=functools.partial(round_trip_dice, dataset, is_2d=bool(fingerprint.is_2d)),
             max_voxels_per_step=CPU_VOXELS_PER_STEP if device.type == "cpu" else None, budget_seconds=budget_seconds,
         )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from autoseg.records.fingerprint import Fingerprint
+
 # z-score inside the non-zero mask when cropping removed more than a quarter of the median image: the zero border
 # then dominates the statistics and is not tissue (skull-stripped MRI, for example).
 MASK_RELATIVE_SIZE_THRESHOLD = 0.75
@@ -44,15 +46,15 @@ NORMALIZATION_BY_CHANNEL_NAME: dict[str, NormalizationRule] = {
 }
 
 
-def plan_normalization(fingerprint: dict) -> list[dict]:
+def plan_normalization(fingerprint: Fingerprint) -> list[dict]:
     """One normalisation entry per channel, in channel order."""
     entries = []
-    for index, name in enumerate(fingerprint["channel_names"]):
+    for index, name in enumerate(fingerprint.channel_names or ()):
         rule = NORMALIZATION_BY_CHANNEL_NAME.get(str(name).strip().lower(), per_image_zscore)
         entries.append(
             rule(
-                fingerprint["foreground_intensities"][str(index)],
-                median_relative_size_after_crop=fingerprint["median_relative_size_after_crop"],
+                (fingerprint.foreground_intensities or {})[str(index)],
+                median_relative_size_after_crop=fingerprint.median_relative_size_after_crop,
             )
         )
     return entries

@@ -5,6 +5,7 @@ Every stage imports these (and ``io``, ``networks``, ``utils``), never another s
 
 from __future__ import annotations
 
+from autoseg.records.configuration_parts import Network, NormalizationScheme, Resampling
 from autoseg.records.dataset import Case, Problem, RawDataset
 from autoseg.records.fingerprint import FINGERPRINT_VERSION, load_fingerprint
 from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
@@ -17,11 +18,14 @@ __all__ = [
     "Case",
     "Configuration",
     "InferenceRecipe",
+    "Network",
+    "NormalizationScheme",
     "Plans",
     "PostprocessingDecision",
     "Problem",
     "RawDataset",
     "RecipeModel",
+    "Resampling",
     "WorkFolder",
     "load_fingerprint",
     "load_plans",

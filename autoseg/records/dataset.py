@@ -8,6 +8,11 @@ the raw folder.
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from autoseg.utils.files import read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,3 +124,11 @@ class RawDataset:
             regions_class_order=tuple(data["regions_class_order"]) if data.get("regions_class_order") else None,
             ignore_label=data.get("ignore_label"),
         )
+
+
+def read_dataset_json(path: str | os.PathLike[str]) -> Any:
+    """The mapping a ``dataset.json`` holds (a raw dataset's or a working folder's copy), as written.
+
+    Raises ``FileNotFoundError``, ``OSError`` or ``ValueError`` (bad JSON) for the caller to word for its context.
+    """
+    return read_json(Path(path))

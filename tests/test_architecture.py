@@ -72,8 +72,6 @@ def _json_reads(path: Path) -> list[int]:
 # JSON reads outside autoseg/records/ of files that are no working-folder file: raw input, caches, locks, archives.
 NOT_WORKING_FOLDER_FILES = {
     "autoseg/utils/files.py",  # read_json itself, the helper the records use
-    "autoseg/data/raw_folder.py",  # the raw dataset's own dataset.json (its input, worded as dataset Problems)
-    "autoseg/data/msd.py",  # a Medical Segmentation Decathlon task's dataset.json, being converted
     "autoseg/utils/locking.py",  # who holds a lock, read from the open lock file descriptor
     "autoseg/sharing/submission.py",  # a submission folder's manifest
     "autoseg/sharing/model_archive.py",  # the manifest inside a shared model archive

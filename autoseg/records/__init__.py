@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from autoseg.records.configuration_parts import Network, NormalizationScheme, Resampling
 from autoseg.records.dataset import Case, Problem, RawDataset
-from autoseg.records.fingerprint import FINGERPRINT_VERSION, load_fingerprint
-from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
+from autoseg.records.evaluation_summary import EvaluationSummary
+from autoseg.records.fingerprint import FINGERPRINT_VERSION, Fingerprint, FingerprintCase, load_fingerprint
+from autoseg.records.inference_recipe import InferenceRecipe, RecipeCandidate, RecipeModel
 from autoseg.records.plans import Configuration, Plans, load_plans
 from autoseg.records.postprocessing import PostprocessingDecision
 from autoseg.records.work_folder import WorkFolder
@@ -17,6 +18,9 @@ __all__ = [
     "FINGERPRINT_VERSION",
     "Case",
     "Configuration",
+    "EvaluationSummary",
+    "Fingerprint",
+    "FingerprintCase",
     "InferenceRecipe",
     "Network",
     "NormalizationScheme",
@@ -24,6 +28,7 @@ __all__ = [
     "PostprocessingDecision",
     "Problem",
     "RawDataset",
+    "RecipeCandidate",
     "RecipeModel",
     "Resampling",
     "WorkFolder",

@@ -8,11 +8,10 @@ the raw folder.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
-
-from autoseg.utils.files import read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +126,9 @@ class RawDataset:
 
 
 def read_dataset_json(path: str | os.PathLike[str]) -> Any:
-    """The mapping a ``dataset.json`` holds (a raw dataset's or a working folder's copy), as written.
+    """What a ``dataset.json`` holds (a raw dataset's, an MSD task's or a working folder's copy), as written.
 
-    Raises ``FileNotFoundError``, ``OSError`` or ``ValueError`` (bad JSON) for the caller to word for its context.
+    Raises ``FileNotFoundError`` / ``OSError``, ``json.JSONDecodeError`` or ``UnicodeDecodeError`` (both
+    ``ValueError``) for the caller to word for its context: a raw folder's problems are listed, not raised.
     """
-    return read_json(Path(path))
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -192,17 +192,17 @@ def hippocampus_folders(tmp_path_factory, hippocampus_root):
 def test_dice_and_iou_on_real_hippocampus_labels_agree_with_numpy(hippocampus_folders):
     predictions, references = hippocampus_folders
     summary = evaluate_folders(predictions, references, targets=targets_from_label_values([1, 2]))
-    assert [case["case"] for case in summary.per_case] == list(HIPPOCAMPUS_CASES)
+    assert [case.case for case in summary.per_case] == list(HIPPOCAMPUS_CASES)
     for case in summary.per_case:
-        prediction = read_image(predictions / f"{case['case']}.nii.gz").array
-        reference = read_image(references / f"{case['case']}.nii.gz").array
+        prediction = read_image(predictions / f"{case.case}.nii.gz").array
+        reference = read_image(references / f"{case.case}.nii.gz").array
         for value in (1, 2):
             dice, iou = _direct_dice_and_iou(prediction, reference, value)
-            assert case["metrics"][str(value)]["dice"] == pytest.approx(dice, rel=1e-12)
-            assert case["metrics"][str(value)]["iou"] == pytest.approx(iou, rel=1e-12)
-            assert 0.0 < case["metrics"][str(value)]["hd95_mm"] < 30.0
+            assert case.metrics[str(value)]["dice"] == pytest.approx(dice, rel=1e-12)
+            assert case.metrics[str(value)]["iou"] == pytest.approx(iou, rel=1e-12)
+            assert 0.0 < case.metrics[str(value)]["hd95_mm"] < 30.0
     class_means = [summary.mean[key]["dice"] for key in ("1", "2")]
-    per_case_dice = [case["metrics"]["1"]["dice"] for case in summary.per_case]
+    per_case_dice = [case.metrics["1"]["dice"] for case in summary.per_case]
     assert summary.mean["1"]["dice"] == pytest.approx(np.mean(per_case_dice))
     assert summary.foreground_mean["dice"] == pytest.approx(np.mean(class_means))
 
@@ -265,7 +265,7 @@ def test_missing_predictions_are_named(hippocampus_folders, tmp_path, capsys):
     # The library can evaluate just the predicted cases (cross-validation folds).
     summary = evaluate_folders(partial, references, cases=HIPPOCAMPUS_CASES[:2], with_surface_metrics=False)
     assert len(summary.per_case) == 2
-    assert summary.per_case[0]["metrics"]["1"]["hd95_mm"] is None
+    assert summary.per_case[0].metrics["1"]["hd95_mm"] is None
 
 
 def test_a_prediction_on_another_grid_is_refused_naming_the_case(hippocampus_folders, tmp_path, capsys):

@@ -12,7 +12,7 @@ from autoseg.evaluation.folders import SUMMARY_FILE_NAME
 from autoseg.evaluation.overlay import png_bytes, render_overlay
 from autoseg.io.images import read_image
 from autoseg.planning.table import configuration_rows, format_compute
-from autoseg.records.evaluation_summary import EvaluationSummary
+from autoseg.records.evaluation_summary import CaseEvaluation, EvaluationSummary
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.plans import Plans, load_plans
 from autoseg.records.postprocessing import PostprocessingDecision
@@ -66,9 +66,9 @@ def _training_section(work: WorkFolder) -> ReportSection:
     return section
 
 
-def case_mean_dice(case: dict) -> float | None:
+def case_mean_dice(case: CaseEvaluation) -> float | None:
     """One case's Dice averaged over its classes (classes absent from both prediction and reference skipped)."""
-    values = [metrics["dice"] for metrics in case["metrics"].values() if metrics.get("dice") is not None]
+    values = [metrics["dice"] for metrics in case.metrics.values() if metrics.get("dice") is not None]
     return float(np.mean(values)) if values else None
 
 
@@ -185,7 +185,7 @@ def _overlay_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSection
     summary = EvaluationSummary.read(work.root / selected.folder / SUMMARY_FILE_NAME)
     scored = []
     for case in summary.per_case:
-        values = [m["dice"] for m in case["metrics"].values() if m["dice"] is not None]
+        values = [m["dice"] for m in case.metrics.values() if m["dice"] is not None]
         if values:
             scored.append((float(np.mean(values)), case))
     if not scored:
@@ -194,14 +194,14 @@ def _overlay_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSection
     dataset = work.read_dataset()
     chosen = [("best", scored[-1]), ("worst", scored[0])] if len(scored) > 1 else [("only", scored[0])]
     for title, (dice, case) in chosen:
-        image = read_image(dataset.case(case["case"]).images[0])
-        prediction = read_image(case["prediction"]).array
-        reference = read_image(case["reference"]).array
+        image = read_image(dataset.case(case.case).images[0])
+        prediction = read_image(case.prediction).array
+        reference = read_image(case.reference).array
         # The same slice for prediction and reference: the one where the reference has most foreground.
         slice_index = int(np.argmax((reference > 0).reshape(reference.shape[0], -1).sum(1)))
         for kind, labels in (("prediction", prediction), ("reference", reference)):
             rgb = render_overlay(image.array, labels, slice_index=slice_index, spacing=image.geometry.spacing)
-            section.add_image(f"{title}: {case['case']} ({kind}, mean Dice {dice:.3f})", png_bytes(rgb))
+            section.add_image(f"{title}: {case.case} ({kind}, mean Dice {dice:.3f})", png_bytes(rgb))
     return section
 
 

@@ -8,7 +8,13 @@ from __future__ import annotations
 from autoseg.records.configuration_parts import Network, NormalizationScheme, Resampling
 from autoseg.records.dataset import Case, Problem, RawDataset
 from autoseg.records.evaluation_summary import EvaluationSummary
-from autoseg.records.fingerprint import FINGERPRINT_VERSION, Fingerprint, FingerprintCase, load_fingerprint
+from autoseg.records.fingerprint import (
+    FINGERPRINT_VERSION,
+    Fingerprint,
+    FingerprintCase,
+    IntensityStatistics,
+    load_fingerprint,
+)
 from autoseg.records.inference_recipe import InferenceRecipe, RecipeCandidate, RecipeModel
 from autoseg.records.plans import Configuration, Plans, load_plans
 from autoseg.records.postprocessing import PostprocessingDecision
@@ -22,6 +28,7 @@ __all__ = [
     "Fingerprint",
     "FingerprintCase",
     "InferenceRecipe",
+    "IntensityStatistics",
     "Network",
     "NormalizationScheme",
     "Plans",

@@ -7,8 +7,8 @@ writes the keys as read, in their order, so a summary read and written again is 
 Example:
     >>> summary = EvaluationSummary.from_json({"mean": {"1": {"name": "liver", "dice": 0.9}},
     ...                                        "foreground_mean": {"dice": 0.9}, "per_case": [{"case": "a"}]})
-    >>> summary.foreground_dice, summary.dice_per_class, summary.cases
-    (0.9, {'liver': 0.9}, ['a'])
+    >>> summary.foreground_dice, summary.dice_per_class, summary.cases, summary.per_case[0].case
+    (0.9, {'liver': 0.9}, ['a'], 'a')
 """
 
 from __future__ import annotations
@@ -26,9 +26,19 @@ SUMMARY_FILE_NAME = "summary.json"
 
 
 @dataclasses.dataclass(frozen=True)
+class CaseEvaluation(JsonRecord):
+    """One case: its prediction and reference files and ``metrics[target key][metric]`` (None where undefined)."""
+
+    case: str = ""
+    prediction: str = ""
+    reference: str = ""
+    metrics: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluationSummary(JsonRecord):
     """Means per target (keyed ``"1"`` or ``"1,2"`` for a region, each with its ``name``), the foreground mean, and
-    per case ``{"case", "prediction", "reference", "metrics": {target key: {metric: value}}}``."""
+    every case's ``CaseEvaluation``."""
 
     prediction_folder: str | None = None
     reference_folder: str | None = None
@@ -37,7 +47,21 @@ class EvaluationSummary(JsonRecord):
     targets: tuple[dict[str, Any], ...] = ()
     mean: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     foreground_mean: dict[str, Any] = dataclasses.field(default_factory=dict)
-    per_case: tuple[dict[str, Any], ...] = ()
+    per_case: tuple[CaseEvaluation, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Any, *, source: str = "evaluation summary") -> EvaluationSummary:
+        per_case = data.get("per_case", []) if isinstance(data, dict) else None
+        if not isinstance(per_case, list) or not all(isinstance(entry, dict) for entry in per_case):
+            raise UserError(f"{source}: is not an evaluation summary; delete it and evaluate the predictions again.")
+        parsed = super().from_json(data)
+        return dataclasses.replace(parsed, per_case=tuple(CaseEvaluation.from_json(entry) for entry in per_case))
+
+    def to_json(self) -> dict[str, Any]:
+        data = super().to_json()
+        if "per_case" in data:
+            data["per_case"] = [entry.to_json() for entry in self.per_case]
+        return data
 
     @property
     def foreground_dice(self) -> float | None:
@@ -51,7 +75,7 @@ class EvaluationSummary(JsonRecord):
 
     @property
     def cases(self) -> list[str]:
-        return [entry["case"] for entry in self.per_case]
+        return [entry.case for entry in self.per_case]
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> EvaluationSummary:
@@ -65,9 +89,7 @@ class EvaluationSummary(JsonRecord):
             data = read_json(path)
         except ValueError:
             raise UserError(f"{path}: is not valid JSON; delete it and evaluate the predictions again.") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: is not an evaluation summary; delete it and evaluate the predictions again.")
-        return cls.from_json(data)
+        return cls.from_json(data, source=str(path))
 
     @classmethod
     def read_if_present(cls, path: str | os.PathLike[str]) -> EvaluationSummary | None:

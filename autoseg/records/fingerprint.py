@@ -39,6 +39,28 @@ class FingerprintCase(JsonRecord):
 
 
 @dataclasses.dataclass(frozen=True)
+class IntensityStatistics(JsonRecord):
+    """One channel's intensities inside the labelled voxels of every case (sampled; all zero when none)."""
+
+    mean: float = 0.0
+    std: float = 0.0
+    median: float = 0.0
+    min: float = 0.0
+    max: float = 0.0
+    percentile_00_5: float = 0.0
+    percentile_99_5: float = 0.0
+    num_samples: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassPresence(JsonRecord):
+    """One label value over the dataset: its voxels in all cases together, and how many cases hold it."""
+
+    total_voxels: int = 0
+    cases_present: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Fingerprint(JsonRecord):
     """The whole ``fingerprint.json``; keys an older file lacks are None (``cases``: empty)."""
 
@@ -51,8 +73,8 @@ class Fingerprint(JsonRecord):
     num_cases: int | None = None
     cases: dict[str, FingerprintCase] = dataclasses.field(default_factory=dict)
     case_signatures: dict[str, str] | None = None
-    foreground_intensities: dict[str, dict[str, float]] | None = None  # per channel index: summarise_intensities
-    classes: dict[str, dict[str, int]] | None = None  # per label value: total_voxels, cases_present
+    foreground_intensities: dict[str, IntensityStatistics] | None = None  # per channel index ("0", "1", ...)
+    classes: dict[str, ClassPresence] | None = None  # per foreground label value ("1", "2", ...)
     median_spacing: tuple[float, ...] | None = None
     median_shape_after_crop: tuple[float, ...] | None = None
     median_relative_size_after_crop: float | None = None
@@ -62,13 +84,14 @@ class Fingerprint(JsonRecord):
         if not isinstance(data, dict) or not isinstance(data.get("cases", {}), dict):
             raise UserError(f"{source}: is not a fingerprint; delete it and run `autoseg plan DATASET` again.")
         parsed = super().from_json(data)
-        cases = {identifier: FingerprintCase.from_json(case) for identifier, case in data.get("cases", {}).items()}
-        return dataclasses.replace(parsed, cases=cases)
+        nested = {key: _records_of(record, data[key]) for key, record in _NESTED.items() if data.get(key) is not None}
+        return dataclasses.replace(parsed, **nested)
 
     def to_json(self) -> dict[str, Any]:
         data = super().to_json()
-        if "cases" in data:
-            data["cases"] = {identifier: case.to_json() for identifier, case in self.cases.items()}
+        for key in _NESTED:
+            if data.get(key) is not None:
+                data[key] = {name: record.to_json() for name, record in getattr(self, key).items()}
         return data
 
     def is_current(self, signature: str) -> bool:
@@ -77,6 +100,18 @@ class Fingerprint(JsonRecord):
 
     def write(self, path: str | os.PathLike[str]) -> None:
         write_json(path, self.to_json())
+
+
+# Mappings of the fingerprint whose values are records of their own.
+_NESTED: dict[str, type[JsonRecord]] = {
+    "cases": FingerprintCase, "foreground_intensities": IntensityStatistics, "classes": ClassPresence,
+}
+
+
+def _records_of(record: type[JsonRecord], entries: Any) -> dict[str, Any]:
+    if not isinstance(entries, dict) or not all(isinstance(entry, dict) for entry in entries.values()):
+        raise UserError(f"fingerprint: {record.__name__} entries must be JSON objects; run `autoseg plan` again.")
+    return {name: record.from_json(entry) for name, entry in entries.items()}
 
 
 def load_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:

@@ -13,8 +13,9 @@ import SimpleITK as sitk
 from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.fingerprint import compute_fingerprint
 from autoseg.fingerprint.intensity_statistics import sample_foreground, summarise_intensities
-from autoseg.records.fingerprint import ClassPresence
+from autoseg.records.fingerprint import ClassPresence, Fingerprint, load_fingerprint
 from autoseg.records.work_folder import WorkFolder
+from autoseg.utils.files import dumps_json
 from autoseg.utils.nonzero_crop import nonzero_bounding_box, nonzero_mask
 
 
@@ -95,6 +96,17 @@ def test_fingerprint_matches_the_files(tmp_path: Path) -> None:
     # Channel 1 is zero wherever there is a label: its statistics come from the same voxels.
     assert fingerprint.foreground_intensities["1"].num_samples == foreground.size
     assert fingerprint.foreground_intensities["1"].max == 0.0
+
+
+def test_fingerprint_record_writes_back_the_file_it_read(tmp_path: Path) -> None:
+    _make_dataset(tmp_path / "Dataset903_Box", cases=3)
+    dataset = load_raw_dataset(tmp_path / "Dataset903_Box")
+    work = WorkFolder.for_dataset(tmp_path / "work", dataset.root)
+    compute_fingerprint(dataset, work, workers=1)
+    assert dumps_json(load_fingerprint(work.fingerprint).to_json()) == work.fingerprint.read_text(encoding="utf-8")
+    older = {"cases": {"a": {"shape": [1, 4, 4], "from_elsewhere": True}}, "note": 1}  # an older or edited file
+    assert Fingerprint.from_json(older).to_json() == older
+    assert Fingerprint.from_json(older).case_signatures is None
 
 
 def test_parallel_workers_give_the_same_fingerprint(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from autoseg.evaluation.folders import evaluate_folders
 from autoseg.evaluation.metrics import compute_binary_metrics, penalty_distance_mm, surface_metrics, surface_voxels
 from autoseg.evaluation.targets import EvaluationTarget, targets_from_dataset_json, targets_from_label_values
 from autoseg.io.images import Geometry, read_image, write_image
+from autoseg.records.evaluation_summary import EvaluationSummary
+from autoseg.utils.files import dumps_json
 
 HIPPOCAMPUS_CASES = ("hippocampus_001", "hippocampus_004", "hippocampus_006", "hippocampus_007")
 
@@ -229,6 +231,8 @@ def test_evaluate_command_writes_summary_and_csv(hippocampus_folders, tmp_path, 
     ])
     assert code == 0
     summary = json.loads((output / "summary.json").read_text())
+    # The record that model selection and the report read it with writes it back byte for byte.
+    assert dumps_json(EvaluationSummary.read(output).to_json()) == (output / "summary.json").read_text()
     assert [t["name"] for t in summary["targets"]] == ["anterior", "posterior"]
     assert summary["tolerance_mm"] == 2.0
     assert len(summary["per_case"]) == len(HIPPOCAMPUS_CASES)

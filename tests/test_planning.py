@@ -159,6 +159,25 @@ def test_memory_model_counts_the_parameters_of_the_real_network(architecture: st
     assert parameter_count(Network.from_json(configuration["network"]), in_channels=2, out_channels=4) == expected
 
 
+def test_hand_edited_network_normalisation_and_resampling_are_written_back_as_they_were() -> None:
+    """Typed parts keep unknown keys, leave absent keys out and keep the key order: plans.json round-trips exactly."""
+    plans = _plan([1.0, 1.0, 1.0], [40, 40, 40], channel_names=("CT",))
+    configuration = plans["configurations"]["3d_fullres"]
+    configuration["network"] = {"note": "mine", **{k: v for k, v in configuration["network"].items()
+                                                   if k != "architecture"}}
+    configuration["resampling"] = {"label_order": 0, "my_key": [1, 2]}
+    configuration["normalization"] = [{"std": 20.0, "scheme": "ct", "clip_low": 40.0, "clip_high": 160.0,
+                                       "mean": 100.0, "comment": "edited"}]
+    read = Plans.from_json(plans)
+    assert dumps_json(read.to_json()) == dumps_json(plans)
+    typed = read.configuration("3d_fullres")
+    assert typed.network.architecture == "plain_unet" and typed.network.extra == {"note": "mine"}
+    assert (typed.resampling.image_order, typed.resampling.label_order, typed.resampling.coarse_axis_order) == (3, 0, 0)
+    assert typed.normalization[0].scheme == "ct" and typed.normalization[0].clip_high == 160.0
+    edited = typed.network.replace(architecture="resenc_unet").to_json()
+    assert list(edited)[:2] == ["note", "features_per_stage"] and edited["architecture"] == "resenc_unet"
+
+
 def test_resolve_configuration_errors() -> None:
     with pytest.raises(UserError, match="inherits from itself"):
         Plans.from_json({"configurations": {"a": {"inherits_from": "b"}, "b": {"inherits_from": "a"}}})

@@ -11,11 +11,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-Part = TypeVar("Part", bound="JsonRecord")
+RecordT = TypeVar("RecordT", bound="JsonRecord")
 
 
 def _frozen(value: Any) -> Any:
-    """JSON lists as (nested) tuples, so a part's fields are immutable; everything else as it is."""
+    """JSON lists as (nested) tuples, so a record's fields are immutable; everything else as it is."""
     return tuple(_frozen(item) for item in value) if isinstance(value, list) else value
 
 
@@ -32,8 +32,8 @@ def _plain(value: Any) -> Any:
 class JsonRecord:
     """A record read from a JSON mapping: one field per known key, ``extra`` for the others.
 
-    ``key_order`` is the keys as read (None when the part was built in code, which writes every known key that is
-    not None).
+    ``key_order`` is the keys as read (None when the record was built in code: then every known key that is not None
+    is written, in field order). A known key set in code but absent when read is written after the keys read.
     """
 
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, kw_only=True)
@@ -44,14 +44,14 @@ class JsonRecord:
         return [field.name for field in dataclasses.fields(cls) if field.name not in ("extra", "key_order")]
 
     @classmethod
-    def from_json(cls: type[Part], data: Mapping[str, Any]) -> Part:
+    def from_json(cls: type[RecordT], data: Mapping[str, Any]) -> RecordT:
         known = cls._known()
         values = {key: _frozen(value) for key, value in data.items() if key in known}
         extra = {key: value for key, value in data.items() if key not in known}
         return cls(**values, extra=extra, key_order=tuple(data))
 
     def to_json(self) -> dict[str, Any]:
-        """The mapping as read (same keys, same order), with this part's current values."""
+        """The mapping as read (same keys, same order), with this record's current values."""
         values = {key: _plain(getattr(self, key)) for key in self._known()}
         if self.key_order is None:
             return {**{key: value for key, value in values.items() if value is not None}, **self.extra}
@@ -61,5 +61,5 @@ class JsonRecord:
         keys += [key for key in self.extra if key not in keys]
         return {key: values[key] if key in values else self.extra[key] for key in keys}
 
-    def replace(self: Part, **changes: Any) -> Part:
+    def replace(self: RecordT, **changes: Any) -> RecordT:
         return dataclasses.replace(self, **changes)

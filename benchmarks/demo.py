@@ -25,6 +25,7 @@ from locations import scratch_folder
 from nnunet_peer import load_average, run_quietly
 from provenance import REPOSITORY, provenance
 
+from autoseg.records.evaluation_summary import EvaluationSummary
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.files import read_json, write_json
@@ -57,8 +58,7 @@ def plan_and_steps(work_folder: WorkFolder, configuration: str, folds: list[int]
 
 def class_dice(work_folder: WorkFolder, configuration: str) -> dict[str, float]:
     """Cross-validation Dice per class of the selected configuration (mean over the validation cases)."""
-    summary = read_json(work_folder.crossval(configuration) / "summary.json")
-    return {entry["name"]: entry["dice"] for entry in summary["mean"].values()}
+    return EvaluationSummary.read(work_folder.crossval(configuration)).dice_per_class
 
 
 def log_shape(log: Path, work: Path) -> dict:

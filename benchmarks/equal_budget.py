@@ -268,7 +268,7 @@ def train_autoseg(dataset: str, configuration: str, fold: int, *, budget: tuple[
         "epochs": summary["epochs_completed"],
         "batch_size": int(setup["batch"]) if setup else None,
         "patch_size": list(plan.patch_size),
-        "features": list(plan.network.get("features_per_stage", [])),
+        "features": list(plan.network.features_per_stage),
         "spacing": list(plan.spacing),
         "precision": setup["precision"] if setup else None,
         "validation_folder": str(fold_folder / "validation"),
@@ -283,8 +283,8 @@ def validation_dice(dataset: str, prediction_folder: str, cases: list[str], *,
     targets, ignore_label = targets_from_dataset_json(raw / "dataset.json")
     summary = evaluate_folders(prediction_folder, raw / "labelsTr", targets=targets, ignore_label=ignore_label,
                                cases=cases, with_surface_metrics=False)
-    per_class = {entry["name"]: entry["dice"] for entry in summary["mean"].values()}
-    return {"dice": per_class, "mean_dice": summary["foreground_mean"]["dice"]}
+    per_class = summary.dice_per_class
+    return {"dice": per_class, "mean_dice": summary.foreground_dice}
 
 
 def check_equal_step(dataset: str, configuration: str, *, scratch: Path, venv: Path,

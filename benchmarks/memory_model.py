@@ -50,6 +50,7 @@ from autoseg.planning.memory_model import (  # noqa: E402
     parameter_count,
     stored_activation_elements,
 )
+from autoseg.records.configuration_parts import Network  # noqa: E402
 from autoseg.records.plans import Configuration  # noqa: E402
 from autoseg.records.work_folder import WorkFolder  # noqa: E402
 
@@ -103,7 +104,7 @@ def benchmark_plans(
                     configuration = planned.configuration(name).to_json()
                     in_channels = dataset.num_channels
                     out_channels = dataset.num_output_channels
-                    network = configuration["network"]
+                    network = Network.from_json(configuration["network"])
                     plans.append({
                         "name": f"{short}/{name}/{preset}/{budget:g}GB",
                         "architecture": configuration["network"]["architecture"],

@@ -93,8 +93,8 @@ def predict_and_score(raw: Path, work: Path, scratch: Path, trained: Path, *, pr
     targets, ignore_label = targets_from_dataset_json(raw / "dataset.json")
     summary = evaluate_folders(output, raw / "labelsTr", targets=targets, ignore_label=ignore_label, cases=cases,
                                with_surface_metrics=False)
-    per_class = {entry["name"]: entry["dice"] for entry in summary["mean"].values()}
-    return {"dice": per_class, "mean_dice": summary["foreground_mean"]["dice"], "predict_seconds": seconds}
+    per_class = summary.dice_per_class
+    return {"dice": per_class, "mean_dice": summary.foreground_dice, "predict_seconds": seconds}
 
 
 def link_images(raw: Path, cases: list[str], destination: Path) -> Path:

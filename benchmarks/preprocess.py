@@ -166,7 +166,7 @@ def autoseg_plans_from_nnunet(nnunet_plans: dict, fingerprint: dict, configurati
             configuration_name: {
                 "dimension": dimension,
                 "spacing": spacing,
-                "median_shape": [int(v) for v in fingerprint.get("median_shape_after_crop", [1, 1, 1])],
+                "median_shape": [int(v) for v in fingerprint.median_shape_after_crop or [1, 1, 1]],
                 "patch_size": [int(v) for v in source["patch_size"]],
                 "batch_size": int(source["batch_size"]),
                 "network": {},

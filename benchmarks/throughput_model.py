@@ -74,8 +74,8 @@ MINIMUM_ITERATIONS, MAXIMUM_ITERATIONS = 2, 12
 def residual_encoder(configuration: Configuration) -> Configuration:
     """The same stages with the resenc-m preset's residual blocks (1, 3, 4, 6...) and one decoder convolution."""
     preset = PRESETS["resenc-m"]
-    stages = len(configuration.network["features_per_stage"])
-    network = {**configuration.network, "architecture": preset.architecture,
+    stages = configuration.network.number_of_stages
+    network = {**configuration.network.to_json(), "architecture": preset.architecture,
                "blocks_per_stage_encoder": preset.encoder_blocks(stages),
                "convs_per_stage_decoder": [preset.decoder_convolutions_per_stage] * (stages - 1)}
     return configuration.replace(network=network)
@@ -90,7 +90,7 @@ def stages(count: int, patch_size: tuple[int, ...],
         dimension = configuration.dimension
         cap = 320 if dimension == 3 else 512
         network = {
-            **configuration.network,
+            **configuration.network.to_json(),
             "features_per_stage": [min(cap, base_features * 2**stage) for stage in range(count)],
             "kernel_sizes": [[3] * dimension for _ in range(count)],
             "strides": [[1] * dimension] + [[2] * dimension for _ in range(count - 1)],

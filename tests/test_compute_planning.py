@@ -95,7 +95,7 @@ def test_a_moderate_budget_coarsens_only_as_much_as_the_target_steps_need() -> N
 def test_labels_that_do_not_survive_a_coarser_grid_keep_the_full_resolution() -> None:
     fitted = plan(compute(600, survives=1.0)).configuration("2d")
     assert fitted.spacing == plan(None).configuration("2d").spacing
-    assert fitted.network["features_per_stage"][0] == 16  # the budget is met by a narrower network instead
+    assert fitted.network.features_per_stage[0] == 16  # the budget is met by a narrower network instead
 
 
 def test_a_narrower_network_comes_before_a_smaller_batch_and_the_batch_is_what_the_cpu_runs() -> None:

@@ -15,6 +15,8 @@ from autoseg.evaluation.folders import evaluate_folders
 from autoseg.evaluation.metrics import compute_binary_metrics, penalty_distance_mm, surface_metrics, surface_voxels
 from autoseg.evaluation.targets import EvaluationTarget, targets_from_dataset_json, targets_from_label_values
 from autoseg.io.images import Geometry, read_image, write_image
+from autoseg.records.evaluation_summary import EvaluationSummary
+from autoseg.utils.files import dumps_json
 
 HIPPOCAMPUS_CASES = ("hippocampus_001", "hippocampus_004", "hippocampus_006", "hippocampus_007")
 
@@ -192,19 +194,19 @@ def hippocampus_folders(tmp_path_factory, hippocampus_root):
 def test_dice_and_iou_on_real_hippocampus_labels_agree_with_numpy(hippocampus_folders):
     predictions, references = hippocampus_folders
     summary = evaluate_folders(predictions, references, targets=targets_from_label_values([1, 2]))
-    assert [case["case"] for case in summary["per_case"]] == list(HIPPOCAMPUS_CASES)
-    for case in summary["per_case"]:
-        prediction = read_image(predictions / f"{case['case']}.nii.gz").array
-        reference = read_image(references / f"{case['case']}.nii.gz").array
+    assert [case.case for case in summary.per_case] == list(HIPPOCAMPUS_CASES)
+    for case in summary.per_case:
+        prediction = read_image(predictions / f"{case.case}.nii.gz").array
+        reference = read_image(references / f"{case.case}.nii.gz").array
         for value in (1, 2):
             dice, iou = _direct_dice_and_iou(prediction, reference, value)
-            assert case["metrics"][str(value)]["dice"] == pytest.approx(dice, rel=1e-12)
-            assert case["metrics"][str(value)]["iou"] == pytest.approx(iou, rel=1e-12)
-            assert 0.0 < case["metrics"][str(value)]["hd95_mm"] < 30.0
-    class_means = [summary["mean"][key]["dice"] for key in ("1", "2")]
-    per_case_dice = [case["metrics"]["1"]["dice"] for case in summary["per_case"]]
-    assert summary["mean"]["1"]["dice"] == pytest.approx(np.mean(per_case_dice))
-    assert summary["foreground_mean"]["dice"] == pytest.approx(np.mean(class_means))
+            assert case.metrics[str(value)]["dice"] == pytest.approx(dice, rel=1e-12)
+            assert case.metrics[str(value)]["iou"] == pytest.approx(iou, rel=1e-12)
+            assert 0.0 < case.metrics[str(value)]["hd95_mm"] < 30.0
+    class_means = [summary.mean[key]["dice"] for key in ("1", "2")]
+    per_case_dice = [case.metrics["1"]["dice"] for case in summary.per_case]
+    assert summary.mean["1"]["dice"] == pytest.approx(np.mean(per_case_dice))
+    assert summary.foreground_mean["dice"] == pytest.approx(np.mean(class_means))
 
 
 def test_dice_on_a_real_hc18_image_agrees_with_numpy_and_uses_its_pixel_size(hc18_root):
@@ -229,6 +231,8 @@ def test_evaluate_command_writes_summary_and_csv(hippocampus_folders, tmp_path, 
     ])
     assert code == 0
     summary = json.loads((output / "summary.json").read_text())
+    # The record that model selection and the report read it with writes it back byte for byte.
+    assert dumps_json(EvaluationSummary.read(output).to_json()) == (output / "summary.json").read_text()
     assert [t["name"] for t in summary["targets"]] == ["anterior", "posterior"]
     assert summary["tolerance_mm"] == 2.0
     assert len(summary["per_case"]) == len(HIPPOCAMPUS_CASES)
@@ -250,7 +254,7 @@ def test_evaluation_draws_its_progress_bars_only_when_asked(hippocampus_folders,
     shown = evaluate_folders(predictions, references, with_surface_metrics=False)
     error = capsys.readouterr().err
     assert "labels" in error and "evaluate" in error
-    assert shown["foreground_mean"] == quiet["foreground_mean"]
+    assert shown.foreground_mean == quiet.foreground_mean
 
 
 def test_missing_predictions_are_named(hippocampus_folders, tmp_path, capsys):
@@ -264,8 +268,8 @@ def test_missing_predictions_are_named(hippocampus_folders, tmp_path, capsys):
     assert HIPPOCAMPUS_CASES[2] in error and HIPPOCAMPUS_CASES[3] in error and "missing" in error
     # The library can evaluate just the predicted cases (cross-validation folds).
     summary = evaluate_folders(partial, references, cases=HIPPOCAMPUS_CASES[:2], with_surface_metrics=False)
-    assert len(summary["per_case"]) == 2
-    assert summary["per_case"][0]["metrics"]["1"]["hd95_mm"] is None
+    assert len(summary.per_case) == 2
+    assert summary.per_case[0].metrics["1"]["hd95_mm"] is None
 
 
 def test_a_prediction_on_another_grid_is_refused_naming_the_case(hippocampus_folders, tmp_path, capsys):
@@ -308,5 +312,5 @@ def test_regions_and_ignore_label_come_from_dataset_json(tmp_path):
     write_image(reference, geometry, tmp_path / "ref" / "a.nii.gz")
     write_image(prediction, geometry, tmp_path / "pred" / "a.nii.gz")
     summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", targets=targets, ignore_label=ignore_label)
-    assert summary["mean"]["1,2"]["dice"] == 1.0
-    assert summary["mean"]["2"]["dice"] == 0.0
+    assert summary.mean["1,2"]["dice"] == 1.0
+    assert summary.mean["2"]["dice"] == 0.0

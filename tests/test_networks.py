@@ -135,7 +135,7 @@ def test_residual_encoder_is_deeper_and_described_with_its_parameter_count() -> 
     plain = configuration(
         dimension=3, features=[8, 16, 32], kernels=[[3, 3, 3]] * 3, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]]
     )
-    residual_description = dict(plain.network, architecture="resenc_unet", blocks_per_stage_encoder=[1, 3, 4])
+    residual_description = plain.network.replace(architecture="resenc_unet", blocks_per_stage_encoder=(1, 3, 4))
     residual = plain.replace(network=residual_description)
     plain_network = build_network(plain, in_channels=1, out_channels=2)
     residual_network = build_network(residual, in_channels=1, out_channels=2)
@@ -172,12 +172,14 @@ def test_weights_only_state_dict_round_trip(tmp_path) -> None:
 def test_inconsistent_network_descriptions_are_refused() -> None:
     config = configuration(dimension=3, features=[4, 8], kernels=[[3, 3, 3]] * 2, strides=[[1, 1, 1], [2, 2, 2]])
     with pytest.raises(ValueError, match="unknown architecture"):
-        build_network(config.replace(network=dict(config.network, architecture="vnet")), in_channels=1, out_channels=2)
+        build_network(
+            config.replace(network=config.network.replace(architecture="vnet")), in_channels=1, out_channels=2
+        )
     with pytest.raises(ValueError, match="kernel_sizes"):
         build_network(
-            config.replace(network=dict(config.network, kernel_sizes=[[3, 3, 3]])), in_channels=1, out_channels=2
+            config.replace(network=config.network.replace(kernel_sizes=((3, 3, 3),))), in_channels=1, out_channels=2
         )
     with pytest.raises(ValueError, match="3 axes"):
         build_network(
-            config.replace(network=dict(config.network, strides=[[1, 1], [2, 2]])), in_channels=1, out_channels=2
+            config.replace(network=config.network.replace(strides=((1, 1), (2, 2)))), in_channels=1, out_channels=2
         )

@@ -21,6 +21,7 @@ from autoseg.planning import plan_experiment
 from autoseg.planning.memory_model import estimate_training_memory, parameter_count
 from autoseg.planning.table import configuration_rows
 from autoseg.planning.target_spacing import target_spacing
+from autoseg.records.configuration_parts import Network
 from autoseg.records.plans import Plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.files import dumps_json, read_json
@@ -124,7 +125,8 @@ def test_batch_size_is_capped_by_the_dataset_size() -> None:
     plans = _plan([1.0, 1.0, 1.0], [32, 32, 32], num_cases=4)
     fullres = resolve_configuration(plans, "3d_fullres")
     assert fullres["batch_size"] == 2  # 5 % of 4 small images is less than one patch: the floor of 2 applies
-    estimate = estimate_training_memory(fullres["network"], fullres["patch_size"], in_channels=1, out_channels=2)
+    network = Network.from_json(fullres["network"])
+    estimate = estimate_training_memory(network, fullres["patch_size"], in_channels=1, out_channels=2)
     assert estimate.largest_batch(8 * 1024**3) > 2  # memory alone would have allowed far more
 
 
@@ -154,7 +156,26 @@ def test_memory_model_counts_the_parameters_of_the_real_network(architecture: st
     configuration = resolve_configuration(plans, "3d_fullres")
     network = build_network(Plans.from_json(plans).configuration("3d_fullres"), in_channels=2, out_channels=4)
     expected = sum(p.numel() for p in network.parameters())
-    assert parameter_count(configuration["network"], in_channels=2, out_channels=4) == expected
+    assert parameter_count(Network.from_json(configuration["network"]), in_channels=2, out_channels=4) == expected
+
+
+def test_hand_edited_network_normalisation_and_resampling_are_written_back_as_they_were() -> None:
+    """Typed parts keep unknown keys, leave absent keys out and keep the key order: plans.json round-trips exactly."""
+    plans = _plan([1.0, 1.0, 1.0], [40, 40, 40], channel_names=("CT",))
+    configuration = plans["configurations"]["3d_fullres"]
+    configuration["network"] = {"note": "mine", **{k: v for k, v in configuration["network"].items()
+                                                   if k != "architecture"}}
+    configuration["resampling"] = {"label_order": 0, "my_key": [1, 2]}
+    configuration["normalization"] = [{"std": 20.0, "scheme": "ct", "clip_low": 40.0, "clip_high": 160.0,
+                                       "mean": 100.0, "comment": "edited"}]
+    read = Plans.from_json(plans)
+    assert dumps_json(read.to_json()) == dumps_json(plans)
+    typed = read.configuration("3d_fullres")
+    assert typed.network.architecture == "plain_unet" and typed.network.extra == {"note": "mine"}
+    assert (typed.resampling.image_order, typed.resampling.label_order, typed.resampling.coarse_axis_order) == (3, 0, 0)
+    assert typed.normalization[0].scheme == "ct" and typed.normalization[0].clip_high == 160.0
+    edited = typed.network.replace(architecture="resenc_unet").to_json()
+    assert list(edited)[:2] == ["note", "features_per_stage"] and edited["architecture"] == "resenc_unet"
 
 
 def test_resolve_configuration_errors() -> None:
@@ -235,7 +256,7 @@ def test_real_hc18_plan_respects_pixel_sizes(real_plans: dict) -> None:
     plans, fingerprint = real_plans["hc18"]
     assert list(plans["configurations"]) == ["2d"]
     two_d = resolve_configuration(plans, "2d")
-    pixel_sizes = [case["spacing"][1] for case in fingerprint["cases"].values()]
+    pixel_sizes = [case.spacing[1] for case in fingerprint.cases.values()]
     assert two_d["spacing"][1:] == [pytest.approx(float(np.median(pixel_sizes)))] * 2
     assert 0.1 < two_d["spacing"][1] < 0.2  # not the nominal 1 mm of the slice axis
     # The median head image (~540 x 780 pixels at ~0.13 mm) fits in one patch.

@@ -25,6 +25,7 @@ from autoseg.io.images import read_image, write_image
 from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.pipeline.report import SELECTED_MARK, build_report, class_dice_figure
 from autoseg.planning.layout import ComputeBudget, Layout, Variant, compute_plan
+from autoseg.records.evaluation_summary import EvaluationSummary
 from autoseg.records.work_folder import WorkFolder
 from autoseg.report import ReportSection, write_report
 from autoseg.training.progress_plot import draw_progress
@@ -133,8 +134,8 @@ def report_work(tmp_path_factory: pytest.TempPathFactory, hippocampus_root: Path
         _write_predictions(work / folders[name], work / "ground_truth", change)
         summary = evaluate_against_ground_truth(WorkFolder(work), work / folders[name], cases=cases, workers=1)
         candidates.append({
-            "name": name, "folder": folders[name], "foreground_dice": summary["foreground_mean"]["dice"],
-            "dice_per_class": {entry["name"]: entry["dice"] for entry in summary["mean"].values()},
+            "name": name, "folder": folders[name], "foreground_dice": summary.foreground_dice,
+            "dice_per_class": summary.dice_per_class,
         })
     selected = max(candidates, key=lambda candidate: candidate["foreground_dice"])["name"]
     # Decided on the imperfect "2d" candidate: its evidence holds Dice values with many decimals, as a real run's.
@@ -206,7 +207,7 @@ def test_report_shows_the_time_budget_the_plans_were_fitted_to(report_work: Path
 
 def test_dice_bar_chart_shows_each_candidates_cross_validation_dice(report_work: Path) -> None:
     recipe = read_json(report_work / "inference.json")
-    summaries = {c["name"]: read_json(report_work / c["folder"] / "summary.json") for c in recipe["candidates"]}
+    summaries = {c["name"]: EvaluationSummary.read(report_work / c["folder"]) for c in recipe["candidates"]}
     axis = class_dice_figure(summaries, recipe["selected"]).axes[0]
     assert axis.get_xlabel() == "class" and axis.get_ylabel().startswith("Dice")
     assert [tick.get_text() for tick in axis.get_xticklabels()] == ["anterior", "posterior", "foreground mean"]

@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
         output_folder=output,
         with_surface_metrics=not args.no_surface_metrics,
     )
-    print(f"{len(summary['per_case'])} cases evaluated")
+    print(f"{len(summary.per_case)} cases evaluated")
     print(f"{'target':<20} {'dice':>7} {'iou':>7} {'hd95_mm':>9} {'assd_mm':>9} {'nsd':>7}")
-    rows = [(f"{entry['name']} ({key})", entry) for key, entry in summary["mean"].items()]
-    rows.append(("foreground mean", summary["foreground_mean"]))
+    rows = [(f"{entry['name']} ({key})", entry) for key, entry in summary.mean.items()]
+    rows.append(("foreground mean", summary.foreground_mean))
     for name, entry in rows:
         cells = [_format(entry[metric], width) for metric, width in (
             ("dice", 7), ("iou", 7), ("hd95_mm", 9), ("assd_mm", 9), ("nsd", 7))]

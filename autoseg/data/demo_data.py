@@ -41,7 +41,8 @@ from scipy import ndimage
 
 from autoseg.errors import UserError
 from autoseg.io.images import Geometry, write_image
-from autoseg.utils.files import read_json, write_json
+from autoseg.records.dataset import read_dataset_json
+from autoseg.utils.files import write_json
 from autoseg.utils.progress import progress_display
 
 GENERATOR_VERSION = 1
@@ -210,7 +211,7 @@ def existing_demo_settings(destination: str | Path) -> dict | None:
     if not json_path.is_file():
         return None
     try:
-        settings = read_json(json_path).get(DEMO_JSON_KEY)
+        settings = read_dataset_json(json_path).get(DEMO_JSON_KEY)
     except (ValueError, AttributeError):
         return None
     return settings if isinstance(settings, dict) else None

@@ -32,6 +32,7 @@ import SimpleITK as sitk
 
 from autoseg.errors import DatasetError, UserError
 from autoseg.io.images import Geometry, write_image
+from autoseg.records.dataset import read_dataset_json
 from autoseg.utils.files import write_json
 from autoseg.utils.parallel import parallel_map
 
@@ -104,7 +105,7 @@ def _read_msd_json(source: Path) -> dict:
     if not json_path.is_file():
         raise DatasetError(f"{json_path}: the MSD task folder has no dataset.json.")
     try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
+        meta = read_dataset_json(json_path)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{json_path}: is not valid JSON ({error}).") from None
     missing = [key for key in ("modality", "labels", "training") if key not in (meta if isinstance(meta, dict) else {})]

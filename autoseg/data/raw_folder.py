@@ -32,7 +32,7 @@ from pathlib import Path
 
 from autoseg.errors import DatasetError
 from autoseg.io.images import IMAGE_ENDINGS, file_ending
-from autoseg.records.dataset import Case, Problem, RawDataset
+from autoseg.records.dataset import Case, Problem, RawDataset, read_dataset_json
 
 CHANNEL_FILE_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -166,7 +166,7 @@ def _read_dataset_json(root: Path) -> tuple[dict | None, list[Problem]]:
     if not json_path.is_file():
         return None, [Problem("error", "dataset.json is missing", path=str(json_path))]
     try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
+        meta = read_dataset_json(json_path)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         return None, [Problem("error", f"dataset.json is not valid JSON ({error})", path=str(json_path))]
     if not isinstance(meta, dict):

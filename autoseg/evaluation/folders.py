@@ -8,10 +8,10 @@ target, the foreground mean, and every case) and ``metrics.csv`` (one row per ca
 Example (``prediction_folder`` holds the reference label maps of three cases, each with a false 2x2x2 block of
 class 1 in a corner):
     >>> summary = evaluate_folders(prediction_folder, reference_folder, output_folder="evaluation")
-    >>> {key: round(target["dice"], 3) for key, target in summary["mean"].items()}
+    >>> {key: round(target["dice"], 3) for key, target in summary.mean.items()}
     {'1': 0.998, '2': 1.0}
     >>> # HD95 ignores the few false voxels, the average surface distance (mm) does not:
-    >>> round(summary["mean"]["1"]["hd95_mm"], 2), round(summary["mean"]["1"]["assd_mm"], 2)
+    >>> round(summary.mean["1"]["hd95_mm"], 2), round(summary.mean["1"]["assd_mm"], 2)
     (0.0, 0.19)
     >>> sorted(path.name for path in Path("evaluation").iterdir())
     ['metrics.csv', 'summary.json']
@@ -36,11 +36,11 @@ from autoseg.evaluation.targets import (
     targets_from_label_values,
 )
 from autoseg.io.images import Geometry, file_ending, read_image
+from autoseg.records.evaluation_summary import SUMMARY_FILE_NAME, EvaluationSummary
 from autoseg.records.work_folder import WorkFolder
-from autoseg.utils.files import atomic_path, write_json
+from autoseg.utils.files import atomic_path
 from autoseg.utils.parallel import parallel_starmap
 
-SUMMARY_FILE_NAME = "summary.json"
 METRICS_CSV_FILE_NAME = "metrics.csv"
 _GEOMETRY_RELATIVE_TOLERANCE = 1e-4
 _GEOMETRY_ABSOLUTE_TOLERANCE_MM = 1e-3
@@ -240,7 +240,7 @@ def evaluate_folders(
     output_folder: str | os.PathLike[str] | None = None,
     with_surface_metrics: bool = True,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> EvaluationSummary:
     """Evaluate predictions against references and return (and optionally write) the summary.
 
     Args:
@@ -274,7 +274,7 @@ def evaluate_folders(
         _evaluate_case_star, [(case, prediction_files[case], reference_files[case], options) for case in chosen],
         workers=workers, description="evaluate", progress=progress,
     )
-    summary = {
+    summary = EvaluationSummary.from_json({
         "prediction_folder": str(Path(prediction_folder).resolve()),
         "reference_folder": str(Path(reference_folder).resolve()),
         "tolerance_mm": tolerance_mm,
@@ -282,10 +282,10 @@ def evaluate_folders(
         "targets": describe_targets(targets),
         **summarize_cases(per_case, targets),
         "per_case": per_case,
-    }
+    })
     if output_folder is not None:
         write_metrics_csv(Path(output_folder) / METRICS_CSV_FILE_NAME, per_case, targets)
-        write_json(Path(output_folder) / SUMMARY_FILE_NAME, summary)
+        summary.write(Path(output_folder) / SUMMARY_FILE_NAME)
     return summary
 
 
@@ -296,7 +296,7 @@ def evaluate_against_ground_truth(
     cases: Sequence[str],
     workers: int = 1,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> EvaluationSummary:
     """Evaluate ``cases`` of ``prediction_folder`` against ``WORK/<dataset>/ground_truth`` with the dataset's own
     classes, regions and ignore label; writes ``summary.json`` and ``metrics.csv`` into ``prediction_folder``."""
     targets, ignore_label = targets_from_dataset_json(work_folder.dataset_json)

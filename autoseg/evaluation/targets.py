@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import UserError
+from autoseg.records.dataset import read_dataset_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ def targets_from_dataset_json(path: str | os.PathLike[str]) -> tuple[tuple[Evalu
     """Targets and ignore label from a raw ``dataset.json`` or the working folder's copy (``RawDataset.to_dict()``)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_dataset_json(path)
     except FileNotFoundError:
         raise UserError(f"{path}: dataset.json not found.") from None
     except (OSError, ValueError) as error:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from autoseg import __version__
@@ -13,22 +11,9 @@ from autoseg.fingerprint.inputs_signature import inputs_signature
 from autoseg.fingerprint.intensity_statistics import samples_per_case, summarise_intensities
 from autoseg.records.case_signatures import case_signatures
 from autoseg.records.dataset import RawDataset
-from autoseg.records.fingerprint import FINGERPRINT_VERSION
+from autoseg.records.fingerprint import FINGERPRINT_VERSION, Fingerprint, cached_fingerprint
 from autoseg.records.work_folder import WorkFolder
-from autoseg.utils.files import read_json, write_json
 from autoseg.utils.parallel import parallel_map
-
-
-def _cached_fingerprint(path: Path, signature: str) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        cached = read_json(path)
-    except ValueError:
-        return None
-    if cached.get("inputs_signature") == signature and cached.get("fingerprint_version") == FINGERPRINT_VERSION:
-        return cached
-    return None
 
 
 def _run_cases(requests: list[CaseRequest], workers: int, progress: bool) -> list[CaseFingerprint]:
@@ -41,7 +26,7 @@ def _run_cases(requests: list[CaseRequest], workers: int, progress: bool) -> lis
 
 def summarise_cases(
     dataset: RawDataset, cases: list[CaseFingerprint], *, signature: str
-) -> dict:
+) -> Fingerprint:
     """Dataset-level fingerprint: per-case records, per-channel foreground statistics, per-class presence, medians."""
     spacings = np.array([case.spacing for case in cases], dtype=np.float64)
     shapes_after_crop = np.array([case.shape_after_crop for case in cases], dtype=np.float64)
@@ -53,7 +38,7 @@ def summarise_cases(
     for value in dataset.foreground_labels:
         counts = [case.class_voxels.get(str(value), 0) for case in cases]
         classes[str(value)] = {"total_voxels": int(sum(counts)), "cases_present": int(sum(c > 0 for c in counts))}
-    return {
+    return Fingerprint.from_json({
         "autoseg_version": __version__,
         "fingerprint_version": FINGERPRINT_VERSION,
         "inputs_signature": signature,
@@ -68,7 +53,7 @@ def summarise_cases(
         "median_spacing": [float(v) for v in np.median(spacings, axis=0)],
         "median_shape_after_crop": [float(v) for v in np.median(shapes_after_crop, axis=0)],
         "median_relative_size_after_crop": float(np.median([case.relative_size_after_crop for case in cases])),
-    }
+    })
 
 
 def compute_fingerprint(
@@ -78,7 +63,7 @@ def compute_fingerprint(
     workers: int = 2,
     force: bool = False,
     progress: bool = True,
-) -> dict:
+) -> Fingerprint:
     """Fingerprint ``dataset`` into the working folder's ``fingerprint.json`` and return it.
 
     An existing file is reused when its ``inputs_signature`` (paths, sizes and modification times of every
@@ -93,7 +78,7 @@ def compute_fingerprint(
     """
     path = work_folder.fingerprint
     signature = inputs_signature(dataset, fingerprint_version=FINGERPRINT_VERSION)
-    if not force and (cached := _cached_fingerprint(path, signature)) is not None:
+    if not force and (cached := cached_fingerprint(path, signature)) is not None:
         return cached
     unlabelled = [case.identifier for case in dataset.training_cases if not case.label]
     if unlabelled:
@@ -105,5 +90,5 @@ def compute_fingerprint(
     ]
     cases = _run_cases(requests, workers, progress)
     fingerprint = summarise_cases(dataset, cases, signature=signature)
-    write_json(path, fingerprint)
+    fingerprint.write(path)
     return fingerprint

@@ -8,7 +8,7 @@ import numpy as np
 
 from autoseg import __version__
 from autoseg.records.dataset import Case, RawDataset
-from autoseg.records.fingerprint import FINGERPRINT_VERSION
+from autoseg.records.fingerprint import FINGERPRINT_VERSION, Fingerprint
 
 
 def synthetic_fingerprint(
@@ -21,7 +21,7 @@ def synthetic_fingerprint(
     num_classes: int = 1,
     relative_variation: float = 0.1,
     seed: int = 0,
-) -> tuple[dict, RawDataset]:
+) -> tuple[Fingerprint, RawDataset]:
     """A fingerprint whose cases scatter around ``spacing`` and ``shape`` by ``relative_variation``, and a matching
     ``RawDataset`` (paths are placeholders; nothing is read). Deterministic for a given ``seed``."""
     generator = np.random.default_rng(seed)
@@ -70,4 +70,4 @@ def synthetic_fingerprint(
             for identifier in cases
         ),
     )
-    return fingerprint, dataset
+    return Fingerprint.from_json(fingerprint), dataset

@@ -19,7 +19,7 @@ from autoseg.transforms.case import preprocess_case, preprocess_images
 
 
 @dataclasses.dataclass
-class PreprocessedCase:
+class NetworkInput:
     """Network input of one case (``(C, z, y, x)`` float32), its properties, and the previous stage's input."""
 
     data: np.ndarray
@@ -32,7 +32,7 @@ def preprocess_for_prediction(
     *,
     configuration: Configuration,
     previous_configuration: Configuration | None = None,
-) -> PreprocessedCase:
+) -> NetworkInput:
     """Preprocess one case for ``configuration`` (and for the previous cascade stage). Runs in worker processes."""
     paths = [str(path) for path in image_paths]
     data, _, properties = preprocess_case(paths, None, configuration=configuration)
@@ -45,7 +45,7 @@ def preprocess_for_prediction(
     previous_data = None
     if previous_configuration is not None:
         previous_data, _, _ = preprocess_case(paths, None, configuration=previous_configuration)
-    return PreprocessedCase(np.ascontiguousarray(data, dtype=np.float32), properties, previous_data)
+    return NetworkInput(np.ascontiguousarray(data, dtype=np.float32), properties, previous_data)
 
 
 # The identity direction and zero origin an array is given; the label map comes back in the array's grid, so they
@@ -75,7 +75,7 @@ def preprocess_array_for_prediction(
     *,
     configuration: Configuration,
     previous_configuration: Configuration | None = None,
-) -> PreprocessedCase:
+) -> NetworkInput:
     """``preprocess_for_prediction`` for channels ``(C, z, y, x)`` in memory with voxel ``spacing`` (z, y, x).
 
     The spacing is taken at float32 precision, as an image file's header stores it, so an array is resampled to
@@ -96,4 +96,4 @@ def preprocess_array_for_prediction(
         previous_data, _ = preprocess_images(
             [Image(channel, geometry) for channel in array], configuration=previous_configuration, identifier="array"
         )
-    return PreprocessedCase(np.ascontiguousarray(data, dtype=np.float32), properties, previous_data)
+    return NetworkInput(np.ascontiguousarray(data, dtype=np.float32), properties, previous_data)

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from autoseg.errors import UserError
-from autoseg.inference.case_input import PreprocessedCase, preprocess_for_prediction
+from autoseg.inference.case_input import NetworkInput, preprocess_for_prediction
 from autoseg.inference.export import export_members
 from autoseg.io.images import file_ending
 from autoseg.records.dataset import RawDataset
@@ -42,7 +42,7 @@ class EnsembleMember(Protocol):
     @property
     def previous_configuration(self) -> Configuration | None: ...
 
-    def predict_case_reported(self, case: PreprocessedCase) -> tuple[np.ndarray, dict | None]: ...
+    def predict_case_reported(self, case: NetworkInput) -> tuple[np.ndarray, dict | None]: ...
 
 
 def _limit_worker_threads() -> None:
@@ -53,7 +53,7 @@ def _limit_worker_threads() -> None:
     torch.set_num_threads(1)
 
 
-def preprocess_for_members(image_paths: list[str], member_options: list[dict]) -> list[PreprocessedCase]:
+def preprocess_for_members(image_paths: list[str], member_options: list[dict]) -> list[NetworkInput]:
     """One case preprocessed for every ensemble member (a worker job)."""
     return [preprocess_for_prediction(image_paths, **options) for options in member_options]
 
@@ -102,7 +102,7 @@ class _CaseSteps:
         }
         return cls(members, member_options, export_options)
 
-    def predict(self, cases: list[PreprocessedCase], output_path: Path) -> list[tuple]:
+    def predict(self, cases: list[NetworkInput], output_path: Path) -> list[tuple]:
         """Every member's probabilities; with test-time adaptation its report goes next to the label map."""
         outputs, reports = [], []
         for member, case in zip(self.members, cases, strict=True):

@@ -35,7 +35,7 @@ import torch
 from autoseg.errors import UserError
 from autoseg.inference.adaptation.adapter import CaseAdaptation
 from autoseg.inference.case_input import (
-    PreprocessedCase,
+    NetworkInput,
     channels_first,
     preprocess_array_for_prediction,
     preprocess_for_prediction,
@@ -166,7 +166,7 @@ class Predictor:
 
     # -- whole cases --------------------------------------------------------------------------------------------
 
-    def preprocess(self, image_paths: Sequence[str | os.PathLike[str]]) -> PreprocessedCase:
+    def preprocess(self, image_paths: Sequence[str | os.PathLike[str]]) -> NetworkInput:
         """Read and preprocess one case (one file per channel)."""
         if len(image_paths) != self.dataset.num_channels:
             raise UserError(
@@ -178,11 +178,11 @@ class Predictor:
             previous_configuration=self.previous_configuration,
         )
 
-    def predict_case(self, case: PreprocessedCase) -> np.ndarray:
+    def predict_case(self, case: NetworkInput) -> np.ndarray:
         """Probabilities ``(K, z, y, x)`` float32 in the preprocessed space of ``case``."""
         return self.predict_case_reported(case)[0]
 
-    def predict_case_reported(self, case: PreprocessedCase) -> tuple[np.ndarray, dict | None]:
+    def predict_case_reported(self, case: NetworkInput) -> tuple[np.ndarray, dict | None]:
         """``predict_case`` and the adaptation report (None without test-time adaptation)."""
         probabilities, report = self.predict_preprocessed_reported(
             case.data, previous_stage_data=case.previous_stage_data

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from torch import nn
 
@@ -12,22 +11,23 @@ from autoseg.networks.initialisation import he_initialise
 from autoseg.networks.layers import ConvolutionNormActivation
 from autoseg.networks.residual_stage import residual_stage
 from autoseg.networks.unet import UNet
+from autoseg.records.configuration_parts import Network
 from autoseg.records.plans import Configuration
 
 
 def build_plain_unet(
-    network: dict[str, Any], *, dimension: int, in_channels: int, out_channels: int, deep_supervision: bool
+    network: Network, *, dimension: int, in_channels: int, out_channels: int, deep_supervision: bool
 ) -> UNet:
     """Encoder stage ``s`` = ``blocks_per_stage_encoder[s]`` convolution units, the first strided by ``strides[s]``."""
-    features = network["features_per_stage"]
+    features = network.features_per_stage
     stages = [
         plain_convolution_stage(
             in_channels if stage == 0 else features[stage - 1],
             features[stage],
             dimension=dimension,
-            kernel_size=network["kernel_sizes"][stage],
-            stride=network["strides"][stage],
-            number_of_convolutions=int(network["blocks_per_stage_encoder"][stage]),
+            kernel_size=network.kernel_sizes[stage],
+            stride=network.strides[stage],
+            number_of_convolutions=int(network.blocks_per_stage_encoder[stage]),
         )
         for stage in range(len(features))
     ]
@@ -42,16 +42,16 @@ def build_plain_unet(
 
 
 def build_residual_encoder_unet(
-    network: dict[str, Any], *, dimension: int, in_channels: int, out_channels: int, deep_supervision: bool
+    network: Network, *, dimension: int, in_channels: int, out_channels: int, deep_supervision: bool
 ) -> UNet:
     """A stem convolution to ``features[0]`` channels, then ``blocks_per_stage_encoder[s]`` residual blocks per stage.
 
     The stem lets the first residual block have an identity shortcut; the decoder stays plain (as in the
     residual-encoder presets of the reference), since the encoder is where the extra capacity pays off.
     """
-    features = network["features_per_stage"]
+    features = network.features_per_stage
     stem = ConvolutionNormActivation(
-        in_channels, features[0], dimension=dimension, kernel_size=network["kernel_sizes"][0], stride=[1] * dimension
+        in_channels, features[0], dimension=dimension, kernel_size=network.kernel_sizes[0], stride=[1] * dimension
     )
     stages: list[nn.Module] = []
     for stage in range(len(features)):
@@ -59,9 +59,9 @@ def build_residual_encoder_unet(
             features[0] if stage == 0 else features[stage - 1],
             features[stage],
             dimension=dimension,
-            kernel_size=network["kernel_sizes"][stage],
-            stride=network["strides"][stage],
-            number_of_blocks=int(network["blocks_per_stage_encoder"][stage]),
+            kernel_size=network.kernel_sizes[stage],
+            stride=network.strides[stage],
+            number_of_blocks=int(network.blocks_per_stage_encoder[stage]),
         )
         stages.append(nn.Sequential(stem, blocks) if stage == 0 else blocks)
     return _unet_from_stages(
@@ -76,7 +76,7 @@ def build_residual_encoder_unet(
 
 def _unet_from_stages(
     stages: list[nn.Module],
-    network: dict[str, Any],
+    network: Network,
     *,
     dimension: int,
     out_channels: int,
@@ -86,10 +86,10 @@ def _unet_from_stages(
     return UNet(
         stages,
         dimension=dimension,
-        features_per_stage=network["features_per_stage"],
-        kernel_sizes=network["kernel_sizes"],
-        strides=network["strides"],
-        convolutions_per_decoder_stage=network["convs_per_stage_decoder"],
+        features_per_stage=network.features_per_stage,
+        kernel_sizes=network.kernel_sizes,
+        strides=network.strides,
+        convolutions_per_decoder_stage=network.convs_per_stage_decoder,
         out_channels=out_channels,
         deep_supervision=deep_supervision,
         architecture=architecture,
@@ -104,17 +104,17 @@ ARCHITECTURES: dict[str, ArchitectureBuilder] = {
 }
 
 
-def _check_network_description(network: dict[str, Any], dimension: int) -> None:
-    features = network["features_per_stage"]
+def _check_network_description(network: Network, dimension: int) -> None:
+    features = network.features_per_stage
     stages = len(features)
     for key in ("kernel_sizes", "strides", "blocks_per_stage_encoder"):
-        if len(network[key]) != stages:
-            raise ValueError(f"network.{key} has {len(network[key])} entries but there are {stages} stages")
+        if len(getattr(network, key)) != stages:
+            raise ValueError(f"network.{key} has {len(getattr(network, key))} entries but there are {stages} stages")
     for key in ("kernel_sizes", "strides"):
-        for entry in network[key]:
+        for entry in getattr(network, key):
             if len(entry) != dimension:
                 raise ValueError(f"network.{key} entry {entry} does not have {dimension} axes")
-    for kernel in network["kernel_sizes"]:
+    for kernel in network.kernel_sizes:
         if any(size % 2 == 0 for size in kernel):
             raise ValueError(f"kernel sizes must be odd to keep the feature maps aligned, got {kernel}")
 
@@ -129,7 +129,7 @@ def build_network(
     Raises ``ValueError`` for an unknown architecture or inconsistent lists.
 
     Example:
-        >>> configuration.patch_size, configuration.network["features_per_stage"]
+        >>> configuration.patch_size, configuration.network.features_per_stage
         ((40, 56, 40), [4, 8, 16])
         >>> net = build_network(configuration, in_channels=1, out_channels=3)
         >>> [tuple(output.shape) for output in net(torch.zeros(1, 1, 40, 56, 40))]  # deep supervision: every scale
@@ -140,7 +140,7 @@ def build_network(
     """
     dimension = configuration.dimension
     network = configuration.network
-    name = network.get("architecture", "plain_unet")
+    name = network.architecture
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     _check_network_description(network, dimension)

@@ -24,12 +24,13 @@ from autoseg.inference.model_source import ModelSource
 from autoseg.inference.options import PredictionOptions
 from autoseg.inference.predictor import Predictor
 from autoseg.pipeline.budget import RunBudget
+from autoseg.records.checkpoint import recorded_checkpoint_sha256
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.plans import load_plans
 from autoseg.records.splits import read_splits
 from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.durations import describe_duration
-from autoseg.utils.files import read_json, sha256_file
+from autoseg.utils.files import sha256_file
 
 # The sample ``docs/adaptation.md`` measured standardisation with (``train-adapter --max-cases 32``). Each case is
 # one sliding-window prediction, a fraction of what predicting the fold's validation cases costs.
@@ -105,7 +106,7 @@ def _folds_to_record(work: WorkFolder, recipe: InferenceRecipe) -> list[tuple[st
         for fold in folds:
             record = work.adaptation(model.configuration, fold) / ADAPTATION_FILE
             checkpoint = work.checkpoint(model.configuration, fold, "final")
-            if not (record.is_file() and read_json(record).get("checkpoint_sha256") == sha256_file(checkpoint)):
+            if not (record.is_file() and recorded_checkpoint_sha256(record) == sha256_file(checkpoint)):
                 pairs.append((model.configuration, fold))
     return pairs
 

@@ -28,6 +28,7 @@ from autoseg.fingerprint.resolution import round_trip_dice
 from autoseg.pipeline.machine_benchmark import MachineCosts, machine_costs
 from autoseg.planning.layout import ComputeBudget
 from autoseg.records.dataset import RawDataset
+from autoseg.records.fingerprint import Fingerprint
 from autoseg.records.plans import Configuration
 from autoseg.records.training_batch import CPU_VOXELS_PER_STEP
 from autoseg.utils.durations import clock_time_in, describe_duration, parse_time_budget
@@ -40,7 +41,7 @@ AFTER_TRAINING_FIXED_SECONDS = 60.0  # model selection, post-processing and the 
 AFTER_TRAINING_SAFETY = 1.5  # times the predicted seconds of validation prediction that training leaves free
 OPTIONAL_WORK_SHARE = 0.5  # optional work after model selection may use at most this share of what is left
 
-ComputeFor = Callable[[RawDataset, dict], ComputeBudget]  # (dataset, fingerprint) -> the budget to plan for
+ComputeFor = Callable[[RawDataset, Fingerprint], ComputeBudget]  # (dataset, fingerprint) -> the budget to plan for
 
 
 @dataclasses.dataclass
@@ -127,12 +128,12 @@ class RunBudget:
         """What planning calls, once the dataset is fingerprinted, to learn the budget it plans for: the machine is
         measured first, then the training share of what is left (``training_seconds``)."""
 
-        def compute(dataset: RawDataset, fingerprint: dict) -> ComputeBudget:
+        def compute(dataset: RawDataset, fingerprint: Fingerprint) -> ComputeBudget:
             costs = machine_costs(dataset, device, precision, say=say)
             return ComputeBudget(
                 training_seconds=self.training_seconds(), seconds_per_iteration=_configuration_rate(costs),
                 device=device.type, budget_seconds=self.budget_seconds, folds=tuple(folds), folds_named=folds_named,
-                label_round_trip=functools.partial(round_trip_dice, dataset, is_2d=bool(fingerprint["is_2d"])),
+                label_round_trip=functools.partial(round_trip_dice, dataset, is_2d=bool(fingerprint.is_2d)),
                 max_voxels_per_step=CPU_VOXELS_PER_STEP if device.type == "cpu" else None,
                 configurations=tuple(configurations) if configurations else None,
             )

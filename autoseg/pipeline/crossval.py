@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoseg.errors import UserError
-from autoseg.evaluation.folders import SUMMARY_FILE_NAME, evaluate_against_ground_truth, label_files_by_case
+from autoseg.evaluation.folders import evaluate_against_ground_truth, label_files_by_case
+from autoseg.records.evaluation_summary import EvaluationSummary
 from autoseg.records.splits import read_splits
 from autoseg.records.work_folder import WorkFolder
-from autoseg.utils.files import read_json
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:
@@ -32,7 +32,7 @@ def _link_or_copy(source: Path, destination: Path) -> None:
 
 def collect_cross_validation(
     work_folder: WorkFolder, configuration_name: str, folds: Sequence[int], *, workers: int = 2, progress: bool = True
-) -> dict:
+) -> EvaluationSummary:
     """Gather the validation predictions of ``folds`` and evaluate them as one set; returns the summary.
 
     Raises:
@@ -63,6 +63,5 @@ def collect_cross_validation(
                                          progress=progress)
 
 
-def read_crossval_summary(work_folder: WorkFolder, configuration_name: str) -> dict | None:
-    path = work_folder.crossval(configuration_name) / SUMMARY_FILE_NAME
-    return read_json(path) if path.is_file() else None
+def read_crossval_summary(work_folder: WorkFolder, configuration_name: str) -> EvaluationSummary | None:
+    return EvaluationSummary.read_if_present(work_folder.crossval(configuration_name))

@@ -12,6 +12,7 @@ from autoseg.evaluation.folders import SUMMARY_FILE_NAME
 from autoseg.evaluation.overlay import png_bytes, render_overlay
 from autoseg.io.images import read_image
 from autoseg.planning.table import configuration_rows, format_compute
+from autoseg.records.evaluation_summary import CaseEvaluation, EvaluationSummary
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.plans import Plans, load_plans
 from autoseg.records.postprocessing import PostprocessingDecision
@@ -19,7 +20,6 @@ from autoseg.records.training_summary import TrainingSummary
 from autoseg.records.work_folder import POSTPROCESSING_FILE, WorkFolder
 from autoseg.report import ReportSection, format_number, write_report
 from autoseg.report.figures import SERIES_COLOURS, figure_png, grouped_bar_chart, new_figure
-from autoseg.utils.files import read_json
 
 SELECTED_MARK = " (selected)"
 
@@ -65,9 +65,9 @@ def _training_section(work: WorkFolder) -> ReportSection:
     return section
 
 
-def case_mean_dice(case: dict) -> float | None:
+def case_mean_dice(case: CaseEvaluation) -> float | None:
     """One case's Dice averaged over its classes (classes absent from both prediction and reference skipped)."""
-    values = [metrics["dice"] for metrics in case["metrics"].values() if metrics.get("dice") is not None]
+    values = [metrics["dice"] for metrics in case.metrics.values() if metrics.get("dice") is not None]
     return float(np.mean(values)) if values else None
 
 
@@ -75,18 +75,18 @@ def _candidate_label(name: str, selected: str) -> str:
     return name + SELECTED_MARK if name == selected else name
 
 
-def class_dice_figure(summaries: dict[str, dict], selected: str) -> Figure:
+def class_dice_figure(summaries: dict[str, EvaluationSummary], selected: str) -> Figure:
     """Bar chart of the mean cross-validation Dice of every class (and the foreground mean), one bar per candidate:
     shows whether the winner wins on every class or trades one class for another."""
     class_names = list(
-        dict.fromkeys(entry["name"] for summary in summaries.values() for entry in summary["mean"].values())
+        dict.fromkeys(name for summary in summaries.values() for name in summary.dice_per_class)
     )
     groups = [*class_names, "foreground mean"]
     series = {}
     for name, summary in summaries.items():
-        per_class = {entry["name"]: entry.get("dice") for entry in summary["mean"].values()}
+        per_class = summary.dice_per_class
         series[_candidate_label(name, selected)] = [
-            *(per_class.get(class_name) for class_name in class_names), summary["foreground_mean"].get("dice")
+            *(per_class.get(class_name) for class_name in class_names), summary.foreground_dice
         ]
     width = min(11.0, max(8.0, 3.5 + 0.35 * len(groups) * max(1, len(series))))
     figure = new_figure(width_inches=width, height_inches=4.5)
@@ -102,11 +102,11 @@ def class_dice_figure(summaries: dict[str, dict], selected: str) -> Figure:
     return figure
 
 
-def case_dice_figure(summaries: dict[str, dict], selected: str) -> Figure:
+def case_dice_figure(summaries: dict[str, EvaluationSummary], selected: str) -> Figure:
     """Per-case mean Dice of every candidate as a box plot with each case as a dot: a mean can hide a few failed
     cases, which show here as outliers near zero."""
     names = list(summaries)
-    values = [[d for d in map(case_mean_dice, summaries[name]["per_case"]) if d is not None] for name in names]
+    values = [[d for d in map(case_mean_dice, summaries[name].per_case) if d is not None] for name in names]
     figure = new_figure(width_inches=min(11.0, max(6.0, 2.0 + 1.3 * len(names))), height_inches=4.5)
     axis = figure.add_subplot()
     positions = np.arange(1, len(names) + 1)
@@ -128,13 +128,13 @@ def case_dice_figure(summaries: dict[str, dict], selected: str) -> Figure:
     return figure
 
 
-def _candidate_summaries(work: WorkFolder, recipe: InferenceRecipe) -> dict[str, dict]:
+def _candidate_summaries(work: WorkFolder, recipe: InferenceRecipe) -> dict[str, EvaluationSummary]:
     """Each candidate's cross-validation ``summary.json`` by name, for the candidates that have one."""
     summaries = {}
     for candidate in recipe.candidates:
-        summary_path = work.root / candidate["folder"] / SUMMARY_FILE_NAME
-        if summary_path.is_file():
-            summaries[candidate["name"]] = read_json(summary_path)
+        summary = EvaluationSummary.read_if_present(work.root / candidate.folder / SUMMARY_FILE_NAME)
+        if summary is not None:
+            summaries[candidate.name] = summary
     return summaries
 
 
@@ -148,20 +148,20 @@ def _metrics_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSection
                           wide=True)
     for name, summary in summaries.items():
         metrics = ["dice", "iou", "precision", "recall", "hd95", "assd", "normalized_surface_dice"]
-        present = [m for m in metrics if m in summary["foreground_mean"]]
-        rows = [[entry["name"], *(entry.get(m) for m in present)] for entry in summary["mean"].values()]
-        rows.append(["foreground mean", *(summary["foreground_mean"].get(m) for m in present)])
-        caption = f"{_candidate_label(name, recipe.selected)}: {len(summary['per_case'])} cases"
+        present = [m for m in metrics if m in summary.foreground_mean]
+        rows = [[entry["name"], *(entry.get(m) for m in present)] for entry in summary.mean.values()]
+        rows.append(["foreground mean", *(summary.foreground_mean.get(m) for m in present)])
+        caption = f"{_candidate_label(name, recipe.selected)}: {len(summary.per_case)} cases"
         section.add_table(["class", *present], rows, caption=caption)
     return section
 
 
 def _selection_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSection:
     section = ReportSection("Model selection")
-    names = [c["name"] for c in recipe.candidates]
+    names = [c.name for c in recipe.candidates]
     section.add_table(
         ["candidate", "mean foreground Dice"],
-        [[c["name"], c["foreground_dice"]] for c in recipe.candidates],
+        [[c.name, c.foreground_dice] for c in recipe.candidates],
         highlight_row=names.index(recipe.selected),
     )
     postprocessing_path = work.root / (recipe.postprocessing or POSTPROCESSING_FILE)
@@ -180,11 +180,11 @@ def _selection_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSecti
 
 def _overlay_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSection:
     section = ReportSection("Best and worst validation cases (prediction | reference)")
-    selected = next(c for c in recipe.candidates if c["name"] == recipe.selected)
-    summary = read_json(work.root / selected["folder"] / SUMMARY_FILE_NAME)
+    selected = recipe.candidate(recipe.selected)
+    summary = EvaluationSummary.read(work.root / selected.folder / SUMMARY_FILE_NAME)
     scored = []
-    for case in summary["per_case"]:
-        values = [m["dice"] for m in case["metrics"].values() if m["dice"] is not None]
+    for case in summary.per_case:
+        values = [m["dice"] for m in case.metrics.values() if m["dice"] is not None]
         if values:
             scored.append((float(np.mean(values)), case))
     if not scored:
@@ -193,14 +193,14 @@ def _overlay_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSection
     dataset = work.read_dataset()
     chosen = [("best", scored[-1]), ("worst", scored[0])] if len(scored) > 1 else [("only", scored[0])]
     for title, (dice, case) in chosen:
-        image = read_image(dataset.case(case["case"]).images[0])
-        prediction = read_image(case["prediction"]).array
-        reference = read_image(case["reference"]).array
+        image = read_image(dataset.case(case.case).images[0])
+        prediction = read_image(case.prediction).array
+        reference = read_image(case.reference).array
         # The same slice for prediction and reference: the one where the reference has most foreground.
         slice_index = int(np.argmax((reference > 0).reshape(reference.shape[0], -1).sum(1)))
         for kind, labels in (("prediction", prediction), ("reference", reference)):
             rgb = render_overlay(image.array, labels, slice_index=slice_index, spacing=image.geometry.spacing)
-            section.add_image(f"{title}: {case['case']} ({kind}, mean Dice {dice:.3f})", png_bytes(rgb))
+            section.add_image(f"{title}: {case.case} ({kind}, mean Dice {dice:.3f})", png_bytes(rgb))
     return section
 
 

@@ -26,6 +26,7 @@ from autoseg.planning.table import format_plans_table
 from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
 from autoseg.records.compute_plan import ComputePlan
 from autoseg.records.dataset import RawDataset
+from autoseg.records.fingerprint import load_fingerprint
 from autoseg.records.plans import Plans
 from autoseg.records.work_folder import TRAINING_SUMMARY_FILE, VALIDATION_FOLDER, WorkFolder
 from autoseg.training.job import TrainingSettings, build_job
@@ -34,7 +35,7 @@ from autoseg.training.schedule import epoch_seconds_for_budget
 from autoseg.training.tracking import log_cross_validation
 from autoseg.utils.devices import choose_device
 from autoseg.utils.durations import clock_time_in, describe_duration, parse_time_budget
-from autoseg.utils.files import read_json, remove_stale_temporaries
+from autoseg.utils.files import remove_stale_temporaries
 from autoseg.utils.locking import folder_lock
 from autoseg.utils.memory import describe_largest_case
 
@@ -152,9 +153,9 @@ def plan_stage(dataset_root: Path, work: WorkFolder, options: RunOptions,
     if kept:
         print(f"keeping the existing {work.plans} (use --replan to plan again)")
     print(format_plans_table(plans), end="")
-    fingerprint_cases = read_json(work.fingerprint).get("cases", {})
+    fingerprint_cases = load_fingerprint(work.fingerprint).cases
     memory = describe_largest_case(
-        {name: case["shape"] for name, case in fingerprint_cases.items()}, channels=dataset.num_channels,
+        {name: case.shape for name, case in fingerprint_cases.items()}, channels=dataset.num_channels,
         classes=dataset.num_output_channels, workers=options.workers,
     )
     if memory:

@@ -23,7 +23,8 @@ from autoseg.inference.label_maps import label_map_from_probabilities
 from autoseg.io.images import read_image_header, write_image
 from autoseg.pipeline.crossval import collect_cross_validation
 from autoseg.records.dataset import RawDataset
-from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
+from autoseg.records.evaluation_summary import EvaluationSummary
+from autoseg.records.inference_recipe import InferenceRecipe, RecipeCandidate, RecipeModel
 from autoseg.records.work_folder import POSTPROCESSING_FILE, WorkFolder
 from autoseg.utils.progress import progress_display
 
@@ -43,10 +44,9 @@ def _finite_or_none(value: float) -> float | None:
     return None if value is None or np.isnan(value) else float(value)
 
 
-def _scores(summary: dict) -> tuple[float, dict[str, float | None]]:
-    foreground = summary["foreground_mean"]["dice"]
-    per_class = {entry["name"]: entry["dice"] for entry in summary["mean"].values()}
-    return (float("nan") if foreground is None else float(foreground)), per_class
+def _scores(summary: EvaluationSummary) -> tuple[float, dict[str, float | None]]:
+    foreground = summary.foreground_dice
+    return (float("nan") if foreground is None else float(foreground)), summary.dice_per_class
 
 
 def ensemble_cross_validation(
@@ -90,7 +90,7 @@ def find_best(
     cases: list[str] = []
     for configuration in configurations:
         summary = collect_cross_validation(work_folder, configuration, folds, workers=workers, progress=progress)
-        cases = [entry["case"] for entry in summary["per_case"]]
+        cases = summary.cases
         foreground, per_class = _scores(summary)
         candidates.append(
             Candidate(configuration, (configuration,), work_folder.crossval(configuration), foreground, per_class)
@@ -118,20 +118,20 @@ def find_best(
     return recipe
 
 
-def _candidate_record(candidate: Candidate, work_folder: WorkFolder) -> dict:
-    return {
-        "name": candidate.name,
-        "folder": candidate.folder.relative_to(work_folder.root).as_posix(),
-        "foreground_dice": _finite_or_none(candidate.foreground_dice),
-        "dice_per_class": candidate.dice_per_class,
-    }
+def _candidate_record(candidate: Candidate, work_folder: WorkFolder) -> RecipeCandidate:
+    return RecipeCandidate(
+        name=candidate.name,
+        folder=candidate.folder.relative_to(work_folder.root).as_posix(),
+        foreground_dice=_finite_or_none(candidate.foreground_dice),
+        dice_per_class=candidate.dice_per_class,
+    )
 
 
 def format_candidates(recipe: InferenceRecipe) -> str:
     """One line per candidate with its mean foreground Dice; the selected one is starred."""
     lines = []
     for candidate in recipe.candidates:
-        marker = "*" if candidate["name"] == recipe.selected else " "
-        dice = candidate["foreground_dice"]
-        lines.append(f" {marker} {candidate['name']:<32} mean foreground Dice {'-' if dice is None else f'{dice:.4f}'}")
+        marker = "*" if candidate.name == recipe.selected else " "
+        dice = candidate.foreground_dice
+        lines.append(f" {marker} {candidate.name:<32} mean foreground Dice {'-' if dice is None else f'{dice:.4f}'}")
     return "\n".join(lines)

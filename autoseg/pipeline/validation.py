@@ -57,8 +57,8 @@ def predict_validation_cases(
     summary = evaluate_against_ground_truth(work_folder, output_folder, cases=validation_case_ids, progress=progress)
     return {
         "folder": str(output_folder),
-        "mean_dice": summary["foreground_mean"]["dice"],
-        "dice": {entry["name"]: entry["dice"] for entry in summary["mean"].values()},
+        "mean_dice": summary.foreground_mean["dice"],
+        "dice": {entry["name"]: entry["dice"] for entry in summary.mean.values()},
     }
 
 

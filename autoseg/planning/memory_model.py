@@ -24,6 +24,8 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from autoseg.records.configuration_parts import Network
+
 GIGABYTE = 1024**3
 
 
@@ -83,7 +85,7 @@ def stage_voxels(patch_size: Sequence[int], strides: Sequence[Sequence[int]]) ->
 
 
 def activation_breakdown(
-    network: dict, patch_size: Sequence[int], *, in_channels: int, out_channels: int
+    network: Network, patch_size: Sequence[int], *, in_channels: int, out_channels: int
 ) -> dict[str, float]:
     """Elements per sample of the tensors alive at the peak of a training step, by where they come from.
 
@@ -96,11 +98,11 @@ def activation_breakdown(
     - ``skip_gradients``: during the backward pass the gradient flowing into each skip connection waits, accumulated,
       until the backward pass reaches that encoder stage; these buffers all co-exist with the kept activations.
     """
-    features = network["features_per_stage"]
-    blocks = network["blocks_per_stage_encoder"]
-    decoder_convolutions = network["convs_per_stage_decoder"]
-    voxels = stage_voxels(patch_size, network["strides"])
-    residual = network.get("architecture", "plain_unet") == "resenc_unet"
+    features = network.features_per_stage
+    blocks = network.blocks_per_stage_encoder
+    decoder_convolutions = network.convs_per_stage_decoder
+    voxels = stage_voxels(patch_size, network.strides)
+    residual = network.architecture == "resenc_unet"
     parts = {"data": in_channels * voxels[0] + sum(voxels[:-1]), "encoder": 0.0, "decoder": 0.0, "heads": 0.0,
              "skip_gradients": 0.0}
     for stage, (channels, voxel_count) in enumerate(zip(features, voxels, strict=True)):
@@ -121,18 +123,18 @@ def activation_breakdown(
 
 
 def stored_activation_elements(
-    network: dict, patch_size: Sequence[int], *, in_channels: int, out_channels: int
+    network: Network, patch_size: Sequence[int], *, in_channels: int, out_channels: int
 ) -> float:
     """Elements per sample alive at the peak of a training step (the sum of ``activation_breakdown``)."""
     return sum(activation_breakdown(network, patch_size, in_channels=in_channels, out_channels=out_channels).values())
 
 
-def parameter_count(network: dict, *, in_channels: int, out_channels: int) -> int:
+def parameter_count(network: Network, *, in_channels: int, out_channels: int) -> int:
     """Number of trainable parameters of the planned U-Net (convolution weights, norm affines, heads)."""
-    features = network["features_per_stage"]
-    kernels = network["kernel_sizes"]
-    strides = network["strides"]
-    residual = network.get("architecture", "plain_unet") == "resenc_unet"
+    features = network.features_per_stage
+    kernels = network.kernel_sizes
+    strides = network.strides
+    residual = network.architecture == "resenc_unet"
 
     def unit(cin: int, cout: int, kernel: Sequence[int]) -> int:
         return cin * cout * math.prod(kernel) + 2 * cout
@@ -143,18 +145,18 @@ def parameter_count(network: dict, *, in_channels: int, out_channels: int) -> in
         if residual:
             if stage == 0:
                 total += unit(in_channels, channels, kernels[0])
-            for block in range(network["blocks_per_stage_encoder"][stage]):
+            for block in range(network.blocks_per_stage_encoder[stage]):
                 cin = previous if block == 0 else channels
                 total += unit(cin, channels, kernels[stage]) + unit(channels, channels, kernels[stage])
                 if block == 0 and cin != channels:
                     total += unit(cin, channels, [1] * len(kernels[stage]))
         else:
-            for block in range(network["blocks_per_stage_encoder"][stage]):
+            for block in range(network.blocks_per_stage_encoder[stage]):
                 total += unit(previous if block == 0 else channels, channels, kernels[stage])
     for stage in range(len(features) - 1):
         channels, deeper = features[stage], features[stage + 1]
         total += deeper * channels * math.prod(strides[stage + 1])
-        for convolution in range(network["convs_per_stage_decoder"][stage]):
+        for convolution in range(network.convs_per_stage_decoder[stage]):
             total += unit(2 * channels if convolution == 0 else channels, channels, kernels[stage])
         total += channels * out_channels + out_channels
     return total
@@ -179,7 +181,7 @@ class MemoryEstimate:
 
 
 def estimate_training_memory(
-    network: dict,
+    network: Network,
     patch_size: Sequence[int],
     *,
     in_channels: int,
@@ -194,6 +196,6 @@ def estimate_training_memory(
     parameters = parameter_count(network, in_channels=in_channels, out_channels=out_channels)
     return MemoryEstimate(
         bytes_per_sample=coefficients.activation_factor * coefficients.bytes_per_activation * elements,
-        fixed_bytes=coefficients.bytes_per_parameter[network["architecture"]] * parameters
+        fixed_bytes=coefficients.bytes_per_parameter[network.architecture] * parameters
         + coefficients.overhead_bytes,
     )

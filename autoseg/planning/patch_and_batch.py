@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from autoseg.planning.memory_model import PRECISIONS, MemoryEstimate, estimate_training_memory
 from autoseg.planning.presets import Preset
 from autoseg.planning.topology import Topology, features_per_stage, plan_topology, round_up_to_multiple
+from autoseg.records.configuration_parts import Network
 
 # Voxels of the first, unconstrained patch: large enough that the median image always limits it first.
 INITIAL_PATCH_VOXELS = {2: 2048**2, 3: 256**3}
@@ -22,7 +23,7 @@ class FittedPatch:
     """The outcome of fitting: patch, network description, batch size and its memory estimate."""
 
     patch_size: list[int]
-    network: dict
+    network: Network
     batch_size: int
     estimate: MemoryEstimate
 
@@ -42,17 +43,17 @@ def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[float]) 
     return [max(1, round(min(scale * i, m))) for i, m in zip(inverse, median_shape, strict=True)]
 
 
-def network_description(topology: Topology, *, dimension: int, preset: Preset) -> dict:
-    """The ``network`` entry of a configuration for this topology and preset."""
+def network_description(topology: Topology, *, dimension: int, preset: Preset) -> Network:
+    """The ``network`` of a configuration for this topology and preset."""
     stages = topology.number_of_stages
-    return {
+    return Network.from_json({
         "architecture": preset.architecture,
         "features_per_stage": features_per_stage(stages, dimension=dimension),
         "kernel_sizes": topology.kernel_sizes,
         "strides": topology.strides,
         "blocks_per_stage_encoder": preset.encoder_blocks(stages),
         "convs_per_stage_decoder": [preset.decoder_convolutions_per_stage] * (stages - 1),
-    }
+    })
 
 
 def _axis_to_shrink(

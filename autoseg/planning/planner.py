@@ -28,6 +28,7 @@ from autoseg.planning.presets import PRESETS
 from autoseg.planning.resampling import plan_resampling
 from autoseg.planning.target_spacing import target_spacing, transpose_for_spacing
 from autoseg.records.dataset import RawDataset
+from autoseg.records.fingerprint import Fingerprint, FingerprintCase
 from autoseg.records.plans import Plans, compact_configurations
 
 # A low-resolution stage is planned when the full-resolution patch covers less than this fraction of the median image.
@@ -55,7 +56,7 @@ def _configuration(
         "median_shape": [round(float(v), 1) for v in median_shape],
         "patch_size": fitted.patch_size,
         "batch_size": fitted.batch_size,
-        "network": fitted.network,
+        "network": fitted.network.to_json(),
         "normalization": normalization,
         "resampling": resampling,
         "batch_dice": batch_dice,
@@ -88,10 +89,10 @@ class _PlanningGeometry:
     is_2d: bool
 
 
-def _planning_geometry(fingerprint: dict, cases: list[dict]) -> _PlanningGeometry:
-    is_2d = bool(fingerprint["is_2d"])
-    spacings = np.array([case["spacing"] for case in cases], dtype=np.float64)
-    shapes = np.array([case["shape_after_crop"] for case in cases], dtype=np.float64)
+def _planning_geometry(fingerprint: Fingerprint, cases: list[FingerprintCase]) -> _PlanningGeometry:
+    is_2d = bool(fingerprint.is_2d)
+    spacings = np.array([case.spacing for case in cases], dtype=np.float64)
+    shapes = np.array([case.shape_after_crop for case in cases], dtype=np.float64)
     fullres_spacing = target_spacing(spacings, shapes, is_2d=is_2d)
     forward, backward = transpose_for_spacing(fullres_spacing, is_2d=is_2d)
     resampled = shapes * spacings / np.asarray(fullres_spacing)
@@ -222,7 +223,7 @@ def _fit_to_compute(
 
 
 def plan_experiment(
-    fingerprint: dict,
+    fingerprint: Fingerprint,
     dataset: RawDataset,
     *,
     preset: str = "default",
@@ -241,7 +242,7 @@ def plan_experiment(
         compute: a time budget and the machine's throughput; None plans for memory alone (the reference's plans).
     """
     budget = _memory_budget(preset, gpu_memory_gb, training_precision)
-    cases = list(fingerprint["cases"].values())
+    cases = list(fingerprint.cases.values())
     if not cases:
         raise UserError(f"{dataset.root}: the fingerprint lists no training case.")
     geometry = _planning_geometry(fingerprint, cases)
@@ -266,7 +267,7 @@ def plan_experiment(
         "preset": preset,
         "gpu_memory_gb": budget,
         "training_precision": training_precision,
-        "fingerprint_signature": fingerprint["inputs_signature"],
+        "fingerprint_signature": fingerprint.inputs_signature,
         "transpose_forward": geometry.forward,
         "transpose_backward": geometry.backward,
         "original_median_spacing": geometry.original_spacing_t,

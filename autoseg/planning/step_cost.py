@@ -172,7 +172,8 @@ def step_work(configuration: Configuration, *, batch_size: int, in_channels: int
     name; counts cached per network, patch, batch and precision: planners ask about the same candidates
     repeatedly)."""
     patch_size = tuple(int(size) for size in configuration.patch_size)
-    flops, large_bytes = _cached_count(configuration.dimension, json.dumps(configuration.network, sort_keys=True),
+    network_json = json.dumps(configuration.network.to_json(), sort_keys=True)
+    flops, large_bytes = _cached_count(configuration.dimension, network_json,
                                        patch_size, int(batch_size), int(in_channels), int(out_channels), precision)
     activations = stored_activation_elements(configuration.network, patch_size, in_channels=in_channels,
                                              out_channels=out_channels)

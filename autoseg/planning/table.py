@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from autoseg.records.compute_plan import ComputePlan
+from autoseg.records.configuration_parts import NormalizationScheme
 from autoseg.records.plans import Configuration, Plans
 
 
@@ -10,21 +13,21 @@ def _shape(values: list) -> str:
     return " x ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
-def _per_stage(values: list[list[int]]) -> str:
+def _per_stage(values: Sequence[Sequence[int]]) -> str:
     return " ".join("x".join(str(v) for v in entry) for entry in values)
 
 
-def _normalization(entries: list[dict]) -> str:
+def _normalization(entries: Sequence[NormalizationScheme]) -> str:
     described = []
     for entry in entries:
-        if entry["scheme"] == "ct":
+        if entry.scheme == "ct":
             described.append(
-                f"ct clip [{entry['clip_low']:g}, {entry['clip_high']:g}] mean {entry['mean']:g} std {entry['std']:g}"
+                f"ct clip [{entry.clip_low:g}, {entry.clip_high:g}] mean {entry.mean:g} std {entry.std:g}"
             )
-        elif entry["scheme"] == "zscore":
-            described.append("zscore" + (" in mask" if entry.get("use_mask") else ""))
+        elif entry.scheme == "zscore":
+            described.append("zscore" + (" in mask" if entry.use_mask else ""))
         else:
-            described.append(entry["scheme"])
+            described.append(entry.scheme)
     return "; ".join(described)
 
 
@@ -40,16 +43,16 @@ def configuration_rows(configuration: Configuration) -> list[tuple[str, str]]:
         ("median image", _shape(list((configuration.median_shape or ())[-dimension:]))),
         ("patch", _shape(list(configuration.patch_size))),
         ("batch", str(configuration.batch_size)),
-        ("network", f"{network['architecture']}, {len(network['features_per_stage'])} stages"),
-        ("features", " ".join(str(v) for v in network["features_per_stage"])),
-        ("kernels", _per_stage(network["kernel_sizes"])),
-        ("strides", _per_stage(network["strides"])),
-        ("encoder blocks", " ".join(str(v) for v in network["blocks_per_stage_encoder"])),
-        ("decoder convs", " ".join(str(v) for v in network["convs_per_stage_decoder"])),
-        ("normalisation", _normalization(list(configuration.normalization))),
+        ("network", f"{network.architecture}, {network.number_of_stages} stages"),
+        ("features", " ".join(str(v) for v in network.features_per_stage)),
+        ("kernels", _per_stage(network.kernel_sizes)),
+        ("strides", _per_stage(network.strides)),
+        ("encoder blocks", " ".join(str(v) for v in network.blocks_per_stage_encoder)),
+        ("decoder convs", " ".join(str(v) for v in network.convs_per_stage_decoder)),
+        ("normalisation", _normalization(configuration.normalization)),
         ("resampling", ("anisotropic (coarse axis order "
-                        f"{resampling['coarse_axis_order']}), " if resampling["anisotropic"] else "")
-         + f"image order {resampling['image_order']}, label order {resampling['label_order']}"),
+                        f"{resampling.coarse_axis_order}), " if resampling.anisotropic else "")
+         + f"image order {resampling.image_order}, label order {resampling.label_order}"),
         ("batch dice", "yes" if configuration.batch_dice else "no"),
     ]
     if configuration.previous_stage:

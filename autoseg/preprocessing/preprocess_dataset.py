@@ -26,10 +26,11 @@ from autoseg.preprocessing.storage import (
 )
 from autoseg.records.case_signatures import case_signatures
 from autoseg.records.dataset import RawDataset
+from autoseg.records.fingerprint import load_fingerprint
 from autoseg.records.plans import Configuration, Plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.transforms.case import preprocess_case
-from autoseg.utils.files import atomic_path, describe_file_system_error, read_json, write_json
+from autoseg.utils.files import atomic_path, describe_file_system_error, write_json
 from autoseg.utils.progress import progress_display
 
 
@@ -45,8 +46,8 @@ def preprocessing_signature(configuration: Configuration, *, ignore_label: int |
         "transpose_forward": list(configuration.transpose_forward),
         "dimension": configuration.dimension,
         "spacing": list(configuration.spacing),
-        "normalization": list(configuration.normalization),
-        "resampling": configuration.resampling,
+        "normalization": [entry.to_json() for entry in configuration.normalization],
+        "resampling": configuration.resampling.to_json(),
         # Which axis is resampled on its own is decided per case since this rule (was: the plan's "anisotropic").
         "separate_axis": "per case",
     }
@@ -159,9 +160,9 @@ def chunk_tasks(tasks: Sequence[CaseTask], voxels: dict[str, int]) -> list[list[
 def _case_voxels_from_fingerprint(work_folder: WorkFolder, channels: int) -> dict[str, int]:
     """Input voxels per case from ``fingerprint.json`` (written before planning); empty if unavailable."""
     try:
-        cases = read_json(work_folder.fingerprint)["cases"]
-        return {identifier: int(np.prod(record["shape"])) * channels for identifier, record in cases.items()}
-    except (OSError, ValueError, KeyError, TypeError):
+        cases = load_fingerprint(work_folder.fingerprint).cases
+        return {identifier: int(np.prod(record.shape)) * channels for identifier, record in cases.items()}
+    except (UserError, OSError, ValueError, TypeError):
         return {}
 
 

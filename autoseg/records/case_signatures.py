@@ -91,7 +91,7 @@ def changes_since_planning(work_folder: WorkFolder, dataset: RawDataset) -> Data
     if not work_folder.fingerprint.is_file():
         return DatasetChanges()
     fingerprint = load_fingerprint(work_folder.fingerprint)
-    recorded = fingerprint.get("case_signatures") or dict.fromkeys(fingerprint.get("cases", {}))
+    recorded = fingerprint.case_signatures or dict.fromkeys(fingerprint.cases)
     return compare_case_signatures(recorded, case_signatures(dataset))
 
 

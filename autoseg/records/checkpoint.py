@@ -23,7 +23,7 @@ import torch
 
 from autoseg import __version__
 from autoseg.errors import UserError
-from autoseg.utils.files import atomic_torch_save
+from autoseg.utils.files import atomic_torch_save, read_json
 
 CHECKPOINT_FORMAT = "autoseg-checkpoint-1"
 LATEST_CHECKPOINT = "checkpoint_latest.pt"
@@ -103,3 +103,13 @@ def network_weights_of(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
         for key, value in weights.items()
         if isinstance(value, torch.Tensor)
     }
+
+
+def recorded_checkpoint_sha256(record_path: str | os.PathLike[str]) -> str | None:
+    """The ``checkpoint_sha256`` a JSON record made for one checkpoint names (a fold's ``adaptation.json``): a record
+    whose checkpoint was since replaced no longer applies. None when the record is absent or names none."""
+    record_path = Path(record_path)
+    if not record_path.is_file():
+        return None
+    record = read_json(record_path)
+    return record.get("checkpoint_sha256") if isinstance(record, dict) else None

@@ -8,6 +8,10 @@ the raw folder.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,3 +123,12 @@ class RawDataset:
             regions_class_order=tuple(data["regions_class_order"]) if data.get("regions_class_order") else None,
             ignore_label=data.get("ignore_label"),
         )
+
+
+def read_dataset_json(path: str | os.PathLike[str]) -> Any:
+    """What a ``dataset.json`` holds (a raw dataset's, an MSD task's or a working folder's copy), as written.
+
+    Raises ``FileNotFoundError`` / ``OSError``, ``json.JSONDecodeError`` or ``UnicodeDecodeError`` (both
+    ``ValueError``) for the caller to word for its context: a raw folder's problems are listed, not raised.
+    """
+    return json.loads(Path(path).read_text(encoding="utf-8"))

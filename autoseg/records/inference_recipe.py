@@ -14,7 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.errors import UserError
+from autoseg.records.json_record import JsonRecord
 from autoseg.utils.files import read_json, write_json
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeCandidate(JsonRecord):
+    """One configuration or ensemble model selection compared: its cross-validation folder (relative to the working
+    folder) and scores; ``foreground_dice`` is None when no case had foreground."""
+
+    name: str = ""
+    folder: str = ""
+    foreground_dice: float | None = None
+    dice_per_class: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +47,7 @@ class InferenceRecipe:
     postprocessing: str | None = None
     cross_validation_dice: float | None = None
     cross_validation_dice_after_postprocessing: float | None = None
-    candidates: tuple[dict[str, Any], ...] = ()
+    candidates: tuple[RecipeCandidate, ...] = ()
 
     @classmethod
     def from_json(cls, data: Any, *, source: str = "inference recipe") -> InferenceRecipe:
@@ -49,7 +61,7 @@ class InferenceRecipe:
             models=models, selected=data.get("selected"), checkpoint=data.get("checkpoint", "final"),
             postprocessing=data.get("postprocessing"), cross_validation_dice=data.get("cross_validation_dice"),
             cross_validation_dice_after_postprocessing=data.get("cross_validation_dice_after_postprocessing"),
-            candidates=tuple(data.get("candidates", ())),
+            candidates=_candidates(data.get("candidates", ()), source),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -62,7 +74,7 @@ class InferenceRecipe:
             "postprocessing": self.postprocessing,
             "cross_validation_dice": self.cross_validation_dice,
             "cross_validation_dice_after_postprocessing": self.cross_validation_dice_after_postprocessing,
-            "candidates": list(self.candidates),
+            "candidates": [candidate.to_json() for candidate in self.candidates],
         }
 
     @classmethod
@@ -91,6 +103,16 @@ class InferenceRecipe:
     def folds_of(self, configuration: str) -> tuple[int | str, ...] | None:
         return next((model.folds for model in self.models if model.configuration == configuration), None)
 
+    def candidate(self, name: str) -> RecipeCandidate:
+        """The candidate called ``name`` (``recipe.candidate(recipe.selected)`` is the winner)."""
+        return next(candidate for candidate in self.candidates if candidate.name == name)
+
     @property
     def all_folds(self) -> list[int | str]:
         return sorted({fold for model in self.models for fold in (model.folds or ())}, key=str)
+
+
+def _candidates(entries: Any, source: str) -> tuple[RecipeCandidate, ...]:
+    if not isinstance(entries, list | tuple) or not all(isinstance(entry, dict) for entry in entries):
+        raise UserError(f"{source}: 'candidates' must be a list of {{'name': ..., 'folder': ...}} entries.")
+    return tuple(RecipeCandidate.from_json(entry) for entry in entries)

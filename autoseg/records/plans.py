@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from autoseg.errors import UserError
 from autoseg.records.compute_plan import ComputePlan
+from autoseg.records.configuration_parts import Network, NormalizationScheme, Resampling
 from autoseg.records.work_folder import PLANS_FILE
 from autoseg.utils.files import read_json
 
@@ -43,9 +45,9 @@ class Configuration:
     spacing: tuple[float, ...]
     patch_size: tuple[int, ...]
     batch_size: int
-    network: dict[str, Any]
-    normalization: tuple[dict[str, Any], ...]
-    resampling: dict[str, Any]
+    network: Network
+    normalization: tuple[NormalizationScheme, ...]
+    resampling: Resampling
     batch_dice: bool = False
     transpose_forward: tuple[int, ...] = (0, 1, 2)
     transpose_backward: tuple[int, ...] = (0, 1, 2)
@@ -53,6 +55,19 @@ class Configuration:
     estimated_memory_gb: float | None = None
     previous_stage: str | None = None
     mirror_axes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Parts given as JSON mappings (tests, cost probes) become their typed records."""
+        if isinstance(self.network, Mapping):
+            object.__setattr__(self, "network", Network.from_json(self.network))
+        if any(isinstance(entry, Mapping) for entry in self.normalization):
+            schemes = tuple(
+                NormalizationScheme.from_json(entry) if isinstance(entry, Mapping) else entry
+                for entry in self.normalization
+            )
+            object.__setattr__(self, "normalization", schemes)
+        if isinstance(self.resampling, Mapping):
+            object.__setattr__(self, "resampling", Resampling.from_json(self.resampling))
 
     @classmethod
     def from_json(
@@ -71,8 +86,9 @@ class Configuration:
         return cls(
             name=name, dimension=int(data["dimension"]), spacing=_floats(data["spacing"]),
             patch_size=tuple(int(size) for size in data["patch_size"]), batch_size=int(data["batch_size"]),
-            network=dict(data["network"]), normalization=tuple(data.get("normalization", ())),
-            resampling=dict(data.get("resampling", {})), batch_dice=bool(data.get("batch_dice", False)),
+            network=Network.from_json(data["network"]),
+            normalization=tuple(NormalizationScheme.from_json(entry) for entry in data.get("normalization", ())),
+            resampling=Resampling.from_json(data.get("resampling", {})), batch_dice=bool(data.get("batch_dice", False)),
             transpose_forward=forward, transpose_backward=backward or _inverse(forward),
             median_shape=_floats(data["median_shape"]) if data.get("median_shape") is not None else None,
             mirror_axes=tuple(int(a) for a in data["mirror_axes"]) if data.get("mirror_axes") is not None else None,
@@ -84,8 +100,9 @@ class Configuration:
         data: dict[str, Any] = {
             "dimension": self.dimension, "spacing": list(self.spacing),
             "median_shape": list(self.median_shape) if self.median_shape is not None else None,
-            "patch_size": list(self.patch_size), "batch_size": self.batch_size, "network": self.network,
-            "normalization": list(self.normalization), "resampling": self.resampling, "batch_dice": self.batch_dice,
+            "patch_size": list(self.patch_size), "batch_size": self.batch_size,
+            "network": self.network.to_json(), "normalization": [entry.to_json() for entry in self.normalization],
+            "resampling": self.resampling.to_json(), "batch_dice": self.batch_dice,
             "estimated_memory_gb": self.estimated_memory_gb, "previous_stage": self.previous_stage,
             "mirror_axes": list(self.mirror_axes) if self.mirror_axes is not None else None,
         }

@@ -37,7 +37,7 @@ def deep_supervision_scales(configuration: Configuration) -> list[list[float]]:
     Output ``s`` (``s = 0 .. stages - 2``) has resolution ``1 / prod(strides[:s + 1])`` per axis; that is
     ``[1, 1, 1]`` for the first (its stride is 1), then e.g. ``[0.5, 0.5, 0.5]``, ``[0.25, 0.25, 0.25]``...
     """
-    strides = np.asarray(configuration.network["strides"], dtype=float)
+    strides = np.asarray(configuration.network.strides, dtype=float)
     cumulative = np.cumprod(strides, axis=0)
     return [[float(1 / value) for value in row] for row in cumulative[:-1]]
 

@@ -125,7 +125,7 @@ def training_parameters(
         "patch_size": list(configuration.patch_size),
         "spacing": list(configuration.spacing),
         "planned_batch_size": configuration.batch_size,
-        "architecture": configuration.network.get("architecture"),
+        "architecture": configuration.network.architecture,
         "previous_stage": configuration.previous_stage,
         "device": str(device),
         "processes": world_size,
@@ -156,12 +156,12 @@ def fold_result_metrics(result: TrainingResult) -> dict[str, float]:
 def cross_validation_metrics(recipe: InferenceRecipe) -> dict[str, float]:
     """From model selection's ``inference.json``: the selected candidate's mean foreground Dice (before and after
     post-processing), its Dice per class, and every candidate's mean foreground Dice."""
-    selected = next(candidate for candidate in recipe.candidates if candidate["name"] == recipe.selected)
+    selected = next(candidate for candidate in recipe.candidates if candidate.name == recipe.selected)
     return numeric_fields({
         "cross_validation_dice": recipe.cross_validation_dice,
         "cross_validation_dice_after_postprocessing": recipe.cross_validation_dice_after_postprocessing,
-        "dice": selected.get("dice_per_class") or {},
-        "candidates": {candidate["name"]: candidate.get("foreground_dice") for candidate in recipe.candidates},
+        "dice": selected.dice_per_class or {},
+        "candidates": {candidate.name: candidate.foreground_dice for candidate in recipe.candidates},
     })
 
 
@@ -424,7 +424,7 @@ def log_cross_validation(work_folder: WorkFolder, recipe: InferenceRecipe, logge
             "selected": recipe.selected,
             "ensemble": recipe.ensemble,
             "folds": _parameter_text(folds),
-            "candidates": _parameter_text([candidate["name"] for candidate in recipe.candidates]),
+            "candidates": _parameter_text([candidate.name for candidate in recipe.candidates]),
         })
         tracker.log_final(cross_validation_metrics(recipe))
 

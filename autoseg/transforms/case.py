@@ -61,9 +61,9 @@ def resampling_axis_orders(
     default_order = 3 if order_key == "image_order" else 1
     return axis_orders_for(
         dimension=configuration.dimension,
-        order=int(resampling.get(order_key, default_order)),
+        order=int(getattr(resampling, order_key, default_order)),
         separate=separate_axis(from_spacing, to_spacing),
-        separate_axis_order=int(resampling.get("coarse_axis_order", 0)),
+        separate_axis_order=int(resampling.coarse_axis_order),
     )
 
 
@@ -262,7 +262,7 @@ def _preprocess_read_case(
     data, mask, segmentation, geometry, bbox = _cropped_and_transposed(images, segmentation, transpose)
     spacing_after_crop = tuple(float(geometry.spacing[axis]) for axis in transpose)
     shape_after_crop = tuple(int(size) for size in data.shape[1:])
-    data = normalize_channels(data, schemes=list(configuration.normalization), nonzero_mask=mask)
+    data = normalize_channels(data, schemes=configuration.normalization, nonzero_mask=mask)
     del mask
     data, new_shape, target_spacing = _resample_images(data, configuration, shape_after_crop, spacing_after_crop)
     properties = _case_properties(

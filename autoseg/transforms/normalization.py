@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from autoseg.errors import UserError
+from autoseg.records.configuration_parts import NormalizationScheme
 
 # Guards the division for constant images (a blank channel would otherwise become NaN).
 MINIMUM_STANDARD_DEVIATION = 1e-8
 
 
-def normalize_zscore(channel: np.ndarray, *, scheme: dict, nonzero_mask: np.ndarray) -> np.ndarray:
+def normalize_zscore(channel: np.ndarray, *, scheme: NormalizationScheme, nonzero_mask: np.ndarray) -> np.ndarray:
     """Per-image z-score ``(x - mean) / std``.
 
     With ``use_mask`` the statistics come from the non-zero region only and everything outside it is set to 0:
     when cropping removed much of the image, the zero background would otherwise dominate mean and std.
     """
-    if scheme.get("use_mask", False):
+    if scheme.use_mask:
         inside = channel[nonzero_mask]
         if inside.size == 0:
             return np.zeros_like(channel, dtype=np.float32)
@@ -30,18 +31,18 @@ def normalize_zscore(channel: np.ndarray, *, scheme: dict, nonzero_mask: np.ndar
     return ((channel - mean) / max(std, MINIMUM_STANDARD_DEVIATION)).astype(np.float32, copy=False)
 
 
-def normalize_ct(channel: np.ndarray, *, scheme: dict, nonzero_mask: np.ndarray) -> np.ndarray:
+def normalize_ct(channel: np.ndarray, *, scheme: NormalizationScheme, nonzero_mask: np.ndarray) -> np.ndarray:
     """CT: clip to the dataset's foreground [p0.5, p99.5] then ``(x - mean) / std`` with dataset-wide statistics.
 
     Hounsfield units mean the same in every scan, so one global mapping keeps tissue intensities comparable.
     """
     del nonzero_mask
-    clipped = np.clip(channel, float(scheme["clip_low"]), float(scheme["clip_high"]))
-    std = max(float(scheme["std"]), MINIMUM_STANDARD_DEVIATION)
-    return ((clipped - float(scheme["mean"])) / std).astype(np.float32, copy=False)
+    clipped = np.clip(channel, float(scheme.clip_low), float(scheme.clip_high))
+    std = max(float(scheme.std), MINIMUM_STANDARD_DEVIATION)
+    return ((clipped - float(scheme.mean)) / std).astype(np.float32, copy=False)
 
 
-def normalize_none(channel: np.ndarray, *, scheme: dict, nonzero_mask: np.ndarray) -> np.ndarray:
+def normalize_none(channel: np.ndarray, *, scheme: NormalizationScheme, nonzero_mask: np.ndarray) -> np.ndarray:
     """Leave intensities as they are (already normalised data, or a channel holding a mask)."""
     del scheme, nonzero_mask
     return channel.astype(np.float32, copy=False)
@@ -54,7 +55,9 @@ NORMALIZATION_SCHEMES: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def normalize_channels(data: np.ndarray, *, schemes: list[dict], nonzero_mask: np.ndarray) -> np.ndarray:
+def normalize_channels(
+    data: np.ndarray, *, schemes: Sequence[NormalizationScheme], nonzero_mask: np.ndarray
+) -> np.ndarray:
     """Normalise a ``(C, z, y, x)`` float32 array in place of a copy, channel ``c`` with ``schemes[c]``."""
     if len(schemes) != data.shape[0]:
         raise UserError(
@@ -63,7 +66,7 @@ def normalize_channels(data: np.ndarray, *, schemes: list[dict], nonzero_mask: n
         )
     result = np.empty(data.shape, dtype=np.float32)
     for index, scheme in enumerate(schemes):
-        name = scheme.get("scheme")
+        name = scheme.scheme
         if name not in NORMALIZATION_SCHEMES:
             raise UserError(
                 f"unknown normalization scheme {name!r} in plans.json (known: {', '.join(NORMALIZATION_SCHEMES)})."

@@ -34,10 +34,11 @@ from autoseg.inference.adaptation.segmenter import Composed, FrozenSegmenter, Im
 from autoseg.inference.adaptation.small_networks import ShapeAutoencoder
 from autoseg.inference.adaptation.standardise import SourceIntensities, intensity_landmarks, standardiser_for
 from autoseg.inference.label_maps import probabilities_from_logits
+from autoseg.records.adaptation_record import read_adaptation_record
 from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Configuration
 from autoseg.transforms.case import preprocess_case
-from autoseg.utils.files import atomic_torch_save, read_json, sha256_file, write_json
+from autoseg.utils.files import atomic_torch_save, sha256_file, write_json
 
 ADAPTATION_METHODS = ("normaliser", "adversarial", "standardise")  # the last: intensity standardisation alone
 WINDOW_METHODS = ("normaliser", "adversarial")  # the methods that train on windows of the training images
@@ -182,7 +183,7 @@ def _require_record(folder: Path, checkpoint_path: Path, method: str, model_fold
             f"{model_folder}: was trained without a test-time adapter for {checkpoint_path.parent.name} "
             f"(no {record_path.relative_to(model_folder)}); run `autoseg train-adapter {model_folder}` first."
         )
-    record = read_json(record_path)
+    record = read_adaptation_record(record_path)
     if record.get("checkpoint_sha256") != sha256_file(checkpoint_path):
         raise UserError(f"{record_path}: was made for another {checkpoint_path.name} than the one there now; run "
                         f"`autoseg train-adapter {model_folder}` again.")

@@ -53,11 +53,11 @@ from autoseg.planning.step_cost import StepWork, ThroughputModel, fit_throughput
 from autoseg.preprocessing.preprocess_dataset import preprocess_dataset  # noqa: E402
 from autoseg.records.dataset import RawDataset  # noqa: E402
 from autoseg.records.plans import Configuration, load_plans  # noqa: E402
+from autoseg.records.training_log import LOG_FILE  # noqa: E402
 from autoseg.records.work_folder import WorkFolder  # noqa: E402
 from autoseg.training.job import TrainingJob, TrainingSettings  # noqa: E402
 from autoseg.training.loop import train_fold  # noqa: E402
 from autoseg.training.step import training_batch_size  # noqa: E402
-from autoseg.training.training_log import LOG_FILE  # noqa: E402
 from autoseg.utils.devices import choose_device  # noqa: E402
 from autoseg.utils.files import read_json, write_json  # noqa: E402
 from autoseg.utils.precision import resolve_precision  # noqa: E402

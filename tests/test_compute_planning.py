@@ -215,3 +215,13 @@ def test_what_the_user_named_is_what_the_layout_fits() -> None:
     layout = choose_layout(ladders, named, primary="3d_fullres")
     assert layout.configurations == ("2d", "3d_fullres") and layout.folds == (0,)  # none dropped, one fold
     assert layout.chosen["3d_fullres"] == slow[1] and any("named" in reason for reason in layout.reasons)
+
+
+def test_a_named_stage_without_a_ladder_is_priced_and_never_divides_by_zero() -> None:
+    fullres = [Variant({"name": "3d"}, 0, 0.1, ("plan",))]
+    cascade = dataclasses.replace(compute(6000.0), configurations=("3d_fullres", "3d_lowres", "3d_cascade_fullres"))
+    layout = choose_layout({"3d_fullres": fullres}, cascade, primary="3d_fullres")
+    assert layout.configurations == ("3d_fullres",)
+    assert layout.seconds_per_fold == pytest.approx(6000.0 / (3 * len(layout.folds)))  # three stages share it
+    unknown = dataclasses.replace(compute(6000.0), configurations=("3d_lowres",))  # the run refuses the name later
+    assert choose_layout({"3d_fullres": fullres}, unknown, primary="3d_fullres").configurations == ("3d_fullres",)

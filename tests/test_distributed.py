@@ -18,6 +18,7 @@ import torch
 import torch.multiprocessing
 
 from autoseg.errors import UserError
+from autoseg.records.training_log import read_log
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.distributed import (
     DistributedContext,
@@ -29,7 +30,6 @@ from autoseg.training.distributed import (
 from autoseg.training.job import TrainingSettings, build_job
 from autoseg.training.loop import train_fold
 from autoseg.training.patch_sampling import forced_foreground_samples
-from autoseg.training.training_log import read_log
 
 WORLD_SIZE = 2
 EPOCHS = 2

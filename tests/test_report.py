@@ -26,10 +26,11 @@ from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.pipeline.report import SELECTED_MARK, build_report, class_dice_figure
 from autoseg.planning.layout import ComputeBudget, Layout, Variant, compute_plan
 from autoseg.records.evaluation_summary import EvaluationSummary
+from autoseg.records.training_log import LOG_FILE, write_log
 from autoseg.records.work_folder import WorkFolder
 from autoseg.report import ReportSection, write_report
 from autoseg.training.progress_plot import draw_progress
-from autoseg.training.training_log import LOG_FILE, update_moving_average, write_log
+from autoseg.training.training_log import update_moving_average
 from autoseg.utils.files import read_json, write_json
 
 CASES = 6

@@ -12,11 +12,11 @@ from test_training import TINY_CONFIGURATION, TINY_DATASET, quiet, tiny_job, tin
 
 from autoseg.cli import main as cli_main
 from autoseg.pipeline.selection import find_best
+from autoseg.records.training_log import read_log
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.distributed import DistributedContext
 from autoseg.training.loop import train_fold
 from autoseg.training.tracking import fold_tracker, numeric_fields
-from autoseg.training.training_log import read_log
 from autoseg.utils.files import read_json
 
 # Short runs: the point is what is logged, not what is learned.

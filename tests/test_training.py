@@ -18,6 +18,7 @@ from autoseg.networks import build_network
 from autoseg.pipeline.validation import training_components
 from autoseg.records import checkpoint as checkpoint_files
 from autoseg.records.dataset import Case, RawDataset
+from autoseg.records.training_log import read_log
 from autoseg.records.training_summary import TrainingSummary
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.job import TrainingSettings, build_job, default_components
@@ -26,7 +27,6 @@ from autoseg.training.pretrained import load_pretrained_weights
 from autoseg.training.pseudo_dice import count_overlaps, dice_from_counts
 from autoseg.training.schedule import TrainingProgress, poly_learning_rate
 from autoseg.training.splits import group_by_leading_number, load_or_create_splits, make_splits
-from autoseg.training.training_log import read_log
 from autoseg.training.validation_pass import validation_batches
 from autoseg.utils.durations import parse_time_budget
 from autoseg.utils.files import write_json

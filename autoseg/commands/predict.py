@@ -88,8 +88,8 @@ def idle_cpu_count(*, sample_seconds: float = 0.25) -> int:
     """CPUs not busy right now (at least 1), from the CPU time used by all processes over ``sample_seconds``.
 
     OpenMP threads wait for each other at every operation; when another process holds one of the cores, a thread
-    that is preempted stalls all the others. On a 2-core machine shared with other jobs, 2 threads measured 2.5-4x
-    slower than 1, while on an idle machine 2 threads are faster (1.9 vs 3.1 s per Hippocampus case with mirroring).
+    that is preempted stalls all the others: on a machine shared with other jobs all cores are slower than one, on an
+    idle machine faster (measured: docs/inference.md).
     A short sample of /proc/stat sees the present; the 1-minute load average (the fallback) still counts jobs that
     ended a minute ago and made an idle machine use a single thread.
     """

@@ -130,7 +130,7 @@ def build_network(
 
     Example:
         >>> configuration.patch_size, configuration.network.features_per_stage
-        ((40, 56, 40), [4, 8, 16])
+        ((40, 56, 40), (4, 8, 16))
         >>> net = build_network(configuration, in_channels=1, out_channels=3)
         >>> [tuple(output.shape) for output in net(torch.zeros(1, 1, 40, 56, 40))]  # deep supervision: every scale
         [(1, 3, 40, 56, 40), (1, 3, 20, 28, 20)]

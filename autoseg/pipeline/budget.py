@@ -30,7 +30,6 @@ from autoseg.planning.layout import ComputeBudget
 from autoseg.records.dataset import RawDataset
 from autoseg.records.fingerprint import Fingerprint
 from autoseg.records.plans import Configuration
-from autoseg.records.training_batch import CPU_VOXELS_PER_STEP
 from autoseg.utils.durations import clock_time_in, describe_duration, parse_time_budget
 
 DEFAULT_CPU_BUDGET_SECONDS = 3600.0  # applied on a machine without a GPU when no budget and no epochs are given
@@ -130,24 +129,21 @@ class RunBudget:
 
         def compute(dataset: RawDataset, fingerprint: Fingerprint) -> ComputeBudget:
             costs = machine_costs(dataset, device, precision, say=say)
-            return ComputeBudget(
-                training_seconds=self.training_seconds(), seconds_per_iteration=_configuration_rate(costs),
-                device=device.type, budget_seconds=self.budget_seconds, folds=tuple(folds), folds_named=folds_named,
-                label_round_trip=functools.partial(round_trip_dice, dataset, is_2d=bool(fingerprint.is_2d)),
-                max_voxels_per_step=CPU_VOXELS_PER_STEP if device.type == "cpu" else None,
-                configurations=tuple(configurations) if configurations else None,
-            )
+            budget = self.layout_budget(costs, folds=folds, folds_named=folds_named, configurations=configurations)
+            round_trip = functools.partial(round_trip_dice, dataset, is_2d=bool(fingerprint.is_2d))
+            return dataclasses.replace(budget, label_round_trip=round_trip)
 
         return compute
 
     def layout_budget(self, costs: MachineCosts, *, folds: Sequence[int], folds_named: bool,
                       configurations: Sequence[str] | None) -> ComputeBudget:
-        """The ``ComputeBudget`` for laying out plans kept from an earlier run (no coarser grid: no round trip)."""
+        """The ``ComputeBudget`` of what is left now on this machine; without a label round trip, which only fresh
+        plans need (``compute_for`` adds it), so also the budget plans kept from an earlier run are laid out with."""
         return ComputeBudget(
             training_seconds=self.training_seconds(), seconds_per_iteration=_configuration_rate(costs),
             device=costs.device.type, label_round_trip=_no_round_trip, budget_seconds=self.budget_seconds,
-            max_voxels_per_step=CPU_VOXELS_PER_STEP if costs.device.type == "cpu" else None, folds=tuple(folds),
-            folds_named=folds_named, configurations=tuple(configurations) if configurations else None,
+            folds=tuple(folds), folds_named=folds_named,
+            configurations=tuple(configurations) if configurations else None,
         )
 
 

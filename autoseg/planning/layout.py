@@ -156,16 +156,18 @@ def choose_layout(ladders: dict[str, list[Variant]], budget: ComputeBudget, prim
     The only code that decides configurations, folds and variants (see the module docstring); what the user named
     in ``budget`` is kept.
     """
-    names = [name for name in ladders if budget.configurations is None or name in budget.configurations]
+    named = [name for name in ladders if name in (budget.configurations or ())]
+    names = named or list(ladders)  # a named stage without a ladder (a cascade, a typo) is priced as the others
+    trained = len(budget.configurations) if named else len(names)
     counts = [len(budget.folds)] if budget.folds_named else list(range(len(budget.folds), 0, -1))
     for folds in counts:
-        seconds = budget.training_seconds / (len(names) * folds)
+        seconds = budget.training_seconds / (trained * folds)
         chosen = {name: choose_variant(ladders[name], seconds) for name in names}
         if _full_quality(chosen.values(), seconds):
             why = f"every configuration trains its plan for {TARGET_ITERATIONS}+ steps on {folds} fold(s)"
             return Layout(tuple(names), budget.folds[:folds], seconds, chosen, (why,))
-    if budget.configurations is not None:
-        return _named_layout(ladders, budget, names, counts[-1])
+    if named:
+        return _named_layout(ladders, budget, names, trained, counts[-1])
     alone = {name: choose_variant(ladders[name], budget.training_seconds) for name in names}
     best = min(names, key=lambda name: _preference(alone[name], budget.training_seconds, name != primary))
     for folds in counts:  # more folds only while they cost the model nothing
@@ -182,9 +184,11 @@ def choose_layout(ladders: dict[str, list[Variant]], budget: ComputeBudget, prim
     return Layout((best,), budget.folds[:folds], seconds, {best: variant}, tuple(reasons))
 
 
-def _named_layout(ladders: dict[str, list[Variant]], budget: ComputeBudget, names: list[str], folds: int) -> Layout:
-    """The configurations the user named, all of them, on ``folds`` folds, each with the variant it can afford."""
-    seconds = budget.training_seconds / (len(names) * folds)
+def _named_layout(ladders: dict[str, list[Variant]], budget: ComputeBudget, names: list[str], trained: int,
+                  folds: int) -> Layout:
+    """The configurations the user named (``trained`` of them, ``names`` with a ladder), all of them, on ``folds``
+    folds, each with the variant it can afford."""
+    seconds = budget.training_seconds / (trained * folds)
     chosen = {name: choose_variant(ladders[name], seconds) for name in names}
     reasons = [f"training the named configuration(s) {', '.join(names)} on {folds} fold(s), although the budget "
                f"cannot train every one of them as planned for {TARGET_ITERATIONS} steps"]
@@ -195,12 +199,10 @@ def layout_kept_plans(plans: Plans, configurations: Sequence[str], budget: Compu
     """The layout of plans kept from an earlier run (not refitted to this budget): ``choose_layout`` over
     ``configurations``, each kept configuration a ladder of one rung. A cascade stage is laid out only when named."""
     named = budget.configurations or ()
-    ladders = {
-        name: [Variant(plans.configuration(name).to_json(), 0, 0.0, ("the kept plan",))]
-        for name in configurations if name not in CASCADE_CONFIGURATIONS or name in named
-    }
-    ladders = {name: [dataclasses.replace(variant, seconds_per_iteration=budget.seconds_per_iteration(
-        name, variant.configuration)) for variant in ladder] for name, ladder in ladders.items()}
+    kept = {name: plans.configuration(name).to_json() for name in configurations
+            if name not in CASCADE_CONFIGURATIONS or name in named}
+    ladders = {name: [Variant(configuration, 0, budget.seconds_per_iteration(name, configuration), ("the kept plan",))]
+               for name, configuration in kept.items()}
     primary = "3d_fullres" if "3d_fullres" in ladders else next(iter(ladders))
     return compute_plan(choose_layout(ladders, budget, primary), budget, {})
 

@@ -1,9 +1,9 @@
 """``fold_K/mlflow_run.json``: which MLflow run a fold's training logged to, so that ``--resume`` continues it.
 
 Example:
-    >>> MlflowRun("file:///work/mlruns", "3f2a...").write(fold_folder / MLFLOW_RUN_FILE)
-    >>> MlflowRun.read(fold_folder / MLFLOW_RUN_FILE).run_id
-    '3f2a...'
+    >>> MlflowRun("file:mlruns", "3f2a").write(MLFLOW_RUN_FILE)
+    >>> MlflowRun.read(MLFLOW_RUN_FILE).run_id
+    '3f2a'
 """
 
 from __future__ import annotations

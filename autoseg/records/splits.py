@@ -4,9 +4,9 @@ Making the folds is training's business (``autoseg.training.splits``); reading a
 every stage reads the same checked list.
 
 Example:
-    >>> folds = read_splits(work_folder.splits, known_case_ids=case_ids)
-    >>> sorted(folds[0])
-    ['train', 'val']
+    >>> write_splits("splits.json", [{"train": ["case_1", "case_2"], "val": ["case_3"]}])
+    >>> read_splits("splits.json", known_case_ids=["case_1", "case_2", "case_3"])[0]["val"]
+    ['case_3']
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``log.jsonl``: the per-epoch training log of a fold, one JSON object per line (see docs/training.md for its keys).
 
 Example:
-    >>> write_log(fold_folder / LOG_FILE, [{"epoch": 0, "train_loss": 1.2}])
-    >>> read_log(fold_folder / LOG_FILE)[0]["train_loss"]
+    >>> write_log(LOG_FILE, [{"epoch": 0, "train_loss": 1.2}])
+    >>> read_log(LOG_FILE)[0]["train_loss"]
     1.2
 """
 

@@ -4,9 +4,11 @@ The file holds the fields of :class:`TrainingSummary` in their order. Readers (t
 benchmarks) read it through :meth:`TrainingSummary.read`, which tolerates missing keys as older files may lack some.
 
 Example:
-    >>> summary = TrainingSummary.read(work_folder.fold("3d_fullres", 0) / TRAINING_SUMMARY_FILE)
-    >>> summary.epochs_completed, summary.best_ema_pseudo_dice
-    (1000, 0.8912)
+    >>> TrainingSummary.from_json({"configuration_name": "3d_fullres", "fold": 0, "epochs_completed": 1000,
+    ...                            "best_ema_pseudo_dice": 0.8912}).write(".")
+    >>> summary = TrainingSummary.read(TRAINING_SUMMARY_FILE)
+    >>> summary.epochs_completed, summary.best_ema_pseudo_dice, summary.after_training
+    (1000, 0.8912, {})
 """
 
 from __future__ import annotations

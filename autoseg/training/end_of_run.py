@@ -9,12 +9,12 @@ from typing import Any
 import torch
 
 from autoseg.records import checkpoint as checkpoint_files
-from autoseg.records.training_summary import TRAINING_SUMMARY_FILE
+from autoseg.records.training_summary import TRAINING_SUMMARY_FILE, TrainingSummary
 from autoseg.training.checkpointing import CheckpointPolicy
 from autoseg.training.distributed import fingerprints_of_all_processes, weights_fingerprint
 from autoseg.training.epoch_report import ProgressPlot
 from autoseg.training.hooks import after_training
-from autoseg.training.job import TrainingComponents, TrainingJob, TrainingResult, TrainingSettings, TrainingState
+from autoseg.training.job import TrainingComponents, TrainingJob, TrainingSettings, TrainingState
 
 
 def run_after_training_hooks(
@@ -57,7 +57,7 @@ def finish_run(
     resumed_from_epoch: int | None,
     device: torch.device,
     say: Callable[[str], None],
-) -> TrainingResult:
+) -> TrainingSummary:
     """Final checkpoint, after-training hooks (validation prediction) and the run summary."""
     after: dict[str, Any] = {}
     main = state.context.is_main_process
@@ -73,7 +73,7 @@ def finish_run(
         say(f"training finished after {state.progress.epoch} epochs, {state.progress.elapsed_seconds:.0f} s")
         after = run_after_training_hooks(job, settings, components, device, say)
     last = state.log[-1] if state.log else {}
-    result = TrainingResult(
+    result = TrainingSummary(
         fold_folder=str(job.fold_folder),
         configuration_name=job.configuration_name,
         fold=job.fold,

@@ -17,7 +17,6 @@ from autoseg.records.case_signatures import require_unchanged_since_planning
 from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Configuration, load_plans
 from autoseg.records.preprocessed_case import preprocessed_case_ids
-from autoseg.records.training_summary import TrainingSummary
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.data_loading import deep_supervision_scales, make_training_loader, make_validation_loader
 from autoseg.training.distributed import DistributedContext
@@ -135,10 +134,6 @@ class TrainingState:
 EpochCallback = Callable[[TrainingState], None]
 
 
-# The run's result is the record written as ``training_summary.json`` (autoseg.records.training_summary).
-TrainingResult = TrainingSummary
-
-
 def build_job(
     work_folder: WorkFolder,
     configuration_name: str,
@@ -223,7 +218,6 @@ __all__ = [
     "EpochCallback",
     "TrainingComponents",
     "TrainingJob",
-    "TrainingResult",
     "TrainingSettings",
     "TrainingState",
     "build_job",

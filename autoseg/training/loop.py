@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from autoseg.records.training_summary import TrainingSummary
 from autoseg.training.checkpointing import CheckpointPolicy
 from autoseg.training.distributed import (
     DistributedContext,
@@ -33,7 +34,6 @@ from autoseg.training.job import (
     EpochCallback,
     TrainingComponents,
     TrainingJob,
-    TrainingResult,
     TrainingSettings,
     TrainingState,
     default_components,
@@ -66,7 +66,7 @@ def train_fold(
     components: TrainingComponents | None = None,
     epoch_end_callbacks: Sequence[EpochCallback] = (),
     log_message: Callable[[str], None] = print,
-) -> TrainingResult:
+) -> TrainingSummary:
     """Train one fold; see the module docstring. Returns the run's summary (rank 0 also writes it)."""
     components = components or default_components()
     context = detect_distributed_context()
@@ -101,7 +101,7 @@ def _train(
     device: torch.device,
     epoch_end_callbacks: Sequence[EpochCallback],
     log_message: Callable[[str], None],
-) -> TrainingResult:
+) -> TrainingSummary:
     say = log_message if context.is_main_process else (lambda _message: None)
     configure_process(settings, context, device)
     if context.is_main_process:
@@ -268,12 +268,4 @@ def _close_epoch(
     return record, improved
 
 
-__all__ = [
-    "TrainingComponents",
-    "TrainingJob",
-    "TrainingResult",
-    "TrainingSettings",
-    "TrainingState",
-    "default_components",
-    "train_fold",
-]
+__all__ = ["train_fold"]

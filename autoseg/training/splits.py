@@ -154,6 +154,5 @@ __all__ = [
     "group_by_leading_number",
     "load_or_create_splits",
     "make_splits",
-    "read_splits",
     "require_complete_and_grouped",
 ]

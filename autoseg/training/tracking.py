@@ -32,9 +32,10 @@ from autoseg.records import checkpoint as checkpoint_files
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.mlflow_run import MLFLOW_RUN_FILE, MlflowRun
 from autoseg.records.plans import load_plans
+from autoseg.records.training_summary import TrainingSummary
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.distributed import DistributedContext
-from autoseg.training.job import TrainingJob, TrainingResult, TrainingSettings, TrainingState
+from autoseg.training.job import TrainingJob, TrainingSettings, TrainingState
 
 if TYPE_CHECKING:
     import torch
@@ -140,7 +141,7 @@ def training_parameters(
     return {name: _parameter_text(value) for name, value in parameters.items() if value is not None}
 
 
-def fold_result_metrics(result: TrainingResult) -> dict[str, float]:
+def fold_result_metrics(result: TrainingSummary) -> dict[str, float]:
     """The closing numbers of a fold, under ``final/`` (apart from the per-epoch curves): epochs, time, best EMA
     pseudo-Dice and the Dice of the validation cases predicted after training."""
     validation = result.after_training.get("predict_validation") or {}

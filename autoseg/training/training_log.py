@@ -1,9 +1,7 @@
-"""The per-epoch training log (``log.jsonl``, written and read by ``autoseg.records.training_log``) and the moving
-average that selects the best checkpoint."""
+"""The moving average of the pseudo-Dice that selects the best checkpoint (the per-epoch log itself, ``log.jsonl``, is
+written and read by ``autoseg.records.training_log``)."""
 
 from __future__ import annotations
-
-from autoseg.records.training_log import LOG_FILE, read_log, write_log
 
 PSEUDO_DICE_SMOOTHING = 0.9
 
@@ -16,4 +14,4 @@ def update_moving_average(previous: float | None, value: float, *, smoothing: fl
     return value if previous is None else smoothing * previous + (1 - smoothing) * value
 
 
-__all__ = ["LOG_FILE", "PSEUDO_DICE_SMOOTHING", "read_log", "update_moving_average", "write_log"]
+__all__ = ["PSEUDO_DICE_SMOOTHING", "update_moving_average"]

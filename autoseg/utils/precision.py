@@ -4,9 +4,8 @@
 
 * CUDA: float16 autocast (with loss scaling in training), the usual mixed precision.
 * CPU with native bfloat16 instructions (AVX512-BF16 or AMX, e.g. AMD Zen 4, Intel Sapphire Rapids): bfloat16
-  autocast. Measured on a 2-core AMD EPYC with AVX512-BF16: a Hippocampus 3d_fullres training step 3.8 -> 1.8 s,
-  an HC18 2d step (batch 2) 12.4 -> 4.9 s, sliding-window prediction about 2x faster; see docs/training.md for
-  the accuracy comparison.
+  autocast (speed and accuracy against float32, measured: docs/training.md, "The recipe" and "bfloat16
+  against float32 at equal iterations").
 * Any other CPU, and MPS: float32 (bfloat16 is emulated there and slower than float32).
 
 Autocast keeps the weights, the optimiser state and every reduction (losses, softmax sums, Gaussian accumulation)

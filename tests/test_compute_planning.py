@@ -14,10 +14,12 @@ from autoseg.cli import main
 from autoseg.fingerprint.resolution import round_trip_dice
 from autoseg.fingerprint.synthetic import synthetic_fingerprint
 from autoseg.planning import plan_experiment
+from autoseg.planning.expected_accuracy import learned_share
 from autoseg.planning.layout import (
     RESOLUTION_DICE_FLOOR,
     SPLIT_FOLD_ITERATIONS,
     TARGET_ITERATIONS,
+    TRADE_RUNG,
     ComputeBudget,
     Variant,
     choose_layout,
@@ -39,7 +41,7 @@ def rate(_name: str, configuration: dict) -> float:
 
 def survives_up_to(largest: float):
     """A label round trip that keeps Dice 0.999 up to ``largest`` x coarser and collapses beyond."""
-    return lambda _spacing, factors: {factor: 0.999 if factor <= largest else 0.9 for factor in factors}
+    return lambda _spacing, factors: {factor: {1: 0.999 if factor <= largest else 0.9} for factor in factors}
 
 
 def compute(seconds: float, *, survives: float = 1.0, device: str = "cpu", cap: int | None = None) -> ComputeBudget:
@@ -72,12 +74,16 @@ def test_a_budget_that_refits_3d_fullres_drops_the_cascade_and_with_it_batch_dic
     assert tight.configuration("3d_fullres").batch_dice is False  # no cascade: per-sample Dice, as the reference
 
 
-def test_a_tight_budget_coarsens_a_2d_plan_as_far_as_the_labels_survive_and_no_further() -> None:
+def test_a_budget_no_faithful_grid_can_train_trades_resolution_for_steps_and_says_what_is_lost() -> None:
     reference = plan(None).configuration("2d")
     for survives in (2.0, 4.0):
-        fitted = plan(compute(5.0, survives=survives)).configuration("2d")  # no variant reaches the target
-        assert fitted.spacing[1] == pytest.approx(survives * reference.spacing[1])  # e.g. 0.13 -> 0.52 mm, no more
+        plans = plan(compute(30.0, survives=survives))  # no grid that keeps every class reaches the target steps
+        fitted, entry = plans.configuration("2d"), plans.get("compute")["per_configuration"]["2d"]
+        assert entry["rung"] == TRADE_RUNG and 0.0 < entry["expected_dice"] < 1.0
         assert fitted.spacing[0] == reference.spacing[0]  # the slice axis is never resampled
+        factor = fitted.spacing[1] / reference.spacing[1]
+        lost = any("detail lost: class 1 keeps Dice 0.900" in choice for choice in entry["choices"])
+        assert lost == (factor > survives * 1.001)  # a grid that smears the class says so
         assert math.prod(fitted.patch_size) < math.prod(reference.patch_size)
 
 
@@ -103,7 +109,7 @@ def test_a_narrower_network_comes_before_a_smaller_batch_and_the_batch_is_what_t
     reference = plan(None, spacing=spacing, shape=shape, num_cases=260).configuration("3d_fullres").to_json()
     assert reference["batch_size"] > 4
     cap = 4 * math.prod(reference["patch_size"])
-    variants = ladder("3d_fullres", reference, refit=None, budget=compute(1.0, cap=cap), resolution_dice={})
+    variants = ladder("3d_fullres", reference, refit=None, budget=compute(1e6, cap=cap), per_class={})
     assert [variant.rung for variant in variants] == [0, 2, 3]  # no coarser spacing allowed: plan, narrow, batch 2
     assert variants[0].configuration["batch_size"] == 4  # never more than the CPU loop would really run
     assert variants[1].configuration["network"]["features_per_stage"][0] == 16
@@ -113,12 +119,22 @@ def test_a_narrower_network_comes_before_a_smaller_batch_and_the_batch_is_what_t
     assert choose_variant(variants, TARGET_ITERATIONS * costs[1] * 1.01) == variants[1]
 
 
-def test_a_budget_too_small_for_anything_takes_the_cheapest_variant_and_says_so() -> None:
+def test_a_budget_too_small_for_anything_takes_the_best_expected_variant_and_says_so() -> None:
     record = plan(compute(5.0, survives=4.0)).get("compute")
     assert record["folds"] == [0] and record["configurations"] == ["2d"]
     assert any("fewer than" in reason and "--time-budget" in reason for reason in record["reasons"])
     entry = record["per_configuration"]["2d"]
-    assert entry["rung"] == 3 and entry["expected_iterations"] < TARGET_ITERATIONS
+    assert entry["rung"] == TRADE_RUNG and entry["expected_iterations"] < TARGET_ITERATIONS
+
+
+def test_resolution_is_traded_for_steps_only_while_the_steps_are_worth_more_than_the_labels_lost() -> None:
+    assert learned_share(300) == pytest.approx(0.767, abs=0.001) and learned_share(5300) > 0.98  # the calibration
+    assert learned_share(88) < 0.2 < learned_share(1500)  # a handful of steps learns nothing usable
+    fine = Variant({"name": "full grid"}, 3, 10.0, ("batch 2",))
+    coarse = Variant({"name": "3x"}, TRADE_RUNG, 0.5, ("3x",), label_dice=((1, 0.99), (2, 0.99), (3, 0.96)))
+    assert choose_variant([fine, coarse], 900.0) == coarse  # 90 steps against 1800 of a grid keeping 0.98 on average
+    tiny_loss = Variant({"name": "2x"}, TRADE_RUNG, 5.0, ("2x",), label_dice=((1, 0.999), (2, 0.5)))
+    assert choose_variant([fine, tiny_loss], 40000.0) == fine  # with steps enough, the full grid keeps its class
 
 
 def _label_case(folder, identifier: str, label: np.ndarray, spacing) -> Case:

@@ -198,7 +198,7 @@ def test_report_shows_the_time_budget_the_plans_were_fitted_to(report_work: Path
     budget = ComputeBudget(training_seconds=1200.0, seconds_per_iteration=lambda *_: 0.5, device="cpu",
                            label_round_trip=lambda *_: {}, budget_seconds=1800.0)
     plans = read_json(work / "plans.json")
-    write_json(work / "plans.json", {**plans, "compute": compute_plan(layout, budget, {1.5: 0.9987}).to_json()})
+    write_json(work / "plans.json", {**plans, "compute": compute_plan(layout, budget, {1.5: {1: 0.9987}}).to_json()})
     section = html.unescape(_section(build_report(WorkFolder(work)).read_text(encoding="utf-8"), "Time budget"))
     assert "fitted to a time budget of 30 min on cpu" in section  # the budget
     assert "3d_fullres: about 0.50 s per step, 2400 steps" in section  # the predicted steps

@@ -24,7 +24,16 @@ def round_trip_dice(
     dataset: RawDataset, fullres_spacing: Sequence[float], factors: Sequence[float], *, is_2d: bool,
     sampled_cases: int = SAMPLED_CASES,
 ) -> dict[float, float]:
-    """Per coarsening factor, the worst foreground class's mean round-trip Dice over a sample of training cases.
+    """Per coarsening factor, the worst foreground class's mean round-trip Dice (``round_trip_dice_per_class``)."""
+    per_class = round_trip_dice_per_class(dataset, fullres_spacing, factors, is_2d=is_2d, sampled_cases=sampled_cases)
+    return {factor: min(classes.values(), default=1.0) for factor, classes in per_class.items()}
+
+
+def round_trip_dice_per_class(
+    dataset: RawDataset, fullres_spacing: Sequence[float], factors: Sequence[float], *, is_2d: bool,
+    sampled_cases: int = SAMPLED_CASES,
+) -> dict[float, dict[int, float]]:
+    """Per coarsening factor, each foreground class's mean round-trip Dice over a sample of training cases.
 
     ``fullres_spacing`` is the full-resolution target spacing in the images' own axis order; factor ``f`` resamples
     each sampled label map to ``coarsened_spacing(fullres_spacing, f)`` and back to its own grid. For 2D data the
@@ -43,7 +52,7 @@ def round_trip_dice(
                 target[0] = image.geometry.spacing[0]
             for value, dice in _round_trip(array, image.geometry.spacing, target, dataset.ignore_label).items():
                 per_class.setdefault(value, []).append(dice)
-        result[float(factor)] = min((float(np.mean(values)) for values in per_class.values()), default=1.0)
+        result[float(factor)] = {value: float(np.mean(scores)) for value, scores in sorted(per_class.items())}
     return result
 
 

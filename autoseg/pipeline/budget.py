@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from autoseg.fingerprint.resolution import round_trip_dice
+from autoseg.fingerprint.resolution import round_trip_dice_per_class
 from autoseg.pipeline.machine_benchmark import MachineCosts, machine_costs
 from autoseg.planning.layout import ComputeBudget
 from autoseg.records.dataset import RawDataset
@@ -130,8 +130,9 @@ class RunBudget:
         def compute(dataset: RawDataset, fingerprint: Fingerprint) -> ComputeBudget:
             costs = machine_costs(dataset, device, precision, say=say)
             budget = self.layout_budget(costs, folds=folds, folds_named=folds_named, configurations=configurations)
-            round_trip = functools.partial(round_trip_dice, dataset, is_2d=bool(fingerprint.is_2d))
-            return dataclasses.replace(budget, label_round_trip=round_trip)
+            round_trip = functools.partial(round_trip_dice_per_class, dataset, is_2d=bool(fingerprint.is_2d))
+            names = {value: name for name, value in dataset.labels.items() if isinstance(value, int)}
+            return dataclasses.replace(budget, label_round_trip=round_trip, class_names=names)
 
         return compute
 

@@ -33,8 +33,10 @@ configurations all train (``ComputeBudget.configurations``). Plans kept from an 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
+from autoseg.planning.expected_accuracy import expected_dice
 from autoseg.planning.topology import features_per_stage
 from autoseg.records.compute_plan import ComputePlan, ConfigurationCost
 from autoseg.records.plans import Plans
@@ -50,10 +52,15 @@ MINIMUM_MEDIAN_VOXELS = {2: 48, 3: 24}
 NARROW_BASE_FEATURES = 16
 NARROW_RUNG = 2  # rungs from here on train the narrowed network
 FULL_QUALITY_RUNG = 1  # rungs 0 and 1 train the plan's network as planned (at most half a Dice point of grid loss)
+TRADE_RUNG = 4  # time-fitted variants that may lose label detail, chosen by expected Dice (``expected_accuracy``)
+MEMORY_SCALES = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125)  # of the memory budget: smaller patches on the same path
+MINIMUM_PATCH_COVERAGE = 0.25  # of the median image's voxels, as the reference's 3d_lowres rule asks of its patch
 CASCADE_CONFIGURATIONS = ("3d_lowres", "3d_cascade_fullres")
 
 SecondsPerIteration = Callable[[str, dict], float]  # (configuration name, full configuration dict) -> seconds
-Refit = Callable[[str, list[float]], dict]  # (configuration name, spacing) -> the memory-fitted configuration dict
+# (configuration name, spacing, share of the memory budget) -> the memory-fitted configuration dict
+Refit = Callable[[str, list[float], float], dict]
+PerClassDice = dict[float, dict[int, float]]  # coarsening factor -> label value -> round-trip Dice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +70,14 @@ class ComputeBudget:
     training_seconds: float  # for all training of the run, every configuration and fold together
     seconds_per_iteration: SecondsPerIteration
     device: str
-    # (full-resolution spacing in the images' axis order, factors) -> factor: the worst class's round-trip Dice
-    label_round_trip: Callable[[list[float], Sequence[float]], dict[float, float]]
+    # (full-resolution spacing in the images' axis order, factors) -> factor -> label value: round-trip Dice
+    label_round_trip: Callable[[list[float], Sequence[float]], PerClassDice]
     max_voxels_per_step: int | None = None  # a CPU step's batch cap (None: ``records.training_batch``'s)
     budget_seconds: float | None = None  # the whole run's, for the record
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)  # the folds a layout may use, in order
     folds_named: bool = False  # the user named ``folds``: the layout trains exactly those
     configurations: tuple[str, ...] | None = None  # configurations the user named: the layout trains all of them
+    class_names: dict[int, str] = dataclasses.field(default_factory=dict)  # label value -> name, for the reasons
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +88,13 @@ class Variant:
     rung: int
     seconds_per_iteration: float
     choices: tuple[str, ...]
+    label_dice: tuple[tuple[int, float], ...] = ()  # per class, the round-trip Dice of its grid (empty: full grid)
 
     def iterations(self, seconds: float) -> int:
         return int(seconds / self.seconds_per_iteration)
+
+    def expected_dice(self, seconds: float) -> float:
+        return expected_dice(dict(self.label_dice), self.iterations(seconds))
 
 
 def allowed_factors(resolution_dice: dict[float, float], median_shape: Sequence[float], dimension: int) -> list[float]:
@@ -97,29 +109,69 @@ def allowed_factors(resolution_dice: dict[float, float], median_shape: Sequence[
     return allowed
 
 
-def ladder(
-    name: str, reference: dict, refit: Refit, budget: ComputeBudget, resolution_dice: dict[float, float]
-) -> list[Variant]:
-    """Every variant of one configuration, in order of preference (see the module docstring)."""
+def worst_class(per_class: PerClassDice) -> dict[float, float]:
+    """Per factor, the round-trip Dice of the class that loses most."""
+    return {factor: min(classes.values(), default=1.0) for factor, classes in per_class.items()}
+
+
+def ladder(name: str, reference: dict, refit: Refit, budget: ComputeBudget, per_class: PerClassDice) -> list[Variant]:
+    """Every variant of one configuration, in order of preference (see the module docstring); when none of the
+    faithful rungs reaches ``TARGET_ITERATIONS`` even with the whole budget, the trade rung follows."""
     dimension = reference["dimension"]
     rate = budget.seconds_per_iteration
     reference = _capped(reference, budget)
     variants = [Variant(reference, 0, rate(name, reference), ("the memory-fitted plan",))]
-    coarsest, coarse_choice = reference, ()
-    for factor in allowed_factors(resolution_dice, reference["median_shape"], dimension):
+    coarsest, coarse_choice, kept = reference, (), ()
+    for factor in allowed_factors(worst_class(per_class), reference["median_shape"], dimension):
         spacing = coarsened_spacing(reference["spacing"], factor, keep_first=dimension == 2)
-        coarsest = _capped(refit(name, spacing), budget)
-        dice = resolution_dice[factor]
+        coarsest, kept = _capped(refit(name, spacing, 1.0), budget), tuple(per_class[factor].items())
         coarse_choice = (f"spacing {_mm(spacing[-dimension:])} ({factor:g}x the median): the labels keep Dice "
-                         f"{dice:.3f} on that grid",)
-        variants.append(Variant(coarsest, 1, rate(name, coarsest), coarse_choice))
+                         f"{min(per_class[factor].values(), default=1.0):.3f} on that grid",)
+        variants.append(Variant(coarsest, 1, rate(name, coarsest), coarse_choice, kept))
     narrow = _narrow(coarsest)
     narrow_choice = (*coarse_choice, f"{NARROW_BASE_FEATURES} features in the first stage")
-    variants.append(Variant(narrow, 2, rate(name, narrow), narrow_choice))
+    variants.append(Variant(narrow, 2, rate(name, narrow), narrow_choice, kept))
     for batch in _smaller_batches(coarsest["batch_size"]):
         candidate = {**narrow, "batch_size": batch}
-        variants.append(Variant(candidate, 3, rate(name, candidate), (*narrow_choice, f"batch {batch}")))
+        variants.append(Variant(candidate, 3, rate(name, candidate), (*narrow_choice, f"batch {batch}"), kept))
+    if all(variant.iterations(budget.training_seconds) < TARGET_ITERATIONS for variant in variants):
+        variants += trade_variants(name, reference, refit, budget, per_class)
     return variants
+
+
+def trade_variants(name: str, reference: dict, refit: Refit, budget: ComputeBudget,
+                   per_class: PerClassDice) -> list[Variant]:
+    """The trade rung: at every grid from the plan's to the coarsest that keeps ``MINIMUM_MEDIAN_VOXELS`` (a tiny
+    class may lose detail), the memory-fitted patch of each share of the memory budget (smaller patches on the same
+    path) whose patch still covers ``MINIMUM_PATCH_COVERAGE`` of the median image, with the narrowed network and the
+    smallest batch: the ``3d_lowres``-like configurations a CPU budget can train. Chosen by expected Dice."""
+    dimension, rate = reference["dimension"], budget.seconds_per_iteration
+    variants = []
+    for factor in (1.0, *COARSENING_FACTORS):
+        if min(reference["median_shape"][-dimension:]) / factor < MINIMUM_MEDIAN_VOXELS[dimension]:
+            break
+        spacing = coarsened_spacing(reference["spacing"], factor, keep_first=dimension == 2)
+        kept = per_class.get(factor, {})
+        for scale in MEMORY_SCALES:
+            fitted = refit(name, spacing, scale)
+            median_voxels = math.prod(fitted["median_shape"][-dimension:])
+            if math.prod(fitted["patch_size"]) < MINIMUM_PATCH_COVERAGE * median_voxels:
+                break
+            candidate = {**_narrow(fitted), "batch_size": MINIMUM_BATCH_SIZE}
+            choices = (*_grid_choice(spacing[-dimension:], factor, kept, budget.class_names),
+                       f"patch {'x'.join(str(size) for size in fitted['patch_size'])}",
+                       f"{NARROW_BASE_FEATURES} features in the first stage", f"batch {MINIMUM_BATCH_SIZE}")
+            variants.append(Variant(candidate, TRADE_RUNG, rate(name, candidate), choices, tuple(kept.items())))
+    return variants
+
+
+def _grid_choice(spacing: Sequence[float], factor: float, kept: dict[int, float],
+                 class_names: dict[int, str]) -> tuple[str, ...]:
+    """The grid in words, and per class that loses detail on it (below ``RESOLUTION_DICE_FLOOR``), how much."""
+    lost = [f"{class_names.get(value, f'class {value}')} keeps Dice {dice:.3f} of its labels on it"
+            for value, dice in kept.items() if dice < RESOLUTION_DICE_FLOOR]
+    grid = f"spacing {_mm(spacing)} ({factor:g}x the median)" if factor != 1.0 else f"spacing {_mm(spacing)}"
+    return (grid, *(f"detail lost: {text}" for text in lost))
 
 
 def choose_variant(variants: Sequence[Variant], seconds: float) -> Variant:
@@ -129,13 +181,16 @@ def choose_variant(variants: Sequence[Variant], seconds: float) -> Variant:
     only between larger batches and more steps: a narrowed variant short of ``SPLIT_FOLD_ITERATIONS`` steps gives
     way to the first smaller batch that reaches them (see ``SPLIT_FOLD_ITERATIONS`` and docs/planning.md).
     """
-    for index, variant in enumerate(variants):
+    faithful = [variant for variant in variants if variant.rung < TRADE_RUNG]
+    for index, variant in enumerate(faithful):
         steps = variant.iterations(seconds)
         if steps >= TARGET_ITERATIONS:
             if variant.rung < NARROW_RUNG or steps >= SPLIT_FOLD_ITERATIONS:
                 return variant
-            longer = (later for later in variants[index + 1:] if later.iterations(seconds) >= SPLIT_FOLD_ITERATIONS)
+            longer = (later for later in faithful[index + 1:] if later.iterations(seconds) >= SPLIT_FOLD_ITERATIONS)
             return next(longer, variant)
+    if len(faithful) < len(variants):  # resolution against steps: the highest expected Dice (``expected_accuracy``)
+        return max(variants, key=lambda variant: variant.expected_dice(seconds))
     return min(variants, key=lambda variant: variant.seconds_per_iteration)
 
 
@@ -207,8 +262,10 @@ def layout_kept_plans(plans: Plans, configurations: Sequence[str], budget: Compu
     return compute_plan(choose_layout(ladders, budget, primary), budget, {})
 
 
-def compute_plan(layout: Layout, budget: ComputeBudget, resolution_dice: dict[float, float]) -> ComputePlan:
-    """The record of the decision: the budget, the layout and, per configuration, the reasoning."""
+def compute_plan(layout: Layout, budget: ComputeBudget, per_class: PerClassDice) -> ComputePlan:
+    """The record of the decision: the budget, the layout and, per configuration, the reasoning (and, for a variant
+    of the trade rung, the Dice it is expected to reach)."""
+    resolution_dice = worst_class(per_class)
     return ComputePlan(
         device=budget.device,
         budget_seconds=budget.budget_seconds,
@@ -225,6 +282,8 @@ def compute_plan(layout: Layout, budget: ComputeBudget, resolution_dice: dict[fl
                 expected_iterations=variant.iterations(layout.seconds_per_fold),
                 rung=variant.rung,
                 choices=variant.choices,
+                expected_dice=(round(variant.expected_dice(layout.seconds_per_fold), 3)
+                               if variant.rung >= TRADE_RUNG else None),
             )
             for name, variant in layout.chosen.items()
         },

@@ -192,7 +192,7 @@ def _lowres_configuration(
 
 def _fit_to_compute(
     full: dict[str, dict], fit: Callable[[list[float], list[float]], FittedPatch], geometry: _PlanningGeometry,
-    normalization: list[dict], budget: ComputeBudget,
+    normalization: list[dict], budget: ComputeBudget, memory_gb: float,
 ) -> tuple[dict[str, dict], dict]:
     """The configurations refitted to the time budget (see ``autoseg.planning.layout``) and the ``compute`` record.
 
@@ -200,17 +200,18 @@ def _fit_to_compute(
     hand stays affordable. The cascade is kept only while ``3d_fullres``, which it inherits, keeps its plan.
     """
 
-    def refit(name: str, spacing: list[float]) -> dict:
+    def refit(name: str, spacing: list[float], memory_share: float) -> dict:
         dimension = full[name]["dimension"]
         median = [m * s / n for m, s, n in zip(geometry.median_t, geometry.spacing_t, spacing, strict=True)]
         resampling = plan_resampling(geometry.original_spacing_t, spacing, is_2d=geometry.is_2d)
-        return _configuration(fit(spacing[-dimension:], median[-dimension:]), dimension=dimension, spacing=spacing,
+        fitted = fit(spacing[-dimension:], median[-dimension:], budget_gb=memory_gb * memory_share)
+        return _configuration(fitted, dimension=dimension, spacing=spacing,
                               median_shape=median, normalization=normalization, resampling=resampling,
                               batch_dice=full[name]["batch_dice"])
 
     fullres_spacing = [geometry.spacing_t[axis] for axis in geometry.backward]
-    resolution_dice = budget.label_round_trip(fullres_spacing, COARSENING_FACTORS)
-    ladders = {name: ladder(name, configuration, refit, budget, resolution_dice)
+    per_class = budget.label_round_trip(fullres_spacing, COARSENING_FACTORS)
+    ladders = {name: ladder(name, configuration, refit, budget, per_class)
                for name, configuration in full.items() if name not in CASCADE_CONFIGURATIONS}
     layout = choose_layout(ladders, budget, primary="3d_fullres" if "3d_fullres" in full else "2d")
     fitted = dict(full)
@@ -219,7 +220,7 @@ def _fit_to_compute(
     if "3d_fullres" in fitted and fitted["3d_fullres"] != full["3d_fullres"]:
         fitted = {name: value for name, value in fitted.items() if name not in CASCADE_CONFIGURATIONS}
         fitted["3d_fullres"] = {**fitted["3d_fullres"], "batch_dice": False}  # no cascade: the reference's default
-    return fitted, compute_plan(layout, budget, resolution_dice).to_json()
+    return fitted, compute_plan(layout, budget, per_class).to_json()
 
 
 def plan_experiment(
@@ -259,7 +260,7 @@ def plan_experiment(
     full = _plan_configurations(fit, geometry, normalization)
     extra = {}
     if compute is not None:
-        full, extra["compute"] = _fit_to_compute(full, fit, geometry, normalization, compute)
+        full, extra["compute"] = _fit_to_compute(full, fit, geometry, normalization, compute, budget)
     return Plans.from_json({
         "autoseg_version": __version__,
         "plans_name": f"autoseg_{preset}",

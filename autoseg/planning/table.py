@@ -91,6 +91,7 @@ def format_compute(compute: ComputePlan) -> list[str]:
     ]
     lines.extend(f"  why: {reason}" for reason in compute.reasons)
     for name, cost in compute.per_configuration.items():
+        expected = f", expected Dice about {cost.expected_dice:.2f}" if cost.expected_dice is not None else ""
         lines.append(f"  {name}: about {cost.expected_seconds_per_iteration:.2f} s per step, "
-                     f"{cost.expected_iterations} steps; {'; '.join(cost.choices)}")
+                     f"{cost.expected_iterations} steps{expected}; {'; '.join(cost.choices)}")
     return lines

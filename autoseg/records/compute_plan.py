@@ -30,15 +30,18 @@ class ConfigurationCost:
     expected_iterations: int
     rung: int
     choices: tuple[str, ...]
+    expected_dice: float | None = None  # only where resolution was traded against steps (docs/planning.md)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ConfigurationCost:
+        expected = data.get("expected_dice")
         return cls(float(data["expected_seconds_per_iteration"]), int(data["expected_iterations"]), int(data["rung"]),
-                   tuple(str(choice) for choice in data["choices"]))
+                   tuple(str(choice) for choice in data["choices"]), None if expected is None else float(expected))
 
     def to_json(self) -> dict[str, Any]:
-        return {"expected_seconds_per_iteration": self.expected_seconds_per_iteration,
+        data = {"expected_seconds_per_iteration": self.expected_seconds_per_iteration,
                 "expected_iterations": self.expected_iterations, "rung": self.rung, "choices": list(self.choices)}
+        return data if self.expected_dice is None else {**data, "expected_dice": self.expected_dice}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -151,12 +151,15 @@ def trade_variants(name: str, reference: dict, refit: Refit, budget: ComputeBudg
         if min(reference["median_shape"][-dimension:]) / factor < MINIMUM_MEDIAN_VOXELS[dimension]:
             break
         spacing = coarsened_spacing(reference["spacing"], factor, keep_first=dimension == 2)
-        kept = per_class.get(factor, {})
+        kept, patches = per_class.get(factor, {}), []
         for scale in MEMORY_SCALES:
             fitted = refit(name, spacing, scale)
             median_voxels = math.prod(fitted["median_shape"][-dimension:])
             if math.prod(fitted["patch_size"]) < MINIMUM_PATCH_COVERAGE * median_voxels:
                 break
+            if fitted["patch_size"] in patches:  # the smallest patch of the path: a smaller share changes nothing
+                continue
+            patches.append(fitted["patch_size"])
             candidate = {**_narrow(fitted), "batch_size": MINIMUM_BATCH_SIZE}
             choices = (*_grid_choice(spacing[-dimension:], factor, kept, budget.class_names),
                        f"patch {'x'.join(str(size) for size in fitted['patch_size'])}",

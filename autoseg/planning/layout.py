@@ -154,8 +154,7 @@ def trade_variants(name: str, reference: dict, refit: Refit, budget: ComputeBudg
         kept, patches = per_class.get(factor, {}), []
         for scale in MEMORY_SCALES:
             fitted = refit(name, spacing, scale)
-            median_voxels = math.prod(fitted["median_shape"][-dimension:])
-            if math.prod(fitted["patch_size"]) < MINIMUM_PATCH_COVERAGE * median_voxels:
+            if not _covers_enough(fitted):
                 break
             if fitted["patch_size"] in patches:  # the smallest patch of the path: a smaller share changes nothing
                 continue
@@ -166,6 +165,15 @@ def trade_variants(name: str, reference: dict, refit: Refit, budget: ComputeBudg
                        f"{NARROW_BASE_FEATURES} features in the first stage", f"batch {MINIMUM_BATCH_SIZE}")
             variants.append(Variant(candidate, TRADE_RUNG, rate(name, candidate), choices, tuple(kept.items())))
     return variants
+
+
+def _covers_enough(configuration: dict) -> bool:
+    """The patch covers at least ``MINIMUM_PATCH_COVERAGE`` of the median image (what the trade compares)."""
+    median = configuration.get("median_shape")
+    if median is None:
+        return True
+    patch = configuration["patch_size"]
+    return math.prod(patch) >= MINIMUM_PATCH_COVERAGE * math.prod(median[-len(patch):])
 
 
 def _grid_choice(spacing: Sequence[float], factor: float, kept: dict[int, float],
@@ -193,7 +201,8 @@ def choose_variant(variants: Sequence[Variant], seconds: float) -> Variant:
             longer = (later for later in faithful[index + 1:] if later.iterations(seconds) >= SPLIT_FOLD_ITERATIONS)
             return next(longer, variant)
     if len(faithful) < len(variants):  # resolution against steps: the highest expected Dice (``expected_accuracy``)
-        return max(variants, key=lambda variant: variant.expected_dice(seconds))
+        seeing = [variant for variant in variants if _covers_enough(variant.configuration)]  # the model sees no context
+        return max(seeing or variants, key=lambda variant: variant.expected_dice(seconds))
     return min(variants, key=lambda variant: variant.seconds_per_iteration)
 
 

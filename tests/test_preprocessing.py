@@ -298,6 +298,23 @@ def test_two_parts_into_one_working_folder_equal_one_process_file_by_file(
         preprocess_dataset(dataset, plans=plans, work_folder=split, part_id=2, num_parts=2)
 
 
+def test_each_configuration_counts_its_own_cases_when_one_chunk_holds_a_case_twice(hippocampus_root, copy_cases,
+                                                                                 tmp_path):
+    root = copy_cases(hippocampus_root, 3)
+    plans = Plans.from_json(make_plans({"3d_fullres": make_configuration([1.0, 1.0, 1.0]),
+                                        "2d": make_configuration([1.0, 1.0, 1.0], dimension=2)}))
+    dataset = load_raw_dataset(root)
+    work = WorkFolder(tmp_path / "work" / root.name)
+    work.root.mkdir(parents=True)
+    # Known (small) sizes put every task, of both configurations, into one chunk.
+    shapes = {case.identifier: {"shape": list(read_image(case.images[0]).geometry.shape)}
+              for case in dataset.training_cases}
+    work.fingerprint.write_text(json.dumps({"cases": shapes}), encoding="utf-8")
+    summary = preprocess_dataset(dataset, plans=plans, work_folder=work, workers=1, show_progress=False)
+    assert summary["configurations"] == {"3d_fullres": {"preprocessed": 3, "skipped": 0},
+                                         "2d": {"preprocessed": 3, "skipped": 0}}
+
+
 def test_parts_share_the_working_folder_lock_and_keep_each_others_temporaries(tmp_path):
     root = tmp_path / "Dataset901_Parts"
     for identifier in ("a", "b", "c"):

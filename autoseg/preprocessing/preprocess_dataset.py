@@ -115,7 +115,8 @@ def run_case_chunk(tasks: Sequence[CaseTask]) -> list[CaseOutcome]:
     Cases are computed one after the other; each finished case is handed to a writer thread (arrays first, then
     the sidecar), and the chunk returns only when every write is complete.
     """
-    outcomes: dict[str, CaseOutcome] = {}
+    # Keyed by folder too: a chunk may hold the same case for two configurations.
+    outcomes: dict[tuple[str, str], CaseOutcome] = {}
     pending: list[tuple[CaseTask, concurrent.futures.Future]] = []
     slots = threading.BoundedSemaphore(MAX_PENDING_WRITES)
     with concurrent.futures.ThreadPoolExecutor(max_workers=WRITER_THREADS) as writer:
@@ -131,7 +132,7 @@ def run_case_chunk(tasks: Sequence[CaseTask]) -> list[CaseOutcome]:
                 )
                 properties["preprocessing_signature"] = task.signature
             except Exception as error:  # reported with the case name by the parent
-                outcomes[task.identifier] = _outcome_from_error(task, error)
+                outcomes[task.output_folder, task.identifier] = _outcome_from_error(task, error)
                 continue
             slots.acquire()
             future = writer.submit(_store_case, task, data, segmentation, properties)
@@ -140,10 +141,10 @@ def run_case_chunk(tasks: Sequence[CaseTask]) -> list[CaseOutcome]:
             pending.append((task, future))
         for task, future in pending:
             error = future.exception()
-            outcomes[task.identifier] = _outcome_from_error(task, error) if error else CaseOutcome(
+            outcomes[task.output_folder, task.identifier] = _outcome_from_error(task, error) if error else CaseOutcome(
                 task.identifier, task.output_folder
             )
-    return [outcomes[task.identifier] for task in tasks]
+    return [outcomes[task.output_folder, task.identifier] for task in tasks]
 
 
 def chunk_tasks(tasks: Sequence[CaseTask], voxels: dict[str, int]) -> list[list[CaseTask]]:

@@ -18,10 +18,14 @@ from autoseg.inference.loading import load_predictor
 from autoseg.inference.model_source import ModelSource
 from autoseg.inference.next_stage import prepare_previous_stage_maps
 from autoseg.inference.options import PredictionOptions
+from autoseg.io.case_arrays import read_array, save_array
 from autoseg.networks import build_network
 from autoseg.pipeline.validation import training_components
+from autoseg.preprocessing.storage import write_preprocessed_case
 from autoseg.records.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.records.plans import Plans
+from autoseg.records.preprocessed_case import PreprocessedCase, preprocessed_case_ids
+from autoseg.records.training_log import read_log
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.cascade import PreviousStageToData
 from autoseg.training.job import build_job
@@ -38,7 +42,12 @@ LOWRES = {**TINY_CONFIGURATION, "spacing": [2.0, 2.0, 2.0], "median_shape": [10,
 def cascade_work(tmp_path: Path) -> Path:
     """The tiny work folder plus a 3d_lowres stage (preprocessed at half resolution, five randomly initialised
     folds) and a 3d_cascade_fullres stage on the 3d_fullres data."""
-    folder = write_tiny_work_folder(tmp_path)
+    return write_cascade_work(tmp_path)
+
+
+def write_cascade_work(work: Path) -> Path:
+    """What ``cascade_work`` makes, in ``work``."""
+    folder = write_tiny_work_folder(work)
     plans = read_json(folder / "plans.json")
     plans["configurations"]["3d_lowres"] = LOWRES
     plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
@@ -49,7 +58,7 @@ def cascade_work(tmp_path: Path) -> Path:
         np.save(lowres / image_path.name, np.load(image_path)[:, ::2, ::2, ::2].copy())
     for fold in range(5):
         save_random_lowres_fold(folder, fold, seed=fold)
-    return tmp_path
+    return work
 
 
 def save_random_lowres_fold(folder: Path, fold: int, *, seed: int) -> Path:
@@ -156,3 +165,39 @@ def test_run_trains_the_previous_stage_first_and_the_cascade_only_with_all_five_
                                                                                         "3d_cascade_fullres"]
     with pytest.raises(UserError, match=r"'3d_midres' is not in plans\.json"):
         configurations_to_train(plans, ["3d_midres"], (0,))
+
+
+def compress_every_case(work: Path) -> None:
+    """Store the tiny work folder's 3d_fullres cases and 3d_lowres images compressed (``CASE.b2nd``), as a large
+    case would be, removing the ``.npy`` files."""
+    preprocessed = WorkFolder.for_dataset(work, TINY_DATASET).preprocessed_root
+    for image_path in sorted((preprocessed / "3d_lowres").glob("*.npy")):
+        save_array(np.load(image_path), image_path.with_suffix(".b2nd"), patch_size=[8, 8, 8])
+        image_path.unlink()
+    for case in (PreprocessedCase.at(preprocessed / "3d_fullres", name)
+                 for name in preprocessed_case_ids(preprocessed / "3d_fullres")):
+        write_preprocessed_case(case.folder, case.identifier, np.load(case.image_path),
+                                np.load(case.segmentation_path), case.read_properties(), patch_size=[16, 16, 16],
+                                compress_from_bytes=0)
+
+
+def test_a_cascade_on_compressed_cases_makes_the_same_maps_and_losses(tmp_path: Path) -> None:
+    results = []
+    for compressed in (False, True):
+        work = write_cascade_work(tmp_path / f"compressed_{compressed}")
+        folder = WorkFolder.for_dataset(work, TINY_DATASET).root
+        if compressed:
+            compress_every_case(work)
+        job = cascade_job(work)
+        train_fold(job, tiny_settings(epochs=1, iterations_per_epoch=3, deterministic=True, seed=3),
+                   components=training_components(), log_message=quiet)
+        maps = folder / "models" / "3d_lowres" / "next_stage" / "3d_cascade_fullres"
+        stored = {path.stem: read_array(path) for path in maps.glob("tiny_*.*")}
+        assert len(stored) == 10 and {path.suffix for path in maps.glob("tiny_*.*")} == {
+            ".b2nd" if compressed else ".npy"}
+        losses = [(r["train_loss"], r["val_loss"]) for r in read_log(job.fold_folder / "log.jsonl")]
+        results.append((stored, losses))
+    (plain_maps, plain_losses), (packed_maps, packed_losses) = results
+    assert plain_maps.keys() == packed_maps.keys()
+    assert all(np.array_equal(plain_maps[name], packed_maps[name]) for name in plain_maps)
+    assert plain_losses == packed_losses

@@ -7,12 +7,14 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
+import blosc2
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
 from autoseg.errors import UserError
+from autoseg.io import case_arrays
 from autoseg.io.images import read_image
 from autoseg.preprocessing.storage import write_preprocessed_case as store_preprocessed_case
 from autoseg.records.plans import Configuration
@@ -370,3 +372,48 @@ def test_preprocessing_writes_a_case_where_the_record_names_its_files(tmp_path: 
     assert all(path.is_file() for path in case.paths)
     assert case.read_properties() == {"shape_after_resampling": [4, 5, 6]}
     assert preprocessed_case_ids(tmp_path) == ["case_007"]
+
+
+def compress_cases(source: Path, destination: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Store every case of ``source`` again in ``destination``, compressed (the threshold lowered to 1 byte)."""
+    monkeypatch.setattr(case_arrays, "COMPRESS_FROM_BYTES", 1)
+    for identifier in preprocessed_case_ids(source):
+        case = PreprocessedCase.at(source, identifier)
+        store_preprocessed_case(destination, identifier, np.load(case.image_path), np.load(case.segmentation_path),
+                                case.read_properties(), patch_size=[8, 8, 8])
+    monkeypatch.undo()
+
+
+def test_a_compressed_case_is_read_patch_by_patch_and_equals_the_npy_case(
+    sparse_foreground_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compressed = tmp_path / "compressed"
+    compress_cases(sparse_foreground_folder, compressed, monkeypatch)
+    case = PreprocessedCase.at(compressed, "case_0")
+    assert case.is_compressed and not case.image_path.exists() and not case.segmentation_path.exists()
+    assert sorted(path.name for path in compressed.iterdir() if "case_0." in path.name or "case_0_" in path.name) == [
+        "case_0.b2nd", "case_0.json", "case_0_seg.b2nd"]
+    image, labels = case.open_image(), case.open_segmentation()
+    assert isinstance(image, blosc2.NDArray) and image.chunks == (1, 8, 8, 8) and image.blocks == (1, 8, 8, 8)
+    plain = PreprocessedCase.at(sparse_foreground_folder, "case_0")
+    window = (slice(None), slice(3, 19), slice(40, 48), slice(0, 16))  # touches 2 x 1 x 2 chunks
+    assert np.array_equal(image[window], plain.open_image()[window])
+    assert np.array_equal(labels[window], plain.open_segmentation()[window]) and labels.dtype == np.int8
+    assert np.array_equal(image[:, 5], plain.open_image()[:, 5])  # a 2D configuration's slice
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_compressed_cases_give_the_same_batches_as_npy_cases(
+    sparse_foreground_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    compressed = tmp_path / "compressed"
+    compress_cases(sparse_foreground_folder, compressed, monkeypatch)
+
+    def batches(folder: Path) -> list[dict]:
+        with make_training_loader(folder, CASES, configuration=CONFIG_3D, batch_size=3, num_workers=workers,
+                                  seed=5) as loader:
+            return [next(loader) for _ in range(4)]
+
+    for plain, packed in zip(batches(sparse_foreground_folder), batches(compressed), strict=True):
+        assert torch.equal(plain["data"], packed["data"]) and plain["keys"] == packed["keys"]
+        assert all(torch.equal(a, b) for a, b in zip(plain["target"], packed["target"], strict=True))

@@ -16,13 +16,17 @@ import SimpleITK as sitk
 from model_helpers import as_configuration
 
 from autoseg.data.raw_folder import load_raw_dataset
+from autoseg.errors import UserError
+from autoseg.io import case_arrays
 from autoseg.io.images import read_image
 from autoseg.preprocessing.preprocess_dataset import CHUNK_VOXEL_BUDGET, CaseTask, chunk_tasks, preprocess_dataset
 from autoseg.preprocessing.storage import is_case_complete, load_preprocessed_case, write_preprocessed_case
 from autoseg.records.plans import Configuration, Plans
+from autoseg.records.preprocessed_case import preprocessed_case_ids
 from autoseg.records.work_folder import WorkFolder
 from autoseg.transforms.case import preprocess_case
 from autoseg.transforms.export import export_prediction, probabilities_path_for
+from autoseg.utils.locking import folder_lock
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -180,6 +184,30 @@ def test_storage_is_memory_mappable_and_a_missing_sidecar_means_incomplete(tmp_p
     assert not is_case_complete(tmp_path, "a", expect_segmentation=True, channels=2)
 
 
+def test_a_large_case_is_stored_compressed_losslessly_and_one_format_replaces_the_other(tmp_path, monkeypatch):
+    data = np.random.default_rng(0).normal(size=(2, 9, 20, 21)).astype(np.float32)
+    segmentation = (data[:1] > 1).astype(np.int8)
+    properties = {"identifier": "a", "shape_after_resampling": [9, 20, 21], "class_locations": {"1": []}}
+    monkeypatch.setattr(case_arrays, "COMPRESS_FROM_BYTES", data.nbytes)  # this case is "large"
+    write_preprocessed_case(tmp_path, "a", data, segmentation, properties, patch_size=[4, 8, 8])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.b2nd", "a.json", "a_seg.b2nd"]
+    assert is_case_complete(tmp_path, "a", expect_segmentation=True, channels=2)
+    assert not is_case_complete(tmp_path, "a", expect_segmentation=True, channels=1)
+    opened, opened_segmentation, loaded_properties = load_preprocessed_case(tmp_path, "a")
+    assert opened.chunks == (1, 4, 8, 8) and loaded_properties == properties
+    window = (slice(None), slice(2, 7), slice(5, 19), slice(0, 9))
+    assert np.array_equal(opened[window], data[window]) and np.array_equal(opened_segmentation[window],
+                                                                           segmentation[window])
+    in_memory, in_memory_segmentation, _ = load_preprocessed_case(tmp_path, "a", memory_map=False)
+    assert np.array_equal(in_memory, data) and np.array_equal(in_memory_segmentation, segmentation)
+    (tmp_path / "a_seg.b2nd").write_bytes(b"not blosc2")  # a damaged array makes the case incomplete
+    assert not is_case_complete(tmp_path, "a", expect_segmentation=True, channels=2)
+    monkeypatch.setattr(case_arrays, "COMPRESS_FROM_BYTES", data.nbytes + 1)  # now it is small: plain .npy again
+    write_preprocessed_case(tmp_path, "a", data, segmentation, properties, patch_size=[4, 8, 8])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.json", "a.npy", "a_seg.npy"]
+    assert isinstance(load_preprocessed_case(tmp_path, "a")[0], np.memmap)
+
+
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "autoseg", "preprocess", *arguments], capture_output=True,
                           text=True, cwd=REPOSITORY, timeout=600)
@@ -239,6 +267,79 @@ def test_cascade_shares_fullres_data_and_a_changed_plan_redoes_the_cases(hippoca
                                 overwrite=True,
                                 show_progress=False)
     assert forced["configurations"] == {"3d_fullres": {"preprocessed": 3, "skipped": 0}}
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_two_parts_into_one_working_folder_equal_one_process_file_by_file(
+    hippocampus_root, copy_cases, tmp_path, tree_hashes, monkeypatch, compress
+):
+    if compress:
+        monkeypatch.setattr(case_arrays, "COMPRESS_FROM_BYTES", 1)  # compressed files must be deterministic too
+    root = copy_cases(hippocampus_root, 5)
+    dataset = load_raw_dataset(root)
+    plans = Plans.from_json(make_plans({"3d_fullres": make_configuration([1.0, 1.0, 1.0])}))
+    whole, split = WorkFolder(tmp_path / "whole" / root.name), WorkFolder(tmp_path / "split" / root.name)
+    summary = preprocess_dataset(dataset, plans=plans, work_folder=whole, workers=1, show_progress=False)
+    assert summary == {"configurations": {"3d_fullres": {"preprocessed": 5, "skipped": 0}}, "ground_truth_copied": 5}
+    identifiers = sorted(case.identifier for case in dataset.training_cases)
+    first = preprocess_dataset(dataset, plans=plans, work_folder=split, workers=2, show_progress=False,
+                               part_id=0, num_parts=2)
+    assert first == {"configurations": {"3d_fullres": {"preprocessed": 3, "skipped": 0}}, "ground_truth_copied": 3}
+    # Each part writes only its own cases (every 2nd of the sorted list), ground truth included.
+    assert sorted(path.stem for path in split.ground_truth.glob("*.nii.gz")) == [
+        f"{identifier}.nii" for identifier in identifiers[0::2]]
+    assert preprocessed_case_ids(split.preprocessed("3d_fullres")) == identifiers[0::2]
+    second = preprocess_dataset(dataset, plans=plans, work_folder=split, workers=1, show_progress=False,
+                                part_id=1, num_parts=2)
+    assert second["configurations"] == {"3d_fullres": {"preprocessed": 2, "skipped": 0}}
+    assert tree_hashes(split.root) == tree_hashes(whole.root)
+    assert len(list(split.preprocessed("3d_fullres").glob("*.b2nd" if compress else "*.npy"))) == 10
+    with pytest.raises(UserError, match=r"--part-id must be in 0\.\.1"):
+        preprocess_dataset(dataset, plans=plans, work_folder=split, part_id=2, num_parts=2)
+
+
+def test_each_configuration_counts_its_own_cases_when_one_chunk_holds_a_case_twice(hippocampus_root, copy_cases,
+                                                                                 tmp_path):
+    root = copy_cases(hippocampus_root, 3)
+    plans = Plans.from_json(make_plans({"3d_fullres": make_configuration([1.0, 1.0, 1.0]),
+                                        "2d": make_configuration([1.0, 1.0, 1.0], dimension=2)}))
+    dataset = load_raw_dataset(root)
+    work = WorkFolder(tmp_path / "work" / root.name)
+    work.root.mkdir(parents=True)
+    # Known (small) sizes put every task, of both configurations, into one chunk.
+    shapes = {case.identifier: {"shape": list(read_image(case.images[0]).geometry.shape)}
+              for case in dataset.training_cases}
+    work.fingerprint.write_text(json.dumps({"cases": shapes}), encoding="utf-8")
+    summary = preprocess_dataset(dataset, plans=plans, work_folder=work, workers=1, show_progress=False)
+    assert summary["configurations"] == {"3d_fullres": {"preprocessed": 3, "skipped": 0},
+                                         "2d": {"preprocessed": 3, "skipped": 0}}
+
+
+def test_parts_share_the_working_folder_lock_and_keep_each_others_temporaries(tmp_path):
+    root = tmp_path / "Dataset901_Parts"
+    for identifier in ("a", "b", "c"):
+        label = np.zeros((4, 8, 8), dtype=np.float32)
+        label[1:3, 2:6, 2:6] = 1
+        write_nifti(np.ones((4, 8, 8), dtype=np.float32), root / "imagesTr" / f"{identifier}_0000.nii.gz")
+        write_nifti(label, root / "labelsTr" / f"{identifier}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "thing": 1}, "numTraining": 3,
+        "file_ending": ".nii.gz"}), encoding="utf-8")
+    work = tmp_path / "work"
+    write_plans(work, root, make_plans({"3d_fullres": make_configuration([1.0, 1.0, 1.0])}))
+    output = work / root.name / "preprocessed" / "3d_fullres"
+    output.mkdir(parents=True)
+    other_part = output / ".b.npy.x1.partial.npy"  # being written by part 1, running on another node
+    other_part.write_bytes(b"half")
+    with folder_lock(work / root.name, shared=True):  # another part holds the lock (shared)
+        part = run_cli(str(root), "--work-dir", str(work), "--part-id", "0", "--num-parts", "2")
+        assert part.returncode == 0, part.stderr
+        assert "2 case(s) preprocessed" in part.stdout
+        unsplit = run_cli(str(root), "--work-dir", str(work))  # an unsplit run would redo the other part's cases
+        assert unsplit.returncode != 0 and "Traceback" not in unsplit.stderr
+    assert other_part.is_file() and preprocessed_case_ids(output) == ["a", "c"]
+    bad = run_cli(str(root), "--work-dir", str(work), "--part-id", "2", "--num-parts", "2")
+    assert bad.returncode == 2 and "--part-id must be in 0..1" in bad.stderr
 
 
 def test_small_cases_travel_in_bounded_chunks_and_large_ones_alone():

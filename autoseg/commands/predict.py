@@ -21,6 +21,7 @@ from autoseg.sharing.submission import write_submission
 from autoseg.utils.files import remove_stale_temporaries
 from autoseg.utils.locking import folder_lock
 from autoseg.utils.memory import describe_largest_case
+from autoseg.utils.parts import shard
 from autoseg.utils.precision import add_precision_argument, resolve_precision
 from autoseg.utils.threads import available_cpus, set_torch_threads
 
@@ -125,13 +126,6 @@ def discover_input_cases(folder: Path, *, num_channels: int) -> list[Case]:
         listed = "; ".join(str(problem) for problem in errors[:5])
         raise UserError(f"{folder}: {len(errors)} input file problem(s): {listed}.")
     return sorted(cases, key=lambda case: case.identifier)
-
-
-def shard(cases: list[Case], *, part_id: int, num_parts: int) -> list[Case]:
-    """Every ``num_parts``-th case starting at ``part_id``: parts are disjoint and together cover every case."""
-    if num_parts < 1 or not 0 <= part_id < num_parts:
-        raise UserError(f"--part-id must be in 0..{num_parts - 1} and --num-parts >= 1 (got {part_id}, {num_parts}).")
-    return cases[part_id::num_parts]
 
 
 def run(args: argparse.Namespace) -> int:

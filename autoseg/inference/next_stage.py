@@ -18,10 +18,12 @@ from autoseg.inference.label_maps import previous_stage_label_map
 from autoseg.inference.loading import load_predictor
 from autoseg.inference.model_source import ModelSource
 from autoseg.inference.options import PredictionOptions
+from autoseg.io.case_arrays import read_array, save_array
 from autoseg.records.plans import load_plans
+from autoseg.records.preprocessed_case import PreprocessedCase, previous_stage_map_path
 from autoseg.records.previous_stage_maps import PreviousStageMapsRecord
 from autoseg.records.work_folder import WorkFolder
-from autoseg.utils.files import atomic_path, sha256_file
+from autoseg.utils.files import sha256_file
 
 
 def prepare_previous_stage_maps(
@@ -44,6 +46,7 @@ def prepare_previous_stage_maps(
     previous_data = work_folder.preprocessed(plans.data_configuration(previous_stage))
     output = work_folder.next_stage(previous_stage, configuration_name)
     output.mkdir(parents=True, exist_ok=True)
+    patch_size = plans.configuration(configuration_name).patch_size  # chunks of a compressed map
     checkpoints = []
     for fold in range(len(splits)):
         checkpoint = work_folder.checkpoint(previous_stage, fold, "final")
@@ -67,15 +70,22 @@ def prepare_previous_stage_maps(
             PredictionOptions(device=device or "auto", precision=precision),
         )
         for identifier in cases:
-            source = previous_data / f"{identifier}.npy"
-            target = target_folder / f"{identifier}.npy"
-            for path in (source, target):
+            source = PreprocessedCase.at(previous_data, identifier)
+            target = PreprocessedCase.at(target_folder, identifier)
+            for path in (source.stored_image_path, target.stored_image_path):
                 if not path.is_file():
                     raise UserError(f"{path} is missing: preprocess {previous_stage} and {configuration_name} first.")
-            target_shape = tuple(np.load(target, mmap_mode="r").shape[1:])
-            probabilities = predictor.predict_preprocessed(np.load(source))
+            probabilities = predictor.predict_preprocessed(read_array(source.stored_image_path))
+            target_shape = tuple(target.open_image().shape[1:])
             label_map = previous_stage_label_map(probabilities, target_shape, dataset=predictor.dataset)
-            with atomic_path(output / f"{identifier}.npy", durable=False) as temporary, open(temporary, "wb") as file:
-                np.save(file, label_map[None])
+            _store_label_map(label_map[None], output, target, patch_size)
         PreviousStageMapsRecord(fold, str(checkpoint), checkpoint_hash, cases).write(record_path)
     return output
+
+
+def _store_label_map(label_map: np.ndarray, output: Path, target: PreprocessedCase, patch_size: Sequence[int]) -> None:
+    """Store a previous-stage label map in its case's format (``CASE.b2nd`` next to a compressed case, chunked like
+    it, else ``CASE.npy``) and remove one of the other format left by an earlier run."""
+    path = previous_stage_map_path(output, target.identifier, compressed=target.is_compressed)
+    save_array(label_map, path, patch_size=patch_size)
+    previous_stage_map_path(output, target.identifier, compressed=not target.is_compressed).unlink(missing_ok=True)

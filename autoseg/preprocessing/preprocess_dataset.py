@@ -19,18 +19,21 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import UserError
+from autoseg.io import case_arrays
 from autoseg.preprocessing.storage import (
     read_complete_case_properties,
     remove_partial_files,
     write_preprocessed_case,
 )
 from autoseg.records.case_signatures import case_signatures
-from autoseg.records.dataset import RawDataset
+from autoseg.records.dataset import Case, RawDataset
 from autoseg.records.fingerprint import load_fingerprint
 from autoseg.records.plans import Configuration, Plans
+from autoseg.records.preprocessed_case import PreprocessedCase
 from autoseg.records.work_folder import WorkFolder
 from autoseg.transforms.case import preprocess_case
 from autoseg.utils.files import atomic_path, describe_file_system_error, write_json
+from autoseg.utils.parts import shard
 from autoseg.utils.progress import progress_display
 
 
@@ -66,6 +69,8 @@ class CaseTask:
     classes: tuple[int, ...]
     signature: str
     ignore_label: int | None = None
+    # Read in the parent (a worker started by spawn would not see a threshold changed at run time, as tests do).
+    compress_from_bytes: int = dataclasses.field(default_factory=lambda: case_arrays.COMPRESS_FROM_BYTES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +105,8 @@ def _outcome_from_error(task: CaseTask, error: BaseException) -> CaseOutcome:
 
 
 def _store_case(task: CaseTask, data: np.ndarray, segmentation: np.ndarray | None, properties: dict) -> None:
-    write_preprocessed_case(task.output_folder, task.identifier, data, segmentation, properties)
+    write_preprocessed_case(task.output_folder, task.identifier, data, segmentation, properties,
+                            patch_size=task.configuration.patch_size, compress_from_bytes=task.compress_from_bytes)
 
 
 def run_case_chunk(tasks: Sequence[CaseTask]) -> list[CaseOutcome]:
@@ -109,7 +115,8 @@ def run_case_chunk(tasks: Sequence[CaseTask]) -> list[CaseOutcome]:
     Cases are computed one after the other; each finished case is handed to a writer thread (arrays first, then
     the sidecar), and the chunk returns only when every write is complete.
     """
-    outcomes: dict[str, CaseOutcome] = {}
+    # Keyed by folder too: a chunk may hold the same case for two configurations.
+    outcomes: dict[tuple[str, str], CaseOutcome] = {}
     pending: list[tuple[CaseTask, concurrent.futures.Future]] = []
     slots = threading.BoundedSemaphore(MAX_PENDING_WRITES)
     with concurrent.futures.ThreadPoolExecutor(max_workers=WRITER_THREADS) as writer:
@@ -125,7 +132,7 @@ def run_case_chunk(tasks: Sequence[CaseTask]) -> list[CaseOutcome]:
                 )
                 properties["preprocessing_signature"] = task.signature
             except Exception as error:  # reported with the case name by the parent
-                outcomes[task.identifier] = _outcome_from_error(task, error)
+                outcomes[task.output_folder, task.identifier] = _outcome_from_error(task, error)
                 continue
             slots.acquire()
             future = writer.submit(_store_case, task, data, segmentation, properties)
@@ -134,10 +141,10 @@ def run_case_chunk(tasks: Sequence[CaseTask]) -> list[CaseOutcome]:
             pending.append((task, future))
         for task, future in pending:
             error = future.exception()
-            outcomes[task.identifier] = _outcome_from_error(task, error) if error else CaseOutcome(
+            outcomes[task.output_folder, task.identifier] = _outcome_from_error(task, error) if error else CaseOutcome(
                 task.identifier, task.output_folder
             )
-    return [outcomes[task.identifier] for task in tasks]
+    return [outcomes[task.output_folder, task.identifier] for task in tasks]
 
 
 def chunk_tasks(tasks: Sequence[CaseTask], voxels: dict[str, int]) -> list[list[CaseTask]]:
@@ -173,17 +180,20 @@ def _case_is_done(task: CaseTask, channels: int) -> bool:
     return properties is not None and properties.get("preprocessing_signature") == task.signature
 
 
-def copy_ground_truth(dataset: RawDataset, work_folder: WorkFolder) -> int:
-    """Copy every training label map, byte for byte (so in its original geometry), to ``ground_truth/``.
+def copy_ground_truth(dataset: RawDataset, work_folder: WorkFolder, cases: Sequence[Case] | None = None) -> int:
+    """Copy every training label map (or those of ``cases``: one part of a split run), byte for byte (so in its
+    original geometry), to ``ground_truth/``.
 
     Returns how many files were copied; files already there with the same size are kept. Copies run in a few
-    threads because each atomic write waits for its fsync.
+    threads because each atomic write waits for its fsync. A part removes only its own cases' temporaries.
     """
     folder = work_folder.ground_truth
     folder.mkdir(parents=True, exist_ok=True)
-    remove_partial_files(folder)
+    chosen = dataset.training_cases if cases is None else cases
+    names = None if cases is None else [f"{case.identifier}{dataset.file_ending}" for case in chosen]
+    remove_partial_files(folder, names)
     copies = []
-    for case in dataset.training_cases:
+    for case in chosen:
         if case.label is None:
             continue
         destination = folder / f"{case.identifier}{dataset.file_ending}"
@@ -235,10 +245,18 @@ def _run_chunks(
         return outcomes, background_result.result()
 
 
+def _case_file_names(cases: Sequence[Case]) -> list[str]:
+    """Every file name a preprocessed case of ``cases`` may have (for removing one part's temporaries only)."""
+    stored = [PreprocessedCase.at(".", case.identifier) for case in cases]
+    return [path.name for case in stored for path in (*case.array_paths, case.properties_path)]
+
+
 def _tasks_to_run(
-    dataset: RawDataset, plans: Plans, work_folder: WorkFolder, data_names: list[str], *, overwrite: bool
+    dataset: RawDataset, plans: Plans, work_folder: WorkFolder, data_names: list[str], *, overwrite: bool,
+    cases: Sequence[Case], whole: bool = True,
 ) -> tuple[list[CaseTask], dict[str, dict[str, int]]]:
-    """The case tasks still to run for each configuration, and ``{CONFIG: {"preprocessed": 0, "skipped": m}}``."""
+    """The tasks of ``cases`` still to run for each configuration, and ``{CONFIG: {"preprocessed": 0, "skipped":
+    m}}``; unless ``whole`` (one part of a split run) only these cases' temporaries are removed."""
     classes = tuple(dataset.foreground_labels)
     counts: dict[str, dict[str, int]] = {}
     tasks: list[CaseTask] = []
@@ -247,10 +265,10 @@ def _tasks_to_run(
         configuration = plans.configuration(name)
         output_folder = work_folder.preprocessed(name)
         output_folder.mkdir(parents=True, exist_ok=True)
-        remove_partial_files(output_folder)
+        remove_partial_files(output_folder, None if whole else _case_file_names(cases))
         signature = preprocessing_signature(configuration, ignore_label=dataset.ignore_label)
         skipped = 0
-        for case in dataset.training_cases:
+        for case in cases:
             # A case whose raw files changed since it was stored is redone, even under unchanged settings.
             task = CaseTask(case.identifier, tuple(case.images), case.label, str(output_folder),
                             configuration, classes, f"{signature}-{inputs[case.identifier]}", dataset.ignore_label)
@@ -292,11 +310,17 @@ def preprocess_dataset(
     workers: int = 2,
     overwrite: bool = False,
     show_progress: bool = True,
+    part_id: int = 0,
+    num_parts: int = 1,
 ) -> dict:
     """Preprocess every training case for each configuration into ``WORK/<dataset>/preprocessed/CONFIG/``.
 
     Finished cases (sidecar present, arrays loadable with the recorded shapes, same preprocessing settings) are
     skipped unless ``overwrite``; half-written ones are redone. Label maps are copied to ``ground_truth/``.
+
+    With ``num_parts`` > 1 only every ``num_parts``-th case (sorted by identifier) from ``part_id`` on is done,
+    its ground truth included: parts write disjoint files, so they may run at the same time (``dataset.json`` is
+    written by each, atomically and with the same content).
 
     Returns:
         ``{"configurations": {CONFIG: {"preprocessed": n, "skipped": m}}, "ground_truth_copied": k}``.
@@ -306,13 +330,16 @@ def preprocess_dataset(
     """
     work_folder.root.mkdir(parents=True, exist_ok=True)
     write_json(work_folder.dataset_json, dataset.to_dict())
+    ordered = dataset.training_cases if num_parts == 1 else sorted(dataset.training_cases, key=lambda c: c.identifier)
+    cases = shard(ordered, part_id=part_id, num_parts=num_parts)
     names = list(configuration_names) if configuration_names else plans.data_configurations()
     data_names = list(dict.fromkeys(plans.data_configuration(name) for name in names))
-    tasks, per_configuration = _tasks_to_run(dataset, plans, work_folder, data_names, overwrite=overwrite)
+    tasks, per_configuration = _tasks_to_run(dataset, plans, work_folder, data_names, overwrite=overwrite,
+                                             cases=cases, whole=num_parts == 1)
     chunks = chunk_tasks(tasks, _case_voxels_from_fingerprint(work_folder, dataset.num_channels))
     outcomes, ground_truth_copied = _run_chunks(
-        chunks, workers=workers, show_progress=show_progress,
-        background_work=functools.partial(copy_ground_truth, dataset, work_folder),  # overlaps the workers
+        chunks, workers=workers, show_progress=show_progress,  # the ground truth's copies overlap the workers
+        background_work=functools.partial(copy_ground_truth, dataset, work_folder, None if num_parts == 1 else cases),
     )
     for outcome in outcomes:
         if not outcome.error:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import UserError
+from autoseg.io.case_arrays import open_array
 from autoseg.records.preprocessed_case import PreprocessedCase, previous_stage_map_path
 from autoseg.transforms.class_locations import ANNOTATED
 
@@ -33,11 +34,12 @@ class TrainingCase:
 
     @property
     def image_path(self) -> Path:
-        return self.stored.image_path
+        """The image file the case has (``CASE.npy``, or ``CASE.b2nd`` when stored compressed)."""
+        return self.stored.stored_image_path
 
     @property
     def segmentation_path(self) -> Path:
-        return self.stored.segmentation_path
+        return self.stored.stored_segmentation_path
 
 
 def load_training_cases(
@@ -48,7 +50,7 @@ def load_training_cases(
 ) -> list[TrainingCase]:
     """Read ``CASE.json`` of every case; a missing file (incomplete preprocessing) is a ``UserError`` naming it.
 
-    ``previous_stage_folder`` (cascade) holds each case's previous-stage label map ``CASE.npy``."""
+    ``previous_stage_folder`` (cascade) holds each case's previous-stage label map ``CASE.npy`` (or ``CASE.b2nd``)."""
     folder = Path(preprocessed_folder)
     if not case_ids:
         raise UserError(f"no cases to load from {folder}")
@@ -57,7 +59,7 @@ def load_training_cases(
         stored = PreprocessedCase.at(folder, identifier)
         previous_path = None if previous_stage_folder is None else previous_stage_map_path(previous_stage_folder,
                                                                                             identifier)
-        for path in (stored.properties_path, stored.image_path, stored.segmentation_path):
+        for path in (stored.properties_path, stored.stored_image_path, stored.stored_segmentation_path):
             if not path.is_file():
                 raise UserError(f"{path} is missing: preprocess the dataset (again) before training")
         if previous_path is not None and not previous_path.is_file():
@@ -74,7 +76,7 @@ def load_training_cases(
 
 
 def _read_intact_case(case: PreprocessedCase) -> dict:
-    """The properties of a case whose arrays open (memory-mapped: headers only) with the shape they record.
+    """The properties of a case whose arrays open (headers only, either format) with the shape they record.
 
     A damaged file would otherwise fail at random in a loader worker, whenever a patch of that case is drawn.
     """
@@ -84,9 +86,9 @@ def _read_intact_case(case: PreprocessedCase) -> dict:
     except ValueError:
         raise UserError(f"{case.properties_path}: is not valid JSON (cut short or damaged?); {redo}") from None
     expected = properties.get("shape_after_resampling")
-    for path in (case.image_path, case.segmentation_path):
+    for path in (case.stored_image_path, case.stored_segmentation_path):
         try:
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            shape = open_array(path).shape
         except (OSError, ValueError) as error:
             raise UserError(f"{path}: cannot be read ({str(error).rstrip('.')}); {redo}") from None
         if expected is not None and list(shape[1:]) != list(expected):

@@ -1,7 +1,7 @@
 """Random patches of the preprocessed cases, cut at the size augmentation needs, foreground-oversampled.
 
 Patches are read from memory-mapped ``CASE.npy``/``CASE_seg.npy`` (docs/design.md), so only the voxels of a patch
-are touched.
+are touched; a large case stored compressed (``CASE.b2nd``) decompresses only the blocks a patch touches.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from autoseg.errors import UserError
+from autoseg.io.case_arrays import open_array
 from autoseg.training.cases import TrainingCase
 
 
@@ -87,7 +88,7 @@ class PatchSampler:
         self.forced_per_batch = forced_foreground_samples(self.batch_size, oversample_foreground)
         self.ignore_label = ignore_label
         # Memory maps hold a file descriptor each: keep only the most recently used ones open.
-        self._open: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._open: OrderedDict[str, tuple[Any, Any, Any | None]] = OrderedDict()
 
     def set_thread_id(self, thread_id: int) -> None:
         """Called by batchgenerators in each worker; nothing to do (see the class docstring)."""
@@ -100,13 +101,14 @@ class PatchSampler:
 
     MAXIMUM_OPEN_CASES = 64
 
-    def _arrays(self, case: TrainingCase) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Image, labels and (cascade) the previous stage's label map, memory-mapped."""
+    def _arrays(self, case: TrainingCase) -> tuple[Any, Any, Any | None]:
+        """Image, labels and (cascade) the previous stage's label map, opened for partial reads (memory-mapped
+        ``.npy`` or ``blosc2.NDArray``)."""
         if case.identifier in self._open:
             self._open.move_to_end(case.identifier)
         else:
-            image = np.load(case.image_path, mmap_mode="r")
-            segmentation = np.load(case.segmentation_path, mmap_mode="r")
+            image = open_array(case.image_path)
+            segmentation = open_array(case.segmentation_path)
             if image.ndim != 4 or segmentation.shape != (1, *image.shape[1:]):
                 raise UserError(
                     f"{case.image_path} has shape {image.shape} and its segmentation {segmentation.shape}; expected"
@@ -114,7 +116,7 @@ class PatchSampler:
                 )
             previous = None
             if case.previous_stage_path is not None:
-                previous = np.load(case.previous_stage_path, mmap_mode="r")
+                previous = open_array(case.previous_stage_path)
                 if previous.shape != segmentation.shape:
                     raise UserError(
                         f"{case.previous_stage_path} has shape {previous.shape}, its case {segmentation.shape}: "

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
 
 from autoseg.errors import UserError
@@ -27,10 +26,9 @@ from autoseg.utils.threads import available_cpus, set_torch_threads
 
 
 def number_of_input_channels(job: TrainingJob) -> int:
-    """Channels of a preprocessed case (read from the ``.npy`` header), plus one per foreground class for the
+    """Channels of a preprocessed case (read from the array's header), plus one per foreground class for the
     cascade, whose input also holds the previous stage's one-hot segmentation."""
-    first_case = PreprocessedCase.at(job.preprocessed_folder, job.train_case_ids[0]).image_path
-    channels = int(np.load(first_case, mmap_mode="r").shape[0])
+    channels = int(PreprocessedCase.at(job.preprocessed_folder, job.train_case_ids[0]).open_image().shape[0])
     if job.configuration.previous_stage:
         channels += len(job.dataset.foreground_labels)
     return channels

@@ -310,6 +310,33 @@ def read_image_header(path: str | os.PathLike[str]) -> Geometry:
     return dataclasses.replace(geometry, shape=shape)
 
 
+# Voxel types whose files can hold no NaN or Inf: checking such a file needs its header, not its voxels.
+INTEGER_PIXEL_IDS = frozenset({
+    sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
+    sitk.sitkUInt64, sitk.sitkInt64,
+})
+
+
+def read_integer_nifti_header(path: str | os.PathLike[str]) -> Geometry | None:
+    """The geometry of a single-channel integer NIfTI file, verified complete, without decoding its voxels.
+
+    None for any other file (float voxels, other formats, several components): read it with ``read_image``.
+    ``read_image`` would find nothing more in such a file: it is complete, and integers are always finite.
+
+    Raises:
+        ImageReadError: the file is missing, unreadable, truncated or not 2D/3D.
+    """
+    path = Path(path)
+    ending = _require_ending(path)
+    if ending not in (".nii", ".nii.gz"):
+        return None
+    reader = _read_sitk(path, header_only=True)
+    if reader.GetPixelID() not in INTEGER_PIXEL_IDS or reader.GetNumberOfComponents() != 1:
+        return None
+    _verify_nifti_complete(path, ending)
+    return read_image_header(path)
+
+
 def read_image(path: str | os.PathLike[str]) -> Image:
     """Read one single-channel image as a ``(z, y, x)`` array with its geometry.
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from autoseg.fingerprint.resolution import round_trip_dice_per_class
+from autoseg.fingerprint.label_round_trip import round_trip_dice_per_class
 from autoseg.pipeline.machine_benchmark import MachineCosts, machine_costs
 from autoseg.planning.layout import ComputeBudget
 from autoseg.records.dataset import RawDataset

@@ -4,6 +4,7 @@ A dataset's working folder is ``WORK/<dataset folder name>/``; an exported model
 
     dataset.json            the raw dataset description (RawDataset)
     fingerprint.json        spacings, shapes, intensities and case signatures
+    label_round_trip.json   the planner's label round trip, kept for a resumed plan
     plans.json              configurations (Plans)
     splits.json             cross-validation folds
     preprocessed/CONFIG/    training-ready cases
@@ -34,6 +35,7 @@ from autoseg.utils.files import read_json
 
 DATASET_FILE = "dataset.json"
 FINGERPRINT_FILE = "fingerprint.json"
+LABEL_ROUND_TRIP_FILE = "label_round_trip.json"
 PLANS_FILE = "plans.json"
 SPLITS_FILE = "splits.json"
 INFERENCE_RECIPE_FILE = "inference.json"
@@ -88,6 +90,10 @@ class WorkFolder:
     @property
     def fingerprint(self) -> Path:
         return self.root / FINGERPRINT_FILE
+
+    @property
+    def label_round_trip(self) -> Path:
+        return self.root / LABEL_ROUND_TRIP_FILE
 
     @property
     def plans(self) -> Path:

@@ -33,5 +33,13 @@ def bounding_box(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
 
 
 def nonzero_bounding_box(channels: Sequence[np.ndarray]) -> tuple[tuple[int, int], ...]:
-    """Bounding box of the filled non-zero mask of a multi-channel case."""
-    return bounding_box(nonzero_mask(channels))
+    """Bounding box of the filled non-zero mask of a multi-channel case.
+
+    Filling holes never widens the box (every voxel outside it is joined to the array's border through the empty
+    slab beyond the box, so it is no hole), so the box is that of the unfilled mask, which skips the fill: a
+    second per CT volume.
+    """
+    mask = np.zeros(channels[0].shape, dtype=bool)
+    for channel in channels:
+        mask |= channel != 0
+    return bounding_box(mask)

@@ -9,8 +9,13 @@ import SimpleITK as sitk
 
 from autoseg.io.images import read_image
 from autoseg.records.plans import Configuration
+from autoseg.transforms import export as export_module
 from autoseg.transforms.case import preprocess_case
-from autoseg.transforms.export import export_prediction, probabilities_to_original_geometry
+from autoseg.transforms.export import (
+    export_prediction,
+    probabilities_to_label_map,
+    probabilities_to_original_geometry,
+)
 from autoseg.transforms.resampling import resample_channels, resample_segmentation, resampled_shape, separate_axis
 
 
@@ -189,3 +194,32 @@ def test_isotropic_case_is_interpolated_across_slices_even_in_a_plan_flagged_ani
     normalised = (slice_values - image.mean()) / image.std()
     # Cubic between 1 mm slices: new values appear between the old ones (nearest would only copy them).
     assert np.abs(data[0, :, 10, 10][:, None] - normalised[None]).min(axis=1).max() > 0.05
+
+
+@pytest.mark.parametrize("axis_orders", [(1, 1, 1), (0, 1, 1), (None, 3, 3)])
+def test_rows_of_a_resampling_put_together_equal_the_whole(axis_orders):
+    rng = np.random.default_rng(3)
+    data = rng.random((2, 7, 9, 11), dtype=np.float32)
+    new_shape = (7 if axis_orders[0] is None else 15, 20, 6)
+    whole = resample_channels(data, new_shape, axis_orders=axis_orders)
+    for axis in (0, 1):
+        slabs = [resample_channels(data, new_shape, axis_orders=axis_orders, rows=(axis, slice(start, start + 4)))
+                 for start in range(0, new_shape[axis], 4)]
+        assert np.array_equal(np.concatenate(slabs, axis=axis + 1), whole)
+
+
+def test_label_map_by_slabs_equals_the_whole_argmax(monkeypatch):
+    """Slab-wise export gives exactly the label map of the whole probabilities, also with a transposed plan."""
+    rng = np.random.default_rng(4)
+    logits = scipy.ndimage.gaussian_filter(rng.normal(size=(4, 10, 12, 8)), (0, 1, 1, 1)).astype(np.float32) * 30
+    probabilities = np.exp(logits) / np.exp(logits).sum(0)
+    plan = Configuration(**{**configuration((1.0, 1.0, 4.0)).__dict__, "transpose_forward": (2, 0, 1),
+                            "transpose_backward": (1, 2, 0)})
+    properties = {"spacing_after_resampling": [1.0, 1.0, 4.0], "spacing_after_crop": [0.5, 0.7, 5.0],
+                  "shape_after_crop": [20, 17, 6], "crop_bbox": [[0, 17], [2, 8], [1, 21]],
+                  "shape_before_crop": [17, 9, 23]}
+    full = probabilities_to_original_geometry(probabilities, properties, configuration=plan)
+    for slab_voxels in (10**9, 1):
+        monkeypatch.setattr(export_module, "LABEL_MAP_SLAB_VOXELS", slab_voxels)
+        label_map = probabilities_to_label_map(probabilities, properties, configuration=plan)
+        assert np.array_equal(label_map, np.argmax(full, axis=0))

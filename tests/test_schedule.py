@@ -42,7 +42,7 @@ class FakeCosts:
     def step_seconds(self, configuration: Configuration) -> float:
         return RATES[configuration.name]
 
-    def case_prediction_seconds(self, configuration: Configuration) -> float:
+    def case_prediction_seconds(self, configuration: Configuration, *, input_voxels: float | None = None) -> float:
         return 2.0
 
 

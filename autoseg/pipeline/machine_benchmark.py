@@ -42,7 +42,7 @@ from autoseg.planning.step_cost import (
     step_work,
 )
 from autoseg.records.dataset import RawDataset
-from autoseg.records.plans import Configuration
+from autoseg.records.plans import Configuration, Plans
 from autoseg.records.training_batch import device_batch_size
 from autoseg.training.augmentation import AugmentationSettings, sampled_patch_size
 from autoseg.training.batch_workers import default_number_of_workers
@@ -398,9 +398,23 @@ class MachineCosts:
         batch = device_batch_size(configuration.batch_size, configuration.patch_size, device=self.device.type)
         return self._step_seconds(configuration, batch)
 
-    def case_prediction_seconds(self, configuration: Configuration) -> float | None:
-        """Predicting one median-sized case as validation does: half-overlapping sliding-window tiles (every slice
-        of a 3D case for a 2D network) x the mirrored passes (4 in 2D, 8 in 3D) x one batch-1 forward pass, taken as
+    def case_prediction_seconds(
+        self, configuration: Configuration, *, input_voxels: float | None = None
+    ) -> float | None:
+        """Predicting one median-sized case as validation does: the network's passes (``network_seconds``) plus
+        the work in the input's grid (``input_grid_seconds``: reading, resampling in and out, writing), which
+        dominates for a large image predicted on a coarse grid. ``input_voxels`` is the median case's voxel count
+        in its own grid (``plans.json``'s ``original_median_shape``); without it the network's grid is taken.
+        None without a median shape."""
+        network = self.network_seconds(configuration)
+        if network is None:
+            return None
+        voxels = input_voxels if input_voxels is not None else math.prod(configuration.median_shape)
+        return network + input_grid_seconds(voxels, self.dataset.num_channels, self.dataset.num_output_channels)
+
+    def network_seconds(self, configuration: Configuration) -> float | None:
+        """The network's share of a case: half-overlapping sliding-window tiles (every slice of a 3D case for a 2D
+        network) x the mirrored passes (4 in 2D, 8 in 3D) x one batch-1 forward pass, taken as
         ``FORWARD_SHARE_OF_STEP`` of a batch-1 training step. None without a median shape."""
         if configuration.median_shape is None:
             return None
@@ -413,6 +427,27 @@ class MachineCosts:
         work = step_work(configuration, batch_size=batch_size, in_channels=self.dataset.num_channels + extra,
                          out_channels=self.dataset.num_output_channels, precision=self.model.key["precision"])
         return self.model.seconds_per_iteration(work)
+
+
+# Seconds per voxel of a case in its own grid, measured on a 512x512x300 CT volume predicted on a 3.1 mm grid (2
+# shared CPU cores, docs/inference.md) and rounded up: reading and preprocessing (crop, normalise, cubic resampling)
+# per voxel and channel; resampling back and the argmax per voxel and class; writing the compressed label map.
+READ_SECONDS_PER_VOXEL_AND_CHANNEL = 0.06e-6
+EXPORT_SECONDS_PER_VOXEL_AND_CLASS = 0.009e-6
+WRITE_SECONDS_PER_VOXEL = 0.1e-6
+
+
+def input_grid_seconds(voxels: float, channels: int, classes: int) -> float:
+    """Seconds of a case's work in its own grid: reading and resampling ``channels`` images in, resampling
+    ``classes`` probabilities back, taking the label map and writing it."""
+    return voxels * (channels * READ_SECONDS_PER_VOXEL_AND_CHANNEL + classes * EXPORT_SECONDS_PER_VOXEL_AND_CLASS
+                     + WRITE_SECONDS_PER_VOXEL)
+
+
+def median_input_voxels(plans: Plans) -> float | None:
+    """Voxels of the median case in its own grid (``plans.json``'s ``original_median_shape``), None if absent."""
+    shape = plans.get("original_median_shape")
+    return float(math.prod(shape)) if shape else None
 
 
 def machine_costs(dataset: RawDataset, device: torch.device, precision: str, *,

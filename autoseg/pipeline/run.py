@@ -16,7 +16,7 @@ from autoseg.errors import UserError
 from autoseg.evaluation.folders import SUMMARY_FILE_NAME
 from autoseg.pipeline.adaptation import RUN_STANDARDISATION_CASES, standardisation_stage
 from autoseg.pipeline.budget import ComputeFor, RunBudget, full_schedule_seconds
-from autoseg.pipeline.machine_benchmark import MachineCosts, machine_costs
+from autoseg.pipeline.machine_benchmark import MachineCosts, machine_costs, median_input_voxels
 from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.pipeline.report import build_report
 from autoseg.pipeline.selection import find_best, format_candidates
@@ -237,7 +237,8 @@ def train_stage(
         # Validation, then test-time standardisation of the selected model (counted for every fold: an upper bound).
         reserve = budget.after_training_reserve(
             [(len(job.validation_case_ids) + min(RUN_STANDARDISATION_CASES, len(job.train_case_ids)),
-              costs.case_prediction_seconds(plans.configuration(configuration)))
+              costs.case_prediction_seconds(plans.configuration(configuration),
+                                            input_voxels=median_input_voxels(plans)))
              for (configuration, _), job in zip(pairs, jobs, strict=True)],
         )
         print(f"keeping {describe_duration(reserve)} of the budget for validation, model selection and the report")
@@ -292,7 +293,8 @@ def _run_stages(root: Path, work: WorkFolder, options: RunOptions, budget: RunBu
     costs = machine_costs(dataset, device, options.precision) if budget.budget_seconds is not None else None
     standardisation_stage(
         work, recipe, device=str(device), precision=options.precision, budget=budget,
-        case_seconds=lambda name: None if costs is None else costs.case_prediction_seconds(plans.configuration(name)),
+        case_seconds=lambda name: None if costs is None else costs.case_prediction_seconds(
+            plans.configuration(name), input_voxels=median_input_voxels(plans)),
     )
     _stage("report")
     report = build_report(work)

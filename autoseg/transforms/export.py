@@ -59,14 +59,28 @@ def _crop_slices(properties: dict) -> tuple[slice, ...]:
 
 
 def _back_to_cropped_file_axes(
-    channels: np.ndarray, properties: dict, *, configuration: Configuration
+    channels: np.ndarray, properties: dict, *, configuration: Configuration, rows: slice | None = None
 ) -> np.ndarray:
-    """``(K, preprocessed grid)`` -> ``(K, crop box in the file's axis order)``."""
+    """``(K, preprocessed grid)`` -> ``(K, crop box in the file's axis order)``; with ``rows`` only those rows of
+    the first preprocessed axis (a slab)."""
     resampled = resample_channels(
-        channels, properties["shape_after_crop"], axis_orders=_probability_axis_orders(configuration, properties)
+        channels, properties["shape_after_crop"], axis_orders=_probability_axis_orders(configuration, properties),
+        rows=None if rows is None else (0, rows),
     )
     backward = list(configuration.transpose_backward)
     return np.ascontiguousarray(resampled.transpose([0, *(axis + 1 for axis in backward)]))
+
+
+# Output voxels of one slab of the label map: its K resampled channels stay small whatever the image's size.
+LABEL_MAP_SLAB_VOXELS = 8_000_000
+
+
+def _slabs(properties: dict) -> list[slice]:
+    """Slabs of the first preprocessed axis in the crop box's (resampled) shape, about ``LABEL_MAP_SLAB_VOXELS``."""
+    shape = [int(size) for size in properties["shape_after_crop"]]
+    per_row = max(1, int(np.prod(shape[1:], dtype=np.int64)))
+    step = max(1, LABEL_MAP_SLAB_VOXELS // per_row)
+    return [slice(start, min(start + step, shape[0])) for start in range(0, max(shape[0], 1), step)]
 
 
 def probabilities_to_original_geometry(
@@ -98,11 +112,27 @@ def probabilities_to_label_map(
     ``label_values`` (channel index -> label value; default: the index itself).
     """
     probabilities = _as_float_array(probabilities)
+    values = np.asarray(label_values if label_values is not None else range(probabilities.shape[0]), dtype=np.int16)
+    label_map = np.full(properties["shape_before_crop"], values[0], dtype=np.int16)
+    crop = _crop_slices(properties)
+    # Preprocessed axis 0 is file axis transpose_forward[0]: each slab fills those rows of the crop box.
+    file_axis = int(list(configuration.transpose_backward).index(0))
+    for rows in _slabs(properties):
+        index = list(crop)
+        index[file_axis] = slice(crop[file_axis].start + rows.start, crop[file_axis].start + rows.stop)
+        label_map[tuple(index)] = values[_slab_argmax(probabilities, properties, configuration, rows)]
+    return label_map
+
+
+def _slab_argmax(
+    probabilities: np.ndarray, properties: dict, configuration: Configuration, rows: slice
+) -> np.ndarray:
+    """Channel index of the largest resampled probability in one slab (ties go to the lower channel)."""
     best_probability: np.ndarray | None = None
     best_channel: np.ndarray | None = None
     for channel in range(probabilities.shape[0]):
         resampled = _back_to_cropped_file_axes(
-            probabilities[channel : channel + 1], properties, configuration=configuration
+            probabilities[channel : channel + 1], properties, configuration=configuration, rows=rows
         )[0]
         if best_probability is None:
             best_probability, best_channel = resampled, np.zeros(resampled.shape, dtype=np.int16)
@@ -110,10 +140,7 @@ def probabilities_to_label_map(
         better = resampled > best_probability
         best_probability[better] = resampled[better]
         best_channel[better] = channel
-    values = np.asarray(label_values if label_values is not None else range(probabilities.shape[0]), dtype=np.int16)
-    label_map = np.full(properties["shape_before_crop"], values[0], dtype=np.int16)
-    label_map[_crop_slices(properties)] = values[best_channel]
-    return label_map
+    return best_channel
 
 
 def write_segmentation(label_map: np.ndarray, properties: dict, path: str | os.PathLike[str]) -> None:

@@ -209,27 +209,73 @@ def axis_operators(
 
 
 def resample_channels(
-    data: np.ndarray, new_shape: Sequence[int], *, axis_orders: Sequence[int | None], clip_to_input_range: bool = True
+    data: np.ndarray,
+    new_shape: Sequence[int],
+    *,
+    axis_orders: Sequence[int | None],
+    clip_to_input_range: bool = True,
+    rows: tuple[int, slice] | None = None,
 ) -> np.ndarray:
     """Resample a ``(C, z, y, x)`` float array to ``(C, *new_shape)``, separably, in float32.
 
     With ``clip_to_input_range`` each channel is clipped to its input [min, max]: a cubic spline overshoots at sharp
     edges (e.g. the border of an ultrasound fan), inventing intensities the image never had.
+    ``rows=(axis, slice)`` computes only those output rows along that spatial axis (a slab of a large volume); every
+    value is computed by the same sparse products as without it, so slabs put together equal the whole result.
     """
     new_shape = tuple(int(v) for v in new_shape)
     operators = axis_operators(data.shape[1:], new_shape, axis_orders)
     if not operators:
-        return np.ascontiguousarray(data, dtype=np.float32)
+        return _input_rows(np.ascontiguousarray(data, dtype=np.float32), rows)
+    # The clip range is always the whole channel's, slab or not.
+    ranges = [_value_range(channel) if clip_to_input_range else (0.0, 0.0) for channel in data]
+    if rows is not None:
+        operators, data, new_shape = _restricted_to_rows(operators, data, new_shape, rows)
     result = np.empty((data.shape[0], *new_shape), dtype=np.float32)
     for channel in range(data.shape[0]):
         volume = np.asarray(data[channel], dtype=np.float32)
-        low, high = (float(volume.min()), float(volume.max())) if clip_to_input_range and volume.size else (0, 0)
         for operator in operators:
             if operator.cubic:
                 volume = cubic_spline_coefficients(volume, operator.axis)
             volume = apply_along_axis(volume, operator.matrix, operator.axis)
-        result[channel] = np.clip(volume, low, high) if clip_to_input_range else volume
+        result[channel] = np.clip(volume, *ranges[channel]) if clip_to_input_range else volume
     return result
+
+
+def _value_range(channel: np.ndarray) -> tuple[float, float]:
+    """A channel's [min, max] in float32, (0, 0) when empty."""
+    volume = np.asarray(channel, dtype=np.float32)
+    return (float(volume.min()), float(volume.max())) if volume.size else (0.0, 0.0)
+
+
+def _input_rows(data: np.ndarray, rows: tuple[int, slice] | None) -> np.ndarray:
+    """``data`` ``(C, z, y, x)`` restricted to ``rows=(spatial axis, slice)`` (all of it without)."""
+    if rows is None:
+        return data
+    index = [slice(None)] * data.ndim
+    index[rows[0] + 1] = rows[1]
+    return data[tuple(index)]
+
+
+def _restricted_to_rows(
+    operators: list[AxisOperator], data: np.ndarray, new_shape: tuple[int, ...], rows: tuple[int, slice]
+) -> tuple[list[AxisOperator], np.ndarray, tuple[int, ...]]:
+    """The operators, input and output shape that compute only output ``rows=(axis, slice)``: the axis's matrix
+    keeps those rows (a CSR row slice keeps every row's weights in order, so each value is computed exactly as
+    before), or, when that axis is not resampled, the input keeps those rows."""
+    axis, selected = rows
+    start, stop, _ = selected.indices(new_shape[axis])
+    shape = list(new_shape)
+    shape[axis] = max(0, stop - start)
+    restricted = []
+    for operator in operators:
+        if operator.axis == axis:
+            matrix = operator.matrix[start:stop]
+            operator = AxisOperator(axis, matrix, matrix.tocsc(), operator.cubic)
+        restricted.append(operator)
+    if all(operator.axis != axis for operator in operators):
+        data = _input_rows(data, (axis, slice(start, stop)))
+    return restricted, data, tuple(shape)
 
 
 def _resample_indicator_in_box(

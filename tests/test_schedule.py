@@ -19,9 +19,10 @@ from autoseg.pipeline.budget import (
     whole_run_seconds,
 )
 from autoseg.pipeline.machine_benchmark import tiles_per_case
-from autoseg.pipeline.run import RunOptions, schedule_stage
+from autoseg.pipeline.run import MIRRORING_CASE_SECONDS, RunOptions, prediction_advice, schedule_stage
 from autoseg.planning.layout import TARGET_ITERATIONS
 from autoseg.records.dataset import RawDataset
+from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
 from autoseg.records.plans import Configuration, Plans
 from autoseg.utils.durations import describe_duration
 
@@ -42,8 +43,9 @@ class FakeCosts:
     def step_seconds(self, configuration: Configuration) -> float:
         return RATES[configuration.name]
 
-    def case_prediction_seconds(self, configuration: Configuration, *, input_voxels: float | None = None) -> float:
-        return 2.0
+    def case_prediction_seconds(self, configuration: Configuration, *, input_voxels: float | None = None,
+                                mirrored: bool = True) -> float:
+        return 2.0 * (RATES[configuration.name] * 100 if mirrored else RATES[configuration.name])
 
 
 @pytest.fixture
@@ -163,3 +165,13 @@ def test_tiles_per_case_counts_half_overlapping_windows_and_slices():
     assert tiles_per_case((35.5, 51.0, 35.0), (40, 56, 40)) == 1  # a case smaller than the patch: one padded tile
     assert tiles_per_case((100.0, 100.0), (50, 50)) == 9  # starts 0, 25, 50 on each axis
     assert tiles_per_case((36.0, 51.0, 35.0), (56, 40)) == 36  # a 2D network predicts each of the 36 slices
+
+
+def test_the_run_recommends_mirroring_only_while_a_median_case_stays_quick(tmp_path):
+    quick = prediction_advice(tmp_path, PLANS, InferenceRecipe(models=(RecipeModel("2d", (0,)),)), None)
+    assert quick.endswith(str(tmp_path)) and "--no-tta" not in quick  # no budget, no costs: the default command
+    slow = prediction_advice(tmp_path, PLANS, InferenceRecipe(models=(RecipeModel("3d_fullres", (0, 1)),)), FakeCosts())
+    assert "--no-tta" in slow and "800 s per median-sized case" in slow and "8 s without it" in slow
+    fast = prediction_advice(tmp_path, PLANS, InferenceRecipe(models=(RecipeModel("2d", (0,)),)), FakeCosts())
+    assert "--no-tta" in fast  # 100 s with mirroring: over the limit as well
+    assert MIRRORING_CASE_SECONDS < 100

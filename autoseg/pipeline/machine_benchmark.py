@@ -399,28 +399,28 @@ class MachineCosts:
         return self._step_seconds(configuration, batch)
 
     def case_prediction_seconds(
-        self, configuration: Configuration, *, input_voxels: float | None = None
+        self, configuration: Configuration, *, input_voxels: float | None = None, mirrored: bool = True
     ) -> float | None:
         """Predicting one median-sized case as validation does: the network's passes (``network_seconds``) plus
         the work in the input's grid (``input_grid_seconds``: reading, resampling in and out, writing), which
         dominates for a large image predicted on a coarse grid. ``input_voxels`` is the median case's voxel count
         in its own grid (``plans.json``'s ``original_median_shape``); without it the network's grid is taken.
         None without a median shape."""
-        network = self.network_seconds(configuration)
+        network = self.network_seconds(configuration, mirrored=mirrored)
         if network is None:
             return None
         voxels = input_voxels if input_voxels is not None else math.prod(configuration.median_shape)
         return network + input_grid_seconds(voxels, self.dataset.num_channels, self.dataset.num_output_channels)
 
-    def network_seconds(self, configuration: Configuration) -> float | None:
+    def network_seconds(self, configuration: Configuration, *, mirrored: bool = True) -> float | None:
         """The network's share of a case: half-overlapping sliding-window tiles (every slice of a 3D case for a 2D
-        network) x the mirrored passes (4 in 2D, 8 in 3D) x one batch-1 forward pass, taken as
+        network) x the mirrored passes (4 in 2D, 8 in 3D; 1 without mirroring) x one batch-1 forward pass, taken as
         ``FORWARD_SHARE_OF_STEP`` of a batch-1 training step. None without a median shape."""
         if configuration.median_shape is None:
             return None
         tiles = tiles_per_case(configuration.median_shape, configuration.patch_size)
-        mirrored = 2 ** configuration.dimension
-        return tiles * mirrored * FORWARD_SHARE_OF_STEP * self._step_seconds(configuration, 1)
+        passes = 2 ** configuration.dimension if mirrored else 1
+        return tiles * passes * FORWARD_SHARE_OF_STEP * self._step_seconds(configuration, 1)
 
     def _step_seconds(self, configuration: Configuration, batch_size: int) -> float:
         extra = len(self.dataset.foreground_labels) if configuration.previous_stage else 0

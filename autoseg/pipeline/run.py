@@ -27,6 +27,7 @@ from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
 from autoseg.records.compute_plan import ComputePlan
 from autoseg.records.dataset import RawDataset
 from autoseg.records.fingerprint import load_fingerprint
+from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.plans import Plans
 from autoseg.records.work_folder import TRAINING_SUMMARY_FILE, VALIDATION_FOLDER, WorkFolder
 from autoseg.training.job import TrainingSettings, build_job
@@ -257,6 +258,28 @@ def train_stage(
         print(budget.progress_line(done=number, total=len(pairs)), flush=True)
 
 
+MIRRORING_CASE_SECONDS = 30.0  # mirroring is recommended while a median case takes at most this long with it
+
+
+def prediction_advice(work: WorkFolder, plans: Plans, recipe: InferenceRecipe, costs: MachineCosts | None) -> str:
+    """How to predict new images with the selected model: with test-time mirroring while a median-sized case is
+    predicted in at most ``MIRRORING_CASE_SECONDS`` with it (a case twice the median then stays within a minute),
+    else without it, saying why (a CT volume predicted on a coarse grid can spend minutes in mirrored passes)."""
+    command = f"predict new images with:\n  autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {work}"
+    if costs is None:
+        return command
+    voxels = median_input_voxels(plans)
+    def seconds(mirrored: bool) -> float | None:
+        each = [(costs.case_prediction_seconds(plans.configuration(model.configuration), input_voxels=voxels,
+                                               mirrored=mirrored), len(model.folds or (0,))) for model in recipe.models]
+        return None if any(value is None for value, _ in each) else sum(float(value) * folds for value, folds in each)
+    with_mirroring, without = seconds(True), seconds(False)
+    if with_mirroring is None or without is None or with_mirroring <= MIRRORING_CASE_SECONDS:
+        return command
+    return (f"{command} --no-tta\n(mirroring would take about {with_mirroring:.0f} s per median-sized case on this "
+            f"machine, {without:.0f} s without it; drop --no-tta for the last fraction of a Dice point)")
+
+
 def run_pipeline(dataset_root: str, work_dir: str | None, options: RunOptions) -> Path:
     """Run every stage; returns the report path. The working folder stays locked against other autoseg commands."""
     budget = RunBudget.start(options.time_budget)
@@ -299,6 +322,6 @@ def _run_stages(root: Path, work: WorkFolder, options: RunOptions, budget: RunBu
     _stage("report")
     report = build_report(work)
     print(f"\nReport: {report}")
-    print(f"predict new images with:\n  autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {work}")
+    print(prediction_advice(work, plans, recipe, costs))
     print(budget.final_line(), flush=True)
     return report

@@ -271,7 +271,8 @@ def generate(output: Path, *, cases: int = 20, seed: int = 0, test_slices: int =
                   f"{len([s for s in case.shapes if s.label == LABELS['lesion']])} lesions, "
                   f"{time.perf_counter() - start:.1f} s", flush=True)
     description = {"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": cases, "file_ending": ".nii.gz",
-                   "name": "CTPhantom", "description": "CT-like abdominal phantom (benchmarks/ct_phantom.py, "
+                   "name": output.name.split("_", 1)[-1],
+                   "description": f"CT-like abdominal phantom (benchmarks/ct_phantom.py, "
                    f"seed {seed})"}
     (partial / "dataset.json").write_text(json.dumps(description, indent=4) + "\n")
     partial.rename(output)

@@ -118,6 +118,19 @@ def stage_durations(lines: list[tuple[float, str]], end: float) -> dict[str, flo
     return durations
 
 
+def validation_seconds(lines: list[tuple[float, str]]) -> list[float]:
+    """Seconds from each fold's ``training finished`` line to its ``validation cases`` line: predicting the fold's
+    validation cases (part of the fold's stage)."""
+    seconds, finished = [], None
+    for stamp, text in lines:
+        if text.startswith("training finished"):
+            finished = stamp
+        elif text.startswith("validation cases") and finished is not None:
+            seconds.append(round(stamp - finished, 2))
+            finished = None
+    return seconds
+
+
 def folder_bytes(path: Path) -> int:
     return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
 
@@ -129,7 +142,7 @@ def preprocessed_sizes(work: WorkFolder) -> dict:
         per_case: dict[str, int] = {}
         for entry in configuration.rglob("*"):
             if entry.is_file():
-                case = entry.name.split(".")[0]
+                case = entry.name.split(".")[0].removesuffix("_seg")
                 per_case[case] = per_case.get(case, 0) + entry.stat().st_size
         values = list(per_case.values())
         sizes[configuration.name] = {
@@ -138,6 +151,18 @@ def preprocessed_sizes(work: WorkFolder) -> dict:
             "per_case_bytes": dict(sorted(per_case.items())),
         }
     return sizes
+
+
+def model_sizes(work: WorkFolder) -> dict:
+    """Bytes of the model folders: checkpoints, and the validation probabilities (``CASE.npz``) model selection
+    ensembles (a fold's ``validation/`` and a configuration's ``crossval/`` may hard-link the same files)."""
+    files = [entry for entry in work.models.rglob("*") if entry.is_file()] if work.models.is_dir() else []
+    unique = {(entry.stat().st_dev, entry.stat().st_ino): entry for entry in files}
+    probabilities = [entry for entry in unique.values() if entry.suffix == ".npz"]
+    return {"total_bytes": sum(entry.stat().st_size for entry in unique.values()),
+            "checkpoint_bytes": sum(entry.stat().st_size for entry in unique.values() if entry.suffix == ".pt"),
+            "probability_files": len(probabilities),
+            "probability_bytes": sum(entry.stat().st_size for entry in probabilities)}
 
 
 def training_results(work: WorkFolder) -> list[dict]:
@@ -206,6 +231,7 @@ def run_pipeline(dataset: Path, work_dir: Path, budget: str, log: Path) -> dict:
                str(work_dir), "--no-progress"]
     result = timed_command(command, log=log)
     result["stages_s"] = stage_durations(result["lines"], result["wall_s"])
+    result["validation_prediction_s"] = validation_seconds(result["lines"])
     result["budget_s"] = parse_time_budget(budget)
     result["over_budget_s"] = round(result["wall_s"] - result["budget_s"], 1)
     result["log"] = path_for_result(log)
@@ -236,12 +262,19 @@ def print_table(results: dict) -> None:
     if run:
         rows.append(("budget", f"{run['budget_s']:.0f} s, over by {run['over_budget_s']:+.0f} s"))
         rows += [(f"  stage {name}", f"{seconds:.0f} s") for name, seconds in run["stages_s"].items()]
+        rows += [("  of which validation prediction", ", ".join(f"{seconds:.0f} s" for seconds in
+                                                             run["validation_prediction_s"]))]
     sizes = results.get("preprocessed")
     if sizes:
         rows.append(("preprocessed", f"{sizes['total_bytes'] / 2**20:.0f} MB"))
         rows += [(f"  {name}", f"{entry['cases']} cases, mean {entry['mean_case_bytes'] / 2**20:.1f} MB, "
                                f"max {entry['max_case_bytes'] / 2**20:.1f} MB per case")
                  for name, entry in sizes.items() if isinstance(entry, dict)]
+    models = results.get("models")
+    if models:
+        rows.append(("models", f"{models['total_bytes'] / 2**20:.0f} MB, of which checkpoints "
+                               f"{models['checkpoint_bytes'] / 2**20:.0f} MB and {models['probability_files']} "
+                               f"validation probability files {models['probability_bytes'] / 2**20:.0f} MB"))
     rows += [(f"train {entry['configuration']} fold {entry['fold']}",
               f"{entry['steps']} steps, {entry['epochs']} epochs, {entry['seconds'] or 0:.0f} s")
              for entry in results.get("training", [])]
@@ -295,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             results["run"] = run_pipeline(dataset, work_dir, arguments.time_budget, work_dir / "ct_scale_run.log")
         if not arguments.predict_only:
             results["preprocessed"] = preprocessed_sizes(work)
+            results["models"] = model_sizes(work)
             results["training"] = training_results(work)
             results["cross_validation"] = cross_validation(work)
         if (dataset / "imagesTs").is_dir() and work.inference_recipe.is_file():

@@ -91,3 +91,10 @@ def test_stage_durations_run_from_marker_to_marker() -> None:
     assert ct_scale.stage_durations(lines, 20.0) == {
         "start": 1.0, "check + fingerprint + plan": 4.0, "preprocess": 4.5, "train 3d_fullres fold 0 (fold 1/1)": 10.5,
     }
+
+
+def test_validation_seconds_run_from_training_finished_to_validation_cases() -> None:
+    ct_scale = benchmark_module("ct_scale")
+    lines = [(233.7, "training finished after 5 epochs, 146 s"), (240.0, "saving"),
+             (486.2, "validation cases (predict_validation): mean Dice 0.0000"), (500.0, "validation cases again")]
+    assert ct_scale.validation_seconds(lines) == [252.5]

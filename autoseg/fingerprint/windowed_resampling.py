@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from autoseg.transforms.resampling import AxisOperator, _class_weight, axis_operators
+from autoseg.transforms.resampling import AxisOperator, _class_weight, axis_operators, class_vote
 
 
 class OutsideWindow(Exception):
@@ -86,19 +86,7 @@ def resample_window(
     local_shape = tuple(b - a for a, b in zip(start, stop, strict=True))
     segmentation = window.array
     values = [int(value) for value in np.unique(segmentation) if value != 0]
-    best_weight = np.zeros(local_shape, dtype=np.float32)
-    foreground_total = np.zeros(local_shape, dtype=np.float32)
-    result = np.zeros(local_shape, dtype=segmentation.dtype)
-    for value in values:
-        weight, output_box = _class_weight(segmentation, value, operators, local_shape)
-        if weight.size == 0:
-            continue
-        current = best_weight[output_box]
-        better = weight > current
-        current[better] = weight[better]
-        result[output_box][better] = value
-        foreground_total[output_box] += weight
-    result[(1 - foreground_total) >= best_weight] = 0
+    result = class_vote(segmentation, values, operators, local_shape, 0)
     for value in values:
         if not np.any(result == value):
             result[_kept_voxel(window, value, operators, new_shape, start, local_shape)] = value

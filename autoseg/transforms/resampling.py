@@ -314,6 +314,28 @@ def _class_weight(
     return _resample_indicator_in_box(indicator[box].astype(np.float32), box, operators, new_shape)
 
 
+def class_vote(segmentation: np.ndarray, values: Sequence[int], operators: list[AxisOperator],
+               new_shape: tuple[int, ...], background: int) -> np.ndarray:
+    """Per new voxel, the class of ``values`` whose interpolated indicator weighs most, each class inside its own
+    bounding box; ``background`` where its weight (one less the others') is at least as large."""
+    best_weight = np.zeros(new_shape, dtype=np.float32)
+    foreground_total = np.zeros(new_shape, dtype=np.float32)
+    result = np.full(new_shape, background, dtype=segmentation.dtype)
+    for value in values:
+        if value == background:
+            continue
+        weight, output_box = _class_weight(segmentation, value, operators, new_shape)
+        if weight.size == 0:
+            continue
+        current = best_weight[output_box]
+        better = weight > current
+        current[better] = weight[better]
+        result[output_box][better] = value
+        foreground_total[output_box] += weight
+    result[(1 - foreground_total) >= best_weight] = background
+    return result
+
+
 def resample_segmentation(
     segmentation: np.ndarray, new_shape: Sequence[int], *, axis_orders: Sequence[int | None]
 ) -> np.ndarray:
@@ -332,21 +354,7 @@ def resample_segmentation(
         return segmentation.copy()
     values = [int(value) for value in np.unique(segmentation)]
     background = 0 if 0 in values else values[0]
-    best_weight = np.zeros(new_shape, dtype=np.float32)
-    foreground_total = np.zeros(new_shape, dtype=np.float32)
-    result = np.full(new_shape, background, dtype=segmentation.dtype)
-    for value in values:
-        if value == background:
-            continue
-        weight, output_box = _class_weight(segmentation, value, operators, new_shape)
-        if weight.size == 0:
-            continue
-        current = best_weight[output_box]
-        better = weight > current
-        current[better] = weight[better]
-        result[output_box][better] = value
-        foreground_total[output_box] += weight
-    result[(1 - foreground_total) >= best_weight] = background
+    result = class_vote(segmentation, values, operators, new_shape, background)
     for value in values:
         if value == background or np.any(result == value):
             continue

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from autoseg.transforms.resampling import AxisOperator, _class_weight, axis_operators, class_vote
+from autoseg.transforms.resampling import AxisOperator, axis_operators, class_vote, class_weight
 
 
 class OutsideWindow(Exception):
@@ -98,7 +98,7 @@ def _kept_voxel(
     local_shape: tuple[int, ...],
 ) -> tuple[int, ...]:
     """Where ``resample_segmentation`` keeps a class that lost every voxel, in window coordinates."""
-    weight, output_box = _class_weight(window.array, value, operators, local_shape)
+    weight, output_box = class_weight(window.array, value, operators, local_shape)
     if weight.size and weight.max() > 0:
         index = np.unravel_index(int(np.argmax(weight)), weight.shape)
         return tuple(int(offset.start) + int(i) for offset, i in zip(output_box, index, strict=True))

@@ -306,9 +306,10 @@ def _resample_indicator_in_box(
     return volume, tuple(output_box)
 
 
-def _class_weight(
+def class_weight(
     segmentation: np.ndarray, value: int, operators: list[AxisOperator], new_shape: Sequence[int]
 ) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """The interpolated indicator of class ``value`` inside its own bounding box of the new grid, and that box."""
     indicator = segmentation == value
     box = scipy.ndimage.find_objects(indicator.astype(np.int8))[0]
     return _resample_indicator_in_box(indicator[box].astype(np.float32), box, operators, new_shape)
@@ -324,7 +325,7 @@ def class_vote(segmentation: np.ndarray, values: Sequence[int], operators: list[
     for value in values:
         if value == background:
             continue
-        weight, output_box = _class_weight(segmentation, value, operators, new_shape)
+        weight, output_box = class_weight(segmentation, value, operators, new_shape)
         if weight.size == 0:
             continue
         current = best_weight[output_box]
@@ -360,7 +361,7 @@ def resample_segmentation(
             continue
         # The class lost every voxel (smaller than the new voxels, or outweighed by neighbours): keep its single
         # strongest voxel, because small structures must not disappear.
-        weight, output_box = _class_weight(segmentation, value, operators, new_shape)
+        weight, output_box = class_weight(segmentation, value, operators, new_shape)
         if weight.size and weight.max() > 0:
             local = np.unravel_index(int(np.argmax(weight)), weight.shape)
             position = tuple(int(offset.start) + int(index) for offset, index in zip(output_box, local, strict=True))

@@ -14,9 +14,11 @@ from autoseg.inference.ensemble import ModelEnsemble
 from autoseg.inference.loading import load_ensemble
 from autoseg.inference.model_source import ModelSource
 from autoseg.inference.options import PredictionOptions
+from autoseg.inference.quality_table import QUALITY_FILE, flagged_cases, read_quality_table
 from autoseg.io.images import file_ending, read_image_header
 from autoseg.records.dataset import Case, Problem
 from autoseg.records.onnx_export import is_onnx_export
+from autoseg.records.quality_model import QualityModel
 from autoseg.sharing.submission import write_submission
 from autoseg.utils.files import remove_stale_temporaries
 from autoseg.utils.locking import folder_lock
@@ -69,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "train-adapter`); writes CASE.adaptation.json next to each label map "
                              "(docs/adaptation.md)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of test-time adaptation (default 0)")
+    parser.add_argument("--flag-below", type=float, default=None, metavar="X",
+                        help="flag cases whose expected Dice (quality.csv) is below X (default: the threshold "
+                             "model selection chose on the cross-validation, in inference.json)")
+    parser.add_argument("--no-quality", action="store_true",
+                        help="skip the per-case quality estimate (quality.csv; docs/quality.md)")
     parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
                         help="torch: the checkpoints of a model folder; onnx: a folder written by `autoseg "
                              "export-onnx`, run by onnxruntime on the CPU in float32 (docs/inference.md)")
@@ -161,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         skipped = len(items) - len(written)
         print(f"autoseg predict: wrote {len(written)} label map(s) to {output_folder}"
               + (f" ({skipped} already there)" if skipped else ""))
+        if first.options.quality:
+            print(f"autoseg predict: {quality_summary(output_folder / QUALITY_FILE, models.quality, args.flag_below)}")
         if args.submission:
             _write_submission(output_folder, models, args, [output for _, output in items])
     return 0
@@ -171,6 +180,8 @@ def _load_models(args: argparse.Namespace, *, threads: int) -> ModelEnsemble:
     options = PredictionOptions(
         tta=not args.no_tta, step_size=args.step_size, batch_size=args.batch_size, precision=args.precision,
         device=args.device, threads=threads, adapt=args.adapt, adaptation_seed=args.seed,
+        # A submission folder holds exactly its label maps and manifest: no quality.csv there.
+        quality=not args.no_quality and not args.submission, flag_below=args.flag_below,
     )
     if args.engine == "onnx":
         _refuse_torch_only_options(args)
@@ -184,6 +195,20 @@ def _load_models(args: argparse.Namespace, *, threads: int) -> ModelEnsemble:
     source = ModelSource.checkpoints(args.model, configuration=args.configuration, folds=args.folds,
                                      checkpoint=args.checkpoint, postprocessing=not args.no_postprocessing)
     return load_ensemble(source, options)
+
+
+def quality_summary(table: Path, model: QualityModel | None, flag_below: float | None) -> str:
+    """The line that ends a prediction: how many cases are flagged, the worst few, and where the table is."""
+    rows = read_quality_table(table)
+    threshold = flag_below if flag_below is not None else (model.flag_below if model is not None else None)
+    if threshold is None:
+        return (f"quality estimates of {len(rows)} case(s) in {table} (uncalibrated: run `autoseg find-best` for "
+                f"expected Dice and a threshold, or pass --flag-below)")
+    flagged = flagged_cases(rows)
+    named = ", ".join(f"{row['case']} ({float(row['expected_dice']):.2f})" for row in flagged[:5])
+    more = f" and {len(flagged) - 5} more" if len(flagged) > 5 else ""
+    head = f"{len(flagged)} of {len(rows)} case(s) flagged (expected Dice below {threshold:.2f})"
+    return f"{head}: {named}{more}; check them first, see {table}" if flagged else f"{head}; see {table}"
 
 
 def _prepare_output_folder(output_folder: Path, args: argparse.Namespace) -> Path:

@@ -33,6 +33,7 @@ from autoseg.inference.export import members_label_map
 from autoseg.inference.pipeline import run_prediction_pipeline
 from autoseg.inference.predictor import Prediction, Predictor
 from autoseg.records.postprocessing import PostprocessingDecision
+from autoseg.records.quality_model import QualityModel
 
 
 @dataclasses.dataclass
@@ -41,6 +42,7 @@ class ModelEnsemble:
 
     members: list[Predictor]
     postprocessing: PostprocessingDecision | None = None
+    quality: QualityModel | None = None
 
     @property
     def description(self) -> str:
@@ -64,11 +66,13 @@ class ModelEnsemble:
 
         ``save_probabilities`` also writes ``CASE.npz`` (the averaged probabilities in the input's grid);
         ``skip_existing`` leaves outputs already there; ``workers`` > 0 preprocesses and exports in background
-        processes while the network runs.
+        processes while the network runs. Unless the members' ``options.quality`` is off, every case's quality
+        estimate goes to ``quality.csv`` next to the outputs (``autoseg.inference.quality_table``).
         """
         return run_prediction_pipeline(
             self.members, list(zip(cases, output_paths, strict=True)), save_probabilities=save_probabilities,
             postprocessing=self.postprocessing, skip_existing=skip_existing, workers=workers, progress=progress,
+            quality=self.quality,
         )
 
     def predict_array(

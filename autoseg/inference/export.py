@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from autoseg.inference.label_maps import label_map_from_probabilities
+from autoseg.inference.quality import LabelMapStatistics, label_map_statistics
 from autoseg.io.images import Geometry
 from autoseg.io.slicer_segmentation import is_slicer_segmentation_path, write_slicer_segmentation
 from autoseg.records.dataset import RawDataset
@@ -88,12 +89,14 @@ def export_members(
     output_path: str | os.PathLike[str],
     save_probabilities: bool = False,
     postprocessing: PostprocessingDecision | None = None,
-) -> None:
+    statistics_targets: Sequence[int] | None = None,
+) -> LabelMapStatistics | None:
     """Write one case's label map with exactly the input's geometry (runs in export worker processes).
 
     ``members`` and ``postprocessing`` are as for ``members_label_map``; ``save_probabilities`` also writes the
     (averaged) probabilities in the input's grid to ``CASE.npz`` (key ``probabilities``, float32 ``(K, z, y, x)``)
-    next to the label map.
+    next to the label map. With ``statistics_targets`` (label values), returns the written label map's volumes and
+    largest-piece shares for the quality estimate.
     """
     label_map, probabilities = members_label_map(
         members, dataset=dataset, postprocessing=postprocessing, with_probabilities=save_probabilities
@@ -108,6 +111,10 @@ def export_members(
                                   segments=named_label_values(dataset))
     else:
         write_segmentation(label_map, properties, output_path)
+    if statistics_targets is None:
+        return None
+    spacing = Geometry.from_dict(properties["geometry"]).spacing
+    return label_map_statistics(label_map, spacing=spacing, targets=statistics_targets)
 
 
 def named_label_values(dataset: RawDataset) -> list[tuple[str, int]]:

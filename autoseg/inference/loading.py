@@ -59,7 +59,11 @@ def load_ensemble(source: ModelSource, options: PredictionOptions = PredictionOp
     follows_recipe = recipe is not None and [member.configuration_name for member in members] == recipe.configurations
     if source.postprocessing and follows_recipe and recipe.postprocessing:
         postprocessing = PostprocessingDecision.read(opened.root / recipe.postprocessing)
-    return ModelEnsemble(members=members, postprocessing=postprocessing)
+    quality = recipe.quality if recipe is not None else None
+    if quality is not None and not follows_recipe:
+        # The calibration belongs to the recipe's members; other members keep the volume ranges only.
+        quality = dataclasses.replace(quality, raw_scores=(), expected=(), flag_below=None)
+    return ModelEnsemble(members=members, postprocessing=postprocessing, quality=quality)
 
 
 def load_predictor(source: ModelSource, options: PredictionOptions = PredictionOptions()) -> Predictor:  # noqa: B008
@@ -92,9 +96,11 @@ def _open_onnx_export(source: ModelSource, options: PredictionOptions) -> _Opene
     import_onnxruntime()
     work_folder = WorkFolder.at(folder)
     models = OnnxModels(folder, export, load_plans(work_folder.plans), work_folder.read_dataset())
+    copied = InferenceRecipe.read(work_folder.inference_recipe)  # the export copies inference.json: its quality model
+    recipe = dataclasses.replace(export.recipe, quality=copied.quality if copied is not None else None)
 
     def load(configuration: str | None, folds: Folds) -> Predictor:
         name = configuration if configuration is not None else export.recipe.configurations[0]
         return load_onnx_predictor(models, name, folds=folds, options=options)
 
-    return _OpenedSource(folder, export.recipe, load)
+    return _OpenedSource(folder, recipe, load)

@@ -32,6 +32,8 @@ class PredictionOptions:
         threads: onnxruntime intra-op threads per network (torch uses its global thread count).
         adapt: a test-time appearance adaptation method (``standardise``, ``normaliser``, ``adversarial``) or None.
         adaptation_seed: random seed of test-time adaptation.
+        quality: estimate every case's quality (``autoseg.inference.quality``) and write ``quality.csv``.
+        flag_below: flag cases whose expected Dice is below this (None: the model's ``flag_below``).
     """
 
     tta: bool = True
@@ -42,6 +44,8 @@ class PredictionOptions:
     threads: int = 1
     adapt: str | None = None
     adaptation_seed: int = 0
+    quality: bool = True
+    flag_below: float | None = None
 
     def torch_device(self) -> torch.device:
         """The device to run on: ``device``, with ``auto`` resolved (CUDA > MPS > CPU)."""

@@ -44,9 +44,27 @@ from autoseg.inference.export import members_label_map
 from autoseg.inference.label_maps import previous_stage_channels, probabilities_from_logits
 from autoseg.inference.model_folder import TrainedModel
 from autoseg.inference.options import PredictionOptions
-from autoseg.inference.sliding_window import predict_sliding_window
+from autoseg.inference.quality import (
+    AgreementCounts,
+    FlipAgreement,
+    NetworkSignals,
+    class_masks,
+    label_codes,
+    probability_signals,
+)
+from autoseg.inference.sliding_window import mirror_combinations, predict_sliding_window
 from autoseg.records.dataset import RawDataset
 from autoseg.records.plans import Configuration
+
+
+@dataclasses.dataclass
+class MemberPrediction:
+    """One configuration's prediction of a preprocessed case: probabilities ``(K, z, y, x)`` in the preprocessed
+    grid, the test-time adaptation report (None without adaptation) and the quality signals (None when off)."""
+
+    probabilities: np.ndarray
+    adaptation_report: dict | None = None
+    quality: NetworkSignals | None = None
 
 
 @dataclasses.dataclass
@@ -119,14 +137,24 @@ class Predictor:
         ensemble, are averaged after it)."""
         return self.predict_preprocessed_reported(data, previous_stage_data=previous_stage_data)[0]
 
-    def network_logits(self, network: torch.nn.Module, data: torch.Tensor) -> torch.Tensor:
-        """One network's logits ``(K, z, y, x)`` for preprocessed ``data``, with this predictor's options."""
+    def network_logits(
+        self, network: torch.nn.Module, data: torch.Tensor, *, agreement: FlipAgreement | None = None
+    ) -> torch.Tensor:
+        """One network's logits ``(K, z, y, x)`` for preprocessed ``data``, with this predictor's options;
+        ``agreement`` collects how far the mirror passes agree."""
         return predict_sliding_window(
             network, data, patch_size=self.configuration.patch_size,
             num_classes=self.dataset.num_output_channels, step_size=self.options.step_size,
             mirror_axes=self.mirror_axes, device=self.device, batch_size=self.options.batch_size,
-            precision=self.options.precision,
+            precision=self.options.precision, agreement=agreement,
         )
+
+    @property
+    def quality_targets(self) -> tuple[int, ...]:
+        """The label values the quality signals are kept for: foreground classes, or each region's painted value."""
+        if self.dataset.has_regions:
+            return self.dataset.regions_class_order or tuple(range(1, len(self.dataset.regions) + 1))
+        return self.dataset.foreground_labels
 
     def network_probabilities(self, network: torch.nn.Module, data: torch.Tensor) -> torch.Tensor:
         """One network's probabilities ``(K, z, y, x)`` for preprocessed ``data``, with this predictor's options."""
@@ -136,6 +164,12 @@ class Predictor:
         self, data: np.ndarray | torch.Tensor, *, previous_stage_data: np.ndarray | torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict | None]:
         """``predict_preprocessed`` plus, with test-time adaptation, what it did for every fold (else None)."""
+        probabilities, report, _ = self._predict(data, previous_stage_data=previous_stage_data, assess=False)
+        return probabilities, report
+
+    def _predict(
+        self, data: np.ndarray | torch.Tensor, *, previous_stage_data: np.ndarray | torch.Tensor | None, assess: bool
+    ) -> tuple[torch.Tensor, dict | None, NetworkSignals | None]:
         data = torch.as_tensor(np.asarray(data, dtype=np.float32) if isinstance(data, np.ndarray) else data).float()
         if self.previous_stage is not None:
             if previous_stage_data is None:
@@ -143,18 +177,36 @@ class Predictor:
             previous_probabilities = self.previous_stage.predict_preprocessed(previous_stage_data)
             extra = previous_stage_channels(previous_probabilities, tuple(data.shape[1:]), dataset=self.dataset)
             data = torch.cat([data, extra])
-        total, fold_reports = None, []
+        regions = self.dataset.has_regions
+        targets = self.quality_targets
+        flips = len(mirror_combinations(self.mirror_axes))
+        total, fold_reports, mirror, fold_codes = None, [], [], []
         for index, network in enumerate(self.networks):
-            logits = self.network_logits(network, data)
+            agreement = (FlipAgreement(targets=targets, num_flips=flips, uses_regions=regions)
+                         if assess and flips > 1 else None)
+            logits = self.network_logits(network, data, agreement=agreement)
             if self.adaptation is not None:
                 logits, report = self.adaptation.adapt(index, network, data, logits, self.network_logits)
                 fold_reports.append({"fold": self.trained_model.folds[index], **report})
+            if agreement is not None:
+                mirror.append(agreement.counts.pairwise_dice())
+            if assess and len(self.networks) > 1:
+                fold_codes.append(label_codes(logits[None], uses_regions=regions)[0])
             total = logits if total is None else total.add_(logits)
             del logits  # large images: keep at most two (K, z, y, x) volumes alive
         if len(self.networks) > 1:
             total /= len(self.networks)
-        probabilities = probabilities_from_logits(total, uses_regions=self.dataset.has_regions).cpu()
-        return probabilities, self._adaptation_report(fold_reports)
+        probabilities = probabilities_from_logits(total, uses_regions=regions).cpu()
+        signals = None
+        if assess:
+            signals = NetworkSignals(**probability_signals(probabilities, uses_regions=regions))
+            if mirror:
+                signals.mirror_agreement = dict(zip(targets, np.mean(mirror, axis=0).tolist(), strict=True))
+            if fold_codes:
+                folds = AgreementCounts(num_targets=len(targets), num_maps=len(fold_codes))
+                folds.add(class_masks(torch.stack(fold_codes), targets=targets))
+                signals.fold_agreement = dict(zip(targets, folds.pairwise_dice().tolist(), strict=True))
+        return probabilities, self._adaptation_report(fold_reports), signals
 
     def _adaptation_report(self, fold_reports: list[dict]) -> dict | None:
         if self.adaptation is None:
@@ -180,14 +232,14 @@ class Predictor:
 
     def predict_case(self, case: NetworkInput) -> np.ndarray:
         """Probabilities ``(K, z, y, x)`` float32 in the preprocessed space of ``case``."""
-        return self.predict_case_reported(case)[0]
+        return self.predict_preprocessed(case.data, previous_stage_data=case.previous_stage_data).numpy()
 
-    def predict_case_reported(self, case: NetworkInput) -> tuple[np.ndarray, dict | None]:
-        """``predict_case`` and the adaptation report (None without test-time adaptation)."""
-        probabilities, report = self.predict_preprocessed_reported(
-            case.data, previous_stage_data=case.previous_stage_data
+    def predict_case_assessed(self, case: NetworkInput) -> MemberPrediction:
+        """``predict_case``, the adaptation report and, unless ``options.quality`` is off, the quality signals."""
+        probabilities, report, signals = self._predict(
+            case.data, previous_stage_data=case.previous_stage_data, assess=self.options.quality
         )
-        return probabilities.numpy(), report
+        return MemberPrediction(probabilities.numpy(), report, signals)
 
     def predict_array(
         self, array: np.ndarray, *, spacing: Sequence[float], return_probabilities: bool = False

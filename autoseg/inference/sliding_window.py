@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from autoseg.inference.quality import FlipAgreement
 from autoseg.utils.precision import autocast_for
 from autoseg.utils.progress import progress_display
 
@@ -119,9 +120,10 @@ def _network_output(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tens
 
 
 def _predict_batch_with_mirroring(
-    network: torch.nn.Module, batch: torch.Tensor, flips: list[tuple[int, ...]]
+    network: torch.nn.Module, batch: torch.Tensor, flips: list[tuple[int, ...]], agreement: FlipAgreement | None = None
 ) -> torch.Tensor:
-    """Mean over ``flips`` of flip(network(flip(batch))); flips are network spatial axes (0 = first after channel)."""
+    """Mean over ``flips`` of flip(network(flip(batch))); flips are network spatial axes (0 = first after channel).
+    ``agreement`` observes every flipped-back pass (the quality estimate's mirror agreement)."""
     total = None
     for flip in flips:
         dims = [axis + 2 for axis in flip]
@@ -129,6 +131,8 @@ def _predict_batch_with_mirroring(
         output = _network_output(network, flipped_input)
         output = torch.flip(output, dims) if dims else output
         output = output.float()
+        if agreement is not None:
+            agreement.observe(output)
         total = output if total is None else total.add_(output)
     if len(flips) > 1:
         total /= len(flips)
@@ -241,6 +245,7 @@ def _accumulate_tile_predictions(
     batch_size: int,
     precision: str,
     progress: bool | None,
+    agreement: FlipAgreement | None = None,
 ) -> None:
     """Predict the tiles of ``data`` batch by batch on ``device`` and add every prediction into ``sums``."""
     num_classes = sums.logits.shape[0]
@@ -255,7 +260,9 @@ def _accumulate_tile_predictions(
             batch = torch.stack([data[(slice(None), *tile)] for tile in batch_tiles]).to(device, non_blocking=True)
             if is_2d_network:
                 batch = batch[:, :, 0]
-            prediction = _predict_batch_with_mirroring(network, batch, flips)
+            prediction = _predict_batch_with_mirroring(network, batch, flips, agreement)
+            if agreement is not None:
+                agreement.commit(sums.importance)
             if is_2d_network:
                 prediction = prediction[:, :, None]
             if prediction.shape[1] != num_classes:
@@ -285,6 +292,7 @@ def predict_sliding_window(
     precision: str = "auto",
     accumulate_on: str | torch.device | None = None,
     progress: bool | None = None,
+    agreement: FlipAgreement | None = None,
 ) -> torch.Tensor:
     """Predict logits ``(num_classes, z, y, x)`` (float32) for ``data`` ``(C, z, y, x)``.
 
@@ -307,6 +315,7 @@ def predict_sliding_window(
             except on a GPU without room for them (then the CPU).
         progress: show a tqdm bar over the batches on a terminal (never in a log file); None = only for large
             images (at least ``PROGRESS_MINIMUM_BATCHES`` batches).
+        agreement: collects how far the mirror passes agree (``autoseg.inference.quality.FlipAgreement``).
 
     Images smaller than the patch along an axis are padded with zeros (centred) and the result is cropped back.
     """
@@ -324,7 +333,7 @@ def predict_sliding_window(
     _accumulate_tile_predictions(
         network, data, tiles, sums, flips=_checked_flips(mirror_axes, len(patch_size)),
         is_2d_network=len(patch_size) == 2, device=device, batch_size=batch_size, precision=precision,
-        progress=progress,
+        progress=progress, agreement=agreement,
     )
     return _crop_padding(sums.blended(), image_size, padding_before)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from autoseg.errors import UserError
 from autoseg.evaluation.folders import evaluate_against_ground_truth, label_files_by_case
+from autoseg.inference.quality_table import QUALITY_FILE, read_quality_table, write_quality_table
 from autoseg.records.evaluation_summary import EvaluationSummary
 from autoseg.records.splits import read_splits
 from autoseg.records.work_folder import WorkFolder
@@ -42,6 +43,7 @@ def collect_cross_validation(
     destination.mkdir(parents=True, exist_ok=True)
     splits = read_splits(work_folder.splits)
     cases: list[str] = []
+    quality_rows: list[dict[str, str]] = []
     for fold in folds:
         validation = work_folder.validation(configuration_name, fold)
         expected = splits[fold]["val"]
@@ -59,6 +61,10 @@ def collect_cross_validation(
             if probabilities.is_file():
                 _link_or_copy(probabilities, destination / probabilities.name)
         cases.extend(expected)
+        quality_rows += [row for row in read_quality_table(validation / QUALITY_FILE) if row["case"] in expected]
+    (destination / QUALITY_FILE).unlink(missing_ok=True)  # rows of folds no longer collected must not linger
+    if quality_rows:
+        write_quality_table(destination / QUALITY_FILE, quality_rows)
     return evaluate_against_ground_truth(work_folder, destination, cases=sorted(cases), workers=workers,
                                          progress=progress)
 

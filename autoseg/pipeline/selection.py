@@ -22,6 +22,7 @@ from autoseg.evaluation.targets import targets_from_dataset_json
 from autoseg.inference.label_maps import label_map_from_probabilities
 from autoseg.io.images import read_image_header, write_image
 from autoseg.pipeline.crossval import collect_cross_validation
+from autoseg.pipeline.quality_fit import fit_quality_model
 from autoseg.records.dataset import RawDataset
 from autoseg.records.evaluation_summary import EvaluationSummary
 from autoseg.records.inference_recipe import InferenceRecipe, RecipeCandidate, RecipeModel
@@ -106,6 +107,8 @@ def find_best(
         best.folder, work_folder.ground_truth, targets=targets, ignore_label=ignore_label, cases=cases,
         workers=workers, output_file=work_folder.postprocessing, progress=progress,
     )
+    best_summary = EvaluationSummary.read_if_present(best.folder)
+    quality = fit_quality_model(work_folder, best.configurations, best_summary) if best_summary is not None else None
     recipe = InferenceRecipe(
         models=tuple(RecipeModel(configuration, tuple(folds)) for configuration in best.configurations),
         selected=best.name,
@@ -113,6 +116,7 @@ def find_best(
         cross_validation_dice=_finite_or_none(best.foreground_dice),
         cross_validation_dice_after_postprocessing=postprocessing.evidence["foreground_dice_after"],
         candidates=tuple(_candidate_record(candidate, work_folder) for candidate in candidates),
+        quality=quality,
     )
     recipe.write(work_folder.inference_recipe)
     return recipe

@@ -17,6 +17,7 @@ from autoseg.inference.loading import load_predictor
 from autoseg.inference.model_source import ModelSource
 from autoseg.inference.next_stage import prepare_previous_stage_maps
 from autoseg.inference.options import PredictionOptions
+from autoseg.records.quality_model import QualityModel
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.job import TrainingComponents, default_components
 
@@ -48,7 +49,10 @@ def predict_validation_cases(
     output_folder = work_folder.validation(configuration_name, fold)
     output_folder.mkdir(parents=True, exist_ok=True)
     cases = [dataset.case(identifier) for identifier in validation_case_ids]
-    ModelEnsemble([predictor]).predict_files(
+    # The training labels' volume ranges score the cases; model selection fits the calibration on these rows.
+    fingerprint = work_folder.read_fingerprint()
+    quality = QualityModel.from_fingerprint(fingerprint) if fingerprint is not None else None
+    ModelEnsemble([predictor], quality=quality).predict_files(
         [case.images for case in cases],
         [output_folder / f"{case.identifier}{dataset.file_ending}" for case in cases],
         save_probabilities=True,  # CASE.npz: model selection ensembles configurations on these

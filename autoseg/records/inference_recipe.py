@@ -15,6 +15,7 @@ from typing import Any
 
 from autoseg.errors import UserError
 from autoseg.records.json_record import JsonRecord
+from autoseg.records.quality_model import QualityModel
 from autoseg.utils.files import read_json, write_json
 
 
@@ -48,6 +49,7 @@ class InferenceRecipe:
     cross_validation_dice: float | None = None
     cross_validation_dice_after_postprocessing: float | None = None
     candidates: tuple[RecipeCandidate, ...] = ()
+    quality: QualityModel | None = None
 
     @classmethod
     def from_json(cls, data: Any, *, source: str = "inference recipe") -> InferenceRecipe:
@@ -62,6 +64,7 @@ class InferenceRecipe:
             postprocessing=data.get("postprocessing"), cross_validation_dice=data.get("cross_validation_dice"),
             cross_validation_dice_after_postprocessing=data.get("cross_validation_dice_after_postprocessing"),
             candidates=_candidates(data.get("candidates", ()), source),
+            quality=QualityModel.from_json(data["quality"]) if isinstance(data.get("quality"), dict) else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -75,6 +78,7 @@ class InferenceRecipe:
             "cross_validation_dice": self.cross_validation_dice,
             "cross_validation_dice_after_postprocessing": self.cross_validation_dice_after_postprocessing,
             "candidates": [candidate.to_json() for candidate in self.candidates],
+            **({"quality": self.quality.to_json()} if self.quality is not None else {}),
         }
 
     @classmethod

@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 
 from autoseg.records.dataset import RawDataset
+from autoseg.records.fingerprint import Fingerprint
 from autoseg.utils.files import read_json
 
 DATASET_FILE = "dataset.json"
@@ -90,6 +91,12 @@ class WorkFolder:
     @property
     def fingerprint(self) -> Path:
         return self.root / FINGERPRINT_FILE
+
+    def read_fingerprint(self) -> Fingerprint | None:
+        """The dataset's ``fingerprint.json`` (None when it has not been fingerprinted here)."""
+        if not self.fingerprint.is_file():
+            return None
+        return Fingerprint.from_json(read_json(self.fingerprint), source=str(self.fingerprint))
 
     @property
     def label_round_trip(self) -> Path:

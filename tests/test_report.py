@@ -1,9 +1,11 @@
 """The HTML report is one self-contained file: tables, inlined images, no external references; its figures show the
-cross-validation numbers, and a real browser (headless Chromium) decodes every image in it."""
+cross-validation numbers and how well the quality estimate ranked the cases, and a real browser (headless Chromium)
+decodes every image in it."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -21,11 +23,20 @@ from scipy import ndimage
 from autoseg.evaluation.folders import evaluate_against_ground_truth
 from autoseg.evaluation.overlay import png_bytes
 from autoseg.evaluation.postprocessing import determine_postprocessing
+from autoseg.inference.quality_table import write_quality_table
 from autoseg.io.images import read_image, write_image
 from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.pipeline.report import SELECTED_MARK, build_report, class_dice_figure
+from autoseg.pipeline.report_quality import (
+    FIGURE_CAPTION,
+    cross_validation_quality,
+    quality_section,
+    risk_coverage_figure,
+)
 from autoseg.planning.layout import ComputeBudget, Layout, Variant, compute_plan
 from autoseg.records.evaluation_summary import EvaluationSummary
+from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
+from autoseg.records.quality_model import QualityModel
 from autoseg.records.training_log import LOG_FILE, write_log
 from autoseg.records.work_folder import WorkFolder
 from autoseg.report import ReportSection, write_report
@@ -34,6 +45,13 @@ from autoseg.training.training_log import update_moving_average
 from autoseg.utils.files import read_json, write_json
 
 CASES = 6
+# The raw quality scores the two configurations' validation predictions wrote (quality.csv), case by case: the
+# ensemble's is their mean, which ranks the second case lowest where "2d" alone ranks the first one lowest.
+RAW_SCORES = {"2d": (0.2, 0.5, 0.9, 0.95, 0.7, 1.0), "3d_fullres": (0.9, 0.5, 0.95, 0.9, 0.8, 1.0)}
+REASONS = {("2d", 0): "posterior: mirror passes agree 0.41", ("3d_fullres", 1): "anterior: in its largest piece 0.80"}
+# Expected Dice of the ensemble's mean raw scores: 0.65, 0.6, 0.95, 0.95, 0.825, 0.95; two fall below 0.72.
+QUALITY_MODEL = QualityModel(raw_scores=(0.4, 0.6, 0.9), expected=(0.5, 0.7, 0.95), flag_below=0.72, fitted_on=CASES,
+                             cross_validation_median_dice=0.9)
 IMAGE_SOURCES = re.compile(r'src="data:image/png;base64,([^"]+)"')
 
 
@@ -100,7 +118,8 @@ def _posterior_missed_in_first_case(identifier: str, labels: np.ndarray) -> np.n
 @pytest.fixture(scope="module")
 def report_work(tmp_path_factory: pytest.TempPathFactory, hippocampus_root: Path) -> Path:
     """``WORK/Dataset004_Hippocampus`` after a run: plans, two folds' logs and curves, three candidates evaluated on
-    six real cases (predictions made by editing the references), ``postprocessing.json`` and ``inference.json``."""
+    six real cases (predictions made by editing the references), each configuration's ``crossval/quality.csv``,
+    ``postprocessing.json`` and ``inference.json`` with a quality model."""
     base = tmp_path_factory.mktemp("report")
     raw = base / "raw" / hippocampus_root.name
     (raw / "imagesTr").mkdir(parents=True)
@@ -142,10 +161,16 @@ def report_work(tmp_path_factory: pytest.TempPathFactory, hippocampus_root: Path
     # Decided on the imperfect "2d" candidate: its evidence holds Dice values with many decimals, as a real run's.
     determine_postprocessing(work / folders["2d"], work / "ground_truth", cases=cases, workers=1,
                              output_file=work / "postprocessing.json", progress=False)
+    for configuration, scores in RAW_SCORES.items():
+        write_quality_table(work / folders[configuration] / "quality.csv", [
+            {"case": case, "expected_dice": f"{score:.4f}", "raw_score": f"{score:.4f}", "flagged": "0",
+             "reasons": REASONS.get((configuration, index), "")}
+            for index, (case, score) in enumerate(zip(cases, scores, strict=True))
+        ])
     write_json(work / "inference.json", {
         "selected": selected, "models": [{"configuration": c, "folds": [0, 1]} for c in selected.split("+")],
         "ensemble": "+" in selected, "checkpoint": "final", "postprocessing": "postprocessing.json",
-        "candidates": candidates,
+        "candidates": candidates, "quality": QUALITY_MODEL.to_json(),
     })
     build_report(WorkFolder(work))
     return work
@@ -157,14 +182,15 @@ def _embedded_images(report_text: str) -> list[Image.Image]:
 
 def test_report_of_a_run_shows_curves_dice_charts_and_overlays(report_work: Path) -> None:
     text = (report_work / "report.html").read_text(encoding="utf-8")
-    for heading in ("Plan", "Training curves", "Model selection", "Cross-validation", "Best and worst"):
+    for heading in ("Plan", "Training curves", "Model selection", "Cross-validation", "Quality estimates",
+                    "Best and worst"):
         assert f"<h2>{heading}" in text
     alts = re.findall(r'<img alt="([^"]*)"', text)
     assert alts[:2] == ["3d_fullres fold_0", "3d_fullres fold_1"]
-    assert "mean Dice per class" in alts and "Dice of each validation case" in alts
+    assert "mean Dice per class" in alts and "Dice of each validation case" in alts and FIGURE_CAPTION in alts
     assert sum(alt.startswith(("best:", "worst:")) for alt in alts) == 4  # prediction and reference, twice
     images = _embedded_images(text)
-    assert len(images) == len(alts) == 8
+    assert len(images) == len(alts) == 9
     assert images[0].size == (900, 1100)  # progress.png, drawn at 100 dpi
     # Each candidate's table is captioned with its name; the winner (the unchanged references) is marked.
     assert f"<caption>2d+3d_fullres{SELECTED_MARK}: {CASES} cases</caption>" in text
@@ -222,6 +248,54 @@ def test_dice_bar_chart_shows_each_candidates_cross_validation_dice(report_work:
     assert heights[1] < heights[0]  # "2d" missed the posterior class in one case
 
 
+def _cases(work: Path) -> list[str]:
+    return sorted(path.name.removesuffix(".nii.gz") for path in (work / "ground_truth").glob("*.nii.gz"))
+
+
+def _table_rows(section_html: str) -> list[list[str]]:
+    body = section_html.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body)]
+
+
+def test_report_lists_the_cases_to_check_first_by_the_ensembles_expected_dice(report_work: Path) -> None:
+    text = (report_work / "report.html").read_text(encoding="utf-8")
+    section = html.unescape(_section(text, "Quality estimates"))
+    cases = _cases(report_work)
+    rows = _table_rows(section)
+    # The ensemble's raw score is its members' mean: the second case (0.5) before the first (0.55 = (0.2 + 0.9) / 2).
+    assert [row[0] for row in rows] == [cases[1], cases[0], cases[4], cases[2], cases[3], cases[5]]
+    assert rows[0][1:3] == ["0.6000", "1.0000"]  # expected Dice, true Dice (the ensemble is the references)
+    assert rows[0][3] == "anterior: in its largest piece 0.80 (3d_fullres)"  # reasons name the member
+    assert rows[1][3] == "posterior: mirror passes agree 0.41 (2d)"
+    assert [row[4] for row in rows] == ["yes", "yes", "no", "no", "no", "no"]  # flagged below 0.72
+    assert "below 0.7200 (0.8 x the median cross-validation Dice, 0.9000)" in section
+    assert f"2 of {CASES} cross-validation cases fall below it" in section and f"fitted on {CASES}" in section
+    image = re.search(rf'<img alt="{re.escape(FIGURE_CAPTION)}" src="data:image/png;base64,([^"]+)"', section)
+    assert image, "no risk-coverage plot in the section"
+    assert Image.open(io.BytesIO(base64.b64decode(image.group(1)))).size == (800, 450)
+
+
+def test_risk_coverage_shows_a_score_that_ranks_the_failed_case_last_as_good_as_the_oracle(report_work: Path) -> None:
+    recipe = InferenceRecipe.read(report_work / "inference.json")
+    only_2d = dataclasses.replace(recipe, selected="2d", models=(RecipeModel("2d", (0, 1)),))
+    cases = cross_validation_quality(WorkFolder(report_work), only_2d)
+    failed = _cases(report_work)[0]  # "2d" missed its posterior class; quality.csv scores it lowest (0.2)
+    assert cases[0].case == failed and cases[0].dice < 0.9 and all(entry.dice == 1.0 for entry in cases[1:])
+    legend = [entry.get_text() for entry in risk_coverage_figure(cases).axes[0].get_legend().get_texts()]
+    area = {label.split(":")[0]: float(label.rsplit(" ", 1)[1]) for label in legend}
+    assert list(area) == ["quality score", "constant score", "oracle (true Dice)"]
+    assert area["quality score"] == area["oracle (true Dice)"] < area["constant score"]
+    assert area["constant score"] == pytest.approx(np.mean([1 - entry.dice for entry in cases]), abs=1e-4)
+
+
+def test_no_quality_section_without_a_quality_model_or_quality_rows(report_work: Path) -> None:
+    work, recipe = WorkFolder(report_work), InferenceRecipe.read(report_work / "inference.json")
+    assert quality_section(work, recipe) is not None
+    assert quality_section(work, dataclasses.replace(recipe, quality=None)) is None
+    unscored = dataclasses.replace(recipe, selected="3d_fullres", models=(RecipeModel("3d_lowres", (0, 1)),))
+    assert quality_section(work, unscored) is None  # no crossval/quality.csv for this configuration
+
+
 # --- the report in a real browser ------------------------------------------------------------------------------------
 
 # Appended to a copy of the report: after every image has loaded (or failed), write each image's decoded size into the
@@ -271,6 +345,8 @@ def test_report_renders_in_headless_chromium_with_every_image_decoded(
     assert found, f"the image check did not run; page as dumped: {dom[-1000:]}"
     decoded_sizes = json.loads(found.group(1))
     assert decoded_sizes == expected_sizes  # every <img> decoded, at the size of the PNG it embeds
+    assert "<h2>Quality estimates</h2>" in dom and "cases to check first" in dom
+    assert decoded_sizes[re.findall(r'<img alt="([^"]*)"', text).index(FIGURE_CAPTION)] == [800, 450]
 
     screenshot = tmp_path / "report.png"
     _run_headless(chromium, tmp_path / "profile_screenshot", "--screenshot=" + str(screenshot),

@@ -11,7 +11,6 @@ cross-validation Dice: the cases the evaluation would call failures. No test cas
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,10 +23,10 @@ from autoseg.records.work_folder import WorkFolder
 
 
 def case_dice(evaluation: CaseEvaluation) -> float:
-    """A case's mean Dice over the foreground targets that are defined (1 when none is: nothing to find, none found)."""
-    values = [metrics.get("dice") for metrics in evaluation.metrics.values()]
-    defined = [float(value) for value in values if value is not None and not math.isnan(float(value))]
-    return float(np.mean(defined)) if defined else 1.0
+    """A case's mean Dice over the foreground targets that are defined (``CaseEvaluation.mean_dice``, as the report
+    shows it); 1 when none is: nothing to find, none found."""
+    dice = evaluation.mean_dice
+    return 1.0 if dice is None else dice
 
 
 def raw_scores_of(work_folder: WorkFolder, configurations: Sequence[str]) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Assemble the run report: plan, training curves, cross-validation metrics per class, selection, overlays."""
+"""Assemble the run report: plan, training curves, cross-validation metrics per class, selection, quality estimates
+(``report_quality``), overlays."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from autoseg.errors import UserError
 from autoseg.evaluation.folders import SUMMARY_FILE_NAME
 from autoseg.evaluation.overlay import png_bytes, render_overlay
 from autoseg.io.images import read_image
+from autoseg.pipeline.report_quality import quality_section
 from autoseg.planning.table import configuration_rows, format_compute
-from autoseg.records.evaluation_summary import CaseEvaluation, EvaluationSummary
+from autoseg.records.evaluation_summary import EvaluationSummary
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.plans import Plans, load_plans
 from autoseg.records.postprocessing import PostprocessingDecision
@@ -65,12 +67,6 @@ def _training_section(work: WorkFolder) -> ReportSection:
     return section
 
 
-def case_mean_dice(case: CaseEvaluation) -> float | None:
-    """One case's Dice averaged over its classes (classes absent from both prediction and reference skipped)."""
-    values = [metrics["dice"] for metrics in case.metrics.values() if metrics.get("dice") is not None]
-    return float(np.mean(values)) if values else None
-
-
 def _candidate_label(name: str, selected: str) -> str:
     return name + SELECTED_MARK if name == selected else name
 
@@ -106,7 +102,8 @@ def case_dice_figure(summaries: dict[str, EvaluationSummary], selected: str) -> 
     """Per-case mean Dice of every candidate as a box plot with each case as a dot: a mean can hide a few failed
     cases, which show here as outliers near zero."""
     names = list(summaries)
-    values = [[d for d in map(case_mean_dice, summaries[name].per_case) if d is not None] for name in names]
+    values = [[case.mean_dice for case in summaries[name].per_case if case.mean_dice is not None]
+              for name in names]
     figure = new_figure(width_inches=min(11.0, max(6.0, 2.0 + 1.3 * len(names))), height_inches=4.5)
     axis = figure.add_subplot()
     positions = np.arange(1, len(names) + 1)
@@ -182,11 +179,7 @@ def _overlay_section(work: WorkFolder, recipe: InferenceRecipe) -> ReportSection
     section = ReportSection("Best and worst validation cases (prediction | reference)")
     selected = recipe.candidate(recipe.selected)
     summary = EvaluationSummary.read(work.root / selected.folder / SUMMARY_FILE_NAME)
-    scored = []
-    for case in summary.per_case:
-        values = [m["dice"] for m in case.metrics.values() if m["dice"] is not None]
-        if values:
-            scored.append((float(np.mean(values)), case))
+    scored = [(case.mean_dice, case) for case in summary.per_case if case.mean_dice is not None]
     if not scored:
         return section
     scored.sort(key=lambda item: item[0])
@@ -217,11 +210,12 @@ def build_report(work: WorkFolder) -> Path:
         _training_section(work),
         _selection_section(work, recipe),
         _metrics_section(work, recipe),
+        quality_section(work, recipe),  # None without a quality model or quality.csv
         _overlay_section(work, recipe),
     ]
     return write_report(
         work.report,
         title=f"autoseg report: {dataset.name}",
-        sections=sections,
+        sections=[section for section in sections if section is not None],
         footer=f"selected: {recipe.selected}; predict with `autoseg predict -i IN -o OUT -m {work}`",
     )

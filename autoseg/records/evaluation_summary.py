@@ -9,11 +9,14 @@ Example:
     ...                                        "foreground_mean": {"dice": 0.9}, "per_case": [{"case": "a"}]})
     >>> summary.foreground_dice, summary.dice_per_class, summary.cases, summary.per_case[0].case
     (0.9, {'liver': 0.9}, ['a'], 'a')
+    >>> CaseEvaluation(metrics={"1": {"dice": 0.8}, "2": {"dice": 0.6}, "3": {"dice": None}}).mean_dice
+    0.7
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,14 @@ class CaseEvaluation(JsonRecord):
     prediction: str = ""
     reference: str = ""
     metrics: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def mean_dice(self) -> float | None:
+        """The case's Dice averaged over its targets, skipping those where it is undefined (absent from both
+        prediction and reference); None when it is undefined for every target."""
+        values = [float(metrics["dice"]) for metrics in self.metrics.values() if metrics.get("dice") is not None]
+        defined = [value for value in values if not math.isnan(value)]
+        return sum(defined) / len(defined) if defined else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
@@ -167,7 +168,10 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=None, help="at most this many validation cases")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None, help="result JSON (default: benchmarks/results/...)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared machine, steadier timings than 2)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     work = WorkFolder.at(args.model)
     recipe = InferenceRecipe.read(work.inference_recipe)
     model = recipe.quality

@@ -64,22 +64,28 @@ def members_label_map(
         postprocessing: the ``postprocessing.json`` decision, applied to the label map.
         with_probabilities: also return the (averaged) probabilities in the input's grid, float32 ``(K, z, y, x)``.
     """
-    full = None
-    if len(members) == 1 and not dataset.has_regions and not with_probabilities:
-        probabilities, properties, configuration = members[0]
-        label_map = probabilities_to_label_map(probabilities, properties, configuration=configuration)
-    else:
-        for probabilities, member_properties, configuration in members:
-            member_full = probabilities_in_input_grid(
-                probabilities, member_properties, configuration=configuration, dataset=dataset
-            )
-            full = member_full if full is None else np.add(full, member_full, out=full)
-        if len(members) > 1:
-            full /= len(members)
-        label_map = label_map_from_probabilities(full, dataset=dataset)
+    label_map, full = _raw_label_map(members, dataset=dataset, with_probabilities=with_probabilities)
     if postprocessing is not None:
         label_map = postprocessing.apply(label_map)
     return label_map, full
+
+
+def _raw_label_map(
+    members: Sequence[MemberOutput], *, dataset: RawDataset, with_probabilities: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``members_label_map`` before post-processing."""
+    full = None
+    if len(members) == 1 and not dataset.has_regions and not with_probabilities:
+        probabilities, properties, configuration = members[0]
+        return probabilities_to_label_map(probabilities, properties, configuration=configuration), None
+    for probabilities, member_properties, configuration in members:
+        member_full = probabilities_in_input_grid(
+            probabilities, member_properties, configuration=configuration, dataset=dataset
+        )
+        full = member_full if full is None else np.add(full, member_full, out=full)
+    if len(members) > 1:
+        full /= len(members)
+    return label_map_from_probabilities(full, dataset=dataset), full
 
 
 def export_members(
@@ -95,12 +101,18 @@ def export_members(
 
     ``members`` and ``postprocessing`` are as for ``members_label_map``; ``save_probabilities`` also writes the
     (averaged) probabilities in the input's grid to ``CASE.npz`` (key ``probabilities``, float32 ``(K, z, y, x)``)
-    next to the label map. With ``statistics_targets`` (label values), returns the written label map's volumes and
-    largest-piece shares for the quality estimate.
+    next to the label map. With ``statistics_targets`` (label values), returns the label map's volumes and
+    largest-piece shares for the quality estimate, measured before post-processing: the cross-validation
+    predictions its calibration was fitted on are not post-processed either, and a kept-largest-component map
+    would hide the stray pieces the estimate looks for.
     """
-    label_map, probabilities = members_label_map(
-        members, dataset=dataset, postprocessing=postprocessing, with_probabilities=save_probabilities
-    )
+    label_map, probabilities = _raw_label_map(members, dataset=dataset, with_probabilities=save_probabilities)
+    statistics = None
+    if statistics_targets is not None:
+        spacing = Geometry.from_dict(members[0][1]["geometry"]).spacing
+        statistics = label_map_statistics(label_map, spacing=spacing, targets=statistics_targets)
+    if postprocessing is not None:
+        label_map = postprocessing.apply(label_map)
     if save_probabilities:
         with atomic_path(probabilities_path_for(output_path)) as temporary:
             np.savez_compressed(temporary, probabilities=probabilities)
@@ -111,10 +123,7 @@ def export_members(
                                   segments=named_label_values(dataset))
     else:
         write_segmentation(label_map, properties, output_path)
-    if statistics_targets is None:
-        return None
-    spacing = Geometry.from_dict(properties["geometry"]).spacing
-    return label_map_statistics(label_map, spacing=spacing, targets=statistics_targets)
+    return statistics
 
 
 def named_label_values(dataset: RawDataset) -> list[tuple[str, int]]:

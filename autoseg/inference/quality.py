@@ -16,9 +16,10 @@ volume             the class's volume against the range of the training labels' 
 confidence         the mean largest probability over the image, over the predicted foreground, and the mean
                    normalised entropy over the predicted foreground (the baselines a failure detector must beat).
 
-The per-class score is the product of the agreement, piece and volume factors that exist; the case's raw score their
-mean over classes. ``QualityModel`` (model selection fits it on the cross-validation predictions) turns it into an
-expected Dice.
+The per-class score is the product of the mirror-agreement, piece and volume factors that exist; the case's raw score
+their mean over classes. ``QualityModel`` (model selection fits it on the cross-validation predictions) turns it into
+an expected Dice. Fold agreement is reported (a column, and a reason when low) but stays out of the score: the
+cross-validation predicts each case with one fold, so a calibration could never have seen it.
 
 Example (two label maps of a 1 x 2 x 4 image, class 1 shares 2 of 3 voxels):
     >>> counts = AgreementCounts(num_targets=1, num_maps=2)
@@ -218,17 +219,19 @@ def assess_case(
     for value, name in target_names.items():
         factors = {
             "mirror passes agree": (signals.mirror_agreement or {}).get(value),
-            "folds agree": (signals.fold_agreement or {}).get(value),
             "in its largest piece": statistics.largest_piece.get(value),
             "volume against training": model.volume_factor(value, statistics.volumes_mm3.get(value, 0.0))
             if model is not None else None,
         }
         present = {reason: factor for reason, factor in factors.items() if factor is not None}
         per_class[name] = float(np.prod(list(present.values()))) if present else 1.0
-        reasons += [f"{name}: {reason} {factor:.2f}" for reason, factor in present.items()
-                    if factor < SIGNAL_FACTOR_REASON]
+        reported = {**present, "folds agree": (signals.fold_agreement or {}).get(value)}
+        reasons += [f"{name}: {reason} {factor:.2f}" for reason, factor in reported.items()
+                    if factor is not None and factor < SIGNAL_FACTOR_REASON]
     raw = float(np.mean(list(per_class.values()))) if per_class else 1.0
     expected = model.expected_dice(raw) if model is not None else raw
+    if signals.mirror_agreement is None and model is not None and model.calibrated:
+        reasons.append("no mirror passes (--no-tta): the expected Dice misses its strongest signal and reads high")
     threshold = flag_below if flag_below is not None else (model.flag_below if model is not None else None)
     flagged = threshold is not None and expected < threshold
     return CaseQuality(case, raw, expected, per_class, reasons, flagged, signals, statistics)

@@ -11,6 +11,7 @@ are kept; the file is replaced atomically.
 from __future__ import annotations
 
 import csv
+import fcntl
 import math
 import os
 from collections.abc import Sequence
@@ -55,7 +56,15 @@ def read_quality_table(path: str | os.PathLike[str]) -> list[dict[str, str]]:
 
 
 def write_quality_table(path: str | os.PathLike[str], rows: Sequence[dict[str, str]]) -> None:
-    """Write ``rows`` (after the rows already there for other cases), sorted by case."""
+    """Write ``rows`` (after the rows already there for other cases), sorted by case. The parts of a sharded
+    prediction (``--part-id``) merge one after the other: a lock next to the table is held while merging."""
+    path = Path(path)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for a part that is merging now (a few milliseconds)
+        _merge_rows(path, rows)
+
+
+def _merge_rows(path: Path, rows: Sequence[dict[str, str]]) -> None:
     by_case = {row["case"]: row for row in read_quality_table(path)}
     by_case.update({row["case"]: row for row in rows})
     if not by_case:

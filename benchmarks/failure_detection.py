@@ -54,6 +54,8 @@ from autoseg.inference.model_source import ModelSource  # noqa: E402
 from autoseg.inference.options import PredictionOptions  # noqa: E402
 from autoseg.inference.quality_table import QUALITY_FILE, read_quality_table  # noqa: E402
 from autoseg.io.images import read_image, write_image  # noqa: E402
+from autoseg.pipeline.quality_fit import case_dice  # noqa: E402
+from autoseg.records.evaluation_summary import EvaluationSummary  # noqa: E402
 from autoseg.records.inference_recipe import InferenceRecipe  # noqa: E402
 from autoseg.records.quality_model import QualityModel  # noqa: E402
 from autoseg.records.splits import read_splits  # noqa: E402
@@ -123,40 +125,107 @@ def method_scores(row: dict, model: QualityModel | None, values: dict[str, int])
 
 
 def detector_table(records: list[dict]) -> dict[str, dict]:
-    """AURC, AUROC and Spearman of every method over ``records`` (rows with ``dice`` and ``scores``)."""
+    """AURC, AUROC and Spearman of every method over ``records`` (rows with ``dice`` and ``scores``), plus the
+    oracle's AURC (cases ranked by their true Dice: the least any score can reach) and each method's share of the
+    reachable gain ``(constant - method) / (constant - oracle)``."""
     dice = [record["dice"] for record in records]
-    table = {}
+    oracle, constant = aurc(dice, dice), aurc([0.5] * len(dice), dice)
+    table = {"oracle": {"aurc": oracle, "auroc": failure_auroc(dice, dice), "spearman": 1.0}}
     for method in METHODS:
         scores = [record["scores"][method] for record in records]
         if any(score is None for score in scores):
             continue
-        table[method] = {"aurc": aurc(scores, dice), "auroc": failure_auroc(scores, dice),
-                         "spearman": spearman(scores, dice)}
+        value = aurc(scores, dice)
+        table[method] = {"aurc": value, "auroc": failure_auroc(scores, dice), "spearman": spearman(scores, dice),
+                         "share_of_reachable_gain": (constant - value) / (constant - oracle)}
     return table
 
 
-def calibration_errors(records: list[dict], model: QualityModel | None) -> dict:
-    """Mean absolute error of the expected Dice: the model's own calibration, and cross-fitted on halves."""
-    dice = np.array([record["dice"] for record in records])
+def changed_copy_rows(work: WorkFolder, recipe: InferenceRecipe) -> list[dict]:
+    """The appearance-changed validation copies the run's calibration was fitted on (first member), as rows."""
+    member = recipe.models[0]
+    rows = []
+    for fold in member.folds or ():
+        folder = work.validation_changed(member.configuration, fold)
+        summary = EvaluationSummary.read_if_present(folder)
+        scores = {row["case"]: float(row["raw_score"]) for row in read_quality_table(folder / QUALITY_FILE)}
+        for entry in summary.per_case if summary is not None else ():
+            rows.append({"case": entry.case, "score": scores[entry.case], "dice": case_dice(entry)})
+    return rows
+
+
+def analyse(records: list[dict], model: QualityModel | None, seconds: dict[str, float],
+            copies: list[dict] | None = None) -> dict:
+    """The summary of one benchmark's rows: detectors (all rows, clean rows), calibration errors, the flag."""
+    table = detector_table(records)
+    failed = failures([record["dice"] for record in records])
+    flagged = np.array([record["flagged"] for record in records])
+    return {
+        "cases": len({record["case"] for record in records}), "rows": len(records), "failures": int(failed.sum()),
+        "failure_threshold_dice": float(0.8 * np.median([record["dice"] for record in records])),
+        "detectors": table,
+        "detectors_clean_only": detector_table([record for record in records if record["condition"] == "clean"]),
+        "calibration_mae": calibration_errors(records, model, copies or []),
+        "flag": {"threshold": model.flag_below if model else None, "flagged": int(flagged.sum()),
+                 "failures_flagged": int((flagged & failed).sum()),
+                 "successes_flagged": int((flagged & ~failed).sum())},
+        "seconds_per_case": seconds,
+        "quality_cost_fraction": seconds["clean"] / seconds["clean_without_quality"] - 1.0 if seconds else None,
+        "aurc_ratio_default_to_constant": table["default"]["aurc"] / table["constant"]["aurc"],
+        "aurc_ratio_oracle_to_constant": table["oracle"]["aurc"] / table["constant"]["aurc"],
+    }
+
+
+def print_summary(summary: dict) -> None:
+    print(f"{'method':14s} {'AURC':>7s} {'AUROC':>7s} {'Spearman':>9s} {'gain':>6s}")
+    for method, values in summary["detectors"].items():
+        auroc = "-" if values["auroc"] is None else f"{values['auroc']:.3f}"
+        rho = "-" if values["spearman"] is None else f"{values['spearman']:.3f}"
+        gain = values.get("share_of_reachable_gain")
+        print(f"{method:14s} {values['aurc']:7.4f} {auroc:>7s} {rho:>9s} {'-' if gain is None else f'{gain:6.2f}'}")
+    print(json.dumps({key: summary[key] for key in ("failures", "calibration_mae", "flag", "quality_cost_fraction",
+                                                   "aurc_ratio_default_to_constant", "aurc_ratio_oracle_to_constant")},
+                     indent=1))
+
+
+def calibration_errors(records: list[dict], model: QualityModel | None, copies: list[dict]) -> dict:
+    """Mean absolute error of the expected Dice: the model's own calibration (all rows, shifted rows, each
+    condition), and cross-fitted on halves of the cases."""
     errors = {}
     if model is not None and model.calibrated:
         expected = np.array([model.expected_dice(record["scores"]["default"]) for record in records])
+        dice = np.array([record["dice"] for record in records])
+        shifted = np.array([record["condition"] != "clean" for record in records])
         errors["model_calibration"] = float(np.abs(expected - dice).mean())
-        errors["model_calibration_shifted_only"] = float(
-            np.abs(expected - dice)[[record["condition"] != "clean" for record in records]].mean())
+        errors["model_calibration_shifted_only"] = float(np.abs(expected - dice)[shifted].mean())
+        conditions = [record["condition"] for record in records]
+        errors["model_calibration_per_condition"] = {
+            condition: float(np.abs(expected - dice)[[entry == condition for entry in conditions]].mean())
+            for condition in dict.fromkeys(conditions)
+        }
+    errors["cross_fitted"] = cross_fitted_error(records, copies)
+    errors["cross_fitted_clean_only"] = cross_fitted_error(records, [])
+    return errors
+
+
+def cross_fitted_error(records: list[dict], copies: list[dict]) -> float:
+    """The calibration refitted on the clean rows (and changed copies) of half the cases, as model selection fits
+    it, and scored on every row of the other half."""
+    dice = np.array([record["dice"] for record in records])
     cases = sorted({record["case"] for record in records})
     halves = [set(cases[0::2]), set(cases[1::2])]
     predicted = np.zeros(len(records))
     for fit_half, test_half in ((halves[0], halves[1]), (halves[1], halves[0])):
         fit = [record for record in records if record["case"] in fit_half and record["condition"] == "clean"]
-        knots, values = fit_monotone_map([record["scores"]["default"] for record in fit],
-                                         [record["dice"] for record in fit])
+        fit_copies = [copy for copy in copies if copy["case"] in fit_half]
+        knots, values = fit_monotone_map([record["scores"]["default"] for record in fit]
+                                         + [copy["score"] for copy in fit_copies],
+                                         [record["dice"] for record in fit] + [copy["dice"] for copy in fit_copies])
         refitted = QualityModel(raw_scores=knots, expected=values)
         for index, record in enumerate(records):
             if record["case"] in test_half:
                 predicted[index] = refitted.expected_dice(record["scores"]["default"])
-    errors["cross_fitted"] = float(np.abs(predicted - dice).mean())
-    return errors
+    return float(np.abs(predicted - dice).mean())
 
 
 def main() -> int:
@@ -201,29 +270,8 @@ def main() -> int:
                             "scores": method_scores(rows[case.identifier], model, values)})
         condition_dice = statistics.mean(record["dice"] for record in records if record["condition"] == condition)
         print(f"{condition:10s} mean Dice {condition_dice:.4f} ({seconds[condition]:.2f} s per case)", flush=True)
-    table = detector_table(records)
-    clean_table = detector_table([record for record in records if record["condition"] == "clean"])
-    failed = failures([record["dice"] for record in records])
-    flagged = np.array([record["flagged"] for record in records])
-    summary = {
-        "cases": len(cases), "rows": len(records), "failures": int(failed.sum()),
-        "failure_threshold_dice": float(0.8 * np.median([record["dice"] for record in records])),
-        "detectors": table, "detectors_clean_only": clean_table,
-        "calibration_mae": calibration_errors(records, model),
-        "flag": {"threshold": model.flag_below if model else None, "flagged": int(flagged.sum()),
-                 "failures_flagged": int((flagged & failed).sum()),
-                 "successes_flagged": int((flagged & ~failed).sum())},
-        "seconds_per_case": seconds,
-        "quality_cost_fraction": seconds["clean"] / seconds["clean_without_quality"] - 1.0,
-        "aurc_ratio_default_to_constant": table["default"]["aurc"] / table["constant"]["aurc"],
-    }
-    print(f"{'method':14s} {'AURC':>7s} {'AUROC':>7s} {'Spearman':>9s}")
-    for method, values in table.items():
-        auroc = "-" if values["auroc"] is None else f"{values['auroc']:.3f}"
-        rho = "-" if values["spearman"] is None else f"{values['spearman']:.3f}"
-        print(f"{method:14s} {values['aurc']:7.4f} {auroc:>7s} {rho:>9s}")
-    print(json.dumps({key: summary[key] for key in ("failures", "calibration_mae", "flag", "quality_cost_fraction",
-                                                   "aurc_ratio_default_to_constant")}, indent=1))
+    summary = analyse(records, model, seconds, changed_copy_rows(work, recipe))
+    print_summary(summary)
     output = args.output or REPOSITORY / "benchmarks" / "results" / f"failure_detection_{dataset.name}.json"
     settings = {key: relative_to_repository(value) if isinstance(value, Path) else value
                 for key, value in vars(args).items()}

@@ -96,12 +96,14 @@ def test_a_case_with_a_stray_blob_and_disagreeing_mirrors_scores_low_and_says_wh
     good = assess_case("good", NetworkSignals(mirror_agreement={1: 0.98, 2: 0.95}),
                        LabelMapStatistics({1: 150.0, 2: 10.0}, {1: 1.0, 2: 1.0}),
                        target_names={1: "organ", 2: "lesion"}, model=model, flag_below=None)
-    bad = assess_case("bad", NetworkSignals(mirror_agreement={1: 0.7, 2: 0.95}),
+    bad = assess_case("bad", NetworkSignals(mirror_agreement={1: 0.7, 2: 0.95}, confidence=0.8),
                       LabelMapStatistics({1: 150.0, 2: 10.0}, {1: 0.5, 2: 1.0}),
                       target_names={1: "organ", 2: "lesion"}, model=model, flag_below=None)
     assert good.raw_score > bad.raw_score and not good.flagged and bad.flagged
     assert bad.per_class["organ"] == pytest.approx(0.35)
-    assert bad.reasons == ["organ: mirror passes agree 0.70", "organ: in its largest piece 0.50"]
+    assert bad.raw_score == pytest.approx((0.35 + 0.95) / 2 * 0.8)  # the mean over classes times the confidence
+    assert bad.reasons == ["organ: mirror passes agree 0.70", "organ: in its largest piece 0.50",
+                           "mean confidence 0.80"]
     assert bad.expected_dice == pytest.approx(model.expected_dice(bad.raw_score))
     assert assess_case("bad", bad.signals, bad.statistics, target_names={1: "organ", 2: "lesion"}, model=model,
                        flag_below=0.2).flagged is False  # --flag-below overrides the model's threshold

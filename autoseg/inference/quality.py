@@ -17,9 +17,11 @@ confidence         the mean largest probability over the image, over the predict
                    normalised entropy over the predicted foreground (the baselines a failure detector must beat).
 
 The per-class score is the product of the mirror-agreement, piece and volume factors that exist; the case's raw score
-their mean over classes. ``QualityModel`` (model selection fits it on the cross-validation predictions) turns it into
-an expected Dice. Fold agreement is reported (a column, and a reason when low) but stays out of the score: the
-cross-validation predicts each case with one fold, so a calibration could never have seen it.
+their mean over classes times the image's mean confidence (agreement measures stability, confidence certainty: on
+the cross-validation and shifted cases of docs/quality.md the product ranked failures better than either).
+``QualityModel`` (model selection fits it on the cross-validation predictions) turns it into an expected Dice. Fold
+agreement is reported (a column, and a reason when low) but stays out of the score: the cross-validation predicts
+each case with one fold, so a calibration could never have seen it.
 
 Example (two label maps of a 1 x 2 x 4 image, class 1 shares 2 of 3 voxels):
     >>> counts = AgreementCounts(num_targets=1, num_maps=2)
@@ -229,6 +231,10 @@ def assess_case(
         reasons += [f"{name}: {reason} {factor:.2f}" for reason, factor in reported.items()
                     if factor is not None and factor < SIGNAL_FACTOR_REASON]
     raw = float(np.mean(list(per_class.values()))) if per_class else 1.0
+    if not math.isnan(signals.confidence):
+        raw *= signals.confidence
+        if signals.confidence < SIGNAL_FACTOR_REASON:
+            reasons.append(f"mean confidence {signals.confidence:.2f}")
     expected = model.expected_dice(raw) if model is not None else raw
     if signals.mirror_agreement is None and model is not None and model.calibrated:
         reasons.append("no mirror passes (--no-tta): the expected Dice misses its strongest signal and reads high")

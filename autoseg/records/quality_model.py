@@ -31,7 +31,7 @@ class QualityModel(JsonRecord):
     value above it), the flag threshold in expected Dice, and per label value ``(min mm^3, max mm^3, share of
     training cases holding it)``. ``fitted_on`` counts the cross-validation cases behind the knots."""
 
-    score: str = "agreement x largest piece x volume"
+    score: str = "mean over classes of (mirror agreement x largest piece x volume), x mean confidence"
     raw_scores: tuple[float, ...] = ()
     expected: tuple[float, ...] = ()
     flag_below: float | None = None

@@ -14,7 +14,9 @@ The dataset is the CT-like phantom of ``benchmarks/ct_phantom.py``. The harness
    predicts ``imagesTs/`` with both (``predict``, test-time mirroring as the run recommended), each in its own
    process with its seconds and peak memory;
 5. compares the two label maps voxel for voxel (they must be identical) and each map's geometry (size, spacing,
-   origin, direction) with its input image's, and scores the map against ``labelsTs/`` (Dice per class).
+   origin, direction) with its input image's, and scores the map against ``labelsTs/`` (Dice per class); predicts
+   once more with both, writing the class probabilities (``--save-probabilities``), and compares those value for
+   value (two label maps may agree by chance, e.g. all background; the probabilities only if the models do).
 
 Results go to ``benchmarks/results/ct_cascade.json`` (``--output``) with the provenance of
 ``benchmarks/provenance.py``; a table is printed. The exit status is 1 when a command fails or the two predictions
@@ -113,12 +115,34 @@ def share_model(work: WorkFolder, scratch: Path) -> dict:
     return result
 
 
-def predict(dataset: Path, model: Path, output: Path, *, no_tta: bool) -> dict:
+def predict(dataset: Path, model: Path, output: Path, *, no_tta: bool, probabilities: bool = False) -> dict:
     """``autoseg predict`` of ``imagesTs/`` with ``model`` in its own process: seconds and peak memory."""
     shutil.rmtree(output, ignore_errors=True)
     command = [sys.executable, "-m", "autoseg", "predict", "-i", str(dataset / "imagesTs"), "-o", str(output),
-               "-m", str(model), *(["--no-tta"] if no_tta else [])]
+               "-m", str(model), *(["--no-tta"] if no_tta else []),
+               *(["--save-probabilities"] if probabilities else [])]
     return _short(timed_command(command))
+
+
+def compare_probabilities(original: Path, imported: Path) -> dict:
+    """Per case, the two predictions' class probabilities (``--save-probabilities``) compared value for value: a
+    label map can be identical by chance (all background), the probabilities only if the models are."""
+    cases = {}
+    for first in sorted(original.glob("*.npz")):
+        second = imported / first.name
+        if not second.is_file():
+            cases[first.stem] = {"identical": False, "missing": "imported"}
+            continue
+        with np.load(first) as left_file, np.load(second) as right_file:
+            left, right = left_file["probabilities"], right_file["probabilities"]
+        same_shape = left.shape == right.shape
+        cases[first.stem] = {
+            "identical": bool(same_shape and np.array_equal(left, right)),
+            "max_abs_difference": float(np.abs(left.astype(np.float64) - right).max()) if same_shape else None,
+            "shape": list(left.shape),
+            "largest_foreground_probability": float(left[1:].max()) if left.shape[0] > 1 else None,
+        }
+    return cases
 
 
 def compare(dataset: Path, original: Path, imported: Path) -> dict:
@@ -255,11 +279,17 @@ def main(argv: list[str] | None = None) -> int:
         if (shared.get("import") or {}).get("returncode") == 0:
             results["predict_imported"] = predict(dataset, imported, imported_output, no_tta=no_tta)
         results["comparison"] = compare(dataset, original_output, imported_output)
+        for name, model in (("original", work.root), ("imported", imported)):
+            results[f"predict_{name}_with_probabilities"] = predict(
+                dataset, model, work_dir / f"probabilities_{name}", no_tta=no_tta, probabilities=True)
+        results["probability_comparison"] = compare_probabilities(work_dir / "probabilities_original",
+                                                                  work_dir / "probabilities_imported")
         failed = failed or any(part.get("returncode") for key, part in results.items()
                                if key.startswith("predict_") and isinstance(part, dict))
         identical = bool(results["comparison"]) and all(
             entry.get("identical_voxels") and entry.get("geometry_matches_input")
-            for entry in results["comparison"].values())
+            for entry in results["comparison"].values()) and bool(results["probability_comparison"]) and all(
+            entry["identical"] for entry in results["probability_comparison"].values())
         results["identical_after_export_import"] = identical
         failed = failed or not identical
     else:

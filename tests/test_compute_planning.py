@@ -74,6 +74,33 @@ def test_a_budget_that_refits_3d_fullres_drops_the_cascade_and_with_it_batch_dic
     assert tight.configuration("3d_fullres").batch_dice is False  # no cascade: per-sample Dice, as the reference
 
 
+def test_a_budget_that_names_the_cascade_fits_both_stages_and_trains_them_on_every_fold() -> None:
+    spacing, shape = (1.0, 0.8, 0.8), (300, 512, 512)  # a cascade is planned, and 600 s cannot pay for it as planned
+    asked = []
+
+    def round_trip(grid, factors):  # the labels' loss is measured from each stage's own grid
+        asked.append([round(value, 4) for value in grid])
+        return survives_up_to(2.0)(grid, factors)
+
+    named = dataclasses.replace(compute(600), label_round_trip=round_trip,
+                                configurations=("3d_lowres", "3d_cascade_fullres"))
+    plans = plan(named, spacing=spacing, shape=shape)
+    reference = plan(None, spacing=spacing, shape=shape)
+    assert asked == [[round(value, 4) for value in reference.configuration(name).spacing]
+                     for name in ("3d_fullres", "3d_lowres")]
+    lowres, cascade = plans.configuration("3d_lowres"), plans.configuration("3d_cascade_fullres")
+    assert cascade.previous_stage == "3d_lowres" and lowres.previous_stage is None
+    fullres = plans.configuration("3d_fullres")  # the cascade is 3d_fullres's fit, reading the lowres segmentation
+    assert (cascade.spacing, cascade.patch_size, cascade.network) == (fullres.spacing, fullres.patch_size,
+                                                                      fullres.network)
+    assert math.prod(cascade.patch_size) < math.prod(reference.configuration("3d_cascade_fullres").patch_size)
+    assert all(low >= full * 0.999 for low, full in zip(lowres.spacing, cascade.spacing, strict=True))
+    record = plans.get("compute")
+    assert record["folds"] == [0, 1, 2, 3, 4]  # the cascade learns from out-of-fold maps of every lowres fold
+    assert record["configurations"] == ["3d_lowres", "3d_cascade_fullres"]
+    assert record["seconds_per_fold"] == pytest.approx(600 / 10, rel=1e-3)
+
+
 def test_a_budget_no_faithful_grid_can_train_trades_resolution_for_steps_and_says_what_is_lost() -> None:
     reference = plan(None).configuration("2d")
     for survives in (2.0, 4.0):

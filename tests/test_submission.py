@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 from model_helpers import (
     first_identifiers,
     link_cases,
@@ -114,3 +115,40 @@ def test_a_cascade_submission_hashes_every_checkpoint_and_zips_only_what_it_wrot
     assert set(manifest["files"]) == {f"{identifier}.nii.gz" for identifier in identifiers}
     with zipfile.ZipFile(tmp_path / "out" / "team.zip") as archive:
         assert "team/hippocampus_999.nii.gz" not in archive.namelist()
+
+
+def test_a_cascade_on_anisotropic_ct_like_volumes_predicts_identically_after_export_import_on_the_input_grid(
+    tmp_path,
+) -> None:
+    """Item 6 of issue 27 at test size: a CT-like phantom (int16 HU, anisotropic voxels, a test volume of another
+    slice spacing), CT normalisation, anisotropic resampling, a coarser 3d_lowres stage feeding 3d_cascade_fullres,
+    mirroring on."""
+    from test_ct_phantom import benchmark_module
+
+    phantom = benchmark_module("ct_phantom").generate(tmp_path / "raw" / "Dataset990_TinyCT", cases=2, seed=5,
+                                                      test_slices=12, in_plane=48, slices=(8, 8), verbose=False)
+    ct = [{"scheme": "ct", "clip_low": -100.0, "clip_high": 250.0, "mean": 60.0, "std": 40.0}]
+    anisotropic = {"anisotropic": True, "image_order": 3, "label_order": 1, "coarse_axis_order": 0}
+    fullres = {**tiny_configuration(dimension=3, spacing=(4.0, 7.0, 7.0), patch_size=(8, 32, 32)),
+               "normalization": ct, "resampling": anisotropic}
+    lowres = {"inherits_from": "3d_fullres", "spacing": [6.0, 14.0, 14.0], "patch_size": [8, 16, 16]}
+    cascade = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    model = make_model_folder(tmp_path / "work" / "Dataset990_TinyCT", phantom,
+                              {"3d_fullres": fullres, "3d_lowres": lowres, "3d_cascade_fullres": cascade},
+                              folds=(0, 1), in_channels_extra={"3d_cascade_fullres": 4})  # one-hot foreground
+    (model / "inference.json").write_text(json.dumps(
+        {"selected": "3d_cascade_fullres", "models": [{"configuration": "3d_cascade_fullres", "folds": ["0", "1"]}]}
+    ))
+    assert main(["export-model", str(model), str(tmp_path / "ct.zip")]) == 0
+    assert main(["import-model", str(tmp_path / "ct.zip"), str(tmp_path / "colleague")]) == 0
+    for source, output in ((model, "original"), (tmp_path / "colleague", "imported")):
+        assert main(["predict", "-i", str(phantom / "imagesTs"), "-o", str(tmp_path / output), "-m", str(source),
+                     "--workers", "0", "--threads", "1"]) == 0
+    image = sitk.ReadImage(str(phantom / "imagesTs" / "ct_002_0000.nii.gz"))
+    original, imported = (tmp_path / folder / "ct_002.nii.gz" for folder in ("original", "imported"))
+    assert original.read_bytes() == imported.read_bytes()
+    label = sitk.ReadImage(str(original))
+    assert image.GetSize()[:2] == (48, 48) and max(image.GetSpacing()) > 2 * min(image.GetSpacing())  # anisotropic
+    assert label.GetSize() == image.GetSize()
+    assert np.allclose(label.GetSpacing(), image.GetSpacing()) and np.allclose(label.GetOrigin(), image.GetOrigin())
+    assert set(np.unique(sitk.GetArrayFromImage(label)).tolist()) <= {0, 1, 2, 3, 4}

@@ -25,9 +25,10 @@ narrowed variants of one configuration, one short of ``SPLIT_FOLD_ITERATIONS`` s
 that reaches them (``choose_variant``).
 
 What the user named constrains the layout: named folds are the folds (``ComputeBudget.folds_named``), named
-configurations all train (``ComputeBudget.configurations``). Plans kept from an earlier run are laid out by the same
-``choose_layout``, each kept configuration a ladder of one rung (``layout_kept_plans``). The decision is a
-``autoseg.records.compute_plan.ComputePlan``; how the budget's seconds are found is ``autoseg.pipeline.budget``.
+configurations all train (``ComputeBudget.configurations``), a named cascade stage on every fold. Plans kept from an
+earlier run are laid out by the same ``choose_layout``, each kept configuration a ladder of one rung
+(``layout_kept_plans``). The decision is a ``autoseg.records.compute_plan.ComputePlan``; how the budget's seconds are
+found is ``autoseg.pipeline.budget``.
 """
 
 from __future__ import annotations
@@ -226,7 +227,9 @@ def choose_layout(ladders: dict[str, list[Variant]], budget: ComputeBudget, prim
     named = [name for name in ladders if name in (budget.configurations or ())]
     names = named or list(ladders)  # a named stage without a ladder (a cascade, a typo) is priced as the others
     trained = len(budget.configurations) if named else len(names)
-    counts = [len(budget.folds)] if budget.folds_named else list(range(len(budget.folds), 0, -1))
+    # A named cascade trains on out-of-fold segmentations of every fold of its previous stage: all folds, always.
+    every_fold = budget.folds_named or any(name in CASCADE_CONFIGURATIONS for name in named)
+    counts = [len(budget.folds)] if every_fold else list(range(len(budget.folds), 0, -1))
     for folds in counts:
         seconds = budget.training_seconds / (trained * folds)
         chosen = {name: choose_variant(ladders[name], seconds) for name in names}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,7 @@ def _grow_lowres_spacing(spacing: list[float]) -> list[float]:
     return [min(value * LOWRES_SPACING_STEP, coarsest) if value < coarsest else value for value in spacing]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _PlanningGeometry:
     """The training cases' sizes as the plans describe them, resampled to the full-resolution spacing.
 
@@ -197,7 +197,9 @@ def _fit_to_compute(
     """The configurations refitted to the time budget (see ``autoseg.planning.layout``) and the ``compute`` record.
 
     Configurations the layout does not train are fitted to the same seconds per fold, so training them later by
-    hand stays affordable. The cascade is kept only while ``3d_fullres``, which it inherits, keeps its plan.
+    hand stays affordable. The cascade is kept only while ``3d_fullres``, which it inherits, keeps its plan, or when
+    the user named a cascade stage: then both stages are fitted too, on every fold (the cascade learns from
+    out-of-fold segmentations of all five folds of ``3d_lowres``).
     """
 
     def refit(name: str, spacing: list[float], memory_share: float) -> dict:
@@ -211,13 +213,28 @@ def _fit_to_compute(
 
     fullres_spacing = [geometry.spacing_t[axis] for axis in geometry.backward]
     per_class = budget.label_round_trip(fullres_spacing, COARSENING_FACTORS)
+    cascade_named = set(CASCADE_CONFIGURATIONS) <= set(full) and bool(set(budget.configurations or ()) &
+                                                                        set(CASCADE_CONFIGURATIONS))
     ladders = {name: ladder(name, configuration, refit, budget, per_class)
                for name, configuration in full.items() if name not in CASCADE_CONFIGURATIONS}
+    if cascade_named:
+        # The low-resolution stage's grids are coarsened from its own spacing: its labels' round trip is measured
+        # from there (factor 1: what its planned grid already loses).
+        lowres_spacing = [full["3d_lowres"]["spacing"][axis] for axis in geometry.backward]
+        lowres_per_class = budget.label_round_trip(lowres_spacing, (1.0, *COARSENING_FACTORS))
+        ladders["3d_lowres"] = ladder("3d_lowres", full["3d_lowres"], refit, budget, lowres_per_class)
+        # The user asked for the cascade (``--configs``): both stages are fitted to the budget like the others. The
+        # cascade's full-resolution stage is a variant of 3d_fullres (which it inherits) that also reads the
+        # low-resolution segmentation.
+        ladders["3d_cascade_fullres"] = [
+            dataclasses.replace(variant, configuration={**variant.configuration, "previous_stage": "3d_lowres"})
+            for variant in ladders["3d_fullres"]
+        ]
     layout = choose_layout(ladders, budget, primary="3d_fullres" if "3d_fullres" in full else "2d")
     fitted = dict(full)
     for name, variants in ladders.items():
         fitted[name] = layout.chosen.get(name, choose_variant(variants, layout.seconds_per_fold)).configuration
-    if "3d_fullres" in fitted and fitted["3d_fullres"] != full["3d_fullres"]:
+    if not cascade_named and "3d_fullres" in fitted and fitted["3d_fullres"] != full["3d_fullres"]:
         fitted = {name: value for name, value in fitted.items() if name not in CASCADE_CONFIGURATIONS}
         fitted["3d_fullres"] = {**fitted["3d_fullres"], "batch_dice": False}  # no cascade: the reference's default
     return fitted, compute_plan(layout, budget, per_class).to_json()

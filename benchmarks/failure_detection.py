@@ -22,7 +22,7 @@ fold Dice, several folds only), ``confidence`` (mean softmax confidence over the
 Usage:
 
     python benchmarks/failure_detection.py --model WORK/Dataset004_Hippocampus --modality mri \\
-        --out /tmp/failure_hippocampus [--severity 2 3] [--cases 40] [--output benchmarks/results/FILE.json]
+        --out SCRATCH [--severity 2] [--cases 40] [--output benchmarks/results/FILE.json]
 """
 
 from __future__ import annotations
@@ -235,7 +235,8 @@ def main() -> int:
     parser.add_argument("--model", required=True, type=Path, help="the working folder of a finished run (only read)")
     parser.add_argument("--modality", required=True, choices=sorted(SHIFTS))
     parser.add_argument("--out", required=True, type=Path, help="scratch folder for inputs and predictions")
-    parser.add_argument("--severity", type=float, nargs="+", default=[2.0, 3.0])
+    parser.add_argument("--severity", type=float, nargs="+", default=[2.0],
+                        help="shift severities (default 2, appearance_shift.py's own default)")
     parser.add_argument("--cases", type=int, default=None, help="at most this many validation cases")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None, help="result JSON (default: benchmarks/results/...)")

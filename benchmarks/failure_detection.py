@@ -55,8 +55,6 @@ from autoseg.inference.model_source import ModelSource  # noqa: E402
 from autoseg.inference.options import PredictionOptions  # noqa: E402
 from autoseg.inference.quality_table import QUALITY_FILE, read_quality_table  # noqa: E402
 from autoseg.io.images import read_image, write_image  # noqa: E402
-from autoseg.pipeline.quality_fit import case_dice  # noqa: E402
-from autoseg.records.evaluation_summary import EvaluationSummary  # noqa: E402
 from autoseg.records.inference_recipe import InferenceRecipe  # noqa: E402
 from autoseg.records.quality_model import QualityModel  # noqa: E402
 from autoseg.records.splits import read_splits  # noqa: E402
@@ -142,21 +140,7 @@ def detector_table(records: list[dict]) -> dict[str, dict]:
     return table
 
 
-def changed_copy_rows(work: WorkFolder, recipe: InferenceRecipe) -> list[dict]:
-    """The appearance-changed validation copies the run's calibration was fitted on (first member), as rows."""
-    member = recipe.models[0]
-    rows = []
-    for fold in member.folds or ():
-        folder = work.validation_changed(member.configuration, fold)
-        summary = EvaluationSummary.read_if_present(folder)
-        scores = {row["case"]: float(row["raw_score"]) for row in read_quality_table(folder / QUALITY_FILE)}
-        for entry in summary.per_case if summary is not None else ():
-            rows.append({"case": entry.case, "score": scores[entry.case], "dice": case_dice(entry)})
-    return rows
-
-
-def analyse(records: list[dict], model: QualityModel | None, seconds: dict[str, float],
-            copies: list[dict] | None = None) -> dict:
+def analyse(records: list[dict], model: QualityModel | None, seconds: dict[str, float]) -> dict:
     """The summary of one benchmark's rows: detectors (all rows, clean rows), calibration errors, the flag."""
     table = detector_table(records)
     failed = failures([record["dice"] for record in records])
@@ -166,7 +150,7 @@ def analyse(records: list[dict], model: QualityModel | None, seconds: dict[str, 
         "failure_threshold_dice": float(0.8 * np.median([record["dice"] for record in records])),
         "detectors": table,
         "detectors_clean_only": detector_table([record for record in records if record["condition"] == "clean"]),
-        "calibration_mae": calibration_errors(records, model, copies or []),
+        "calibration_mae": calibration_errors(records, model),
         "flag": {"threshold": model.flag_below if model else None, "flagged": int(flagged.sum()),
                  "failures_flagged": int((flagged & failed).sum()),
                  "successes_flagged": int((flagged & ~failed).sum())},
@@ -190,7 +174,7 @@ def print_summary(summary: dict) -> None:
                      indent=1))
 
 
-def calibration_errors(records: list[dict], model: QualityModel | None, copies: list[dict]) -> dict:
+def calibration_errors(records: list[dict], model: QualityModel | None) -> dict:
     """Mean absolute error of the expected Dice: the model's own calibration (all rows, shifted rows, each
     condition), and cross-fitted on halves of the cases."""
     errors = {}
@@ -205,24 +189,21 @@ def calibration_errors(records: list[dict], model: QualityModel | None, copies: 
             condition: float(np.abs(expected - dice)[[entry == condition for entry in conditions]].mean())
             for condition in dict.fromkeys(conditions)
         }
-    errors["cross_fitted"] = cross_fitted_error(records, copies)
-    errors["cross_fitted_clean_only"] = cross_fitted_error(records, [])
+    errors["cross_fitted"] = cross_fitted_error(records)
     return errors
 
 
-def cross_fitted_error(records: list[dict], copies: list[dict]) -> float:
-    """The calibration refitted on the clean rows (and changed copies) of half the cases, as model selection fits
-    it, and scored on every row of the other half."""
+def cross_fitted_error(records: list[dict]) -> float:
+    """The calibration refitted on the clean rows of half the cases, as model selection fits it, and scored on every
+    row of the other half."""
     dice = np.array([record["dice"] for record in records])
     cases = sorted({record["case"] for record in records})
     halves = [set(cases[0::2]), set(cases[1::2])]
     predicted = np.zeros(len(records))
     for fit_half, test_half in ((halves[0], halves[1]), (halves[1], halves[0])):
         fit = [record for record in records if record["case"] in fit_half and record["condition"] == "clean"]
-        fit_copies = [copy for copy in copies if copy["case"] in fit_half]
-        knots, values = fit_monotone_map([record["scores"]["default"] for record in fit]
-                                         + [copy["score"] for copy in fit_copies],
-                                         [record["dice"] for record in fit] + [copy["dice"] for copy in fit_copies])
+        knots, values = fit_monotone_map([record["scores"]["default"] for record in fit],
+                                         [record["dice"] for record in fit])
         refitted = QualityModel(raw_scores=knots, expected=values)
         for index, record in enumerate(records):
             if record["case"] in test_half:
@@ -279,7 +260,7 @@ def main() -> int:
                             "scores": method_scores(rows[case.identifier], model, values)})
         condition_dice = statistics.mean(record["dice"] for record in records if record["condition"] == condition)
         print(f"{condition:10s} mean Dice {condition_dice:.4f} ({seconds[condition]:.2f} s per case)", flush=True)
-    summary = analyse(records, model, seconds, changed_copy_rows(work, recipe))
+    summary = analyse(records, model, seconds)
     print_summary(summary)
     output = args.output or REPOSITORY / "benchmarks" / "results" / f"failure_detection_{dataset.name}.json"
     settings = {key: relative_to_repository(value) if isinstance(value, Path) else value

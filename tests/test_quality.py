@@ -23,14 +23,10 @@ from autoseg.inference.quality import (
     class_masks,
     label_map_statistics,
 )
-from autoseg.inference.quality_table import read_quality_table, write_quality_table
+from autoseg.inference.quality_table import read_quality_table
 from autoseg.inference.sliding_window import predict_sliding_window
-from autoseg.pipeline.quality_fit import fit_quality_model
-from autoseg.pipeline.validation import CALIBRATION_COPIES, calibration_cases
-from autoseg.records.evaluation_summary import CaseEvaluation, EvaluationSummary
 from autoseg.records.fingerprint import Fingerprint
 from autoseg.records.quality_model import QualityModel
-from autoseg.records.work_folder import WorkFolder
 from autoseg.utils.files import write_json
 
 
@@ -171,32 +167,3 @@ def test_predict_writes_quality_csv_names_the_flagged_cases_and_an_imported_mode
                  "--no-quality", *arguments]) == 0
     assert not (tmp_path / "plain" / "quality.csv").exists()
     assert json.loads((hippocampus_model / "inference.json").read_text())["quality"]["flag_below"] == 1.01
-
-
-def test_changed_copies_are_spread_over_the_validation_cases_and_capped():
-    cases = [f"case_{index:03d}" for index in range(50)]
-    chosen = calibration_cases(list(reversed(cases)))
-    assert len(chosen) == CALIBRATION_COPIES and chosen[0] == "case_000" and chosen == sorted(chosen)
-    assert calibration_cases(cases[:3]) == cases[:3]
-
-
-def _write_rows(folder: Path, scores: dict[str, float], dice: dict[str, float]) -> None:
-    folder.mkdir(parents=True)
-    write_quality_table(folder / "quality.csv", [{"case": case, "raw_score": str(score)}
-                                                 for case, score in scores.items()])
-    EvaluationSummary(per_case=tuple(CaseEvaluation(case=case, metrics={"1": {"dice": value}})
-                                     for case, value in dice.items())).write(folder / "summary.json")
-
-
-def test_the_calibration_learns_the_low_scores_from_the_changed_copies(tmp_path):
-    work = WorkFolder.at(tmp_path / "Dataset001_Test")
-    work.root.mkdir()
-    _fingerprint().write(work.fingerprint)
-    clean = {f"c{index}": 0.85 + 0.01 * index for index in range(5)}
-    _write_rows(work.crossval("3d_fullres"), clean, {case: score - 0.05 for case, score in clean.items()})
-    _write_rows(work.validation_changed("3d_fullres", 0), {"c0": 0.4, "c1": 0.6}, {"c0": 0.2, "c1": 0.5})
-    summary = EvaluationSummary.read(work.crossval("3d_fullres"))
-    model = fit_quality_model(work, ["3d_fullres"], summary, folds=[0])
-    assert model.fitted_on == 7 and model.raw_scores[:2] == (0.4, 0.6) and model.expected[:2] == (0.2, 0.5)
-    assert model.flag_below == pytest.approx(0.8 * 0.82)  # of the clean cases' median Dice
-    assert fit_quality_model(work, ["3d_fullres"], summary).fitted_on == 5  # no folds: clean cases only

@@ -4,9 +4,7 @@ Every fold's validation prediction wrote ``quality.csv`` (raw scores from the tr
 any calibration); ``collect_cross_validation`` gathered the rows in ``crossval/``. For the candidate model selection
 chose (one configuration, or an ensemble whose raw score is its members' mean, as ``autoseg predict`` computes it),
 the raw scores are paired with the Dice each case reached (mean over the foreground classes; 1 for a case without
-foreground in prediction and reference) and an isotonic map is fitted, together with the appearance-changed copies
-of some validation cases that every fold also predicted (``validation_changed/``, ``autoseg.transforms.appearance``):
-they reach the low scores new scanners produce, which clean cases never do. ``flag_below`` is 0.8 x the median
+foreground in prediction and reference) and an isotonic map is fitted. ``flag_below`` is 0.8 x the median
 cross-validation Dice: the cases the evaluation would call failures. No test case's label is ever used.
 """
 
@@ -41,34 +39,10 @@ def raw_scores_of(work_folder: WorkFolder, configurations: Sequence[str]) -> dic
     return {case: float(np.mean([member[case] for member in per_member])) for case in sorted(common)}
 
 
-def changed_copies(
-    work_folder: WorkFolder, configurations: Sequence[str], folds: Sequence[int | str]
-) -> list[tuple[float, float]]:
-    """``(raw score, Dice)`` of every appearance-changed validation copy (``validation_changed/``) the members
-    predicted; an ensemble's pair is its members' mean of each (an approximation: its own label map was never
-    made)."""
-    per_member = []
-    for configuration in configurations:
-        found: dict[str, tuple[float, float]] = {}
-        for fold in folds:
-            folder = work_folder.validation_changed(configuration, fold)
-            summary = EvaluationSummary.read_if_present(folder)
-            if summary is None:
-                continue
-            rows = {row["case"]: float(row["raw_score"]) for row in read_quality_table(folder / QUALITY_FILE)}
-            found.update({f"{fold}/{entry.case}": (rows[entry.case], case_dice(entry))
-                          for entry in summary.per_case if entry.case in rows})
-        per_member.append(found)
-    common = set.intersection(*(set(member) for member in per_member)) if per_member else set()
-    return [tuple(np.mean([member[key] for member in per_member], axis=0)) for key in sorted(common)]
-
-
 def fit_quality_model(
-    work_folder: WorkFolder, configurations: Sequence[str], summary: EvaluationSummary,
-    folds: Sequence[int | str] = (),
+    work_folder: WorkFolder, configurations: Sequence[str], summary: EvaluationSummary
 ) -> QualityModel | None:
-    """The calibrated quality model of the chosen candidate (its cross-validation cases and the appearance-changed
-    copies of ``folds``), or None when its cases have no quality rows."""
+    """The calibrated quality model of the chosen candidate, or None when its cases have no quality rows."""
     fingerprint = work_folder.read_fingerprint()
     if fingerprint is None:
         return None
@@ -78,12 +52,10 @@ def fit_quality_model(
     if not cases:
         return None
     scores, reached = [raw[case] for case in cases], [dice[case] for case in cases]
-    median = float(np.median(reached))  # of the clean cases: the threshold is about cases like the training ones
-    copies = changed_copies(work_folder, configurations, folds)
-    knots, expected = fit_monotone_map(scores + [score for score, _ in copies],
-                                       reached + [value for _, value in copies])
+    knots, expected = fit_monotone_map(scores, reached)
+    median = float(np.median(reached))
     return dataclasses.replace(
         QualityModel.from_fingerprint(fingerprint), raw_scores=knots, expected=expected,
-        flag_below=round(FAILURE_FRACTION * median, 4), fitted_on=len(cases) + len(copies),
+        flag_below=round(FAILURE_FRACTION * median, 4), fitted_on=len(cases),
         cross_validation_median_dice=round(median, 4),
     )

@@ -20,7 +20,7 @@ from autoseg.pipeline.machine_benchmark import MachineCosts, machine_costs, medi
 from autoseg.pipeline.plan_dataset import plan_dataset
 from autoseg.pipeline.report import build_report
 from autoseg.pipeline.selection import find_best, format_candidates
-from autoseg.pipeline.validation import calibration_cases, training_components
+from autoseg.pipeline.validation import training_components
 from autoseg.planning.layout import layout_kept_plans
 from autoseg.planning.table import format_plans_table
 from autoseg.preprocessing.preprocess_dataset import preprocess_dataset
@@ -235,11 +235,9 @@ def train_stage(
     reserve = 0.0
     if budget.budget_seconds is not None:
         costs = machine_costs(dataset, choose_device(options.device), options.precision)
-        # Validation (and its appearance-changed copies), then test-time standardisation of the selected model
-        # (counted for every fold: an upper bound).
+        # Validation, then test-time standardisation of the selected model (counted for every fold: an upper bound).
         reserve = budget.after_training_reserve(
-            [(len(job.validation_case_ids) + len(calibration_cases(job.validation_case_ids))
-              + min(RUN_STANDARDISATION_CASES, len(job.train_case_ids)),
+            [(len(job.validation_case_ids) + min(RUN_STANDARDISATION_CASES, len(job.train_case_ids)),
               costs.case_prediction_seconds(plans.configuration(configuration),
                                             input_voxels=median_input_voxels(plans)))
              for (configuration, _), job in zip(pairs, jobs, strict=True)],

@@ -108,8 +108,7 @@ def find_best(
         workers=workers, output_file=work_folder.postprocessing, progress=progress,
     )
     best_summary = EvaluationSummary.read_if_present(best.folder)
-    quality = (fit_quality_model(work_folder, best.configurations, best_summary, folds)
-               if best_summary is not None else None)
+    quality = fit_quality_model(work_folder, best.configurations, best_summary) if best_summary is not None else None
     recipe = InferenceRecipe(
         models=tuple(RecipeModel(configuration, tuple(folds)) for configuration in best.configurations),
         selected=best.name,

@@ -7,13 +7,9 @@ training loop (``training_components``), so the training stage itself never impo
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from autoseg.evaluation.folders import evaluate_against_ground_truth
 from autoseg.inference.ensemble import ModelEnsemble
@@ -21,15 +17,9 @@ from autoseg.inference.loading import load_predictor
 from autoseg.inference.model_source import ModelSource
 from autoseg.inference.next_stage import prepare_previous_stage_maps
 from autoseg.inference.options import PredictionOptions
-from autoseg.inference.predictor import Predictor
-from autoseg.io.images import read_image, write_image
 from autoseg.records.quality_model import QualityModel
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.job import TrainingComponents, default_components
-from autoseg.transforms.appearance import perturb_appearance
-
-CALIBRATION_COPIES = 20  # validation cases per fold predicted once more with their appearance changed
-CHANGE_STRENGTHS = (0.25, 2.0)  # drawn uniformly: from barely visible to a failing model
 
 
 def predict_validation_cases(
@@ -69,56 +59,11 @@ def predict_validation_cases(
         progress=progress,
     )
     summary = evaluate_against_ground_truth(work_folder, output_folder, cases=validation_case_ids, progress=progress)
-    predict_changed_copies(work_folder, configuration_name, fold, validation_case_ids, predictor, quality,
-                           progress=progress)
     return {
         "folder": str(output_folder),
         "mean_dice": summary.foreground_mean["dice"],
         "dice": {entry["name"]: entry["dice"] for entry in summary.mean.values()},
     }
-
-
-def calibration_cases(validation_case_ids: Sequence[str]) -> list[str]:
-    """The validation cases also predicted with their appearance changed: at most ``CALIBRATION_COPIES``, spread
-    over the sorted list."""
-    ordered = sorted(validation_case_ids)
-    if len(ordered) <= CALIBRATION_COPIES:
-        return ordered
-    step = (len(ordered) - 1) / (CALIBRATION_COPIES - 1)
-    return [ordered[round(index * step)] for index in range(CALIBRATION_COPIES)]
-
-
-def predict_changed_copies(
-    work_folder: WorkFolder, configuration_name: str, fold: int | str, validation_case_ids: Sequence[str],
-    predictor: Predictor, quality: QualityModel | None, *, progress: bool,
-) -> None:
-    """Predict one appearance-changed copy (``autoseg.transforms.appearance``, strength drawn from
-    ``CHANGE_STRENGTHS`` per case, seeded by its name) of each ``calibration_cases`` case into
-    ``validation_changed/`` with its quality rows and evaluation: model selection fits the quality calibration on
-    these and the clean validation cases. The changed images are deleted afterwards."""
-    if not predictor.options.quality:
-        return
-    dataset = work_folder.read_dataset()
-    output = work_folder.validation_changed(configuration_name, fold)
-    inputs = output / "changed_images"
-    inputs.mkdir(parents=True, exist_ok=True)
-    identifiers = calibration_cases(validation_case_ids)
-    images = []
-    for identifier in identifiers:
-        rng = np.random.default_rng(zlib.crc32(identifier.encode()))
-        strength = float(rng.uniform(*CHANGE_STRENGTHS))
-        paths = []
-        for channel, path in enumerate(dataset.case(identifier).images):
-            image = read_image(path)
-            changed = perturb_appearance(image.array, rng, strength=strength, spacing=image.geometry.spacing)
-            paths.append(inputs / f"{identifier}_{channel:04d}.nii.gz")
-            write_image(changed, image.geometry, paths[-1])
-        images.append(paths)
-    ModelEnsemble([predictor], quality=quality).predict_files(
-        images, [output / f"{identifier}{dataset.file_ending}" for identifier in identifiers], progress=progress
-    )
-    shutil.rmtree(inputs)
-    evaluate_against_ground_truth(work_folder, output, cases=identifiers, progress=progress)
 
 
 def training_components() -> TrainingComponents:

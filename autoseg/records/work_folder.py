@@ -44,7 +44,6 @@ POSTPROCESSING_FILE = "postprocessing.json"
 REPORT_FILE = "report.html"
 VALIDATION_FOLDER = "validation"
 ADAPTATION_FOLDER = "adaptation"
-VALIDATION_CHANGED_FOLDER = "validation_changed"
 CROSSVAL_FOLDER = "crossval"
 NEXT_STAGE_FOLDER = "next_stage"
 TRAINING_SUMMARY_FILE = "training_summary.json"
@@ -155,10 +154,6 @@ class WorkFolder:
 
     def validation(self, configuration: str, fold: int | str) -> Path:
         return self.fold(configuration, fold) / VALIDATION_FOLDER
-
-    def validation_changed(self, configuration: str, fold: int | str) -> Path:
-        """Predictions of validation cases with their appearance changed: what the quality calibration adds."""
-        return self.fold(configuration, fold) / VALIDATION_CHANGED_FOLDER
 
     def crossval(self, configuration: str) -> Path:
         return self.models / configuration / CROSSVAL_FOLDER

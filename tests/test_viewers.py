@@ -14,6 +14,7 @@ from model_helpers import first_identifiers, link_cases, make_model_folder, tiny
 from autoseg.cli import main
 from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.inference.export import named_label_values
+from autoseg.inference.quality_table import read_quality_table
 from autoseg.io.itksnap_labels import write_itksnap_label_file
 from autoseg.io.slicer_segmentation import slicer_segmentation_fields
 from autoseg.records.dataset import RawDataset
@@ -90,7 +91,9 @@ def test_hippocampus_prediction_as_slicer_segmentation_names_both_classes(hippoc
     predict(model, inputs, tmp_path / "default")
     predict(model, inputs, tmp_path / "slicer", "--format", "seg.nrrd")
     written = sorted(path.name for path in (tmp_path / "slicer").iterdir() if not path.name.startswith("."))
-    assert written == [f"{identifier}.seg.nrrd" for identifier in identifiers]
+    # the label maps, and the quality estimate of each (docs/quality.md)
+    assert written == [*(f"{identifier}.seg.nrrd" for identifier in identifiers), "quality.csv"]
+    assert [row["case"] for row in read_quality_table(tmp_path / "slicer" / "quality.csv")] == identifiers
     predicted_values = set()
     for identifier in identifiers:
         output = tmp_path / "slicer" / f"{identifier}.seg.nrrd"

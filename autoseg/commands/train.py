@@ -17,10 +17,12 @@ from autoseg.errors import UserError
 from autoseg.pipeline.validation import training_components
 from autoseg.records.dataset import RawDataset
 from autoseg.records.work_folder import WorkFolder
+from autoseg.training.augmentation import AUGMENTATION_PRESETS
 from autoseg.training.distributed import DistributedContext, detect_distributed_context
 from autoseg.training.job import TrainingJob, TrainingSettings, build_job
 from autoseg.training.loop import train_fold
-from autoseg.training.schedule import epoch_seconds_for_budget
+from autoseg.training.optimizers import DEFAULT_INITIAL_LEARNING_RATE, DEFAULT_MOMENTUM, OPTIMIZERS
+from autoseg.training.schedule import SCHEDULES, epoch_seconds_for_budget
 from autoseg.training.splits import CASE_GROUPERS
 from autoseg.training.tracking import add_logger_argument, requested_loggers
 from autoseg.utils.durations import parse_time_budget
@@ -76,6 +78,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-validation-prediction", action="store_true",
                         help="skip predicting the validation cases after training")
     add_logger_argument(parser)
+    add_recipe_arguments(parser)
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the training recipe (default: the reference's; see docs/training.md "Recipe")."""
+    recipe = parser.add_argument_group("training recipe (default: the reference's, see docs/training.md)")
+    recipe.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=None,
+                        help="optimiser (default sgd_nesterov)")
+    recipe.add_argument("--learning-rate", type=float, default=None,
+                        help=f"peak learning rate (default {DEFAULT_INITIAL_LEARNING_RATE:g})")
+    recipe.add_argument("--momentum", type=float, default=None, help=f"SGD momentum (default {DEFAULT_MOMENTUM:g})")
+    recipe.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
+                        help="learning-rate decay to zero over the epochs or the time budget (default poly)")
+    recipe.add_argument("--warmup", type=float, default=None,
+                        help="share of training spent warming the learning rate up linearly (default 0)")
+    recipe.add_argument("--weight-averaging", type=float, default=None, metavar="DECAY",
+                        help="keep an exponential moving average of the weights with this decay per step (e.g. "
+                             "0.999) and validate and save it (default: off)")
+    recipe.add_argument("--augmentation", choices=list(AUGMENTATION_PRESETS), default=None,
+                        help="augmentation strength (default reference)")
+
+
+def recipe_from_arguments(args: argparse.Namespace) -> dict:
+    """The ``TrainingSettings`` fields the recipe options set (those given only)."""
+    if args.learning_rate is not None and args.learning_rate <= 0:
+        raise UserError("--learning-rate must be positive.")
+    if args.momentum is not None and not 0 <= args.momentum < 1:
+        raise UserError("--momentum must be in [0, 1).")
+    if args.warmup is not None and not 0 <= args.warmup < 1:
+        raise UserError("--warmup must be in [0, 1).")
+    if args.weight_averaging is not None and not 0 < args.weight_averaging < 1:
+        raise UserError("--weight-averaging must be in (0, 1), e.g. 0.999.")
+    given = {
+        "optimizer_name": args.optimizer,
+        "initial_learning_rate": args.learning_rate,
+        "momentum": args.momentum,
+        "schedule": args.schedule,
+        "warmup_fraction": args.warmup,
+        "weight_averaging_decay": args.weight_averaging,
+        "augmentation": args.augmentation,
+    }
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def settings_from_arguments(args: argparse.Namespace) -> TrainingSettings:
@@ -107,6 +151,7 @@ def settings_from_arguments(args: argparse.Namespace) -> TrainingSettings:
         pretrained=args.pretrained,
         after_training_hooks=() if args.no_validation_prediction else ("predict_validation",),
         loggers=requested_loggers(args.logger),
+        **recipe_from_arguments(args),
     )
 
 

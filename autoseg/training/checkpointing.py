@@ -34,9 +34,12 @@ def resume_point(fold_folder: Path) -> Path | None:
 
 def checkpoint_content(state: TrainingState, job: TrainingJob, settings: TrainingSettings, channels: dict) -> dict:
     """Everything a resumed run (or a prediction) needs: weights, optimiser, scaler, counters, log, random states,
-    the configuration and the settings."""
-    return {
-        "network": unwrap_model(state.network).state_dict(),
+    the configuration and the settings.
+
+    ``network`` holds the weights a prediction uses: the weight average when the run keeps one, whose trained
+    weights and update count are then kept too (``training_network``, ``averaged_updates``) for a resumed run."""
+    content = {
+        "network": state.model_to_evaluate.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "gradient_scaler": state.gradient_scaler.state_dict(),
         "progress": state.progress.to_dict(),
@@ -51,11 +54,19 @@ def checkpoint_content(state: TrainingState, job: TrainingJob, settings: Trainin
         "out_channels": channels["out"],
         "settings": {key: value for key, value in dataclasses.asdict(settings).items() if value is not None},
     }
+    if state.averaged_network is not None:
+        content["training_network"] = unwrap_model(state.network).state_dict()
+        content["averaged_updates"] = int(state.averaged_network.n_averaged)
+    return content
 
 
 def restore_checkpoint(state: TrainingState, checkpoint: dict, settings: TrainingSettings) -> None:
     """Put a checkpoint's weights, optimiser, scaler, counters, log and random states into ``state``."""
-    unwrap_model(state.network).load_state_dict(checkpoint["network"])
+    unwrap_model(state.network).load_state_dict(checkpoint.get("training_network", checkpoint["network"]))
+    if state.averaged_network is not None:
+        # A run that starts averaging on resume starts its average from the weights it resumes.
+        state.averaged_network.module.load_state_dict(checkpoint["network"])
+        state.averaged_network.n_averaged.fill_(checkpoint.get("averaged_updates", 0))
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint.get("gradient_scaler"):
         state.gradient_scaler.load_state_dict(checkpoint["gradient_scaler"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from autoseg.errors import UserError
 from autoseg.networks import build_network, describe
@@ -22,7 +23,12 @@ from autoseg.training.data_loading import deep_supervision_scales, make_training
 from autoseg.training.distributed import DistributedContext
 from autoseg.training.hooks import AfterTrainingHook
 from autoseg.training.losses import build_loss
-from autoseg.training.optimizers import DEFAULT_GRADIENT_CLIP_NORM, DEFAULT_INITIAL_LEARNING_RATE, DEFAULT_WEIGHT_DECAY
+from autoseg.training.optimizers import (
+    DEFAULT_GRADIENT_CLIP_NORM,
+    DEFAULT_INITIAL_LEARNING_RATE,
+    DEFAULT_MOMENTUM,
+    DEFAULT_WEIGHT_DECAY,
+)
 from autoseg.training.schedule import TrainingProgress
 from autoseg.training.splits import CASE_GROUPERS, DEFAULT_SPLIT_SEED, cases_for_fold, load_or_create_splits
 
@@ -40,6 +46,12 @@ class TrainingSettings:
     ``batch_size`` None means the plan's, capped on CPU by ``training_batch_size``. With ``epoch_seconds`` an epoch
     also ends after that much time (time-sliced epochs, see ``epoch_seconds_for_budget``), and its validation uses
     ``validation_iterations`` scaled by the share of ``iterations_per_epoch`` it ran.
+
+    The recipe: ``optimizer_name`` with ``momentum`` (SGD's), ``initial_learning_rate`` decaying to zero by
+    ``schedule`` (``autoseg.training.schedule.SCHEDULES``) after a linear warm-up over ``warmup_fraction`` of the
+    training; ``weight_averaging_decay`` (None: off) keeps an EMA of the weights that validation and the saved model
+    use (``autoseg.training.weight_averaging``); ``augmentation`` names a preset of
+    ``autoseg.training.augmentation.AUGMENTATION_PRESETS``.
     """
 
     epochs: int = 1000
@@ -50,6 +62,11 @@ class TrainingSettings:
     loss_name: str = "dice_ce"
     optimizer_name: str = "sgd_nesterov"
     initial_learning_rate: float = DEFAULT_INITIAL_LEARNING_RATE
+    momentum: float = DEFAULT_MOMENTUM
+    schedule: str = "poly"
+    warmup_fraction: float = 0.0
+    weight_averaging_decay: float | None = None
+    augmentation: str = "reference"
     weight_decay: float = DEFAULT_WEIGHT_DECAY
     gradient_clip_norm: float = DEFAULT_GRADIENT_CLIP_NORM
     oversample_foreground: float = 0.33
@@ -129,6 +146,13 @@ class TrainingState:
     context: DistributedContext
     ema_pseudo_dice: float | None = None
     best_ema_pseudo_dice: float | None = None
+    # The EMA of the weights (``settings.weight_averaging_decay``), which validation and the saved model use.
+    averaged_network: AveragedModel | None = None
+
+    @property
+    def model_to_evaluate(self) -> torch.nn.Module:
+        """The weights validation and prediction use: the weight average when there is one, else the network."""
+        return self.averaged_network.module if self.averaged_network is not None else self.network
 
 
 EpochCallback = Callable[[TrainingState], None]

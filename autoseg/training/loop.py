@@ -25,6 +25,7 @@ from autoseg.training.distributed import (
     start_process_group,
     stop_process_group,
     sum_across_processes,
+    unwrap_model,
     value_of_main_process,
     wrap_model,
 )
@@ -40,7 +41,7 @@ from autoseg.training.job import (
 )
 from autoseg.training.optimizers import set_learning_rate
 from autoseg.training.pseudo_dice import dice_from_counts, mean_dice
-from autoseg.training.schedule import TrainingProgress, poly_learning_rate
+from autoseg.training.schedule import TrainingProgress, learning_rate_at
 from autoseg.training.setup import (
     build_loss_function,
     class_names_of,
@@ -125,8 +126,9 @@ def _train(
                 state, training_loader, loss_function, settings, device, clock, checkpoints.save_latest_if_stale
             )
             validation = validate(
-                state.network, validation_loader, loss_function, validation_batches(settings, training["steps"]),
-                settings.precision, device, job.dataset, len(class_names),
+                state.model_to_evaluate, validation_loader, loss_function,
+                validation_batches(settings, training["steps"]), settings.precision, device, job.dataset,
+                len(class_names),
             )
             record, improved = _close_epoch(state, training, validation, class_names, epoch_started, clock)
             if context.is_main_process:
@@ -165,9 +167,9 @@ def _train_one_epoch(
     clock: _RankZeroClock,
     save_latest_if_stale: Callable[[TrainingState], None],
 ) -> dict[str, float]:
-    """Up to ``iterations_per_epoch`` optimiser steps (fewer when the time budget runs out): poly learning rate,
-    autocast in ``settings.precision``, gradient clipping. Returns the summed loss, the step count, the last lr, the
-    seconds spent and the part of them spent waiting for the loader.
+    """Up to ``iterations_per_epoch`` optimiser steps (fewer when the time budget runs out): the schedule's learning
+    rate, autocast in ``settings.precision``, gradient clipping, the weight average's update. Returns the summed
+    loss, the step count, the last lr, the seconds spent and the part of them spent waiting for the loader.
 
     A resumed mid-epoch checkpoint continues at ``progress.iteration_in_epoch``; ``save_latest_if_stale`` may write
     a mid-epoch checkpoint (rank 0, time-based) after any step."""
@@ -175,11 +177,11 @@ def _train_one_epoch(
     started = time.perf_counter()
     if state.progress.iteration_in_epoch == 0:
         state.progress.epoch_started_seconds = state.progress.elapsed_seconds
-    learning_rate = poly_learning_rate(settings.initial_learning_rate, state.progress.fraction_done)
+    learning_rate = _learning_rate(state, settings)
     state.network.train()
     bar = _epoch_progress_bar(state, settings)
     while not _epoch_is_over(state, settings, steps):
-        learning_rate = poly_learning_rate(settings.initial_learning_rate, state.progress.fraction_done)
+        learning_rate = _learning_rate(state, settings)
         set_learning_rate(state.optimizer, learning_rate)
         waiting_since = time.perf_counter()
         batch = next(loader)
@@ -188,6 +190,8 @@ def _train_one_epoch(
             state.network, state.optimizer, state.gradient_scaler, loss_function, batch["data"], batch["target"],
             device=device, precision=settings.precision, gradient_clip_norm=settings.gradient_clip_norm,
         )
+        if state.averaged_network is not None:
+            state.averaged_network.update_parameters(unwrap_model(state.network))
         loss_sum, steps = loss_sum + loss_value, steps + 1
         state.progress.iterations_done += 1
         state.progress.iteration_in_epoch += 1
@@ -201,6 +205,13 @@ def _train_one_epoch(
     seconds = time.perf_counter() - started
     return {"loss_sum": loss_sum, "steps": steps, "learning_rate": learning_rate, "seconds": seconds,
             "data_wait_seconds": data_wait}
+
+
+def _learning_rate(state: TrainingState, settings: TrainingSettings) -> float:
+    return learning_rate_at(
+        settings.initial_learning_rate, state.progress.fraction_done,
+        schedule=settings.schedule, warmup_fraction=settings.warmup_fraction,
+    )
 
 
 def _epoch_is_over(state: TrainingState, settings: TrainingSettings, steps: int) -> bool:

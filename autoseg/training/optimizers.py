@@ -17,11 +17,10 @@ def sgd_nesterov(
     *,
     learning_rate: float = DEFAULT_INITIAL_LEARNING_RATE,
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    momentum: float = DEFAULT_MOMENTUM,
 ) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum 0.99: the proven default for U-Nets trained from scratch with poly decay."""
-    return torch.optim.SGD(
-        parameters, lr=learning_rate, momentum=DEFAULT_MOMENTUM, nesterov=True, weight_decay=weight_decay
-    )
+    """SGD with Nesterov momentum (0.99: the proven default for U-Nets trained from scratch with poly decay)."""
+    return torch.optim.SGD(parameters, lr=learning_rate, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 
 def adamw(
@@ -29,8 +28,10 @@ def adamw(
     *,
     learning_rate: float = 1e-3,
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    momentum: float | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW, for fine-tuning pretrained weights where SGD's large momentum can wreck what was learned."""
+    """AdamW, for fine-tuning pretrained weights where SGD's large momentum can wreck what was learned (``momentum``,
+    SGD's, is ignored)."""
     return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
 
 

@@ -1,13 +1,15 @@
-"""How far training has come and what the learning rate is: poly decay over epochs or over a wall-clock budget.
+"""How far training has come and what the learning rate is: a decay to zero over epochs or over a wall-clock budget.
 
 Progress is a number in [0, 1]. With a fixed number of epochs it is ``iterations done / iterations planned``;
 with a time budget it is ``elapsed seconds / budget``, so the learning rate anneals to zero exactly when the
-budget runs out and a short budget still ends with a low-learning-rate, well-converged model.
+budget runs out and a short budget still ends with a low-learning-rate, well-converged model. The shape of the decay
+is a schedule (``SCHEDULES``: the reference's poly, linear, cosine), optionally after a linear warm-up.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from autoseg.errors import UserError
 
@@ -27,6 +29,39 @@ def poly_learning_rate(initial_learning_rate: float, progress: float, *, exponen
     """``lr0 * (1 - progress) ** exponent``, with progress clipped to [0, 1]."""
     progress = min(max(progress, 0.0), 1.0)
     return initial_learning_rate * (1.0 - progress) ** exponent
+
+
+def linear_learning_rate(initial_learning_rate: float, progress: float) -> float:
+    """``lr0 * (1 - progress)``: linear to zero, the schedule "Budgeted Training" (Li et al., ICLR 2020) found best
+    for a fixed budget."""
+    return initial_learning_rate * (1.0 - min(max(progress, 0.0), 1.0))
+
+
+def cosine_learning_rate(initial_learning_rate: float, progress: float) -> float:
+    """``lr0 * (1 + cos(pi * progress)) / 2``."""
+    return initial_learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+SCHEDULES = {"poly": poly_learning_rate, "linear": linear_learning_rate, "cosine": cosine_learning_rate}
+
+
+def learning_rate_at(
+    initial_learning_rate: float, progress: float, *, schedule: str = "poly", warmup_fraction: float = 0.0
+) -> float:
+    """The learning rate at ``progress``: linear warm-up from ~0 over the first ``warmup_fraction`` of training, then
+    ``schedule`` decaying to zero over the rest.
+
+    >>> learning_rate_at(0.01, 0.5, schedule="linear")
+    0.005
+    >>> round(learning_rate_at(0.01, 0.025, schedule="linear", warmup_fraction=0.05), 6)
+    0.005
+    """
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+    if warmup_fraction > 0 and progress < warmup_fraction:
+        return initial_learning_rate * max(progress, 0.0) / warmup_fraction
+    decay_progress = (progress - warmup_fraction) / (1.0 - warmup_fraction) if warmup_fraction > 0 else progress
+    return SCHEDULES[schedule](initial_learning_rate, decay_progress)
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ from autoseg.errors import UserError
 from autoseg.records import checkpoint as checkpoint_files
 from autoseg.records.dataset import RawDataset
 from autoseg.records.preprocessed_case import PreprocessedCase
+from autoseg.training.augmentation import augmentation_preset
 from autoseg.training.batch_workers import default_number_of_workers
 from autoseg.training.checkpointing import restore_checkpoint, resume_point
 from autoseg.training.distributed import DistributedContext, split_batch_size, split_forced_samples
@@ -21,6 +22,7 @@ from autoseg.training.optimizers import OPTIMIZERS
 from autoseg.training.patch_sampling import forced_foreground_samples
 from autoseg.training.pretrained import load_pretrained_weights
 from autoseg.training.schedule import TrainingProgress
+from autoseg.training.weight_averaging import make_weight_average
 from autoseg.utils.devices import enable_fast_kernels, make_deterministic, make_gradient_scaler, seed_everything
 from autoseg.utils.threads import available_cpus, set_torch_threads
 
@@ -128,7 +130,8 @@ def prepare_state(
         report = load_pretrained_weights(network, settings.pretrained)
         say(f"pretrained weights from {settings.pretrained}: {report.summary()}")
     optimizer = OPTIMIZERS[settings.optimizer_name](
-        network.parameters(), learning_rate=settings.initial_learning_rate, weight_decay=settings.weight_decay
+        network.parameters(), learning_rate=settings.initial_learning_rate, weight_decay=settings.weight_decay,
+        momentum=settings.momentum,
     )
     state = TrainingState(
         network=network,
@@ -142,6 +145,9 @@ def prepare_state(
         ),
         log=[],
         context=context,
+        averaged_network=(
+            make_weight_average(network, settings.weight_averaging_decay) if settings.weight_averaging_decay else None
+        ),
     )
     if not settings.resume:
         return state, None
@@ -195,6 +201,7 @@ def make_loaders(
         "oversample_foreground": split_forced_samples(settings.batch_size, forced, context) / share,
         "ignore_label": job.dataset.ignore_label,
     }
+    augmentation = augmentation_preset(settings.augmentation)
     if job.previous_stage_folder is not None:
         options.update(previous_stage_folder=job.previous_stage_folder, foreground_labels=job.dataset.foreground_labels)
     training_workers = default_number_of_workers(context) if settings.num_workers is None else settings.num_workers
@@ -203,6 +210,7 @@ def make_loaders(
         list(job.train_case_ids),
         seed=loader_seed(settings, context, start_iteration, 0),
         num_workers=training_workers,
+        augmentation=augmentation,
         **options,
     )
     # Validation patches are plain crops (no augmentation): made in this process, they cost milliseconds per batch,

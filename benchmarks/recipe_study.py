@@ -78,7 +78,7 @@ def train_command(args: argparse.Namespace, cell: str, cell_root: Path, fold: in
         sys.executable, "-m", "autoseg", "train", str(args.dataset), args.configuration, str(fold),
         "--work-dir", str(cell_root), "--epochs", str(epochs), "--iterations-per-epoch", str(ITERATIONS_PER_EPOCH),
         "--validation-iterations", "10", "--threads", "1", "--num-workers", "1", "--seed", str(seed),
-        *CELLS[cell],
+        "--reference-recipe", *CELLS[cell],
     ]
 
 

@@ -26,6 +26,8 @@ from autoseg.planning.layout import (
     choose_variant,
     ladder,
 )
+from autoseg.planning.short_schedule import SHORT_SCHEDULE_RECIPE, SHORT_SCHEDULE_STEPS
+from autoseg.records.compute_plan import ComputePlan
 from autoseg.records.dataset import Case, RawDataset
 from autoseg.records.plans import load_plans
 from autoseg.records.work_folder import WorkFolder
@@ -64,6 +66,19 @@ def test_a_budget_that_pays_for_every_fold_keeps_the_memory_fitted_plans_unchang
     assert record["folds"] == [0, 1, 2, 3, 4] and set(record["configurations"]) == {"2d", "3d_fullres"}
     assert all(entry["rung"] == 0 and entry["expected_iterations"] >= TARGET_ITERATIONS
                for entry in record["per_configuration"].values())
+    # Hundreds of thousands of steps: the reference's recipe, which is proven there.
+    assert all("recipe" not in entry for entry in record["per_configuration"].values())
+
+
+def test_a_budget_that_buys_a_short_schedule_records_the_recipe_for_it_with_its_reasons() -> None:
+    record = plan(compute(1800.0)).compute
+    assert record is not None and record.per_configuration
+    for name, cost in record.per_configuration.items():
+        assert cost.expected_iterations < SHORT_SCHEDULE_STEPS
+        assert record.recipe_for(name) == {field: value for field, (value, _) in SHORT_SCHEDULE_RECIPE.items()}
+        assert len(cost.recipe_reasons) == len(SHORT_SCHEDULE_RECIPE)
+        assert all(f"{cost.expected_iterations} steps is a short schedule" in reason for reason in cost.recipe_reasons)
+    assert ComputePlan.from_json(record.to_json()) == record
 
 
 def test_a_budget_that_refits_3d_fullres_drops_the_cascade_and_with_it_batch_dice() -> None:
@@ -209,6 +224,7 @@ def test_plan_with_a_time_budget_writes_and_shows_its_reasoning(monkeypatch, tmp
     assert main(["plan", str(root), "--work-dir", str(work), "--show"]) == 0
     shown = capsys.readouterr().out
     assert "fitted to a time budget of 10 min on cpu" in shown and "steps" in shown and "spacing" in shown
+    assert "recipe: " in shown and "short schedule" in shown
 
 
 def test_a_configuration_that_reaches_the_target_steps_wins_over_one_that_keeps_its_plan_but_cannot() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ from test_training import TINY_DATASET, InterruptAfterEpoch, quiet, tiny_job, ti
 
 from autoseg.cli import main as cli_main
 from autoseg.errors import UserError
+from autoseg.pipeline.run import RunOptions, training_settings
+from autoseg.records.compute_plan import ComputePlan, ConfigurationCost
+from autoseg.records.plans import load_plans
 from autoseg.training.augmentation import (
     AUGMENTATION_PRESETS,
     augmentation_preset,
@@ -103,3 +107,38 @@ def test_train_command_takes_the_recipe_and_refuses_a_bad_value_in_one_sentence(
         "optimizer_name": "adamw", "initial_learning_rate": 0.003, "schedule": "cosine", "warmup_fraction": 0.1,
         "weight_averaging_decay": 0.99, "augmentation": "light"}
     assert "exp_avg" in next(iter(checkpoint["optimizer"]["state"].values()))
+
+
+def test_a_plan_that_chose_a_short_schedule_recipe_trains_with_it_unless_told_otherwise(tmp_path: Path,
+                                                                                       capsys) -> None:
+    """``autoseg train`` takes the recipe of the plan's compute record; an option given on the command line wins over
+    it, and ``--reference-recipe`` ignores it; ``autoseg run`` builds its folds' settings the same way."""
+    write_tiny_work_folder(tmp_path)
+    plans_file = tmp_path / TINY_DATASET / "plans.json"
+    plans = json.loads(plans_file.read_text())
+    cost = ConfigurationCost(0.1, 1200, 0, ("the memory-fitted plan",), recipe={"augmentation": "light",
+                             "weight_averaging_decay": 0.99}, recipe_reasons=("1200 steps is a short schedule",))
+    plans["compute"] = ComputePlan("cpu", 600.0, 120.0, 2000, {}, ("3d_fullres",), (0,), 120.0, (),
+                                   {"3d_fullres": cost}).to_json()
+    plans_file.write_text(json.dumps(plans))
+    arguments = ["train", TINY_DATASET, "3d_fullres", "0", "--work-dir", str(tmp_path), "--epochs", "1",
+                 "--iterations-per-epoch", "2", "--validation-iterations", "1", "--num-workers", "0",
+                 "--device", "cpu", "--no-validation-prediction", "--threads", "1"]
+    final = tmp_path / TINY_DATASET / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt"
+
+    def trained_settings(*extra: str) -> dict:
+        assert cli_main([*arguments, *extra]) == 0
+        return torch.load(final, map_location="cpu", weights_only=True)["settings"]
+
+    planned = trained_settings()
+    assert planned["augmentation"] == "light" and planned["weight_averaging_decay"] == 0.99
+    assert "training recipe for a short schedule" in capsys.readouterr().out
+    overridden = trained_settings("--augmentation", "mirror")
+    assert overridden["augmentation"] == "mirror" and overridden["weight_averaging_decay"] == 0.99
+    reference = trained_settings("--reference-recipe")
+    assert reference["augmentation"] == "reference" and "weight_averaging_decay" not in reference
+
+    run_settings = training_settings(RunOptions(), 60.0, recipe=load_plans(plans_file).compute.recipe_for("3d_fullres"))
+    assert run_settings.augmentation == "light" and run_settings.weight_averaging_decay == 0.99
+    with pytest.raises(UserError, match="unknown training recipe setting"):
+        training_settings(RunOptions(), 60.0, recipe={"epochs": 5})

@@ -16,10 +16,11 @@ from autoseg.data.raw_folder import load_raw_dataset
 from autoseg.errors import UserError
 from autoseg.pipeline.validation import training_components
 from autoseg.records.dataset import RawDataset
+from autoseg.records.plans import load_plans
 from autoseg.records.work_folder import WorkFolder
 from autoseg.training.augmentation import AUGMENTATION_PRESETS
 from autoseg.training.distributed import DistributedContext, detect_distributed_context
-from autoseg.training.job import TrainingJob, TrainingSettings, build_job
+from autoseg.training.job import TrainingJob, TrainingSettings, build_job, describe_recipe, with_recipe
 from autoseg.training.loop import train_fold
 from autoseg.training.optimizers import DEFAULT_INITIAL_LEARNING_RATE, DEFAULT_MOMENTUM, OPTIMIZERS
 from autoseg.training.schedule import SCHEDULES, epoch_seconds_for_budget
@@ -98,6 +99,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                              "0.999) and validate and save it (default: off)")
     recipe.add_argument("--augmentation", choices=list(AUGMENTATION_PRESETS), default=None,
                         help="augmentation strength (default reference)")
+    recipe.add_argument("--reference-recipe", action="store_true",
+                        help="ignore the short-schedule recipe a time-budgeted plan chose (plans.json compute record)")
 
 
 def recipe_from_arguments(args: argparse.Namespace) -> dict:
@@ -175,7 +178,22 @@ def run(args: argparse.Namespace) -> int:
         with folder_lock(job.fold_folder) if context.is_main_process else contextlib.nullcontext():
             if context.is_main_process:  # the fold is ours alone: what a killed run was writing is garbage
                 remove_stale_temporaries(job.fold_folder, recursive=True)
-            return _train(job, settings, context)
+            return _train(job, _with_planned_recipe(settings, work_folder, args), context)
+
+
+def _with_planned_recipe(
+    settings: TrainingSettings, work_folder: WorkFolder, args: argparse.Namespace
+) -> TrainingSettings:
+    """The recipe a time-budgeted plan chose for this configuration, under the options given on the command line."""
+    compute = load_plans(work_folder.plans).compute
+    planned = compute.recipe_for(args.configuration) if compute is not None and not args.reference_recipe else {}
+    planned = {name: value for name, value in planned.items() if name not in recipe_from_arguments(args)}
+    if not planned:
+        return settings
+    if detect_distributed_context().is_main_process:
+        print(f"training recipe for a short schedule (plans.json compute record; --reference-recipe to ignore): "
+              f"{describe_recipe(planned)}")
+    return with_recipe(settings, planned, source=str(work_folder.plans))
 
 
 def _raw_dataset_if_given(dataset: str, work_folder: WorkFolder) -> RawDataset | None:

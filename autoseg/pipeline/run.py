@@ -30,7 +30,7 @@ from autoseg.records.fingerprint import load_fingerprint
 from autoseg.records.inference_recipe import InferenceRecipe
 from autoseg.records.plans import Plans
 from autoseg.records.work_folder import TRAINING_SUMMARY_FILE, VALIDATION_FOLDER, WorkFolder
-from autoseg.training.job import TrainingSettings, build_job
+from autoseg.training.job import TrainingSettings, build_job, describe_recipe, with_recipe
 from autoseg.training.loop import train_fold
 from autoseg.training.schedule import epoch_seconds_for_budget
 from autoseg.training.tracking import log_cross_validation
@@ -200,9 +200,12 @@ def fold_is_complete(fold_folder: Path) -> bool:
     return (fold_folder / TRAINING_SUMMARY_FILE).is_file() and validated.is_file()
 
 
-def training_settings(options: RunOptions, fold_seconds: float | None = None) -> TrainingSettings:
-    """The training settings of every fold of the run: resumable, validated, with the run's workers and the time
-    each fold may train (``fold_seconds`` from the run's budget, else ``--time-per-fold``)."""
+def training_settings(
+    options: RunOptions, fold_seconds: float | None = None, *, recipe: dict | None = None
+) -> TrainingSettings:
+    """The training settings of every fold of the run: resumable, validated, with the run's workers, the time
+    each fold may train (``fold_seconds`` from the run's budget, else ``--time-per-fold``) and the plan's recipe for
+    the configuration (``recipe``, from the compute record; None or empty: the reference's)."""
     base = TrainingSettings(
         resume=True, device=options.device, precision=options.precision, after_training_hooks=AFTER_TRAINING_HOOKS,
         loggers=options.loggers, num_workers=options.workers, show_progress_bar=options.progress,
@@ -220,7 +223,7 @@ def training_settings(options: RunOptions, fold_seconds: float | None = None) ->
         changes["iterations_per_epoch"] = options.iterations_per_epoch
     if options.validation_iterations is not None:
         changes["validation_iterations"] = options.validation_iterations
-    return dataclasses.replace(base, **changes)
+    return with_recipe(dataclasses.replace(base, **changes), recipe or {})
 
 
 def train_stage(
@@ -254,7 +257,10 @@ def train_stage(
             print(f"this fold trains for {describe_duration(fold_seconds)}")
         to_train.remove(job.fold_folder)
         remove_stale_temporaries(job.fold_folder, recursive=True)  # a killed run's; the working folder is ours
-        train_fold(job, training_settings(options, fold_seconds), components=components)
+        recipe = plans.compute.recipe_for(configuration) if plans.compute is not None else {}
+        if recipe:
+            print(f"training recipe for a short schedule (plans.json compute record): {describe_recipe(recipe)}")
+        train_fold(job, training_settings(options, fold_seconds, recipe=recipe), components=components)
         print(budget.progress_line(done=number, total=len(pairs)), flush=True)
 
 

@@ -38,6 +38,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from autoseg.planning.expected_accuracy import expected_dice
+from autoseg.planning.short_schedule import short_schedule_recipe
 from autoseg.planning.topology import features_per_stage
 from autoseg.records.compute_plan import ComputePlan, ConfigurationCost
 from autoseg.records.plans import Plans
@@ -291,17 +292,22 @@ def compute_plan(layout: Layout, budget: ComputeBudget, per_class: PerClassDice)
         folds=layout.folds,
         seconds_per_fold=round(layout.seconds_per_fold, 1),
         reasons=layout.reasons,
-        per_configuration={
-            name: ConfigurationCost(
-                expected_seconds_per_iteration=round(variant.seconds_per_iteration, 4),
-                expected_iterations=variant.iterations(layout.seconds_per_fold),
-                rung=variant.rung,
-                choices=variant.choices,
-                expected_dice=(round(variant.expected_dice(layout.seconds_per_fold), 3)
-                               if variant.rung >= TRADE_RUNG else None),
-            )
-            for name, variant in layout.chosen.items()
-        },
+        per_configuration={name: _cost(variant, layout.seconds_per_fold) for name, variant in layout.chosen.items()},
+    )
+
+
+def _cost(variant: Variant, seconds_per_fold: float) -> ConfigurationCost:
+    """What ``seconds_per_fold`` buys ``variant``: steps, expected Dice (trade rung only) and the recipe for them."""
+    iterations = variant.iterations(seconds_per_fold)
+    recipe, recipe_reasons = short_schedule_recipe(iterations)
+    return ConfigurationCost(
+        expected_seconds_per_iteration=round(variant.seconds_per_iteration, 4),
+        expected_iterations=iterations,
+        rung=variant.rung,
+        choices=variant.choices,
+        expected_dice=round(variant.expected_dice(seconds_per_fold), 3) if variant.rung >= TRADE_RUNG else None,
+        recipe=recipe,
+        recipe_reasons=recipe_reasons,
     )
 
 

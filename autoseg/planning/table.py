@@ -94,4 +94,5 @@ def format_compute(compute: ComputePlan) -> list[str]:
         expected = f", expected Dice about {cost.expected_dice:.2f}" if cost.expected_dice is not None else ""
         lines.append(f"  {name}: about {cost.expected_seconds_per_iteration:.2f} s per step, "
                      f"{cost.expected_iterations} steps{expected}; {'; '.join(cost.choices)}")
+        lines.extend(f"    recipe: {reason}" for reason in cost.recipe_reasons)
     return lines

@@ -31,17 +31,27 @@ class ConfigurationCost:
     rung: int
     choices: tuple[str, ...]
     expected_dice: float | None = None  # only where resolution was traded against steps (docs/planning.md)
+    # The training recipe for this many steps where it differs from the reference's: ``TrainingSettings`` field ->
+    # value, and why (``autoseg.planning.short_schedule``). Empty: the reference recipe.
+    recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
+    recipe_reasons: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ConfigurationCost:
         expected = data.get("expected_dice")
+        recipe = data.get("recipe") or {}
         return cls(float(data["expected_seconds_per_iteration"]), int(data["expected_iterations"]), int(data["rung"]),
-                   tuple(str(choice) for choice in data["choices"]), None if expected is None else float(expected))
+                   tuple(str(choice) for choice in data["choices"]), None if expected is None else float(expected),
+                   dict(recipe.get("settings", {})), tuple(str(reason) for reason in recipe.get("reasons", ())))
 
     def to_json(self) -> dict[str, Any]:
         data = {"expected_seconds_per_iteration": self.expected_seconds_per_iteration,
                 "expected_iterations": self.expected_iterations, "rung": self.rung, "choices": list(self.choices)}
-        return data if self.expected_dice is None else {**data, "expected_dice": self.expected_dice}
+        if self.expected_dice is not None:
+            data["expected_dice"] = self.expected_dice
+        if self.recipe:
+            data["recipe"] = {"settings": dict(self.recipe), "reasons": list(self.recipe_reasons)}
+        return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +84,11 @@ class ComputePlan:
     @property
     def pairs(self) -> int:
         return len(self.configurations) * len(self.folds)
+
+    def recipe_for(self, configuration_name: str) -> dict[str, Any]:
+        """The training settings this plan chose for ``configuration_name`` (empty: the reference recipe)."""
+        cost = self.per_configuration.get(configuration_name)
+        return dict(cost.recipe) if cost is not None else {}
 
     @classmethod
     def from_json(cls, data: Any, *, source: str = "plans.json") -> ComputePlan:

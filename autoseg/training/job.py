@@ -86,6 +86,27 @@ class TrainingSettings:
     loggers: tuple[str, ...] = ()  # experiment tracking: "tensorboard", "mlflow" (autoseg.training.tracking)
 
 
+RECIPE_FIELDS = ("optimizer_name", "initial_learning_rate", "momentum", "schedule", "warmup_fraction",
+                 "weight_averaging_decay", "augmentation")
+
+
+def with_recipe(
+    settings: TrainingSettings, recipe: Mapping[str, Any], *, source: str = "plans.json"
+) -> TrainingSettings:
+    """``settings`` with a plan's recipe (``RECIPE_FIELDS`` -> value) applied; any other key is a ``UserError``
+    naming ``source``."""
+    unknown = sorted(set(recipe) - set(RECIPE_FIELDS))
+    if unknown:
+        raise UserError(f"{source}: unknown training recipe setting(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(RECIPE_FIELDS)}.")
+    return dataclasses.replace(settings, **recipe)
+
+
+def describe_recipe(recipe: Mapping[str, Any]) -> str:
+    """``{"augmentation": "light"}`` -> ``"augmentation light"`` (for one line of a command's output)."""
+    return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in recipe.items())
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingJob:
     """What to train: one configuration of one dataset on one fold's cases, written to ``fold_folder``."""

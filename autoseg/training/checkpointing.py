@@ -39,7 +39,7 @@ def checkpoint_content(state: TrainingState, job: TrainingJob, settings: Trainin
     ``network`` holds the weights a prediction uses: the weight average when the run keeps one, whose trained
     weights and update count are then kept too (``training_network``, ``averaged_updates``) for a resumed run."""
     content = {
-        "network": state.model_to_evaluate.state_dict(),
+        "network": unwrap_model(state.model_to_evaluate).state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "gradient_scaler": state.gradient_scaler.state_dict(),
         "progress": state.progress.to_dict(),

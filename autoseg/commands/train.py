@@ -185,8 +185,7 @@ def _with_planned_recipe(
     settings: TrainingSettings, work_folder: WorkFolder, args: argparse.Namespace
 ) -> TrainingSettings:
     """The recipe a time-budgeted plan chose for this configuration, under the options given on the command line."""
-    compute = load_plans(work_folder.plans).compute
-    planned = compute.recipe_for(args.configuration) if compute is not None and not args.reference_recipe else {}
+    planned = {} if args.reference_recipe else load_plans(work_folder.plans).training_recipe(args.configuration)
     planned = {name: value for name, value in planned.items() if name not in recipe_from_arguments(args)}
     if not planned:
         return settings

@@ -257,7 +257,7 @@ def train_stage(
             print(f"this fold trains for {describe_duration(fold_seconds)}")
         to_train.remove(job.fold_folder)
         remove_stale_temporaries(job.fold_folder, recursive=True)  # a killed run's; the working folder is ours
-        recipe = plans.compute.recipe_for(configuration) if plans.compute is not None else {}
+        recipe = plans.training_recipe(configuration)
         if recipe:
             print(f"training recipe for a short schedule (plans.json compute record): {describe_recipe(recipe)}")
         train_fold(job, training_settings(options, fold_seconds, recipe=recipe), components=components)

@@ -153,6 +153,11 @@ class Plans:
         data = self.header.get("compute")
         return ComputePlan.from_json(data) if data else None
 
+    def training_recipe(self, name: str) -> dict[str, Any]:
+        """The training settings the time budget chose for configuration ``name`` (empty: the reference recipe)."""
+        compute = self.compute
+        return compute.recipe_for(name) if compute is not None else {}
+
     def get(self, key: str, default: Any = None) -> Any:
         """A top-level fact such as ``dataset_name``, ``preset`` or ``fingerprint_signature``."""
         return self.header.get(key, default)

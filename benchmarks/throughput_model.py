@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPOSITORY))
 
 import torch  # noqa: E402
 from locations import add_datasets_root_argument, require_datasets, scratch_folder  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 from autoseg.data.raw_folder import load_raw_dataset  # noqa: E402
 from autoseg.pipeline.machine_benchmark import machine_throughput, measure_throughput  # noqa: E402
@@ -128,21 +129,23 @@ VARIANTS = (
     Variant("Hippocampus 3d_fullres 5 stages 48x64x48 batch 2", HIPPOCAMPUS, "3d_fullres",
             stages(5, (48, 64, 48)), 2),
     Variant("Hippocampus 2d (plan)", HIPPOCAMPUS, "2d"),
-    Variant("Hippocampus 2d batch 64", HIPPOCAMPUS, "2d", batch_size=64),
     Variant("Hippocampus 2d resenc-m batch 128", HIPPOCAMPUS, "2d", residual_encoder, 128),
     Variant("HC18 2d (plan)", HC18, "2d"),
     Variant("HC18 2d 384x512 batch 2", HC18, "2d", patch((384, 512)), 2),
     Variant("HC18 2d 5 stages 256x256 batch 8", HC18, "2d", stages(5, (256, 256)), 8),
-    # The narrowed networks that 1-hour budgets on 2 CPU cores planned (docs/planning.md), on full-resolution data
-    # (a step's time depends on the patch, not on the spacing the data were resampled to).
-    Variant("Hippocampus 3d_fullres 16 features batch 3 (1 h plan)", HIPPOCAMPUS, "3d_fullres",
+    # The narrowed networks that 15-minute and 1-hour budgets plan on 2 CPU cores (`autoseg plan DATASET
+    # --time-budget 15m|1h --show`), on full-resolution data (a step's time depends on the patch, not on the spacing
+    # the data were resampled to).
+    Variant("Hippocampus 3d_fullres 16 features batch 3 (15 min plan)", HIPPOCAMPUS, "3d_fullres",
             stages(4, (40, 56, 40), base_features=16), 3),
-    Variant("Hippocampus 2d 16 features batch 139 (1 h fit)", HIPPOCAMPUS, "2d", stages(4, (56, 40), base_features=16),
-            139),
-    Variant("HC18 2d 16 features 6 stages 160x224 batch 8 (1 h plan)", HC18, "2d",
-            stages(6, (160, 224), base_features=16), 8),
+    Variant("Hippocampus 2d 16 features batch 69 (15 min plan)", HIPPOCAMPUS, "2d",
+            stages(4, (56, 40), base_features=16), 69),
+    Variant("HC18 2d 16 features 6 stages 160x224 batch 4 (15 min plan)", HC18, "2d",
+            stages(6, (160, 224), base_features=16), 4),
+    Variant("HC18 2d 16 features 6 stages 160x224 batch 16 (1 h plan)", HC18, "2d",
+            stages(6, (160, 224), base_features=16), 16),
 )
-QUICK_VARIANTS = ("Hippocampus 3d_fullres batch 2", "Hippocampus 2d batch 64")
+QUICK_VARIANTS = ("Hippocampus 3d_fullres batch 2", "Hippocampus 2d 16 features batch 69 (15 min plan)")
 
 
 def prepare(dataset_name: str, scratch: Path, cases: int, configurations: list[str],
@@ -314,9 +317,9 @@ def main() -> int:
     within = within_tolerance(rows)
     if not args.quick:
         out = args.out or REPOSITORY / "benchmarks" / "results" / f"throughput_model_{device.type}.json"
-        write_json(out, {"device": str(device), "precision": precision, "tolerance": TOLERANCE,
-                         "within_tolerance": within, "configurations": rows, "model": model.to_json(),
-                         "seconds": time.perf_counter() - started})
+        write_json(out, {"provenance": provenance(), "device": str(device), "precision": precision,
+                         "tolerance": TOLERANCE, "within_tolerance": within, "configurations": rows,
+                         "model": model.to_json(), "seconds": time.perf_counter() - started})
         print(f"written to {out}")
     print(f"{within} of {len(rows)} configurations within {TOLERANCE:.0%}")
     print(f"\nworst prediction off by {worst:.0%} (tolerance {TOLERANCE:.0%}); {time.perf_counter() - started:.0f} s "

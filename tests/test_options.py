@@ -12,9 +12,12 @@ from test_training import quiet, tiny_job, tiny_settings, write_tiny_work_folder
 from autoseg.commands import demo
 from autoseg.pipeline.run import RunOptions, training_settings
 from autoseg.records import checkpoint as checkpoint_files
+from autoseg.training.batch_workers import default_number_of_workers
+from autoseg.training.distributed import DistributedContext
 from autoseg.training.job import default_components
 from autoseg.training.loop import train_fold
 from autoseg.utils import threads
+from autoseg.utils.threads import available_cpus
 
 
 @pytest.fixture
@@ -23,7 +26,8 @@ def work_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_the_workers_option_reaches_the_training_loader_and_validation_adds_no_processes(work_dir: Path) -> None:
+def workers_requested(work_dir: Path, **settings) -> dict[str, int]:
+    """The ``num_workers`` a one-epoch training asks of its training and validation loaders."""
     requested = {}
     components = default_components()
 
@@ -38,14 +42,23 @@ def test_the_workers_option_reaches_the_training_loader_and_validation_adds_no_p
         make_training_loader=recording("training", components.make_training_loader),
         make_validation_loader=recording("validation", components.make_validation_loader),
     )
-    train_fold(tiny_job(work_dir), tiny_settings(epochs=1, iterations_per_epoch=2, num_workers=1),
+    train_fold(tiny_job(work_dir), tiny_settings(epochs=1, iterations_per_epoch=2, **settings),
                components=components, log_message=quiet)
-    assert requested == {"training": 1, "validation": 0}
+    return requested
 
 
-def test_run_passes_workers_and_no_progress_to_every_fold() -> None:
+def test_the_workers_option_reaches_the_training_loader_and_validation_adds_no_processes(work_dir: Path) -> None:
+    assert workers_requested(work_dir, num_workers=1) == {"training": 1, "validation": 0}
+
+
+def test_on_cpu_training_augments_in_line_by_default_and_a_gpu_gets_background_workers(work_dir: Path) -> None:
+    assert workers_requested(work_dir, num_workers=None, device="cpu") == {"training": 0, "validation": 0}
+    assert default_number_of_workers(DistributedContext(), "cuda") == max(1, min(8, available_cpus()))
+
+
+def test_run_leaves_training_workers_to_the_device_and_passes_no_progress_to_every_fold() -> None:
     settings = training_settings(RunOptions(workers=3, progress=False, time_per_fold="2m"))
-    assert settings.num_workers == 3 and settings.show_progress_bar is False and settings.resume
+    assert settings.num_workers is None and settings.show_progress_bar is False and settings.resume
     assert training_settings(RunOptions()).show_progress_bar is True
 
 

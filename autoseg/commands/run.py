@@ -30,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validation batches per epoch (default 50, scaled down in time-sliced epochs)")
     parser.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="planning budget (default 8)")
     parser.add_argument("--preset", default="default", help="default | resenc-m | resenc-l | resenc-xl")
-    parser.add_argument("--workers", type=int, default=2, help="processes for data work (default 2)")
+    parser.add_argument(
+        "--workers", type=int, default=2,
+        help="processes reading, preprocessing and evaluating cases (default 2); training augments in line on CPU "
+             "and with one background worker per CPU on a GPU",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     add_precision_argument(parser)
     parser.add_argument("--group-cases", default="none", choices=("none", "leading-number"),

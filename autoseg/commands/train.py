@@ -61,7 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the fold's latest checkpoint")
     parser.add_argument("--pretrained", default=None, help="checkpoint to initialise from (matching tensors only)")
     parser.add_argument("--loss", default="dice_ce", help="loss name (default dice_ce; see docs/training.md)")
-    parser.add_argument("--num-workers", type=int, default=None, help="background augmentation workers")
+    parser.add_argument(
+        "--num-workers", type=int, default=None,
+        help="background augmentation processes (default: none on CPU, where each batch is augmented between steps; "
+             "one per CPU, at most 8, on a GPU)",
+    )
     parser.add_argument(
         "--threads", type=int, default=None,
         help="torch threads (default: every available CPU, shared among torchrun ranks; 1 can be faster on busy cores)",

@@ -57,8 +57,9 @@ from autoseg.utils.precision import autocast_for, resolve_precision
 from autoseg.utils.threads import available_cpus, set_torch_threads
 
 # Bumped whenever the probes, the way they are timed or the way their work is counted change, so that cached models
-# are measured again (3: large allocations counted in the training precision; 2 was a trial probe set).
-PROBE_SET_VERSION = 3
+# are measured again (4: 16-feature and full-sized probes; 3: large allocations counted in the training precision;
+# 2 was a trial probe set).
+PROBE_SET_VERSION = 4
 PROBE_OUT_CHANNELS = 3  # background + two classes, as Hippocampus
 # The median of 5 steps after 2 untimed ones: fewer let two measurements of the same probes on the same idle machine
 # differ enough to tilt the fit (docs/planning.md).
@@ -81,11 +82,14 @@ class Probe:
     preset: str  # "default" (plain U-Net) or "resenc-m" (residual encoder)
     patch_size: tuple[int, ...]
     batch_size: int
+    features: int = 32  # in the first stage, doubling per stage
 
 
-# Chosen to span what plans contain (plain and residual, 4-6 stages, FLOPs per activation element from 1.3 to 3.4)
-# while a step stays around half a second on 2 CPU cores; each dimension has one network at two batch sizes, which
-# separates the fixed cost of a step from the cost per sample.
+# Chosen to span what plans contain (plain and residual, 4-6 stages, FLOPs per activation element from 0.8 to 3.4)
+# while a step stays within about half a second on 2 CPU cores; each dimension has one network at two batch sizes,
+# which separates the fixed cost of a step from the cost per sample. The 16-feature networks are the narrowed ones
+# time budgets plan (memory-bound: without them the fit gives the per-activation cost 0 and predicted those plans
+# 20-44 % too fast), and one patch per dimension is as large as a full plan's sample (docs/planning.md).
 PROBES: tuple[Probe, ...] = (
     Probe("3d plain 32^3 x1", 3, 4, "default", (32, 32, 32), 1),
     Probe("3d plain 32^3 x2", 3, 4, "default", (32, 32, 32), 2),
@@ -97,6 +101,12 @@ PROBES: tuple[Probe, ...] = (
     Probe("2d plain 6-stage 192^2 x1", 2, 6, "default", (192, 192), 1),
     Probe("2d resenc 128^2 x2", 2, 5, "resenc-m", (128, 128), 2),
     Probe("2d plain 4-stage 64^2 x8", 2, 4, "default", (64, 64), 8),
+    Probe("3d plain 16f 40x56x40 x2", 3, 4, "default", (40, 56, 40), 2, 16),
+    Probe("3d plain 16f 32^3 x2", 3, 4, "default", (32, 32, 32), 2, 16),
+    Probe("3d plain 40x56x40 x1", 3, 4, "default", (40, 56, 40), 1),
+    Probe("2d plain 16f 6-stage 160x224 x4", 2, 6, "default", (160, 224), 4, 16),
+    Probe("2d plain 16f 4-stage 56x40 x64", 2, 4, "default", (56, 40), 64, 16),
+    Probe("2d plain 5-stage 256^2 x2", 2, 5, "default", (256, 256), 2),
 )
 
 
@@ -107,7 +117,7 @@ def probe_configuration(probe: Probe, *, batch_factor: int = 1) -> Configuration
     stages, dimension = probe.stages, probe.dimension
     network = {
         "architecture": preset.architecture,
-        "features_per_stage": [min(cap, 32 * 2**stage) for stage in range(stages)],
+        "features_per_stage": [min(cap, probe.features * 2**stage) for stage in range(stages)],
         "kernel_sizes": [[3] * dimension for _ in range(stages)],
         "strides": [[1] * dimension] + [[2] * dimension for _ in range(stages - 1)],
         "blocks_per_stage_encoder": preset.encoder_blocks(stages),
@@ -226,7 +236,7 @@ def measure_throughput(
         torch.set_num_threads(threads_before)
     model = fit_throughput_model(
         probes, key=key, data_overlaps_step=device.type != "cpu",
-        data_workers=default_number_of_workers(DistributedContext()), peak_conv_flops_per_second=peaks,
+        data_workers=default_number_of_workers(DistributedContext(), device.type), peak_conv_flops_per_second=peaks,
         fresh_page_seconds_per_gigabyte=fresh_pages, measurement_seconds=time.perf_counter() - started,
         busy_cpus_of_others=max((busy for busy in (busy_before, busy_cpus_of_other_processes()) if busy is not None),
                                 default=None),

@@ -203,12 +203,13 @@ def fold_is_complete(fold_folder: Path) -> bool:
 def training_settings(
     options: RunOptions, fold_seconds: float | None = None, *, recipe: dict | None = None
 ) -> TrainingSettings:
-    """The training settings of every fold of the run: resumable, validated, with the run's workers, the time
-    each fold may train (``fold_seconds`` from the run's budget, else ``--time-per-fold``) and the plan's recipe for
-    the configuration (``recipe``, from the compute record; None or empty: the reference's)."""
+    """The training settings of every fold of the run: resumable, validated, augmenting as the device is best fed
+    (``default_number_of_workers``: in line on CPU, background workers on a GPU), the time each fold may train
+    (``fold_seconds`` from the run's budget, else ``--time-per-fold``) and the plan's recipe for the configuration
+    (``recipe``, from the compute record; None or empty: the reference's)."""
     base = TrainingSettings(
         resume=True, device=options.device, precision=options.precision, after_training_hooks=AFTER_TRAINING_HOOKS,
-        loggers=options.loggers, num_workers=options.workers, show_progress_bar=options.progress,
+        loggers=options.loggers, show_progress_bar=options.progress,
     )
     changes: dict = {}
     if fold_seconds is None and options.time_per_fold:

@@ -25,11 +25,10 @@ A training step's time is modelled, per dimension (2D and 3D kernels run at diff
 and the augmented batch the step consumes costs ``data = e * M input voxels + f`` seconds of one CPU core, in a
 background worker. How the loop pays it depends on the device (``ThroughputModel.data_overlaps_step``):
 
-- CPU: the workers and the network's threads share the same cores (the loop gives torch every core and starts one
-  worker per core), so the step is delayed by the worker's time: ``seconds = step + data``, which is the linear
-  formula above with ``c + e`` and ``d + f``. A worker runs one batch on one core; while it does, the network's
-  thread on that core is descheduled and the others wait for it at the next barrier, so the delay is the worker's
-  whole time, not a share of it.
+- CPU: the loop augments each batch in the training process between steps (``default_number_of_workers``: the
+  network's threads use every core, and a background worker would deschedule one of them while the others wait for
+  it at the next barrier, which measured slower than doing the same work in line), so ``seconds = step + data``,
+  the linear formula above with ``c + e`` and ``d + f``.
 - GPU: workers run on CPU cores while the GPU computes, ``seconds = max(step, data / workers)``.
 
 The coefficients are fitted (non-negative least squares, relative error) to a handful of probe networks timed on

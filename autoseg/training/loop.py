@@ -112,7 +112,7 @@ def _train(
     scales = components.deep_supervision_scales(job.configuration)
     loss_function = build_loss_function(job, settings, components, context, len(scales), channels["out"])
     training_loader, validation_loader = make_loaders(
-        job, settings, components, context, scales, state.progress.iterations_done
+        job, settings, components, context, scales, state.progress.iterations_done, device
     )
     state.network = wrap_model(state.network, context, device)
     class_names = class_names_of(job.dataset)

@@ -189,8 +189,10 @@ def make_loaders(
     context: DistributedContext,
     scales: list,
     start_iteration: int,
+    device: torch.device,
 ) -> tuple[Iterator[dict], Iterator[dict]]:
-    """Training and validation patch streams for this rank's share of the batch."""
+    """Training and validation patch streams for this rank's share of the batch (augmented in background workers
+    on an accelerator, in line on CPU: ``default_number_of_workers``)."""
     share = split_batch_size(settings.batch_size, context)
     forced = forced_foreground_samples(settings.batch_size, settings.oversample_foreground)
     options = {
@@ -204,7 +206,8 @@ def make_loaders(
     augmentation = augmentation_preset(settings.augmentation)
     if job.previous_stage_folder is not None:
         options.update(previous_stage_folder=job.previous_stage_folder, foreground_labels=job.dataset.foreground_labels)
-    training_workers = default_number_of_workers(context) if settings.num_workers is None else settings.num_workers
+    training_workers = (default_number_of_workers(context, device.type) if settings.num_workers is None
+                        else settings.num_workers)
     training_loader = components.make_training_loader(
         job.preprocessed_folder,
         list(job.train_case_ids),

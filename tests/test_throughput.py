@@ -13,6 +13,7 @@ from autoseg.planning.step_cost import (
     ProbeMeasurement,
     StepWork,
     ThroughputModel,
+    convolution_layers,
     count_training_flops,
     fit_throughput_model,
     step_work,
@@ -72,6 +73,17 @@ def test_doubling_the_batch_doubles_the_work_of_a_step() -> None:
                                                               out_channels=2))
 
 
+def test_a_step_counts_every_convolution_once_whatever_the_batch_and_patch() -> None:
+    network = {**_two_stage_network(3, (16, 32)), "features_per_stage": [16, 32, 64, 128],
+               "kernel_sizes": [[3, 3, 3]] * 4, "strides": [[1, 1, 1]] + [[2, 2, 2]] * 3,
+               "blocks_per_stage_encoder": [2, 2, 2, 2], "convs_per_stage_decoder": [2, 2, 2]}
+    small = step_work(_configuration(network, (32, 32, 32)), batch_size=1, in_channels=1, out_channels=3)
+    large = step_work(_configuration(network, (48, 64, 48)), batch_size=4, in_channels=2, out_channels=5)
+    # 8 encoder convolutions, 3 transposed convolutions and 6 convolutions in the decoder, 3 deep-supervision heads.
+    assert small.layers == large.layers == 8 + 3 + 6 + 3
+    assert convolution_layers(_configuration(network, (32, 32, 32))) == 20
+
+
 def test_fresh_pages_are_counted_only_for_tensors_of_32_mib_and_more() -> None:
     """The decoder's concatenated skip (32 channels of 256x512) is 16 MiB per sample: at batch 2 it and its gradient
     reach 32 MiB, the size from which glibc hands out fresh pages on every allocation."""
@@ -94,10 +106,11 @@ def test_a_bfloat16_step_allocates_half_the_bytes_and_only_what_stays_large_gets
 
 
 def _probe(
-    name: str, dimension: int, flops: float, activations: float, voxels: float, fresh: float, truth: dict
+    name: str, dimension: int, flops: float, activations: float, voxels: float, fresh: float, layers: int,
+    truth: dict,
 ) -> ProbeMeasurement:
     work = StepWork(flops=flops, activation_elements=activations, input_voxels=voxels, dimension=dimension,
-                    fresh_page_bytes=fresh)
+                    fresh_page_bytes=fresh, layers=layers)
     step = sum(truth["step"][term] * value for term, value in zip(STEP_TERMS, work.terms(), strict=True))
     data = sum(truth["data"][term] * value for term, value in zip(DATA_TERMS, work.data_terms(), strict=True))
     return ProbeMeasurement(name, work, step, data)
@@ -105,15 +118,15 @@ def _probe(
 
 TRUTH = {
     "step": {"seconds_per_gflop": 0.012, "seconds_per_million_activations": 0.004,
-             "seconds_per_million_input_voxels": 0.5, "seconds_per_step": 0.08,
+             "seconds_per_million_input_voxels": 0.5, "seconds_per_step": 0.08, "seconds_per_layer": 0.002,
              "seconds_per_gigabyte_fresh_pages": 0.3},
     "data": {"seconds_per_million_input_voxels": 0.2, "seconds_per_batch": 0.01},
 }
 
 
 def _synthetic_probes() -> list[ProbeMeasurement]:
-    shapes = [(84e9, 31e6, 0.066e6, 0.0), (168e9, 62e6, 0.131e6, 1.2e9), (197e9, 80e6, 0.154e6, 0.0),
-              (128e9, 37e6, 0.066e6, 0.0), (66e9, 25e6, 0.049e6, 0.0), (40e9, 30e6, 0.2e6, 0.4e9)]
+    shapes = [(84e9, 31e6, 0.066e6, 0.0, 20), (168e9, 62e6, 0.131e6, 1.2e9, 20), (197e9, 80e6, 0.154e6, 0.0, 26),
+              (128e9, 37e6, 0.066e6, 0.0, 41), (66e9, 25e6, 0.049e6, 0.0, 26), (40e9, 30e6, 0.2e6, 0.4e9, 32)]
     return [_probe(f"probe {index}", dimension, *shape, TRUTH) for dimension in (2, 3)
             for index, shape in enumerate(shapes)]
 
@@ -127,10 +140,11 @@ def test_the_non_negative_fit_recovers_known_coefficients() -> None:
             assert model.step_coefficients[dimension][term] == pytest.approx(value, rel=1e-6), term
         for term, value in TRUTH["data"].items():
             assert model.data_coefficients[dimension][term] == pytest.approx(value, rel=1e-6), term
-    work = StepWork(flops=800e9, activation_elements=300e6, input_voxels=0.63e6, dimension=3, fresh_page_bytes=5e9)
-    step = 0.012 * 800 + 0.004 * 300 + 0.5 * 0.63 + 0.08 + 0.3 * 5
+    work = StepWork(flops=800e9, activation_elements=300e6, input_voxels=0.63e6, dimension=3, fresh_page_bytes=5e9,
+                    layers=44)
+    step = 0.012 * 800 + 0.004 * 300 + 0.5 * 0.63 + 0.08 + 0.002 * 44 + 0.3 * 5
     data = 0.2 * 0.63 + 0.01
-    assert model.seconds_per_iteration(work) == pytest.approx(step + data)  # CPU: workers share the cores
+    assert model.seconds_per_iteration(work) == pytest.approx(step + data)  # CPU: augmented in line
     overlapped = ThroughputModel.from_json({**model.to_json(), "data_overlaps_step": True})
     assert overlapped.seconds_per_iteration(work) == pytest.approx(max(step, data / 2))  # GPU: workers run alongside
 

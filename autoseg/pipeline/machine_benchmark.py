@@ -57,9 +57,9 @@ from autoseg.utils.precision import autocast_for, resolve_precision
 from autoseg.utils.threads import available_cpus, set_torch_threads
 
 # Bumped whenever the probes, the way they are timed or the way their work is counted change, so that cached models
-# are measured again (4: 16-feature and full-sized probes; 3: large allocations counted in the training precision;
-# 2 was a trial probe set).
-PROBE_SET_VERSION = 4
+# are measured again (5: a cost per convolution layer; 4: 16-feature and full-sized probes; 3: large allocations
+# counted in the training precision; 2 was a trial probe set).
+PROBE_SET_VERSION = 5
 PROBE_OUT_CHANNELS = 3  # background + two classes, as Hippocampus
 # The median of 5 steps after 2 untimed ones: fewer let two measurements of the same probes on the same idle machine
 # differ enough to tilt the fit (docs/planning.md).

@@ -2,7 +2,7 @@
 
 A training step's time is modelled, per dimension (2D and 3D kernels run at different speeds), as
 
-    step = a * GFLOP + b * M activation elements + c * M input voxels + d + p * GB of fresh pages
+    step = a * GFLOP + b * M activation elements + c * M input voxels + d + l * layers + p * GB of fresh pages
 
 - ``GFLOP``: forward + backward floating-point operations of one step (convolutions, transposed convolutions and
   heads), counted with ``torch.utils.flop_counter.FlopCounterMode`` on the ``meta`` device: exact, instant, and no
@@ -11,7 +11,11 @@ A training step's time is modelled, per dimension (2D and 3D kernels run at diff
   times the batch): instance norms, activations, concatenations and the loss are memory-bound, paid per element.
 - ``M input voxels``: batch x patch voxels: what scales with the patch but not the network (the copy to the device,
   per-voxel loss bookkeeping).
-- ``d``: fixed cost per step (launching kernels, the optimiser over every parameter, Python).
+- ``d``: fixed cost per step (the optimiser over every parameter, Python).
+- ``layers``: the network's convolutions (transposed and heads included). Each pays a cost per step whatever its
+  size, forward and backward: choosing and preparing its kernel, its normalisation and activation, their dispatch.
+  Without this term deeper networks (residual encoders, 6 stages) were predicted 20-35 % too fast and shallow ones
+  with large batches too slow (docs/planning.md, "Throughput model").
 - ``GB of fresh pages``: on CPU, glibc serves every allocation of at least 32 MiB (``LARGE_ALLOCATION_BYTES``)
   with a fresh ``mmap`` and returns it to the kernel when freed, so each step faults those tensors' pages in anew
   (for large batches a sizeable share of the step, docs/planning.md). The large allocations are
@@ -69,8 +73,8 @@ UNCOUNTED_ALLOCATION_FACTOR = 1.75
 # The element type a step's tensors have under each training precision (autocast on CPU and CUDA alike).
 ELEMENT_TYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 STEP_TERMS = ("seconds_per_gflop", "seconds_per_million_activations", "seconds_per_million_input_voxels",
-              "seconds_per_step", "seconds_per_gigabyte_fresh_pages")
-FITTED_STEP_TERMS = STEP_TERMS[:4]
+              "seconds_per_step", "seconds_per_layer", "seconds_per_gigabyte_fresh_pages")
+FITTED_STEP_TERMS = STEP_TERMS[:5]
 DATA_TERMS = ("seconds_per_million_input_voxels", "seconds_per_batch")
 
 
@@ -83,6 +87,7 @@ class StepWork:
     input_voxels: float  # batch x patch voxels
     dimension: int
     fresh_page_bytes: float = 0.0  # large allocations (see the module docstring), whole batch
+    layers: float = 0.0  # convolutions of the network, each run forward and backward once per step
 
 
     @property
@@ -91,7 +96,7 @@ class StepWork:
 
     def terms(self) -> list[float]:
         """The step model's regressors, in ``STEP_TERMS`` order."""
-        return [self.flops / GIGA, self.activation_elements / MEGA, self.input_voxels / MEGA, 1.0,
+        return [self.flops / GIGA, self.activation_elements / MEGA, self.input_voxels / MEGA, 1.0, self.layers,
                 self.fresh_page_bytes / GIGA]
 
     def data_terms(self) -> list[float]:
@@ -165,6 +170,23 @@ def _cached_count(dimension: int, network_json: str, patch_size: tuple[int, ...]
                                out_channels=out_channels, precision=precision)
 
 
+@functools.lru_cache(maxsize=512)
+def _cached_layers(dimension: int, network_json: str) -> int:
+    configuration = Configuration(name="count", dimension=dimension, spacing=(1.0,) * dimension,
+                                  patch_size=(64,) * dimension, batch_size=1, network=json.loads(network_json),
+                                  normalization=(), resampling={})
+    return convolution_layers(configuration)
+
+
+def convolution_layers(configuration: Configuration) -> int:
+    """Convolutions (transposed convolutions and the deep-supervision heads included) of the network a training
+    step runs, counted on the ``meta`` device."""
+    with torch.device("meta"):
+        network = build_network(configuration, in_channels=1, out_channels=2, deep_supervision=True)
+    kinds = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+    return sum(isinstance(module, kinds) for module in network.modules())
+
+
 def step_work(configuration: Configuration, *, batch_size: int, in_channels: int, out_channels: int,
               precision: str = "float32") -> StepWork:
     """The counted work of one training step of ``configuration`` at ``batch_size`` in ``precision`` (a resolved
@@ -182,6 +204,7 @@ def step_work(configuration: Configuration, *, batch_size: int, in_channels: int
         input_voxels=float(batch_size * math.prod(patch_size)),
         dimension=configuration.dimension,
         fresh_page_bytes=large_bytes * UNCOUNTED_ALLOCATION_FACTOR,
+        layers=float(_cached_layers(configuration.dimension, network_json)),
     )
 
 
@@ -202,7 +225,8 @@ class ProbeMeasurement:
     def from_json(cls, data: dict[str, Any]) -> ProbeMeasurement:
         work = StepWork(flops=float(data["flops"]), activation_elements=float(data["activation_elements"]),
                         input_voxels=float(data["input_voxels"]), dimension=int(data["dimension"]),
-                        fresh_page_bytes=float(data.get("fresh_page_bytes", 0.0)))
+                        fresh_page_bytes=float(data.get("fresh_page_bytes", 0.0)),
+                        layers=float(data.get("layers", 0.0)))
         return cls(str(data["name"]), work, float(data["step_seconds"]), float(data["data_seconds"]))
 
 

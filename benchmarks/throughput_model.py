@@ -4,7 +4,9 @@ The model (``autoseg.planning.step_cost``) is measured on this machine with its 
 (``autoseg.pipeline.machine_benchmark.measure_throughput``).
 Then, for each configuration below (Hippocampus 3d_fullres and
 2d and HC18 2d as planned, and variants: other batch sizes, smaller and larger patches, the residual-encoder preset,
-5 instead of 4 stages, and the 16-feature networks 1-hour budgets planned), real training iterations run through
+5 instead of 4 stages) and for every configuration that ``autoseg plan --time-budget`` 15m and 1h train for each
+dataset on this machine (planned when the script runs, with the machine's cached model: the plans move with the
+model), real training iterations run through
 ``autoseg.training.loop.train_fold``, the loop ``autoseg train`` uses, with the configuration's real loader
 (background augmentation workers) on real preprocessed data: both shared datasets are planned in full and a subset
 of their cases is preprocessed into a scratch working folder. The first epoch warms up (workers starting, kernels
@@ -14,9 +16,10 @@ epochs of the fold's ``log.jsonl``.
 The table gives per configuration the batch actually trained (on CPU the loop caps the plan's batch), the FLOPs of a
 step, the predicted and measured seconds per iteration and their ratio, and the FLOP/s the real step achieved as a
 fraction of the dense-convolution rate measured with the probes; the same, with the model, its probes and each
-step's counted work, goes to ``--out`` as JSON. Exit status 1 when fewer than 10 configurations are predicted
-within 20 %. About 20 minutes on 2 CPU cores; run it on a quiet machine (the measurement and the training it is
-compared with must see the same CPUs). ``--quick`` trains 2 configurations for 2 iterations, to check the script.
+step's counted work, goes to ``--out`` as JSON. Exit status 1 when fewer than 80 % of the configurations are
+predicted within 20 %. About 7-10 minutes on 2 CPU cores; run it on a quiet machine (the measurement and the
+training it is compared with must see the same CPUs). ``--quick`` trains 2 configurations for 2 iterations, to
+check the script.
 
 Usage::
 
@@ -47,6 +50,7 @@ from locations import add_datasets_root_argument, require_datasets, scratch_fold
 from provenance import provenance  # noqa: E402
 
 from autoseg.data.raw_folder import load_raw_dataset  # noqa: E402
+from autoseg.pipeline.budget import RunBudget  # noqa: E402
 from autoseg.pipeline.machine_benchmark import machine_throughput, measure_throughput  # noqa: E402
 from autoseg.pipeline.plan_dataset import plan_dataset  # noqa: E402
 from autoseg.planning.presets import PRESETS  # noqa: E402
@@ -66,7 +70,7 @@ from autoseg.utils.threads import available_cpus  # noqa: E402
 
 HIPPOCAMPUS, HC18 = "Dataset004_Hippocampus", "Dataset018_HC18"
 TOLERANCE = 0.20
-REQUIRED_WITHIN = 10  # configurations predicted within TOLERANCE (the goal in docs/planning.md)
+REQUIRED_SHARE = 0.8  # of the configurations predicted within TOLERANCE (12 of 15: the goal in docs/planning.md)
 TIMED_SECONDS = 25.0  # per configuration, predicted; at least MINIMUM_ITERATIONS timed iterations
 EPOCH_SECONDS = 8.0  # iterations per epoch: as many as fit in this (predicted), so per-epoch pauses stay rare
 MINIMUM_ITERATIONS, MAXIMUM_ITERATIONS = 2, 12
@@ -133,19 +137,42 @@ VARIANTS = (
     Variant("HC18 2d (plan)", HC18, "2d"),
     Variant("HC18 2d 384x512 batch 2", HC18, "2d", patch((384, 512)), 2),
     Variant("HC18 2d 5 stages 256x256 batch 8", HC18, "2d", stages(5, (256, 256)), 8),
-    # The narrowed networks that 15-minute and 1-hour budgets plan on 2 CPU cores (`autoseg plan DATASET
-    # --time-budget 15m|1h --show`), on full-resolution data (a step's time depends on the patch, not on the spacing
-    # the data were resampled to).
-    Variant("Hippocampus 3d_fullres 16 features batch 3 (15 min plan)", HIPPOCAMPUS, "3d_fullres",
-            stages(4, (40, 56, 40), base_features=16), 3),
-    Variant("Hippocampus 2d 16 features batch 69 (15 min plan)", HIPPOCAMPUS, "2d",
-            stages(4, (56, 40), base_features=16), 69),
-    Variant("HC18 2d 16 features 6 stages 160x224 batch 4 (15 min plan)", HC18, "2d",
-            stages(6, (160, 224), base_features=16), 4),
-    Variant("HC18 2d 16 features 6 stages 160x224 batch 16 (1 h plan)", HC18, "2d",
-            stages(6, (160, 224), base_features=16), 16),
 )
-QUICK_VARIANTS = ("Hippocampus 3d_fullres batch 2", "Hippocampus 2d 16 features batch 69 (15 min plan)")
+QUICK_VARIANTS = ("Hippocampus 3d_fullres batch 2", "Hippocampus 2d (plan)")
+BUDGETS = ("15m", "1h")  # the budgets whose planned configurations are measured too
+
+
+def planned_with_budgets(dataset_name: str, scratch: Path, datasets: Path, device: torch.device,
+                         precision: str) -> list[Variant]:
+    """The configurations ``autoseg plan DATASET --time-budget B`` trains, for each of ``BUDGETS``, as variants of
+    the memory-fitted plan's configuration (its network, patch and batch; trained on the full-resolution data,
+    since a step's time depends on the patch, not on the spacing the data were resampled to)."""
+    root = datasets / dataset_name
+    label = dataset_name.split("_", 1)[-1]
+    variants, seen = [], set()
+    for budget in BUDGETS:
+        work = WorkFolder.for_dataset(scratch / f"plan_{budget}", root)
+        compute_for = RunBudget.start(budget).compute_for(device, precision, say=lambda _message: None)
+        print(f"planning {dataset_name} for a {budget} budget ...", flush=True)
+        _, plans, _ = plan_dataset(root, work, workers=available_cpus(), progress=False, compute_for=compute_for)
+        for name in plans.compute.configurations:
+            planned = plans.configuration(name)
+            key = (name, json.dumps(planned.network.to_json(), sort_keys=True), tuple(planned.patch_size),
+                   planned.batch_size)
+            if key in seen:
+                continue
+            seen.add(key)
+            features = planned.network.features_per_stage[0]
+            variants.append(Variant(
+                f"{label} {name} {features} features batch {planned.batch_size} ({budget} plan)", dataset_name,
+                name, _planned_network(planned), planned.batch_size,
+            ))
+    return variants
+
+
+def _planned_network(planned: Configuration) -> Callable[[Configuration], Configuration]:
+    return lambda configuration: configuration.replace(network=planned.network.to_json(),
+                                                       patch_size=planned.patch_size)
 
 
 def prepare(dataset_name: str, scratch: Path, cases: int, configurations: list[str],
@@ -239,8 +266,8 @@ def within_tolerance(rows: list[dict]) -> int:
 
 
 def exit_status(rows: list[dict]) -> int:
-    """1 when fewer than ``REQUIRED_WITHIN`` configurations (all of them, if fewer) are predicted within tolerance."""
-    return 1 if within_tolerance(rows) < min(REQUIRED_WITHIN, len(rows)) else 0
+    """1 when fewer than ``REQUIRED_SHARE`` of the configurations are predicted within tolerance."""
+    return 1 if within_tolerance(rows) < math.ceil(REQUIRED_SHARE * len(rows)) else 0
 
 
 def refit(result_path: Path, excluded_probes: list[str]) -> int:
@@ -300,8 +327,11 @@ def main() -> int:
     variants = [variant for variant in VARIANTS if not args.quick or variant.name in QUICK_VARIANTS]
     cases = args.cases or (8 if args.quick else 24)
     scratch = args.scratch.resolve()
-    dataset_names = list(dict.fromkeys(variant.dataset for variant in variants))
+    dataset_names = list(dict.fromkeys(variant.dataset for variant in VARIANTS))
     require_datasets(args.datasets_root, dataset_names)
+    if not args.quick:
+        for dataset_name in dataset_names:
+            variants += planned_with_budgets(dataset_name, scratch, args.datasets_root, device, precision)
     prepared = {}
     for dataset_name in dataset_names:
         configurations = sorted({variant.configuration for variant in variants if variant.dataset == dataset_name})

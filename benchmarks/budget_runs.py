@@ -21,7 +21,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from provenance import provenance
+
+from autoseg.utils.files import write_json
 
 FAILURE_DICE = 0.8
 
@@ -74,7 +77,7 @@ def main() -> int:
         runs[label] = {"dataset": Path(folder).name, **summarise_run(Path(folder))}
     record = {"provenance": provenance(), "note": args.note, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(args.out, record)
     for label, run in runs.items():
         for fold in run["folds"]:
             print(f"{label}: {run['dataset']} {fold['configuration']} fold {fold['fold']}: CV Dice "

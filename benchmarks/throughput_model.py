@@ -8,10 +8,10 @@ Then, for each configuration below (Hippocampus 3d_fullres and
 dataset on this machine (planned when the script runs, with the machine's cached model: the plans move with the
 model), real training iterations run through
 ``autoseg.training.loop.train_fold``, the loop ``autoseg train`` uses, with the configuration's real loader
-(background augmentation workers) on real preprocessed data: both shared datasets are planned in full and a subset
-of their cases is preprocessed into a scratch working folder. The first epoch warms up (workers starting, kernels
-chosen) and is not counted; the measured seconds per iteration are ``train_seconds / iterations`` of the other
-epochs of the fold's ``log.jsonl``.
+(augmenting as the device's default: in line on CPU) on real preprocessed data: both shared datasets are planned in
+full and a subset of their cases is preprocessed into a scratch working folder. The first epoch warms up (memory
+maps opened, kernels chosen) and is not counted; the measured seconds per iteration are
+``train_seconds / iterations`` of the other epochs of the fold's ``log.jsonl``.
 
 The table gives per configuration the batch actually trained (on CPU the loop caps the plan's batch), the FLOPs of a
 step, the predicted and measured seconds per iteration and their ratio, and the FLOP/s the real step achieved as a
@@ -86,17 +86,15 @@ def residual_encoder(configuration: Configuration) -> Configuration:
     return configuration.replace(network=network)
 
 
-def stages(count: int, patch_size: tuple[int, ...],
-           base_features: int = 32) -> Callable[[Configuration], Configuration]:
-    """The plan's network cut or extended to ``count`` stages (``base_features`` doubling, capped as the planner
-    caps)."""
+def stages(count: int, patch_size: tuple[int, ...]) -> Callable[[Configuration], Configuration]:
+    """The plan's network cut or extended to ``count`` stages (32 features doubling, capped as the planner caps)."""
 
     def change(configuration: Configuration) -> Configuration:
         dimension = configuration.dimension
         cap = 320 if dimension == 3 else 512
         network = {
             **configuration.network.to_json(),
-            "features_per_stage": [min(cap, base_features * 2**stage) for stage in range(count)],
+            "features_per_stage": [min(cap, 32 * 2**stage) for stage in range(count)],
             "kernel_sizes": [[3] * dimension for _ in range(count)],
             "strides": [[1] * dimension] + [[2] * dimension for _ in range(count - 1)],
             "blocks_per_stage_encoder": [2] * count,

@@ -162,20 +162,14 @@ def count_training_flops(
 
 @functools.lru_cache(maxsize=512)
 def _cached_count(dimension: int, network_json: str, patch_size: tuple[int, ...], batch_size: int, in_channels: int,
-                  out_channels: int, precision: str) -> tuple[float, float]:
+                  out_channels: int, precision: str) -> tuple[float, float, int]:
+    """(FLOPs, large-allocation bytes, convolution layers) of one training step."""
     configuration = Configuration(name="count", dimension=dimension, spacing=(1.0,) * dimension,
                                   patch_size=patch_size, batch_size=batch_size, network=json.loads(network_json),
                                   normalization=(), resampling={})
-    return count_training_step(configuration, batch_size=batch_size, in_channels=in_channels,
-                               out_channels=out_channels, precision=precision)
-
-
-@functools.lru_cache(maxsize=512)
-def _cached_layers(dimension: int, network_json: str) -> int:
-    configuration = Configuration(name="count", dimension=dimension, spacing=(1.0,) * dimension,
-                                  patch_size=(64,) * dimension, batch_size=1, network=json.loads(network_json),
-                                  normalization=(), resampling={})
-    return convolution_layers(configuration)
+    flops, large_bytes = count_training_step(configuration, batch_size=batch_size, in_channels=in_channels,
+                                             out_channels=out_channels, precision=precision)
+    return flops, large_bytes, convolution_layers(configuration)
 
 
 def convolution_layers(configuration: Configuration) -> int:
@@ -194,7 +188,7 @@ def step_work(configuration: Configuration, *, batch_size: int, in_channels: int
     repeatedly)."""
     patch_size = tuple(int(size) for size in configuration.patch_size)
     network_json = json.dumps(configuration.network.to_json(), sort_keys=True)
-    flops, large_bytes = _cached_count(configuration.dimension, network_json,
+    flops, large_bytes, layers = _cached_count(configuration.dimension, network_json,
                                        patch_size, int(batch_size), int(in_channels), int(out_channels), precision)
     activations = stored_activation_elements(configuration.network, patch_size, in_channels=in_channels,
                                              out_channels=out_channels)
@@ -204,7 +198,7 @@ def step_work(configuration: Configuration, *, batch_size: int, in_channels: int
         input_voxels=float(batch_size * math.prod(patch_size)),
         dimension=configuration.dimension,
         fresh_page_bytes=large_bytes * UNCOUNTED_ALLOCATION_FACTOR,
-        layers=float(_cached_layers(configuration.dimension, network_json)),
+        layers=float(layers),
     )
 
 

@@ -27,8 +27,9 @@ def default_number_of_workers(context: DistributedContext, device_type: str = "c
     ``available_cpus``), at most 8: they augment while the device computes. On CPU, none: the batch is augmented in
     the training process between steps. The network's threads use every CPU, so a background worker can only run by
     descheduling one of them, and the others then wait for it at the next barrier: measured on 2 cores, iterations
-    took 3-8 % longer with workers than with the same augmentation done in line (docs/planning.md, "Throughput
-    model"), and in line the step and the augmentation simply add up, as the throughput model predicts."""
+    took 3-5 % longer with workers than with the same augmentation done in line
+    (``benchmarks/loader_workers.py``), and in line the step and the augmentation simply add up, as the throughput
+    model predicts."""
     if device_type == "cpu":
         return 0
     return max(1, min(8, available_cpus() // context.world_size))

@@ -227,6 +227,28 @@ def test_plan_with_a_time_budget_writes_and_shows_its_reasoning(monkeypatch, tmp
     assert "recipe: " in shown and "short schedule" in shown
 
 
+def test_plan_with_a_time_budget_plans_for_the_configurations_and_folds_a_run_is_told_to_train(
+        monkeypatch, tmp_path, copy_cases, hc18_root, capsys) -> None:
+    class MadeUpMachine:
+        device = torch.device("cpu")
+
+        def step_seconds(self, configuration):
+            return rate(configuration.name, configuration.to_json())
+
+    monkeypatch.setattr("autoseg.pipeline.budget.machine_costs", lambda *args, **kwargs: MadeUpMachine())
+    root = copy_cases(hc18_root, 6)
+    work = tmp_path / "work"
+    arguments = ["plan", str(root), "--work-dir", str(work), "--workers", "1"]
+    assert main([*arguments, "--time-budget", "10m", "--configs", "2d", "--folds", "0", "1"]) == 0
+    record = load_plans(WorkFolder.for_dataset(str(work), root).plans).get("compute")
+    assert record["configurations"] == ["2d"] and record["folds"] == [0, 1]  # named folds are the folds
+    capsys.readouterr()
+    assert main([*arguments, "--folds", "0"]) == 2  # without a budget there is nothing to fit them to
+    assert "--time-budget" in capsys.readouterr().err
+    assert main([*arguments, "--time-budget", "10m", "--configs", "3d_fullres"]) == 2  # 2D images: no 3D plan
+    assert "'3d_fullres' is not in the plan" in capsys.readouterr().err
+
+
 def test_a_configuration_that_reaches_the_target_steps_wins_over_one_that_keeps_its_plan_but_cannot() -> None:
     slow = [Variant({"name": "3d"}, 0, 3.0, ("plan",)), Variant({"name": "3d narrow"}, 2, 1.0, ("narrow",))]
     fast = [Variant({"name": "2d"}, 0, 1.0, ("plan",)), Variant({"name": "2d small"}, 3, 0.1, ("batch 2",))]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from autoseg.commands.arguments import add_work_dir_argument
+from autoseg.commands.arguments import add_schedule_arguments, add_work_dir_argument, requested_folds
 from autoseg.errors import UserError
-from autoseg.pipeline.run import DEFAULT_FOLDS, RunOptions, run_pipeline
+from autoseg.pipeline.run import RunOptions, run_pipeline
 from autoseg.training.tracking import add_logger_argument, requested_loggers
 from autoseg.utils.precision import add_precision_argument
 
@@ -14,12 +14,7 @@ from autoseg.utils.precision import add_precision_argument
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="raw dataset folder")
     add_work_dir_argument(parser)
-    parser.add_argument("--configs", nargs="+", default=None, metavar="CONFIG",
-                        help="configurations to train (default: every planned one; the cascade only with all five "
-                             "folds)")
-    parser.add_argument("--folds", nargs="+", type=int, default=None, metavar="K",
-                        help="cross-validation folds to train (default: 0 1 2 3 4, fewer when a budget cannot pay "
-                             "for all)")
+    add_schedule_arguments(parser)
     parser.add_argument("--time-budget", default=None,
                         help="wall-clock budget of the whole run, planning to report, e.g. 1h, 90m (default on a "
                              "machine without a GPU: 1h); see docs/planning.md")
@@ -45,15 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    folds = args.folds if args.folds is not None else list(DEFAULT_FOLDS)
-    if any(fold not in DEFAULT_FOLDS for fold in folds):
-        raise UserError(f"--folds take values 0-4, got {folds}.")
+    folds, folds_named = requested_folds(args)
     if args.time_budget and args.time_per_fold:
         raise UserError("give either --time-budget (the whole run) or --time-per-fold, not both.")
     options = RunOptions(
         configurations=tuple(args.configs) if args.configs else None,
-        folds=tuple(dict.fromkeys(folds)),
-        folds_named=args.folds is not None,
+        folds=folds,
+        folds_named=folds_named,
         time_budget=args.time_budget,
         time_per_fold=args.time_per_fold,
         epochs=args.epochs,

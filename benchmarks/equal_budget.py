@@ -66,6 +66,7 @@ from nnunet_peer import (
     require_nnunet,
     run_quietly,
 )
+from provenance import provenance
 from train_speed import CONFIGURATIONS, prepare_autoseg
 
 from autoseg.evaluation.folders import evaluate_folders
@@ -397,6 +398,7 @@ def main() -> int:
     out = args.out or REPOSITORY / "benchmarks" / "results" / f"equal_budget_{args.dataset}_{mode}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {
+        "provenance": provenance(),
         "dataset": args.dataset, "configuration": args.configuration, "fold": args.fold, "mode": mode,
         "budget": {budget[0]: budget[1]}, "validation_cases": nnunet["validation_cases"],
         "results": results, "difference_autoseg_minus_nnunet": difference, "load_average_at_end": load_average(),

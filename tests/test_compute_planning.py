@@ -203,15 +203,22 @@ def test_a_large_structure_survives_a_coarser_grid_and_a_small_one_does_not(tmp_
     assert dice[2.0] >= RESOLUTION_DICE_FLOOR and dice[4.0] < dice[2.0]
 
 
-def test_plan_with_a_time_budget_writes_and_shows_its_reasoning(monkeypatch, tmp_path, copy_cases, hc18_root,
-                                                                capsys) -> None:
-    class MadeUpMachine:  # the made-up step cost of ``rate`` instead of measuring this machine
-        device = torch.device("cpu")
+class MadeUpMachine:
+    """The made-up step cost of ``rate`` instead of measuring this machine."""
 
-        def step_seconds(self, configuration):
-            return rate(configuration.name, configuration.to_json())
+    device = torch.device("cpu")
 
+    def step_seconds(self, configuration):
+        return rate(configuration.name, configuration.to_json())
+
+
+@pytest.fixture
+def made_up_machine(monkeypatch) -> None:
     monkeypatch.setattr("autoseg.pipeline.budget.machine_costs", lambda *args, **kwargs: MadeUpMachine())
+
+
+def test_plan_with_a_time_budget_writes_and_shows_its_reasoning(made_up_machine, tmp_path, copy_cases, hc18_root,
+                                                                capsys) -> None:
     root = copy_cases(hc18_root, 6)
     work = tmp_path / "work"
     assert main(["plan", str(root), "--work-dir", str(work), "--time-budget", "10m", "--workers", "1"]) == 0
@@ -228,14 +235,7 @@ def test_plan_with_a_time_budget_writes_and_shows_its_reasoning(monkeypatch, tmp
 
 
 def test_plan_with_a_time_budget_plans_for_the_configurations_and_folds_a_run_is_told_to_train(
-        monkeypatch, tmp_path, copy_cases, hc18_root, capsys) -> None:
-    class MadeUpMachine:
-        device = torch.device("cpu")
-
-        def step_seconds(self, configuration):
-            return rate(configuration.name, configuration.to_json())
-
-    monkeypatch.setattr("autoseg.pipeline.budget.machine_costs", lambda *args, **kwargs: MadeUpMachine())
+        made_up_machine, tmp_path, copy_cases, hc18_root, capsys) -> None:
     root = copy_cases(hc18_root, 6)
     work = tmp_path / "work"
     arguments = ["plan", str(root), "--work-dir", str(work), "--workers", "1"]

@@ -14,8 +14,8 @@ kidneys, spleen and small liver lesions, one further 512x512x300 volume in ``ima
    cross-validation Dice per class of every candidate model selection compared and of the one it chose
    (``inference.json``), and the wall time against the budget;
 3. predicts ``imagesTs/`` with the run's model in a separate process (``python -m autoseg predict -i ... -o ...
-   -m W/DATASET``, test-time mirroring on, as the run recommends), records its seconds and peak memory, and scores
-   the label map against ``labelsTs/`` (Dice per class).
+   -m W/DATASET``, with test-time mirroring unless the run's advice says ``--no-tta``), records its seconds and
+   peak memory, and scores the label map against ``labelsTs/`` (Dice per class).
 
 ``--start-only`` instead times ``python -m autoseg plan DATASET --time-budget B`` (check + fingerprint + plan) alone,
 in a fresh working folder. Results go to ``benchmarks/results/ct_scale.json`` (``--output``) with the provenance of
@@ -29,8 +29,9 @@ Usage:
 ``--dataset`` defaults to ``autoseg_ct/Dataset601_CTPhantom`` and ``--work-dir`` to ``autoseg_ct_work`` in the
 system's temporary folder (``benchmarks/locations.py``). A working folder that already holds the dataset is not
 run over (the run would reuse its preprocessing and checkpoints): pass ``--fresh`` to delete it first, or
-``--skip-run`` to measure what it holds. ``--skip-run`` collects the results of the existing run and predicts;
-``--predict-only`` only predicts and scores. Run it under ``nice`` on a shared machine.
+``--skip-run`` to measure what it holds. ``--skip-run`` collects the results of the existing run (its stages from
+the log this benchmark wrote, ``ct_scale_run.log``) and predicts; ``--predict-only`` only predicts and scores.
+Run it under ``nice`` on a shared machine.
 """
 
 from __future__ import annotations
@@ -208,12 +209,22 @@ def dice_per_class(prediction: Path, reference: Path, labels: dict[str, int]) ->
     return scores
 
 
-def predict_test_volume(dataset: Path, work: WorkFolder, output: Path) -> dict:
-    """Predict ``imagesTs/`` with the run's model in a separate process; seconds, peak memory, Dice per class."""
+def run_recommends_no_tta(run_log: Path) -> bool:
+    """Whether the run's closing advice (``autoseg predict ... --no-tta``, printed when mirroring a median case would
+    take longer than the run allows for) says to predict without test-time mirroring."""
+    if not run_log.is_file():
+        return False
+    return any("autoseg predict" in line and "--no-tta" in line for line in run_log.read_text().splitlines())
+
+
+def predict_test_volume(dataset: Path, work: WorkFolder, output: Path, *, mirroring: bool = True) -> dict:
+    """Predict ``imagesTs/`` with the run's model in a separate process (test-time ``mirroring`` as the run
+    recommends); seconds, peak memory, Dice per class."""
     shutil.rmtree(output, ignore_errors=True)
     command = [sys.executable, "-m", "autoseg", "predict", "-i", str(dataset / "imagesTs"), "-o", str(output),
-               "-m", str(work.root)]
+               "-m", str(work.root), *([] if mirroring else ["--no-tta"])]
     result = timed_command(command)
+    result["test_time_mirroring"] = mirroring
     labels = json.loads((dataset / "dataset.json").read_text())["labels"]
     result["dice_per_case"] = {}
     if result["returncode"] == 0:
@@ -229,7 +240,22 @@ def run_pipeline(dataset: Path, work_dir: Path, budget: str, log: Path) -> dict:
     """The whole ``autoseg run`` with stage durations."""
     command = [sys.executable, "-m", "autoseg", "run", str(dataset), "--time-budget", budget, "--work-dir",
                str(work_dir), "--no-progress"]
-    result = timed_command(command, log=log)
+    return with_stages(timed_command(command, log=log), budget, log)
+
+
+def run_from_log(log: Path, budget: str) -> dict | None:
+    """What ``run_pipeline`` records, read back from the stamped log of a run this benchmark started earlier (for
+    ``--skip-run``; the peak memory is not in the log). None without a log."""
+    if not log.is_file():
+        return None
+    stamped = [line.partition("s] ") for line in log.read_text().splitlines() if line.startswith("[")]
+    lines = [(float(stamp.strip("[ ")), text) for stamp, _, text in stamped]
+    wall = lines[-1][0] if lines else 0.0
+    return with_stages({"returncode": None, "wall_s": wall, "lines": lines, "read_from_log": True}, budget, log)
+
+
+def with_stages(result: dict, budget: str, log: Path) -> dict:
+    """``result`` (a run's stamped lines and wall seconds) with its stages, validation seconds and budget."""
     result["stages_s"] = stage_durations(result["lines"], result["wall_s"])
     result["validation_prediction_s"] = validation_seconds(result["lines"])
     result["budget_s"] = parse_time_budget(budget)
@@ -256,8 +282,9 @@ def print_table(results: dict) -> None:
         part = results.get(key)
         if part:
             rows.append((f"{key} wall", f"{part['wall_s']:.0f} s (exit {part['returncode']})"))
-            rows.append((f"{key} peak memory", f"{part['peak_rss_largest_process_mb']:.0f} MB largest process, "
-                                               f"{part['peak_rss_sum_mb']:.0f} MB process group"))
+            if "peak_rss_largest_process_mb" in part:  # not in a run read back from its log
+                rows.append((f"{key} peak memory", f"{part['peak_rss_largest_process_mb']:.0f} MB largest process, "
+                                                   f"{part['peak_rss_sum_mb']:.0f} MB process group"))
     run = results.get("run") or {}
     if run:
         rows.append(("budget", f"{run['budget_s']:.0f} s, over by {run['over_budget_s']:+.0f} s"))
@@ -326,13 +353,17 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             shutil.rmtree(work.root, ignore_errors=True)
             results["run"] = run_pipeline(dataset, work_dir, arguments.time_budget, work_dir / "ct_scale_run.log")
+        elif arguments.skip_run:
+            results["run"] = run_from_log(work_dir / "ct_scale_run.log", arguments.time_budget)
         if not arguments.predict_only:
             results["preprocessed"] = preprocessed_sizes(work)
             results["models"] = model_sizes(work)
             results["training"] = training_results(work)
             results["cross_validation"] = cross_validation(work)
         if (dataset / "imagesTs").is_dir() and work.inference_recipe.is_file():
-            results["predict"] = predict_test_volume(dataset, work, work_dir / "ct_scale_predictions")
+            mirroring = not run_recommends_no_tta(work_dir / "ct_scale_run.log")
+            results["predict"] = predict_test_volume(dataset, work, work_dir / "ct_scale_predictions",
+                                                     mirroring=mirroring)
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(results, indent=2) + "\n")
     print()

@@ -19,7 +19,13 @@ from autoseg.pipeline.budget import (
     whole_run_seconds,
 )
 from autoseg.pipeline.machine_benchmark import tiles_per_case
-from autoseg.pipeline.run import MIRRORING_CASE_SECONDS, RunOptions, prediction_advice, schedule_stage
+from autoseg.pipeline.run import (
+    MIRRORING_CASE_SECONDS,
+    RunOptions,
+    prediction_advice,
+    schedule_stage,
+    validation_mirroring,
+)
 from autoseg.planning.layout import TARGET_ITERATIONS
 from autoseg.records.dataset import RawDataset
 from autoseg.records.inference_recipe import InferenceRecipe, RecipeModel
@@ -175,3 +181,19 @@ def test_the_run_recommends_mirroring_only_while_a_median_case_stays_quick(tmp_p
     fast = prediction_advice(tmp_path, PLANS, InferenceRecipe(models=(RecipeModel("2d", (0,)),)), FakeCosts())
     assert "--no-tta" in fast  # 100 s with mirroring: over the limit as well
     assert MIRRORING_CASE_SECONDS < 100
+
+
+def test_a_budgeted_run_validates_without_mirroring_where_it_recommends_predicting_without(capsys, tmp_path):
+    costs = FakeCosts()  # 2d: 100 s per median case with mirroring, 1 s without; over MIRRORING_CASE_SECONDS
+    assert not validation_mirroring(costs, PLANS.configuration("2d"), None)
+    assert ("validation predicts 2d without test-time mirroring: about 100 s per median-sized case with it, 1 s "
+            "without; its cross-validation Dice is that of predict --no-tta") in capsys.readouterr().out
+    advice = prediction_advice(tmp_path, PLANS, InferenceRecipe(models=(RecipeModel("2d", (0,)),)), costs)
+    assert "--no-tta" in advice  # the rule validation follows is the one prediction is advised by
+
+    class QuickCosts(FakeCosts):
+        def case_prediction_seconds(self, configuration, *, input_voxels=None, mirrored=True):
+            return 10.0 if mirrored else 2.0
+
+    assert validation_mirroring(QuickCosts(), PLANS.configuration("2d"), None)
+    assert capsys.readouterr().out == ""

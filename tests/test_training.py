@@ -16,7 +16,7 @@ from autoseg.cli import main as cli_main
 from autoseg.errors import UserError
 from autoseg.io import case_arrays
 from autoseg.networks import build_network
-from autoseg.pipeline.validation import training_components
+from autoseg.pipeline.validation import predict_validation_cases, training_components
 from autoseg.preprocessing.storage import write_preprocessed_case
 from autoseg.records import checkpoint as checkpoint_files
 from autoseg.records.dataset import Case, RawDataset
@@ -462,7 +462,16 @@ def test_training_real_hippocampus_cases_ends_with_scored_validation_predictions
         assert (fold_folder / "validation" / f"{identifier}.npz").is_file()  # probabilities for model selection
     summary = json.loads((fold_folder / "training_summary.json").read_text())["after_training"]["predict_validation"]
     assert 0.0 <= summary["mean_dice"] <= 1.0 and set(summary["dice"]) == {"anterior", "posterior"}
+    assert summary["test_time_mirroring"] is True
     assert (fold_folder / "validation" / "summary.json").is_file()
+    # Without mirroring (a budgeted run on large cases): one pass per tile, so other probabilities, and it says so.
+    mirrored = np.load(fold_folder / "validation" / f"{validation_ids[0]}.npz")["probabilities"]
+    plain = predict_validation_cases(fold_folder, work_folder=WorkFolder.for_dataset(work, raw), fold=0,
+                                     configuration_name="3d_fullres", validation_case_ids=validation_ids,
+                                     device="cpu", mirroring=False, progress=False)
+    assert plain["test_time_mirroring"] is False
+    unmirrored = np.load(fold_folder / "validation" / f"{validation_ids[0]}.npz")["probabilities"]
+    assert unmirrored.shape == mirrored.shape and not np.allclose(unmirrored, mirrored)
 
 
 def test_a_failing_after_training_hook_is_reported_without_failing_the_training(
@@ -481,6 +490,25 @@ def test_a_failing_after_training_hook_is_reported_without_failing_the_training(
     assert result.after_training == {"predict_validation": {"failed": "RuntimeError: predictor exploded"}}
     assert any("predict_validation failed" in message for message in messages)
     assert (Path(result.fold_folder) / "checkpoint_final.pt").is_file()
+
+
+def test_validation_is_predicted_with_the_mirroring_the_settings_ask_for_and_says_so(work_dir: Path) -> None:
+    seen: list[bool] = []
+
+    def recording_predictor(fold_folder, *, mirroring, **context):
+        seen.append(mirroring)
+        return {"mean_dice": 0.5, "test_time_mirroring": mirroring}
+
+    components = dataclasses.replace(
+        training_components(), after_training_hooks={"predict_validation": recording_predictor}
+    )
+    messages: list[str] = []
+    settings = tiny_settings(epochs=1, iterations_per_epoch=1, after_training_hooks=("predict_validation",),
+                             validation_mirroring=False)
+    train_fold(tiny_job(work_dir), settings, components=components, log_message=messages.append)
+    assert seen == [False]
+    assert "validation cases (predict_validation): mean Dice 0.5000 (without test-time mirroring)" in messages
+    assert TrainingSettings().validation_mirroring  # the reference's validation mirrors
 
 
 def test_the_training_summary_is_read_back_as_written_and_an_older_file_without_some_keys_still_reads(

@@ -28,7 +28,7 @@ from autoseg.records.compute_plan import ComputePlan
 from autoseg.records.dataset import RawDataset
 from autoseg.records.fingerprint import load_fingerprint
 from autoseg.records.inference_recipe import InferenceRecipe
-from autoseg.records.plans import Plans
+from autoseg.records.plans import Configuration, Plans
 from autoseg.records.work_folder import TRAINING_SUMMARY_FILE, VALIDATION_FOLDER, WorkFolder
 from autoseg.training.job import TrainingSettings, build_job, describe_recipe, with_recipe
 from autoseg.training.loop import train_fold
@@ -237,13 +237,17 @@ def train_stage(
             for configuration, fold in pairs]
     to_train = [job.fold_folder for job in jobs if not fold_is_complete(job.fold_folder)]
     reserve = 0.0
+    mirroring = dict.fromkeys(schedule.configurations, True)
     if budget.budget_seconds is not None:
         costs = machine_costs(dataset, choose_device(options.device), options.precision)
+        voxels = median_input_voxels(plans)
+        for configuration in schedule.configurations:
+            mirroring[configuration] = validation_mirroring(costs, plans.configuration(configuration), voxels)
         # Validation, then test-time standardisation of the selected model (counted for every fold: an upper bound).
         reserve = budget.after_training_reserve(
             [(len(job.validation_case_ids) + min(RUN_STANDARDISATION_CASES, len(job.train_case_ids)),
-              costs.case_prediction_seconds(plans.configuration(configuration),
-                                            input_voxels=median_input_voxels(plans)))
+              costs.case_prediction_seconds(plans.configuration(configuration), input_voxels=voxels,
+                                            mirrored=mirroring[configuration]))
              for (configuration, _), job in zip(pairs, jobs, strict=True)],
         )
         print(f"keeping {describe_duration(reserve)} of the budget for validation, model selection and the report")
@@ -261,11 +265,28 @@ def train_stage(
         recipe = plans.training_recipe(configuration)
         if recipe:
             print(f"training recipe for a short schedule (plans.json compute record): {describe_recipe(recipe)}")
-        train_fold(job, training_settings(options, fold_seconds, recipe=recipe), components=components)
+        settings = training_settings(options, fold_seconds, recipe=recipe)
+        train_fold(job, dataclasses.replace(settings, validation_mirroring=mirroring[configuration]),
+                   components=components)
         print(budget.progress_line(done=number, total=len(pairs)), flush=True)
 
 
 MIRRORING_CASE_SECONDS = 30.0  # mirroring is recommended while a median case takes at most this long with it
+
+
+def validation_mirroring(costs: MachineCosts, configuration: Configuration, voxels: float | None) -> bool:
+    """Whether a budgeted run predicts ``configuration``'s validation cases with test-time mirroring: while one fold
+    predicts a median case (``voxels`` in its own grid) within ``MIRRORING_CASE_SECONDS`` with it, the rule
+    ``prediction_advice`` recommends predicting by. Else the cross-validation Dice is that of ``predict --no-tta``,
+    and the reserve for validation does not starve training (a 2D network over every slice of a CT volume: minutes
+    per case with mirroring), as the printed line says."""
+    mirrored = costs.case_prediction_seconds(configuration, input_voxels=voxels)
+    if mirrored is None or mirrored <= MIRRORING_CASE_SECONDS:
+        return True
+    plain = costs.case_prediction_seconds(configuration, input_voxels=voxels, mirrored=False) or 0.0
+    print(f"validation predicts {configuration.name} without test-time mirroring: about {mirrored:.0f} s per "
+          f"median-sized case with it, {plain:.0f} s without; its cross-validation Dice is that of predict --no-tta")
+    return False
 
 
 def prediction_advice(work: WorkFolder, plans: Plans, recipe: InferenceRecipe, costs: MachineCosts | None) -> str:

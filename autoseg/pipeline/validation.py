@@ -31,20 +31,22 @@ def predict_validation_cases(
     validation_case_ids: Sequence[str],
     device: str,
     precision: str = "auto",
+    mirroring: bool = True,
     progress: bool = True,
 ) -> dict[str, Any] | None:
     """Segment the fold's validation cases from their raw images with the sliding-window predictor (final checkpoint,
-    mirroring on) into ``fold_folder/validation/`` (label maps and ``CASE.npz`` probabilities, which model selection
-    ensembles), then write ``summary.json`` and ``metrics.csv`` there.
+    test-time ``mirroring`` as asked) into ``fold_folder/validation/`` (label maps and ``CASE.npz`` probabilities,
+    which model selection ensembles), then write ``summary.json`` and ``metrics.csv`` there.
 
-    Returns the foreground-mean and per-class Dice. Fold ``all`` has no held-out cases: nothing to do.
+    Returns the foreground-mean and per-class Dice and whether it mirrored. Fold ``all`` has no held-out cases:
+    nothing to do.
     """
     if str(fold) == "all":
         return {"skipped": "fold 'all' has no held-out validation cases"}
     dataset = work_folder.read_dataset()
     predictor = load_predictor(
         ModelSource.checkpoints(work_folder, configuration=configuration_name, folds=[fold], checkpoint="final"),
-        PredictionOptions(device=device, precision=precision),
+        PredictionOptions(tta=mirroring, device=device, precision=precision),
     )
     output_folder = work_folder.validation(configuration_name, fold)
     output_folder.mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,7 @@ def predict_validation_cases(
         "folder": str(output_folder),
         "mean_dice": summary.foreground_mean["dice"],
         "dice": {entry["name"]: entry["dice"] for entry in summary.mean.values()},
+        "test_time_mirroring": mirroring,
     }
 
 

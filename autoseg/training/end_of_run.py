@@ -37,13 +37,15 @@ def run_after_training_hooks(
         validation_case_ids=job.validation_case_ids,
         device=str(device),
         precision=settings.precision,
+        mirroring=settings.validation_mirroring,
         progress=settings.show_progress_bar,
     )
     for name, outcome in after.items():
         if isinstance(outcome, dict) and "failed" in outcome:
             say(f"after training, {name} failed ({outcome['failed']}); the trained model is unaffected")
         elif isinstance(outcome, dict) and outcome.get("mean_dice") is not None:
-            say(f"validation cases ({name}): mean Dice {outcome['mean_dice']:.4f}")
+            unmirrored = " (without test-time mirroring)" if outcome.get("test_time_mirroring") is False else ""
+            say(f"validation cases ({name}): mean Dice {outcome['mean_dice']:.4f}{unmirrored}")
     return after
 
 

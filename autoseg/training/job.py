@@ -82,6 +82,9 @@ class TrainingSettings:
     checkpoint_every_epochs: int = 10
     checkpoint_every_seconds: float = 300.0
     after_training_hooks: tuple[str, ...] = ("predict_validation",)
+    # Validation prediction with test-time mirroring (the reference's); a budgeted run on large cases turns it off
+    # when prediction will be recommended without it (``autoseg.pipeline.run``).
+    validation_mirroring: bool = True
     show_progress_bar: bool = True
     loggers: tuple[str, ...] = ()  # experiment tracking: "tensorboard", "mlflow" (autoseg.training.tracking)
 

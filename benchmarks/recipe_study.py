@@ -47,6 +47,11 @@ CELLS: dict[str, list[str]] = {
     "cosine_schedule": ["--schedule", "cosine"],
     "light_augmentation": ["--augmentation", "light"],
     "mirror_only_augmentation": ["--augmentation", "mirror"],
+    # Changes from the short-schedule recipe budgeted plans train today (``autoseg/planning/short_schedule.py``).
+    "short_schedule_batch_2": ["--momentum", "0.9", "--learning-rate", "0.1", "--batch-size", "2"],
+    "short_schedule_cosine": ["--momentum", "0.9", "--learning-rate", "0.1", "--schedule", "cosine"],
+    "short_schedule_warmup": ["--momentum", "0.9", "--learning-rate", "0.1", "--warmup", "0.05"],
+    "short_schedule_lr_0.2": ["--momentum", "0.9", "--learning-rate", "0.2"],
 }
 WORK_FILES = ("dataset.json", "fingerprint.json", "plans.json", "splits.json", "label_round_trip.json")
 ITERATIONS_PER_EPOCH = 100
@@ -72,8 +77,13 @@ def summary_of(cell_root: Path, dataset_name: str, configuration: str, fold: int
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def cell_steps(args: argparse.Namespace, cell: str) -> int:
+    """The cell's optimiser steps: ``--steps``, or its own from ``--cell-steps`` (equal time for a cheaper step)."""
+    return args.cell_steps.get(cell, args.steps)
+
+
 def train_command(args: argparse.Namespace, cell: str, cell_root: Path, fold: int, seed: int) -> list[str]:
-    epochs = max(1, round(args.steps / ITERATIONS_PER_EPOCH))
+    epochs = max(1, round(cell_steps(args, cell) / ITERATIONS_PER_EPOCH))
     return [
         sys.executable, "-m", "autoseg", "train", str(args.dataset), args.configuration, str(fold),
         "--work-dir", str(cell_root), "--epochs", str(epochs), "--iterations-per-epoch", str(ITERATIONS_PER_EPOCH),
@@ -108,9 +118,9 @@ def fold_result(summary: dict) -> dict:
     }
 
 
-def table(results: dict, folds: list[int]) -> str:
-    """Markdown: per cell the folds' Dice, their mean, and the mean paired difference to the baseline."""
-    baseline = results.get("baseline", {})
+def table(results: dict, folds: list[int], baseline_cell: str = "baseline") -> str:
+    """Markdown: per cell the folds' Dice, their mean, and the mean paired difference to the baseline cell."""
+    baseline = results.get(baseline_cell, {})
     lines = ["| cell | " + " | ".join(f"fold {fold}" for fold in folds) + " | mean | vs baseline (per fold) | s/step |",
              "|---" * (len(folds) + 4) + "|"]
     for cell, per_fold in results.items():
@@ -122,7 +132,7 @@ def table(results: dict, folds: list[int]) -> str:
         cells = [f"{value:.4f}" if value is not None else "-" for value in dice]
         mean = f"{statistics.mean(known):.4f}" if known else "-"
         delta = (f"{statistics.mean(deltas):+.4f} ({', '.join(f'{d:+.4f}' for d in deltas)})"
-                 if deltas and cell != "baseline" else "")
+                 if deltas and cell != baseline_cell else "")
         step = f"{statistics.mean(seconds):.3f}" if seconds else "-"
         lines.append(f"| {cell} | {' | '.join(cells)} | {mean} | {delta} | {step} |")
     return "\n".join(lines)
@@ -133,6 +143,9 @@ def portable_command(args: argparse.Namespace) -> str:
     words = [f"../shared/datasets/{args.dataset.resolve().name}", "--work", "WORK", "--configuration",
              args.configuration, "--steps", str(args.steps), "--folds", *map(str, args.folds), "--seed",
              str(args.seed), "--cells", *args.cells, "--parallel", str(args.parallel), "--out", "SCRATCH"]
+    words += [f"--cell-steps {cell}={steps}" for cell, steps in args.cell_steps.items()]
+    if args.baseline != "baseline":
+        words += ["--baseline", args.baseline]
     return "python benchmarks/recipe_study.py " + " ".join(words)
 
 
@@ -145,10 +158,18 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
+    parser.add_argument("--cell-steps", action="append", default=[], metavar="CELL=STEPS",
+                        help="a cell's own steps instead of --steps, e.g. a smaller batch given the same time (repeat)")
+    parser.add_argument("--baseline", default="baseline", help="the cell the table's differences are taken from")
     parser.add_argument("--parallel", type=int, default=2, help="trainings at once (one thread each)")
     parser.add_argument("--out", type=Path, required=True, help="scratch folder for the cells' models and logs")
     parser.add_argument("--result", type=Path, default=None, help="JSON result file (default: OUT/recipe_study.json)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    pairs = [item.partition("=") for item in args.cell_steps]
+    if any(cell not in CELLS or not steps.isdigit() for cell, _, steps in pairs):
+        parser.error(f"--cell-steps takes CELL=STEPS with a known cell, got {args.cell_steps}")
+    args.cell_steps = {cell: int(steps) for cell, _, steps in pairs}
+    return args
 
 
 def main() -> int:
@@ -176,7 +197,7 @@ def main() -> int:
         "command": portable_command(args),
         "dataset": dataset_name,
         "configuration": args.configuration,
-        "steps": args.steps,
+        "steps": {cell: cell_steps(args, cell) for cell in args.cells},
         "folds": args.folds,
         "cells": {cell: CELLS[cell] for cell in args.cells},
         "results": results,
@@ -186,7 +207,7 @@ def main() -> int:
     result_path = args.result or args.out / "recipe_study.json"
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(record, indent=1) + "\n")
-    print(table(results, args.folds))
+    print(table(results, args.folds, args.baseline))
     print(f"wrote {result_path}")
     return 0
 

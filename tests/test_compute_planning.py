@@ -158,7 +158,8 @@ def test_a_narrower_network_comes_before_a_smaller_batch_and_the_batch_is_what_t
     assert variants[1].configuration["batch_size"] == 4 and variants[2].configuration["batch_size"] == 2
     costs = [variant.seconds_per_iteration for variant in variants]
     assert costs == sorted(costs, reverse=True)
-    assert choose_variant(variants, TARGET_ITERATIONS * costs[1] * 1.01) == variants[1]
+    assert choose_variant(variants, SPLIT_FOLD_ITERATIONS * costs[1] * 1.01) == variants[1]  # ample: batch stays
+    assert choose_variant(variants, TARGET_ITERATIONS * costs[1] * 1.01) == variants[2]  # short of it: most steps
 
 
 def test_a_budget_too_small_for_anything_takes_the_best_expected_variant_and_says_so() -> None:
@@ -282,6 +283,10 @@ def test_a_narrowed_network_short_of_ample_steps_gives_way_to_a_smaller_batch_th
     assert TARGET_ITERATIONS <= narrow.iterations(seconds) < SPLIT_FOLD_ITERATIONS
     assert choose_variant(variants, seconds) == smaller  # the first smaller batch with ample steps, not the smallest
     assert choose_variant(variants, 4500.0) == narrow  # 4500 steps at batch 7 are ample: the batch stays
+    # Batch 3 reaches the target, and no smaller batch reaches ample steps (batch 3: 2444, batch 2: 3666): the most
+    # steps win, as batch 2 beat batch 3 given the same time on both Hippocampus folds.
+    assert smaller.iterations(1100.0) < smallest.iterations(1100.0) < SPLIT_FOLD_ITERATIONS
+    assert choose_variant(variants, 1100.0) == smallest
     assert choose_variant(variants, 6000.0) == plan_variant  # the network as planned, 3000 steps: no trade
 
 

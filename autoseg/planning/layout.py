@@ -22,7 +22,7 @@ then the lower rung), on as many folds as leave that variant unchanged with ``SP
 (one fold when even that does not). Between two narrowed fits the rung does not decide: a narrowed 2d fit that keeps
 its batch does not outrank ``3d_fullres`` on a smaller one (measured: docs/planning.md, "Compute-aware plans"). Among
 narrowed variants of one configuration, one short of ``SPLIT_FOLD_ITERATIONS`` steps gives way to a smaller batch
-that reaches them (``choose_variant``).
+that reaches them, else to the smallest (``choose_variant``).
 
 What the user named constrains the layout: named folds are the folds (``ComputeBudget.folds_named``), named
 configurations all train (``ComputeBudget.configurations``), a named cascade stage on every fold. Plans kept from an
@@ -192,7 +192,8 @@ def choose_variant(variants: Sequence[Variant], seconds: float) -> Variant:
 
     Once the network is narrowed, a smaller batch costs about as much per sample as the larger one, so the choice is
     only between larger batches and more steps: a narrowed variant short of ``SPLIT_FOLD_ITERATIONS`` steps gives
-    way to the first smaller batch that reaches them (see ``SPLIT_FOLD_ITERATIONS`` and docs/planning.md).
+    way to the first smaller batch that reaches them, else to the smallest batch, the most steps (measured: at equal
+    time batch 2 beat batch 3 on both Hippocampus folds; docs/training.md, "Recipe for short schedules").
     """
     faithful = [variant for variant in variants if variant.rung < TRADE_RUNG]
     for index, variant in enumerate(faithful):
@@ -200,8 +201,9 @@ def choose_variant(variants: Sequence[Variant], seconds: float) -> Variant:
         if steps >= TARGET_ITERATIONS:
             if variant.rung < NARROW_RUNG or steps >= SPLIT_FOLD_ITERATIONS:
                 return variant
-            longer = (later for later in faithful[index + 1:] if later.iterations(seconds) >= SPLIT_FOLD_ITERATIONS)
-            return next(longer, variant)
+            smaller = faithful[index + 1:]  # the same narrowed network at smaller batches, largest first
+            longer = (later for later in smaller if later.iterations(seconds) >= SPLIT_FOLD_ITERATIONS)
+            return next(longer, smaller[-1] if smaller else variant)
     if len(faithful) < len(variants):  # resolution against steps: the highest expected Dice (``expected_accuracy``)
         seeing = [variant for variant in variants if _covers_enough(variant.configuration)]  # the model sees no context
         return max(seeing or variants, key=lambda variant: variant.expected_dice(seconds))
